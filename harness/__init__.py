@@ -1,0 +1,1 @@
+"""pci-harness: real QEMU guests for PCI integration tests."""
