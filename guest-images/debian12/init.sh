@@ -1,0 +1,57 @@
+#!/bin/sh
+# /init of the pci-harness guest (busybox sh).  Kernel command line keys:
+#   harness.modules=a,b,c   modules this topology needs (modprobe resolves deps)
+#   harness.mac=MAC         the management NIC: gets 10.0.2.15/24 via slirp
+# The SSH key is not in the image: /root/.ssh/authorized_keys points at the
+# fw_cfg file opt/harness/authorized_keys, which QEMU serves from the current
+# process's command line -- so a guest restored from a snapshot accepts the
+# key of the run that restored it.
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /tmp /run /var/log
+mount -t devpts devpts /dev/pts
+exec </dev/console >/dev/console 2>&1
+read -r up _ </proc/uptime
+echo "HARNESS-INIT $up"
+
+mods=
+mac=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        harness.modules=*) mods="${arg#harness.modules=}" ;;
+        harness.mac=*) mac="${arg#harness.mac=}" ;;
+    esac
+done
+echo /sbin/modprobe >/proc/sys/kernel/modprobe
+[ -n "$mods" ] && modprobe -a $(echo "$mods" | tr , ' ')
+
+ip link set lo up
+ifc=
+if [ -n "$mac" ]; then
+    for d in /sys/class/net/*; do
+        [ "$(cat "$d/address")" = "$mac" ] && ifc="${d##*/}"
+    done
+fi
+if [ -n "$ifc" ]; then
+    ip link set "$ifc" up
+    ip addr add 10.0.2.15/24 dev "$ifc"
+    ip route add default via 10.0.2.2
+else
+    echo "HARNESS-ERROR no interface with MAC $mac"
+fi
+
+mkdir -p /root/.ssh
+chmod 700 /root /root/.ssh
+ln -sf /sys/firmware/qemu_fw_cfg/by_name/opt/harness/authorized_keys/raw /root/.ssh/authorized_keys
+# dropbear binds its socket before it daemonizes, so READY means "listening".
+dropbear -r /etc/dropbear/hostkey -p 22 -s -E 2>>/var/log/dropbear.log
+read -r up _ </proc/uptime
+echo "HARNESS-READY $up"
+
+# A root shell on the serial console, for pexpect and for people.
+while true; do
+    setsid cttyhack sh -l
+done

@@ -1,0 +1,130 @@
+"""SSH into the guest with paramiko: execute / succeed / wait_until_succeeds.
+
+One verb per meaning (as in the NixOS test driver): `execute` returns
+(status, output) and never raises for a non-zero status; `succeed` raises
+GuestCommandFailed carrying the output; `wait_until_succeeds` polls to a
+deadline.  Every command is logged to the test's `ssh.log`.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from pathlib import Path
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from harness.deadline import Deadline
+from harness.errors import DeadlineExceeded, GuestCommandFailed, HarnessError
+
+
+class SshKey:
+    """A per-run ed25519 key pair."""
+
+    def __init__(self) -> None:
+        private = Ed25519PrivateKey.generate()
+        pem = private.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption()).decode()
+        self.private_pem = pem
+        self.paramiko_key = paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
+        public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                   serialization.PublicFormat.OpenSSH)
+        # Fixed-length line: the fw_cfg file the guest reads keeps its size
+        # across a snapshot restore.
+        self.authorized_line = public.decode() + " pci-harness\n"
+
+
+class SshUnavailable(HarnessError):
+    """SSH to the guest could not be established."""
+
+
+class GuestShell:
+    def __init__(self, port: int, key: SshKey, log_path: Path):
+        self.port = port
+        self._key = key
+        self._log = open(log_path, "a", buffering=1)
+        self._client: paramiko.SSHClient | None = None
+
+    def connect(self, deadline: Deadline) -> None:
+        last: Exception | None = None
+        while not deadline.expired():
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                client.connect("127.0.0.1", port=self.port, username="root",
+                               pkey=self._key.paramiko_key, allow_agent=False,
+                               look_for_keys=False, timeout=max(deadline.remaining(), 1),
+                               banner_timeout=max(deadline.remaining(), 1),
+                               auth_timeout=max(deadline.remaining(), 1))
+                self._client = client
+                return
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = exc
+                client.close()
+                time.sleep(0.05)
+        raise SshUnavailable(f"{deadline.describe()}: cannot SSH to the guest on "
+                             f"127.0.0.1:{self.port} ({last!r})")
+
+    def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        """Run `command`; return (exit status, stdout+stderr)."""
+        if self._client is None:
+            raise SshUnavailable("SSH is not connected")
+        deadline = Deadline(timeout, f"guest command {command!r}")
+        started = time.monotonic()
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SshUnavailable(f"SSH connection to the guest is gone (running {command!r})")
+        channel = transport.open_session(timeout=deadline.remaining())
+        channel.set_combine_stderr(True)
+        channel.settimeout(0.2)
+        channel.exec_command(command)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                data = channel.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+            except socket.timeout:
+                if deadline.expired():
+                    channel.close()
+                    output = b"".join(chunks).decode(errors="replace")
+                    self._record(command, None, output, time.monotonic() - started)
+                    raise DeadlineExceeded(deadline.describe(), tail=output[-2000:]) from None
+        status = channel.recv_exit_status()
+        output = b"".join(chunks).decode(errors="replace")
+        self._record(command, status, output, time.monotonic() - started)
+        return status, output
+
+    def succeed(self, command: str, timeout: float = 60.0) -> str:
+        """Run `command`; raise GuestCommandFailed (with output) unless it exits 0."""
+        status, output = self.execute(command, timeout)
+        if status != 0:
+            raise GuestCommandFailed(command, status, output)
+        return output
+
+    def wait_until_succeeds(self, command: str, timeout: float = 60.0) -> str:
+        deadline = Deadline(timeout, f"waiting for {command!r} to succeed")
+        status, output = -1, ""
+        while not deadline.expired():
+            status, output = self.execute(command, timeout=max(deadline.remaining(), 1))
+            if status == 0:
+                return output
+            time.sleep(0.1)
+        raise DeadlineExceeded(f"{deadline.describe()} (last status {status})", tail=output)
+
+    def _record(self, command: str, status: int | None, output: str, seconds: float) -> None:
+        shown = output if len(output) < 4000 else output[:2000] + "\n[...]\n" + output[-2000:]
+        self._log.write(f"$ {command}\n{shown}{'' if shown.endswith(chr(10)) or not shown else chr(10)}"
+                        f"# status {status if status is not None else 'TIMEOUT'} "
+                        f"in {seconds:.3f} s\n")
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._log.close()

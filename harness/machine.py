@@ -1,0 +1,318 @@
+"""A running guest: QEMU process + QMP + serial console + SSH, built from a topology.
+
+`Guest.launch()` is the only way a guest comes to life (the factory calls it
+for the CLI and the fixtures alike).  Launch either finishes with an SSH
+session to a ready guest or cleans up everything it started and raises a
+HarnessError that says what happened (QEMU's exit status or signal and its
+stderr, or the console tail of a guest that never became ready).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.deadline import Deadline
+from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError, QemuRefused
+from harness.guest.console import Console, ConsoleClosed
+from harness.guest.image import GuestImage
+from harness.guest.ssh import GuestShell, SshKey
+from harness.paths import private_dir
+from harness.qemu.accel import Accel
+from harness.qemu.binary import QemuBinary
+from harness.qemu.process import QemuProcess
+from harness.qemu.qmp import Qmp
+from harness.topology.render import RenderedMachine, render
+
+BOOT_SECONDS = 60.0     # TCG seconds from spawn to the READY marker
+FIRMWARE = {"seabios": None, "qboot": "qboot.rom"}
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything that decides the QEMU command line of one guest."""
+
+    binary: QemuBinary
+    accel: Accel
+    image: GuestImage
+    topology: Any                     # harness.topology.Topology
+    firmware: str = "qboot"
+    memory: str | None = None         # overrides the topology's memory
+    extra_args: tuple[str, ...] = ()  # e.g. ("-S",) for a paused machine
+    boot_guest: bool = True           # False: no kernel, QMP only (the where-oracle)
+
+
+@dataclass
+class BootTimings:
+    """Seconds since QEMU was spawned, per phase (the boot benchmark's breakdown)."""
+
+    qmp_ready: float = 0.0        # QEMU started and QMP negotiated
+    init_started: float = 0.0     # firmware + kernel done: /init printed its marker
+    sshd_ready: float = 0.0       # /init says dropbear listens
+    ssh_connected: float = 0.0    # paramiko session established
+    guest_uptime_init: float = 0.0   # guest clock when /init started
+    guest_uptime_ready: float = 0.0  # guest clock when sshd was ready
+    restored: bool = False
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return dict(self.__dict__)
+
+
+def _listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(1)
+    return sock
+
+
+def _accept(listener: socket.socket, process: QemuProcess, deadline: Deadline,
+            what: str) -> socket.socket:
+    """Accept QEMU's connection, noticing at once if QEMU died instead."""
+    while True:
+        ready, _, _ = select.select([listener], [], [], 0.05)
+        if ready:
+            conn, _ = listener.accept()
+            return conn
+        if not process.alive():
+            raise process.exited_error(f"start-up (before connecting its {what})")
+        if deadline.expired():
+            raise DeadlineExceeded(f"{deadline.describe()}: QEMU never connected its {what}",
+                                   tail=process.stderr_text()[-2000:])
+
+
+def _random_mac() -> str:
+    # Random per guest: no two workers' guests share a MAC.
+    tail = os.urandom(3)
+    return "52:54:00:%02x:%02x:%02x" % (tail[0], tail[1], tail[2])
+
+
+class Guest:
+    """A booted guest.  Use as a context manager or call `shutdown()`."""
+
+    def __init__(self, plan: LaunchPlan, artifacts: Path, name: str = "guest"):
+        self.plan = plan
+        self.name = name
+        self.artifacts = artifacts
+        artifacts.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.run_dir = private_dir("pcih-")  # short 0700 dir: unix socket paths < 108 bytes
+        self.key = SshKey()
+        self.mgmt_mac = _random_mac()
+        self.timings = BootTimings()
+        self.process: QemuProcess | None = None
+        self.qmp: Qmp | None = None
+        self.console: Console | None = None
+        self.shell: GuestShell | None = None
+        self.ssh_port: int | None = None
+        self.rendered: RenderedMachine = render(plan.topology, scratch_dir=artifacts / "disks",
+                                                mgmt_mac=self.mgmt_mac)
+        self.argv: list[str] = []
+        self._down = False
+
+    # ---- command line -------------------------------------------------
+    def build_argv(self, incoming: str | None = None) -> list[str]:
+        plan = self.plan
+        keyfile = self.run_dir / "authorized_keys"
+        argv = [str(plan.binary.path), "-name", self.name, "-accel", plan.accel.name,
+                "-cpu", "max", "-nodefaults", "-no-user-config", "-display", "none",
+                "-chardev", f"socket,id=qmp,path={self.run_dir / 'qmp.sock'}",
+                "-mon", "chardev=qmp,mode=control",
+                "-chardev", f"socket,id=console,path={self.run_dir / 'console.sock'},"
+                            f"logfile={self.artifacts / 'console.log'},logappend=on",
+                "-serial", "chardev:console",
+                "-fw_cfg", f"name=opt/harness/authorized_keys,file={keyfile}"]
+        rom = FIRMWARE.get(plan.firmware)
+        if rom:
+            argv += ["-bios", rom]
+        if plan.boot_guest:
+            modules = ",".join(self.rendered.guest_modules)
+            argv += ["-kernel", str(plan.image.vmlinux), "-initrd", str(plan.image.initrd),
+                     "-append", f"{plan.image.cmdline_base} harness.modules={modules} "
+                                f"harness.mac={self.mgmt_mac}"]
+        argv += list(self.rendered.argv)
+        if plan.memory:
+            argv += ["-m", plan.memory]
+        argv += list(plan.extra_args)
+        if incoming:
+            argv += ["-incoming", incoming]
+        return argv
+
+    def _create_disks(self) -> None:
+        for disk in self.rendered.scratch_disks:
+            disk.path.parent.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk.path),
+                                   str(disk.size_bytes)], capture_output=True, text=True,
+                                  check=False)
+            if proc.returncode != 0:
+                raise HarnessError(f"qemu-img could not create {disk.path}",
+                                   fix="check that qemu-utils is installed", tail=proc.stderr)
+
+    def _write_artifacts(self) -> None:
+        (self.artifacts / "qemu.cmdline").write_text(shlex.join(self.argv) + "\n")
+        for sock in ("qmp.sock", "console.sock"):
+            link = self.artifacts / sock
+            if not link.exists():
+                link.symlink_to(self.run_dir / sock)
+        (self.artifacts / "authorized_keys").write_text(self.key.authorized_line)
+        (self.artifacts / "id_ed25519").write_text(self.key.private_pem)
+        os.chmod(self.artifacts / "id_ed25519", 0o600)
+        write_reproduce_script(self.artifacts / "reproduce.sh", self.argv, self.run_dir,
+                               self.artifacts)
+
+    # ---- lifecycle ----------------------------------------------------
+    def launch(self, incoming: str | None = None) -> "Guest":
+        """Start QEMU and wait (with a deadline) until the guest answers SSH."""
+        try:
+            self._launch(incoming)
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def _launch(self, incoming: str | None) -> None:
+        (self.run_dir / "authorized_keys").write_text(self.key.authorized_line)
+        self._create_disks()
+        self.argv = self.build_argv(incoming)
+        self._write_artifacts()
+        qmp_listener = _listen(self.run_dir / "qmp.sock")
+        con_listener = _listen(self.run_dir / "console.sock")
+        deadline = Deadline(BOOT_SECONDS, f"boot of {self.plan.topology.machine} guest")
+        started = time.monotonic()
+        try:
+            self.process = QemuProcess(self.argv, self.artifacts)
+            # QEMU creates chardevs in command-line order: QMP first, then console.
+            qmp_sock = _accept(qmp_listener, self.process, deadline, "QMP socket")
+            con_sock = _accept(con_listener, self.process, deadline, "serial console")
+        finally:
+            qmp_listener.close()
+            con_listener.close()
+        self.console = Console(con_sock, self.artifacts / "console.log")
+        self.qmp = Qmp(qmp_sock, self.artifacts / "qmp.log", name=self.name)
+        self.timings.qmp_ready = time.monotonic() - started
+        if not self.plan.boot_guest:
+            return
+        if incoming:
+            return  # the caller drives the migration and then calls `connect()`
+        self._wait_ready(deadline, started)
+
+    def _wait_ready(self, deadline: Deadline, started: float) -> None:
+        assert self.console is not None and self.process is not None
+        try:
+            text = self.console.expect(r"HARNESS-INIT [\d.]+", deadline)
+            self.timings.init_started = time.monotonic() - started
+            self.timings.guest_uptime_init = float(text.split()[1])
+            text = self.console.expect(r"HARNESS-READY [\d.]+", deadline)
+            self.timings.sshd_ready = time.monotonic() - started
+            self.timings.guest_uptime_ready = float(text.split()[1])
+        except ConsoleClosed:
+            self.process.wait(Deadline(2, "QEMU exit", scaled=False))
+            raise self.process.exited_error("boot") from None
+        except DeadlineExceeded as exc:
+            if not self.process.alive():
+                raise self.process.exited_error("boot") from None
+            raise GuestNotReady(f"the {self.plan.topology.machine} guest never became ready: "
+                                f"{exc.message}",
+                                fix=f"read {self.artifacts / 'console.log'}; raise "
+                                    "--timeout-multiplier if the host is just slow",
+                                tail=self.console.tail()) from None
+        self.connect(deadline, started)
+
+    def connect(self, deadline: Deadline, started: float | None = None) -> None:
+        """Find the SSH forward and open the SSH session."""
+        assert self.qmp is not None
+        self.ssh_port = self._ssh_port()
+        self.shell = GuestShell(self.ssh_port, self.key, self.artifacts / "ssh.log")
+        self.shell.connect(deadline)
+        if started is not None:
+            self.timings.ssh_connected = time.monotonic() - started
+
+    def _ssh_port(self) -> int:
+        assert self.qmp is not None
+        usernet = self.qmp.hmp("info usernet")
+        match = re.search(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+10\.0\.2\.15\s+22\b", usernet)
+        if not match:
+            raise HarnessError("no SSH host forward in `info usernet`", tail=usernet)
+        return int(match.group(1))
+
+    def shutdown(self, grace_s: float = 5.0) -> int | None:
+        """Idempotent: QMP quit, then SIGTERM, then SIGKILL.  Returns QEMU's exit status."""
+        if self._down:
+            return self.process.returncode if self.process else None
+        self._down = True
+        if self.shell is not None:
+            self.shell.close()
+        if self.process is not None and self.process.alive() and self.qmp is not None:
+            try:
+                self.qmp.execute("quit", timeout=grace_s)
+            except (HarnessError, OSError):
+                pass
+            self.process.wait(Deadline(grace_s, "QEMU exit after quit", scaled=False))
+        if self.qmp is not None:
+            self.qmp.close()
+        if self.console is not None:
+            self.console.close()
+        returncode = self.process.kill() if self.process is not None else None
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return returncode
+
+    def __enter__(self) -> "Guest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ---- verbs ---------------------------------------------------------
+    def _shell(self) -> GuestShell:
+        if self.shell is None:
+            raise HarnessError("the guest has no SSH session (not booted, or shut down)")
+        return self.shell
+
+    def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        return self._shell().execute(command, timeout)
+
+    def succeed(self, command: str, timeout: float = 60.0) -> str:
+        return self._shell().succeed(command, timeout)
+
+    def wait_until_succeeds(self, command: str, timeout: float = 60.0) -> str:
+        return self._shell().wait_until_succeeds(command, timeout)
+
+    def qmp_execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        if self.qmp is None:
+            raise HarnessError("QMP is not connected")
+        return self.qmp.execute(command, arguments)
+
+    def check_alive(self, during: str) -> None:
+        if self.process is not None and not self.process.alive():
+            raise self.process.exited_error(during)
+
+
+def write_reproduce_script(path: Path, argv: Sequence[str], run_dir: Path,
+                           artifacts: Path) -> None:
+    """A script that starts the same QEMU by hand: QMP and console become
+    server sockets in a fresh directory, so a person can attach to them."""
+    rewritten = []
+    for arg in argv:
+        arg = arg.replace(str(run_dir / "authorized_keys"), str(artifacts / "authorized_keys"))
+        if arg.startswith("socket,id=qmp,"):
+            arg = "socket,id=qmp,path=$RUN/qmp.sock,server=on,wait=off"
+        elif arg.startswith("socket,id=console,"):
+            arg = "stdio,id=console,signal=off"
+        rewritten.append(arg)
+    quoted = " ".join('"' + a.replace('"', '\\"').replace("`", "\\`") + '"' for a in rewritten)
+    path.write_text(
+        "#!/bin/sh\n"
+        "# Starts the same QEMU as the test did.  The serial console is on this\n"
+        "# terminal; QMP listens on $RUN/qmp.sock (e.g. `qmp-shell $RUN/qmp.sock`);\n"
+        f"# SSH: ssh -i {artifacts / 'id_ed25519'} -p PORT root@127.0.0.1 where PORT is\n"
+        "# in `info usernet`.\n"
+        "set -e\nRUN=$(mktemp -d)\necho \"QMP socket: $RUN/qmp.sock\" >&2\n"
+        f"exec {quoted}\n")
+    os.chmod(path, 0o755)

@@ -1,0 +1,129 @@
+"""A QEMU process that cannot outlive its owner.
+
+QEMU runs in its own process group (so a signal reaches it and anything it
+forks) with PR_SET_PDEATHSIG=SIGKILL, so it dies when the Python process that
+started it dies -- a finished test, a crashed xdist worker, or a `kill -9` of
+pytest.  `shutdown()` is idempotent and escalates quit -> SIGTERM -> SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+from harness.deadline import Deadline
+from harness.errors import QemuExited
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Every live QemuProcess of this Python process, so an atexit/signal handler
+# can kill what a crashing test left behind.
+_live: set["QemuProcess"] = set()
+_live_lock = threading.Lock()
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    def setup() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody will
+        # ever send the death signal, so die now.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+    return setup
+
+
+def describe_returncode(returncode: int | None) -> str:
+    if returncode is None:
+        return "is still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name} (signal {-returncode})"
+    return f"exited with status {returncode}"
+
+
+class QemuProcess:
+    """One QEMU process; stdout/stderr go to files in `log_dir`."""
+
+    def __init__(self, argv: Sequence[str], log_dir: Path, pass_fds: Sequence[int] = ()):
+        self.argv = list(argv)
+        self.stderr_path = log_dir / "qemu.stderr"
+        self.stdout_path = log_dir / "qemu.stdout"
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            # start_new_session: own process group, so killpg reaches QEMU's
+            # children too and a terminal's ^C goes to Python, which decides.
+            self._popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, pass_fds=tuple(pass_fds),
+                preexec_fn=_child_setup(os.getpid()))
+        self.pid = self._popen.pid
+        with _live_lock:
+            _live.add(self)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def exited_error(self, during: str) -> QemuExited:
+        """A QemuExited describing how this process ended, with its stderr."""
+        rc = self._popen.poll()
+        stderr = self.stderr_text().strip()
+        return QemuExited(f"QEMU (pid {self.pid}) {describe_returncode(rc)} during {during}",
+                          returncode=rc, stderr=stderr, tail=stderr[-3000:] or None)
+
+    def wait(self, deadline: Deadline) -> int | None:
+        try:
+            return self._popen.wait(timeout=deadline.remaining())
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self, grace_s: float = 3.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace_s`; returns the exit status."""
+        if self.alive():
+            self.signal_group(signal.SIGTERM)
+            if self.wait(Deadline(grace_s, "QEMU exit after SIGTERM", scaled=False)) is None:
+                self.signal_group(signal.SIGKILL)
+                self._popen.wait()
+        self._forget()
+        return self._popen.returncode
+
+    def reap(self) -> None:
+        """Forget a process that has exited on its own."""
+        if not self.alive():
+            self._forget()
+
+    def _forget(self) -> None:
+        with _live_lock:
+            _live.discard(self)
+
+
+def kill_all_live() -> None:
+    """Kill every QEMU this Python process still owns (atexit, signal handlers)."""
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        proc.signal_group(signal.SIGKILL)
+        proc.reap()
