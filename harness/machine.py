@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError, QemuRefused
@@ -31,7 +31,9 @@ from harness.qemu.accel import Accel
 from harness.qemu.binary import QemuBinary
 from harness.qemu.process import QemuProcess
 from harness.qemu.qmp import Qmp
-from harness.topology.render import RenderedMachine, render
+
+if TYPE_CHECKING:
+    from harness.topology.render import RenderedMachine
 
 BOOT_SECONDS = 60.0     # TCG seconds from spawn to the READY marker
 FIRMWARE = {"seabios": None, "qboot": "qboot.rom"}
@@ -112,6 +114,8 @@ class Guest:
         self.console: Console | None = None
         self.shell: GuestShell | None = None
         self.ssh_port: int | None = None
+        from harness.topology.render import render
+
         self.rendered: RenderedMachine = render(plan.topology, scratch_dir=artifacts / "disks",
                                                 mgmt_mac=self.mgmt_mac)
         self.argv: list[str] = []
@@ -159,8 +163,8 @@ class Guest:
         (self.artifacts / "qemu.cmdline").write_text(shlex.join(self.argv) + "\n")
         for sock in ("qmp.sock", "console.sock"):
             link = self.artifacts / sock
-            if not link.exists():
-                link.symlink_to(self.run_dir / sock)
+            link.unlink(missing_ok=True)  # a dangling link of an earlier run here
+            link.symlink_to(self.run_dir / sock)
         (self.artifacts / "authorized_keys").write_text(self.key.authorized_line)
         (self.artifacts / "id_ed25519").write_text(self.key.private_pem)
         os.chmod(self.artifacts / "id_ed25519", 0o600)

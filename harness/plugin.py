@@ -1,1 +1,197 @@
-"""pytest plugin (filled in below)."""
+"""pytest plugin (entry point `pytest11`): options, markers, artifacts, guests.
+
+Fixtures
+- `harness_factory` (session, per xdist worker): the GuestFactory; resolves
+  the QEMU binary, guest image (built once under a file lock) and accelerator
+  (KVM probe verdict cached per host boot) on first use only, so unit tests
+  never touch QEMU.
+- `artifacts` (function): this test's artifact directory; kept when the test
+  fails (its path is added to the report) or with --keep-artifacts.
+- `machine` (function): "q35" unless a test parametrizes it.
+- `topology` (function): the default topology of `machine`; override it in a
+  test module or parametrize it.
+- `guest` (function): a booted guest of `topology`.
+- `make_guest` (function): boot more guests in one test; all are shut down
+  at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.seed import SEED_ITEMS
+
+if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
+    from harness.factory import GuestFactory, RunSettings
+    from harness.machine import Guest
+
+_OUTCOME = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pci-harness")
+    group.addoption("--qemu-binary", metavar="PATH", default=None,
+                    help="QEMU binary (default: $PCI_HARNESS_QEMU or qemu-system-x86_64)")
+    group.addoption("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="auto probes KVM with a real boot and falls back to TCG")
+    group.addoption("--timeout-multiplier", type=float, default=1.0, metavar="X",
+                    help="scale every deadline")
+    group.addoption("--keep-artifacts", action="store_true",
+                    help="keep artifact directories of passing tests too")
+    group.addoption("--no-snapshot", action="store_true", help="always cold-boot guests")
+    group.addoption("--artifacts-dir", metavar="DIR", default=None,
+                    help="where per-test artifact directories go (default: <rootdir>/artifacts/<run>)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "smoke: the real-QEMU subset bin/test runs")
+    config.addinivalue_line("markers", "seed(item_id): the KVM PCI TODO item this test checks")
+    config.addinivalue_line("markers", "qemu: the test starts real QEMU")
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        base = Path(workerinput["pci_harness_artifacts"])
+    else:
+        given = config.getoption("--artifacts-dir")
+        run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        base = Path(given) if given else Path(str(config.rootpath)) / "artifacts" / run
+    config.stash[_ARTIFACT_BASE] = base
+
+
+_ARTIFACT_BASE = pytest.StashKey[Path]()
+
+
+def pytest_configure_node(node: Any) -> None:  # xdist hook, controller side
+    node.workerinput["pci_harness_artifacts"] = str(node.config.stash[_ARTIFACT_BASE])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in item.iter_markers("seed"):
+            if not mark.args or mark.args[0] not in SEED_ITEMS:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: unknown seed item {mark.args[:1]}; known ids: "
+                    f"{', '.join(SEED_ITEMS)}")
+            item.user_properties.append(("seed", mark.args[0]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    item.stash.setdefault(_OUTCOME, {})[report.when] = report
+    return report
+
+
+def settings_from_config(config: pytest.Config) -> "RunSettings":
+    from harness.factory import RunSettings
+
+    return RunSettings(qemu_binary=config.getoption("--qemu-binary"),
+                       accel=config.getoption("--accel"),
+                       timeout_multiplier=config.getoption("--timeout-multiplier"),
+                       keep_artifacts=config.getoption("--keep-artifacts"),
+                       snapshot=not config.getoption("--no-snapshot"))
+
+
+@pytest.fixture(scope="session")
+def harness_settings(pytestconfig: pytest.Config) -> "RunSettings":
+    return settings_from_config(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def harness_factory(harness_settings: "RunSettings", pytestconfig: pytest.Config) -> "GuestFactory":
+    from harness.factory import GuestFactory
+
+    try:
+        factory = GuestFactory(harness_settings, announce_accel=False)
+    except HarnessError as exc:
+        pytest.exit(f"pci-harness cannot start guests: {exc.describe()}", returncode=2)
+    # Every worker writes the same line; the controller shows it once.
+    base: Path = pytestconfig.stash[_ARTIFACT_BASE]
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "accelerator.txt").write_text(
+        f"{factory.accel.name}: {factory.accel.reason}; QEMU {factory.binary.version} "
+        f"({factory.binary.path})\n")
+    return factory
+
+
+def _safe_name(nodeid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid)[-150:]
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Iterator[Path]:
+    base: Path = request.config.stash[_ARTIFACT_BASE]
+    path = base / _safe_name(request.node.nodeid)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    yield path
+    reports = request.node.stash.get(_OUTCOME, {})
+    failed = any(r.failed for r in reports.values())
+    if failed:
+        request.node.user_properties.append(("artifacts", str(path)))
+    elif not request.config.getoption("--keep-artifacts"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def machine() -> str:
+    return "q35"
+
+
+@pytest.fixture
+def topology(machine: str) -> Any:
+    from harness.topology import default_topology
+
+    return default_topology(machine)
+
+
+@pytest.fixture
+def make_guest(harness_factory: "GuestFactory", artifacts: Path,
+               request: pytest.FixtureRequest) -> Iterator[Callable[..., "Guest"]]:
+    """`make_guest(topology, name="guest", **plan_overrides)` -> booted Guest."""
+    from harness.machine import Guest
+
+    started: list[Guest] = []
+
+    def make(topology: Any, name: str = "guest", **overrides: Any) -> Guest:
+        guest = Guest(harness_factory.plan(topology, **overrides), artifacts / name, name=name)
+        started.append(guest)
+        guest.launch()
+        request.node.user_properties.append((f"boot_s:{name}", round(guest.timings.ssh_connected, 3)))
+        return guest
+
+    yield make
+    for guest in reversed(started):
+        guest.shutdown()
+
+
+@pytest.fixture
+def guest(make_guest: Callable[..., "Guest"], topology: Any) -> "Guest":
+    return make_guest(topology)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed:
+        for key, value in report.user_properties:
+            if key == "artifacts":
+                report.sections.append(("pci-harness artifacts", str(value)))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if getattr(config, "workerinput", None) is not None:
+        return
+    base: Path = config.stash[_ARTIFACT_BASE]
+    accel = base / "accelerator.txt"
+    if accel.exists():
+        terminalreporter.write_line(f"pci-harness accelerator {accel.read_text().strip()}")
+        accel.unlink()
+    if base.exists() and any(base.iterdir()):
+        terminalreporter.write_line(f"pci-harness artifacts: {base}")
+    elif base.exists():
+        base.rmdir()

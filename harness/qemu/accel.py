@@ -58,7 +58,7 @@ def probe_kvm(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
         return False, "/dev/kvm is not readable and writable by this user"
     with tempfile.TemporaryDirectory(prefix="pcih-kvm-") as tmp:
         log = Path(tmp) / "console.log"
-        argv = [str(binary.path), "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+        argv = [str(binary.path), "-accel", "kvm", "-cpu", "max", "-m", "256", "-nodefaults",
                 "-no-user-config", "-display", "none", "-machine", "q35",
                 "-kernel", str(image.vmlinux), "-initrd", str(image.initrd),
                 "-append", image.cmdline_base, "-serial", f"file:{log}"]
@@ -68,8 +68,9 @@ def probe_kvm(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
         try:
             while time.monotonic() - started < PROBE_SECONDS:
                 if proc.poll() is not None:
-                    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                    return False, f"QEMU exited under KVM: {err[:300]}"
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    first = err.strip().splitlines()[0] if err.strip() else f"status {proc.returncode}"
+                    return False, f"QEMU fails under KVM ({first[:200]})"
                 if log.exists() and "HARNESS-INIT" in log.read_text(errors="replace"):
                     return True, f"a guest booted under KVM in {time.monotonic() - started:.1f} s"
                 time.sleep(0.1)
@@ -93,6 +94,7 @@ def _cached_probe(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
         except (OSError, ValueError, KeyError):
             pass
         usable, reason = probe_kvm(binary, image)
+        reason = " ".join(reason.split())  # one line: it is shown as one
         path.write_text(json.dumps({"key": key, "usable": usable, "reason": reason}))
         return usable, reason
 

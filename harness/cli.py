@@ -1,0 +1,182 @@
+"""`pci-harness` verbs: thin faces over the factory and the scenarios.
+
+Every verb takes the shared options (--qemu-binary, --accel,
+--timeout-multiplier, --keep-artifacts, --no-snapshot, --json).  Errors are
+one paragraph on stderr with no traceback: status 2 when the run could not be
+made (bad input, no QEMU, unusable KVM, a guest that never booted, QEMU dying),
+status 1 when a verdict failed.  With --json the last thing on stdout is one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import HarnessError
+from harness.factory import GuestFactory, RunSettings
+from harness.qemu.process import kill_all_live
+
+Verb = Callable[[argparse.Namespace], int]
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("common options")
+    group.add_argument("--qemu-binary", metavar="PATH",
+                       help="QEMU to run (default: $PCI_HARNESS_QEMU or qemu-system-x86_64 on PATH)")
+    group.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                       help="auto probes KVM with a real boot and falls back to TCG")
+    group.add_argument("--timeout-multiplier", type=float, default=1.0, metavar="X",
+                       help="scale every deadline (slow or loaded hosts)")
+    group.add_argument("--keep-artifacts", action="store_true",
+                       help="keep logs, command lines and reproduce.sh even on success")
+    group.add_argument("--no-snapshot", action="store_true",
+                       help="always cold-boot guests (no snapshot cache)")
+    group.add_argument("--json", action="store_true",
+                       help="print one JSON object as the last thing on stdout")
+
+
+def settings_from(args: argparse.Namespace) -> RunSettings:
+    if args.timeout_multiplier <= 0:
+        raise HarnessError("--timeout-multiplier must be positive")
+    return RunSettings(qemu_binary=args.qemu_binary, accel=args.accel,
+                       timeout_multiplier=args.timeout_multiplier,
+                       keep_artifacts=args.keep_artifacts, snapshot=not args.no_snapshot)
+
+
+def _progress(message: str) -> None:
+    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
+
+
+class ArtifactDir:
+    """A run's artifact directory: removed on success unless --keep-artifacts."""
+
+    def __init__(self, verb: str, keep: bool):
+        base = os.environ.get("PCI_HARNESS_ARTIFACTS")
+        parent = Path(base) if base else Path(tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f"pci-harness-{verb}-", dir=parent))
+        self.keep = keep
+
+    def finish(self, ok: bool) -> None:
+        if ok and not self.keep:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            _progress(f"artifacts kept in {self.path}")
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from harness.topology import default_topology
+
+    settings = settings_from(args)
+    factory = GuestFactory(settings, progress=_progress)
+    topology = default_topology(args.machine)
+    artifacts = ArtifactDir("boot", settings.keep_artifacts)
+    ok = False
+    try:
+        _progress(f"booting a {args.machine} guest ({factory.accel.name})")
+        with factory.guest(topology, artifacts.path) as guest:
+            t = guest.timings
+            _progress(f"guest ready: SSH after {t.ssh_connected:.2f} s")
+            kernel = guest.succeed("uname -r").strip()
+            lspci = guest.succeed("lspci -n").strip().splitlines()
+        ok = True
+    finally:
+        artifacts.finish(ok)
+    result: dict[str, Any] = {
+        "ok": True, "machine": args.machine, "accel": factory.accel.name,
+        "accel_reason": factory.accel.reason, "qemu_binary": str(factory.binary.path),
+        "qemu_version": factory.binary.version, "boot_to_ssh_s": round(t.ssh_connected, 3),
+        "timings": {k: (round(v, 3) if isinstance(v, float) else v)
+                    for k, v in t.as_dict().items()},
+        "kernel": kernel, "lspci": lspci, "failures": [],
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.machine} guest on QEMU {factory.binary.version} ({factory.accel.name}): "
+              f"SSH after {t.ssh_connected:.2f} s, kernel {kernel}")
+        for line in lspci:
+            print(f"  {line}")
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from harness.nightly import run_nightly
+
+    return run_nightly(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pci-harness",
+                                     description="QEMU PCI integration-test harness")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    boot = verbs.add_parser("boot", help="boot the default guest, run uname/lspci, shut down")
+    boot.add_argument("--machine", required=True, help="pc, q35 or a versioned machine type")
+    add_common_options(boot)
+    boot.set_defaults(func=cmd_boot)
+
+    nightly = verbs.add_parser("nightly", help="run the whole suite and write reports")
+    nightly.add_argument("--output", metavar="DIR", help="report directory "
+                         "(default reports/<date-time>/)")
+    nightly.add_argument("--qemu", action="append", metavar="PATH", default=[],
+                         help="run the suite once per QEMU binary (repeatable)")
+    nightly.add_argument("--machines", default="pc,q35")
+    nightly.add_argument("--jobs", default="auto", help="pytest-xdist -n value")
+    nightly.add_argument("--baseline", metavar="DIR")
+    nightly.add_argument("--until-fail-minutes", type=float, default=0.0)
+    nightly.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
+    add_common_options(nightly)
+    nightly.set_defaults(func=cmd_nightly)
+
+    for register in _extra_verbs:
+        register(verbs)
+    return parser
+
+
+#: Later modules add verbs (compare, where, hotplug-stress, ...) here.
+_extra_verbs: list[Callable[[Any], None]] = []
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    kill_all_live()
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # SIGTERM/SIGHUP: kill our QEMUs before dying (PDEATHSIG covers SIGKILL).
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    started = time.monotonic()
+    try:
+        status = int(args.func(args))
+    except HarnessError as exc:
+        print(f"pci-harness {args.verb}: {exc.describe()}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": exc.message, "fix": exc.fix,
+                              "failures": [exc.message]}))
+        status = 2
+    except KeyboardInterrupt:
+        print(f"pci-harness {args.verb}: interrupted", file=sys.stderr)
+        status = 130
+    finally:
+        kill_all_live()
+    if not getattr(args, "json", False):
+        print(f"pci-harness {args.verb}: done in {time.monotonic() - started:.1f} s",
+              file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

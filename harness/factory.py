@@ -1,0 +1,67 @@
+"""The one place guests come from: the CLI verbs and the pytest fixtures both
+ask a `GuestFactory`, so they share the image cache, the accelerator verdict
+and (with issue 9) the snapshot cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from harness.deadline import set_timeout_scale
+from harness.guest.image import GuestImage, ensure_image
+from harness.machine import Guest, LaunchPlan
+from harness.qemu.accel import Accel, announce, resolve_accel
+from harness.qemu.binary import QemuBinary, find_qemu
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The options every CLI verb and the pytest plugin share."""
+
+    qemu_binary: str | None = None
+    accel: str = "auto"
+    timeout_multiplier: float = 1.0
+    keep_artifacts: bool = False
+    snapshot: bool = True
+    firmware: str = "qboot"
+
+
+def _stderr(message: str) -> None:
+    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
+
+
+class GuestFactory:
+    """Resolves binary, image and accelerator once; then launches guests."""
+
+    def __init__(self, settings: RunSettings, progress: Progress | None = None,
+                 accel: Accel | None = None, announce_accel: bool = True):
+        self.settings = settings
+        self.progress = progress or _stderr
+        self.binary: QemuBinary = find_qemu(settings.qemu_binary)
+        self.image: GuestImage = ensure_image(progress=lambda m: self.progress(f"image: {m}"))
+        self.accel: Accel = accel or resolve_accel(settings.accel, self.binary, self.image)
+        if announce_accel and accel is None:
+            announce(self.accel)
+        set_timeout_scale(self.accel.timeout_factor * settings.timeout_multiplier)
+
+    def plan(self, topology: Any, **overrides: Any) -> LaunchPlan:
+        self.binary.check_machine(topology.machine)
+        return LaunchPlan(binary=self.binary, accel=self.accel, image=self.image,
+                          topology=topology, firmware=self.settings.firmware, **overrides)
+
+    @contextlib.contextmanager
+    def guest(self, topology: Any, artifacts: Path, name: str = "guest",
+              **overrides: Any) -> Iterator[Guest]:
+        """A booted guest for the duration of the `with` block."""
+        guest = Guest(self.plan(topology, **overrides), artifacts, name=name)
+        try:
+            guest.launch()
+            yield guest
+        finally:
+            guest.shutdown()
