@@ -1,0 +1,246 @@
+"""The model: what the guest should see for a topology, derived by documented rules.
+
+Each rule is a small function with the reason it holds; the per-driver constants
+live in drivers.py.  All rules were checked against QEMU 7.2's config space under
+TCG (tests/unit/data/ holds the recordings the unit tests replay).  A value the
+rules cannot predict stays None and is not compared.  `[device.expect]` overrides
+from the topology replace model values last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from harness.topology.drivers import BUILTIN, BarSpec, DriverInfo, driver_info
+from harness.topology.layout import buses, mgmt_device, path_of, resolve
+from harness.topology.model import Device, Topology, machine_version
+from harness.topology.pciview import Bar, PciFunction, PciView, bar_expect_key
+
+# virtio transitional device ids (0x1000 + n, a legacy numbering) by virtio type.
+VIRTIO_TRANSITIONAL_ID = {1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 8: 0x1004, 4: 0x1005,
+                          9: 0x1009}
+# What a PCIe endpoint without its own x-speed/x-width reports (virtio, e1000e,
+# pcie-pci-bridge, switch upstream port): QEMU fills LnkCap/LnkSta with 2.5 GT/s x1.
+ENDPOINT_LINK = (2.5, 1)
+PORT_SPEEDS = {"2_5": 2.5, "5": 5.0, "8": 8.0, "16": 16.0, "32": 32.0, "64": 64.0}
+
+
+def expected_view(topology: Topology) -> PciView:
+    """Every PCI function the guest should see, including built-ins and the mgmt NIC."""
+    topo = resolve(topology)
+    funcs = [_builtin(topo, slot, fn, info) for (slot, fn), info in
+             BUILTIN[topo.kind].items()]
+    devices = list(topo.devices) + [mgmt_device(topo)]
+    full = replace(topo, devices=tuple(devices))
+    by_path: dict[tuple[str, ...], PciFunction] = {}
+    for dev in devices:
+        info = driver_info(dev.driver)
+        path = path_of(full, dev)
+        by_path[path] = (_function(full, dev, info, path) if info is not None
+                         else PciFunction(path=path, id=dev.id))
+    for dev in devices:  # second pass: a port's LnkSta depends on the device below it
+        info = driver_info(dev.driver)
+        if info is not None and info.bridge in ("root-port", "downstream"):
+            path = path_of(full, dev)
+            by_path[path] = replace(by_path[path], **_port_link_status(by_path, path))
+    for dev in devices:
+        path = path_of(full, dev)
+        by_path[path] = apply_overrides(by_path[path], dev)
+    funcs += by_path.values()
+    return PciView(source="model", functions=tuple(sorted(funcs, key=lambda f: f.path)),
+                   root_bus_hotplug=root_bus_hotplug(topo))
+
+
+def _builtin(topo: Topology, slot: int, fn: int, info: DriverInfo) -> PciFunction:
+    # The q35 AHCI binds `ahci` only when the guest loads it, i.e. when a disk needs it.
+    driver = info.guest_driver if info.guest_driver == "ahci" and _loads_ahci(topo) else None
+    return PciFunction(
+        path=(f"{slot:02x}.{fn}",), vendor=info.vendor, device=info.device,
+        subsystem_vendor=info.subsystem_vendor, subsystem=info.subsystem,
+        class_code=info.class_code >> 8, prog_if=info.class_code & 0xFF, header_type=0,
+        interrupt_pin=info.interrupt_pin, bars=_bars(info.bars),
+        capabilities=tuple(sorted(info.capabilities)), pcie_type="", driver=driver)
+
+
+def _loads_ahci(topo: Topology) -> bool:
+    return topo.ahci_disk is not None or any(
+        d.driver == "ich9-ahci" and d.disk is not None for d in topo.devices)
+
+
+def _bars(specs: tuple[BarSpec, ...]) -> tuple[Bar, ...]:
+    """Model BARs; for I/O BARs 64-bit and prefetch mean nothing and stay None."""
+    return tuple(Bar(index=b.index, kind=b.kind, size=b.size,
+                     is_64bit=None if b.kind == "io" else b.is_64bit,
+                     prefetch=None if b.kind == "io" else b.prefetch) for b in specs)
+
+
+def _has_pcie_cap(topo: Topology, dev: Device, info: DriverInfo) -> bool:
+    """Whether the function carries a PCI Express capability where it sits.
+
+    "behind-port" (virtio): QEMU adds it only when the bus is PCIe and not a root bus,
+    i.e. below a root or downstream port; on pcie.0 virtio is an integrated
+    conventional function.  "express-bus": any PCIe bus (bochs-display).
+    """
+    bus = buses(topo)[topo.bus_of(dev)]
+    return {"never": False, "always": True, "express-bus": bus.express,
+            "behind-port": bus.role == "slot"}[info.pcie]
+
+
+def _function(topo: Topology, dev: Device, info: DriverInfo,
+              path: tuple[str, ...]) -> PciFunction:
+    pcie = _has_pcie_cap(topo, dev, info)
+    caps = set(info.capabilities)
+    bars = list(_bars(info.bars))
+    device_id = info.device
+    subsystem = info.subsystem
+    msix = info.msix_table_size
+    if info.virtio_type is not None:
+        device_id, subsystem, bars, caps = _virtio(topo, dev, info, pcie)
+    vectors = dev.prop("vectors")
+    if vectors is not None and "msix" in caps:
+        msix = int(vectors)
+        if msix == 0:  # vectors=0: no MSI-X at all (the INTx tests rely on it)
+            caps.discard("msix")
+            bars = [b for b in bars if b.index != 1] if info.virtio_type else bars
+    if dev.flag("shpc") is False:  # SHPC off removes its capability and its BAR
+        caps.discard("shpc")
+        bars = [b for b in bars if b.index != 0]
+    if dev.prop("romfile") == "":
+        bars = [b for b in bars if b.index != 6]
+    ptype = ""
+    if pcie:
+        caps.add("pcie")
+        ptype = info.pcie_type or ""
+        if info.pcie == "express-bus" and buses(topo)[topo.bus_of(dev)].role == "root":
+            ptype = "rc-endpoint"
+    fields: dict[str, Any] = {
+        "path": path, "id": dev.id, "vendor": info.vendor, "device": device_id,
+        "subsystem_vendor": info.subsystem_vendor, "subsystem": subsystem,
+        "class_code": info.class_code >> 8, "prog_if": info.class_code & 0xFF,
+        "header_type": 1 if info.bridge else 0, "interrupt_pin": info.interrupt_pin,
+        "bars": tuple(sorted(bars, key=lambda b: b.index)), "capabilities": tuple(sorted(caps)),
+        "msix_table_size": msix if "msix" in caps else None, "pcie_type": ptype,
+        "driver": info.guest_driver}
+    if info.subsystem_vendor == 0 and info.bridge and "ssvid" not in caps:
+        fields.update(subsystem_vendor=None, subsystem=None)  # type 1 header: no subsystem
+    if ptype in ("endpoint", "upstream", "pcie-pci-bridge"):
+        fields.update(link_cap_speed=ENDPOINT_LINK[0], link_cap_width=ENDPOINT_LINK[1],
+                      link_speed=ENDPOINT_LINK[0], link_width=ENDPOINT_LINK[1])
+    if info.bridge == "root-port":
+        speed, width = port_link_cap(topo, dev)
+        fields.update(link_cap_speed=speed, link_cap_width=width)
+    if info.bridge in ("root-port", "downstream"):
+        fields["slot_hotplug_capable"] = (dev.flag("hotplug") is not False
+                                          and dev.flag("x-native-hotplug") is not False)
+    if info.bridge is not None:
+        fields["bus_hotplug"] = bus_hotplug(topo, dev, info)
+    return PciFunction(**fields)
+
+
+def _virtio(topo: Topology, dev: Device, info: DriverInfo,
+            pcie: bool) -> tuple[int, int, list[Bar], set[str]]:
+    """virtio-pci: legacy I/O BAR0 unless modern-only, MSI-X table in BAR1, modern
+    registers in a 64-bit prefetchable BAR4, one vendor capability per region.
+
+    `disable-legacy=auto` means modern-only exactly when the device is PCIe (behind
+    a port); then the device id is 0x1040 + type and the subsystem is QEMU's 0x1100,
+    otherwise the transitional id 0x1000 + n with the virtio type as subsystem.
+    """
+    assert info.virtio_type is not None and info.legacy_io_size is not None
+    legacy = {True: False, False: True, None: not pcie}[dev.flag("disable-legacy")]
+    modern = dev.flag("disable-modern") is not True
+    bars = [Bar(1, "mem", 4096, False, False)]
+    caps = {"msix"}
+    if legacy:
+        bars.append(Bar(0, "io", info.legacy_io_size))
+    if modern:
+        bars.append(Bar(4, "mem", 16 * 1024, True, True))
+        caps.add("vendor")
+    if pcie:
+        caps.add("pm")
+    bars += [b for b in _bars(info.bars) if b.index == 6]
+    if legacy:
+        return VIRTIO_TRANSITIONAL_ID[info.virtio_type], info.virtio_type, bars, caps
+    return 0x1040 + info.virtio_type, 0x1100, bars, caps
+
+
+def port_link_cap(topo: Topology, dev: Device) -> tuple[float, int]:
+    """A root port's LnkCap: x-speed/x-width, default 16 GT/s x32 (machine types >= 4.0;
+    older ones keep the 2.5 GT/s x1 that QEMU advertised before these properties)."""
+    version = machine_version(topo.machine)
+    default = (2.5, 1) if version is not None and version < (4, 0) else (16.0, 32)
+    speed = dev.prop("x-speed")
+    width = dev.prop("x-width")
+    return (PORT_SPEEDS[str(speed)] if speed is not None else default[0],
+            int(width) if width is not None else default[1])
+
+
+def _port_link_status(by_path: dict[tuple[str, ...], PciFunction],
+                      port: tuple[str, ...]) -> dict[str, Any]:
+    """A port's LnkSta is the trained link: the lower of its own LnkCap and that of
+    function 0 below it; an empty port shows its own maximum."""
+    me = by_path[port]
+    child = by_path.get(port + ("00.0",))
+    if me.link_cap_speed is None or me.link_cap_width is None:
+        return {}
+    if child is None:
+        return {"link_speed": me.link_cap_speed, "link_width": me.link_cap_width}
+    if child.link_cap_speed is None or child.link_cap_width is None:
+        return {}
+    return {"link_speed": min(me.link_cap_speed, child.link_cap_speed),
+            "link_width": min(me.link_cap_width, child.link_cap_width)}
+
+
+def _acpi_bridge_hotplug(topo: Topology) -> bool:
+    """ACPI hotplug behind bridges: on by default; on q35 only from machine type 6.1."""
+    version = machine_version(topo.machine)
+    if topo.kind == "q35" and version is not None and version < (6, 1):
+        return False
+    return topo.acpi_hotplug
+
+
+def bus_hotplug(topo: Topology, dev: Device, info: DriverInfo) -> str | None:
+    """Mechanism of the bus a bridge creates (the QOM hotplug-handler's kind).
+
+    With ACPI bridge hotplug every port and bridge bus is handled by the machine's
+    PM device (ICH9-LPC "acpi-pcihp", PIIX4_PM "acpi-bsel"); without it, ports
+    handle their own bus natively and SHPC bridges are their own handler.
+    hotplug=off on a port leaves its bus without a handler.
+    """
+    if info.bridge in ("root-port", "downstream") and dev.flag("hotplug") is False:
+        return "none"
+    if _acpi_bridge_hotplug(topo):  # every bridge bus, even a switch's internal one
+        return "acpi-pcihp" if topo.kind == "q35" else "acpi-bsel"
+    if info.bridge in ("root-port", "downstream"):
+        return "pcie-native"
+    if info.bridge in ("pci-bridge", "pcie-pci-bridge"):
+        return "none" if dev.flag("shpc") is False else "shpc"
+    return None  # switch-internal and DMI bridge buses without ACPI: not modelled
+
+
+def root_bus_hotplug(topo: Topology) -> str:
+    """pc: ACPI hotplug on pci.0 (acpi-root-pci-hotplug); q35: pcie.0 has no handler."""
+    return "acpi-bsel" if topo.kind == "pc" else "none"
+
+
+def apply_overrides(func: PciFunction, dev: Device) -> PciFunction:
+    """Replace model values with the topology's [device.expect] entries."""
+    changes: dict[str, Any] = {}
+    bars = {b.index: b for b in func.bars or ()}
+    bar_changed = False
+    for key, value in dev.expect:
+        bar_key = bar_expect_key(key)
+        if bar_key is None:
+            changes[key] = value
+            continue
+        index, attr = bar_key
+        bar_changed = True
+        if attr == "kind" and value == "none":
+            bars.pop(index, None)
+            continue
+        base = bars.get(index) or Bar(index, "mem")
+        bars[index] = replace(base, **{attr: value})  # type: ignore[arg-type]
+    if bar_changed:
+        changes["bars"] = tuple(bars[i] for i in sorted(bars))
+    return replace(func, **changes)

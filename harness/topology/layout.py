@@ -1,0 +1,301 @@
+"""Validation and the choices QEMU would otherwise make for us.
+
+`resolve()` returns the same topology with every device's address and every
+port's chassis number filled in.  The harness renders explicit values so that the
+model (expect.py) and QEMU agree on placement by construction instead of both
+re-implementing QEMU's first-free-slot search.
+
+Checks made here are the certain ones: QEMU refuses the line, the guest cannot
+see the function, or the PCIe spec forbids it (QEMU 7.2 accepts a device at a
+nonzero slot below a root port, but a port's link leads to slot 0 only).  Whether
+QEMU can place a driver on a bus at all is answered by scenarios/where.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from harness.errors import TopologyError
+from harness.topology.drivers import driver_info
+from harness.topology.model import MGMT_ID, MGMT_SLOT, Address, Device, Topology, machine_kind
+
+BusRole = Literal["root", "slot", "upstream", "pci"]
+_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+MAX_ID_LEN = 26  # node names ("<id>.disk") must stay within QEMU's 31 characters
+
+
+@dataclass(frozen=True)
+class BusInfo:
+    """A bus of the topology: who creates it and what it may hold.
+
+    role "root": the machine's root bus; "slot": below a root or downstream port
+    (one device, slot 0); "upstream": inside a switch (downstream ports only);
+    "pci": a conventional bus behind a PCI bridge.
+    """
+
+    name: str
+    express: bool
+    role: BusRole
+    owner: Device | None  # the bridge that creates it, None for the root bus
+
+
+def buses(topology: Topology) -> dict[str, BusInfo]:
+    kind = topology.kind
+    out = {topology.root_bus: BusInfo(topology.root_bus, kind == "q35", "root", None)}
+    for dev in topology.devices:
+        info = driver_info(dev.driver)
+        if info is None or info.bridge is None:
+            continue
+        if info.bridge in ("root-port", "downstream"):
+            out[dev.id] = BusInfo(dev.id, True, "slot", dev)
+        elif info.bridge == "upstream":
+            out[dev.id] = BusInfo(dev.id, True, "upstream", dev)
+        else:
+            out[dev.id] = BusInfo(dev.id, False, "pci", dev)
+    return out
+
+
+def reserved_slots(topology: Topology) -> dict[int, str]:
+    """Root-bus slots the machine or the harness already uses, with the user."""
+    if topology.kind == "pc":
+        return {0: "the i440FX host bridge", 1: "the PIIX3 (ISA, IDE, PM)",
+                MGMT_SLOT: "the management NIC"}
+    return {0: "the MCH host bridge", MGMT_SLOT: "the management NIC",
+            0x1F: "the ICH9 LPC/AHCI/SMBus functions"}
+
+
+def mgmt_device(topology: Topology) -> Device:
+    """The management NIC every machine gets (user-mode net, SSH forwarded)."""
+    return Device(id=MGMT_ID, driver="virtio-net-pci", bus=topology.root_bus,
+                  addr=Address(MGMT_SLOT, 0))
+
+
+def _err(topology: Topology, dev: Device | None, problem: str, fix: str) -> TopologyError:
+    return TopologyError(f"{topology.where(dev)}: {problem}", fix=fix)
+
+
+def validate(topology: Topology) -> None:
+    """Raise TopologyError for the first certain mistake; return None when fine."""
+    kind = machine_kind(topology.machine)
+    if topology.memory < 16 * 1024 * 1024:
+        raise _err(topology, None, f"memory {topology.memory} bytes is too small",
+                   'give at least memory = "128M"')
+    if topology.ahci_disk is not None and kind != "q35":
+        raise _err(topology, None, "ahci_disk needs the q35 built-in AHCI; pc has none",
+                   'use machine = "q35", or add a device with driver = "ich9-ahci" and disk = ...')
+    seen: dict[str, Device] = {}
+    for dev in topology.devices:
+        _check_id(topology, dev, seen)
+        seen[dev.id] = dev
+    bus_map = buses(topology)
+    for dev in topology.devices:
+        _check_device(topology, dev, bus_map)
+    _check_cycles(topology)
+    _check_addresses(topology, bus_map)
+    _check_chassis(topology)
+
+
+def _check_id(topology: Topology, dev: Device, seen: dict[str, Device]) -> None:
+    if dev.id == MGMT_ID:
+        raise _err(topology, dev, f"id {MGMT_ID!r} is reserved for the management NIC",
+                   "choose another id")
+    if not _ID_RE.match(dev.id) or len(dev.id) > MAX_ID_LEN:
+        raise _err(topology, dev, "id is not a valid QEMU id for the harness",
+                   f"start with a letter, use only letters, digits, '-' and '_', "
+                   f"at most {MAX_ID_LEN} characters")
+    if dev.id in seen:
+        raise _err(topology, dev, "id is used twice", "give every device its own id")
+
+
+def _check_device(topology: Topology, dev: Device, bus_map: dict[str, BusInfo]) -> None:
+    info = driver_info(dev.driver)
+    bus_name = topology.bus_of(dev)
+    bus = bus_map.get(bus_name)
+    if bus is None:
+        if any(d.id == bus_name for d in topology.devices):
+            raise _err(topology, dev, f"bus {bus_name!r} is a device that creates no bus",
+                       "put it on the id of a bridge or port, or leave bus out for the root "
+                       "bus")
+        known = ", ".join(sorted(bus_map))
+        raise _err(topology, dev, f"bus {bus_name!r} does not exist",
+                   f"use one of {known} (a bus is named by the id of the bridge or port "
+                   "that creates it)")
+    if dev.disk is not None and (info is None or info.disk is None):
+        raise _err(topology, dev, f"disk= is not supported for driver {dev.driver!r}",
+                   "use disk on virtio-blk-pci, virtio-scsi-pci or ich9-ahci")
+    if dev.prop("drive") is not None and dev.disk is not None:
+        raise _err(topology, dev, "has both disk= and drive=",
+                   "use disk = SIZE and let the harness create the drive")
+    if dev.prop("addr") is not None or dev.prop("bus") is not None:
+        raise _err(topology, dev, "addr/bus must be written as the keys addr/bus",
+                   'write addr = "2.0" and bus = "rp1"')
+    bridge = info.bridge if info else None
+    if bridge == "root-port" and bus.role != "root":
+        raise _err(topology, dev, f"{dev.driver} must sit on the PCI Express root bus, "
+                   f"not on {bus_name!r}",
+                   'use machine = "q35" and bus = "pcie.0"' if topology.kind == "pc"
+                   else 'leave bus out (pcie.0); behind a port use a switch '
+                        '(x3130-upstream + xio3130-downstream)')
+    if bridge == "root-port" and topology.kind != "q35":
+        raise _err(topology, dev, f"{dev.driver} needs a PCI Express root bus; pc has none",
+                   'use machine = "q35"')
+    if bridge == "downstream" and bus.role != "upstream":
+        raise _err(topology, dev, f"{dev.driver} must sit on a switch upstream port's bus",
+                   "put an x3130-upstream below a root port and this device on its bus")
+    if bridge == "upstream" and bus.role != "slot":
+        raise _err(topology, dev, f"{dev.driver} must sit below a root or downstream port",
+                   "set bus to the id of a pcie-root-port or xio3130-downstream")
+    if bus.role == "upstream" and bridge != "downstream":
+        raise _err(topology, dev, f"the bus of switch port {bus_name!r} holds only "
+                   "downstream ports", "add an xio3130-downstream on it and put this "
+                   "device below that port")
+    if bus.role == "slot" and dev.addr is not None and dev.addr.slot != 0:
+        raise _err(topology, dev, f"slot {dev.addr.slot:#x} below port {bus_name!r}: a PCIe "
+                   "link reaches only device 0 (QEMU 7.2 accepts it, the spec does not)",
+                   'use addr = "0.F" (functions of slot 0) or add another port')
+
+
+def _check_cycles(topology: Topology) -> None:
+    parent = {d.id: d.bus for d in topology.devices if d.bus is not None}
+    for dev in topology.devices:
+        seen = {dev.id}
+        cur = parent.get(dev.id)
+        while cur is not None:
+            if cur in seen:
+                raise _err(topology, dev, "sits below itself (a bridge loop)",
+                           "point bus at a bridge that is not below this device")
+            seen.add(cur)
+            cur = parent.get(cur)
+
+
+def _check_addresses(topology: Topology, bus_map: dict[str, BusInfo]) -> None:
+    taken: dict[tuple[str, int, int], Device] = {}
+    reserved = reserved_slots(topology)
+    for dev in topology.devices:
+        if dev.addr is None:
+            continue
+        bus = topology.bus_of(dev)
+        if bus_map[bus].role == "root" and dev.addr.slot in reserved:
+            raise _err(topology, dev, f"slot {dev.addr.slot:#x} of {bus} is taken by "
+                       f"{reserved[dev.addr.slot]}", "choose another slot or leave addr out")
+        key = (bus, dev.addr.slot, dev.addr.function)
+        if key in taken:
+            raise _err(topology, dev, f"address {dev.addr} on {bus} is also used by "
+                       f"device {taken[key].id!r}", "give one of them another addr")
+        taken[key] = dev
+    for (bus, slot, function), dev in taken.items():
+        fn0 = taken.get((bus, slot, 0))
+        if function != 0 and fn0 is None:
+            raise _err(topology, dev, f"function {function} of slot {slot:#x} on {bus} "
+                       "without a function 0: the guest never scans it",
+                       f'add a device at addr "{slot:x}.0" with multifunction = "on"')
+        if function != 0 and fn0 is not None and not fn0.flag("multifunction"):
+            raise _err(topology, fn0, f"slot {slot:#x} on {bus} has several functions but "
+                       "function 0 is not multifunction", 'add multifunction = "on" to it')
+
+
+def _chassis_prop(dev: Device) -> str | None:
+    info = driver_info(dev.driver)
+    if info is None or info.bridge is None:
+        return None
+    if info.bridge in ("root-port", "downstream"):
+        return "chassis"
+    return "chassis_nr" if info.bridge == "pci-bridge" else None
+
+
+def _check_chassis(topology: Topology) -> None:
+    seen: dict[tuple[str, int, int], Device] = {}
+    for dev in topology.devices:
+        prop = _chassis_prop(dev)
+        if prop is None or dev.prop(prop) is None:
+            continue
+        try:
+            number = int(dev.prop(prop))  # type: ignore[arg-type]
+            slot = int(dev.prop("slot") or 0) if prop == "chassis" else 0
+        except ValueError:
+            raise _err(topology, dev, f"{prop} must be a number", f"write {prop} = 1") from None
+        if prop == "chassis_nr" and not 0 < number < 256:
+            raise _err(topology, dev, "chassis_nr must be 1-255 (QEMU refuses 0)",
+                       "give each pci-bridge its own chassis_nr, or leave it out")
+        key = (prop, number, slot)
+        if key in seen:
+            raise _err(topology, dev, f"{prop}={number} is also used by {seen[key].id!r}",
+                       f"give each one its own {prop}, or leave it out to have one assigned")
+        seen[key] = dev
+
+
+def _first_free(topology: Topology, bus: BusInfo, used: set[int], dev: Device) -> int:
+    if bus.role == "slot":
+        candidates = [0]
+    elif bus.role == "root":
+        reserved = reserved_slots(topology)
+        candidates = [s for s in range(1, 32) if s not in reserved]
+    elif bus.role == "pci":
+        # Slot 0 of a SHPC bridge cannot be hot-unplugged through SHPC: keep it free.
+        candidates = list(range(1, 32))
+    else:
+        candidates = list(range(32))
+    for slot in candidates:
+        if slot not in used:
+            return slot
+    raise _err(topology, dev, f"no free slot left on bus {bus.name!r}",
+               "add a bridge or port and put the device below it")
+
+
+def resolve(topology: Topology) -> Topology:
+    """Validate, then fill in every addr and chassis number (deterministically)."""
+    validate(topology)
+    bus_map = buses(topology)
+    used: dict[str, set[int]] = {}
+    for dev in topology.devices:
+        if dev.addr is not None:
+            used.setdefault(topology.bus_of(dev), set()).add(dev.addr.slot)
+    numbers = {int(v) for d in topology.devices if (p := _chassis_prop(d))
+               and (v := d.prop(p)) is not None}
+    out = []
+    for dev in topology.devices:
+        if dev.addr is None:
+            bus = topology.bus_of(dev)
+            slot = _first_free(topology, bus_map[bus], used.setdefault(bus, set()), dev)
+            used[bus].add(slot)
+            dev = replace(dev, addr=Address(slot, 0))
+        prop = _chassis_prop(dev)
+        if prop is not None and dev.prop(prop) is None:
+            number = next(n for n in range(1, 256) if n not in numbers)
+            numbers.add(number)
+            dev = replace(dev, props=dev.props + ((prop, number),))
+        out.append(dev)
+    return replace(topology, devices=tuple(out))
+
+
+def parents_first(topology: Topology) -> tuple[Device, ...]:
+    """Devices ordered so that every bridge comes before the devices on its bus."""
+    done: set[str] = set()
+    ordered: list[Device] = []
+    pending = list(topology.devices)
+    while pending:
+        rest = []
+        for dev in pending:
+            if dev.bus is None or dev.bus == topology.root_bus or dev.bus in done:
+                ordered.append(dev)
+                done.add(dev.id)
+            else:
+                rest.append(dev)
+        if len(rest) == len(pending):  # validate() rules this out
+            raise _err(topology, rest[0], "its bus is never created", "check bus names")
+        pending = rest
+    return tuple(ordered)
+
+
+def path_of(topology: Topology, dev: Device) -> tuple[str, ...]:
+    """The bridge-tree path ("02.0", "00.0") of a resolved device."""
+    parts: list[str] = []
+    cur: Device | None = dev
+    while cur is not None:
+        assert cur.addr is not None, "path_of needs a resolved topology"
+        parts.append(str(cur.addr))
+        bus = topology.bus_of(cur)
+        cur = None if bus == topology.root_bus else topology.device(bus)
+    return tuple(reversed(parts))

@@ -1,0 +1,133 @@
+"""Topology -> QEMU arguments.  The only module that writes -machine/-device/-blockdev.
+
+What `disk = SIZE` renders to (one scratch qcow2 image each, node names from ids
+so hotplug tests can blockdev-add/-del the same way):
+
+- virtio-blk-pci:  -blockdev node-name=<id>.disk  and  drive=<id>.disk on the device
+- ich9-ahci:       an ide-hd with id <id>.hd on bus <id>.0 (port 0)
+- virtio-scsi-pci: a scsi-hd with id <id>.hd on bus <id>.0 (target 0, lun 0)
+- ahci_disk (q35): an ide-hd with id ahci.hd on the built-in AHCI's bus ide.0
+
+Generated ids contain a dot, which topology ids may not, so they never collide.
+Every device gets an explicit addr (layout.resolve) and every port a chassis.
+The launcher adds -accel, -kernel, -append, -serial/-chardev, -qmp, -nodefaults and
+-display; nothing here does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.topology.drivers import BASE_MODULES, driver_info
+from harness.topology.layout import mgmt_device, parents_first, resolve
+from harness.topology.model import MGMT_ID, MGMT_SLOT, Device, PropValue, Topology
+
+MGMT_NETDEV = f"user,id={MGMT_ID},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22"
+AHCI_DISK_ID = "ahci"  # ids derived from it: node "ahci.disk", device "ahci.hd"
+_DISK_MODULES = {"ide": ("ahci", "sd_mod"), "scsi": ("sd_mod",), "self": ()}
+_ACPI_GLOBAL = {"pc": "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
+                "q35": "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"}
+
+
+@dataclass(frozen=True)
+class ScratchDisk:
+    """An image the launcher creates (qemu-img create -f FORMAT PATH SIZE) before start."""
+
+    path: Path
+    size_bytes: int
+    node_name: str
+    format: str = "qcow2"
+
+
+@dataclass(frozen=True)
+class RenderedMachine:
+    argv: tuple[str, ...]
+    scratch_disks: tuple[ScratchDisk, ...]
+    guest_modules: tuple[str, ...]
+
+
+def node_name(device_id: str) -> str:
+    """The -blockdev node name of a device's scratch disk."""
+    return f"{device_id}.disk"
+
+
+def _escape(value: str) -> str:
+    return value.replace(",", ",,")
+
+
+def _value(value: PropValue) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return _escape(str(value))
+
+
+def device_arg(driver: str, props: list[tuple[str, PropValue]]) -> str:
+    """One -device value: driver,key=value,... with commas escaped."""
+    return ",".join([driver] + [f"{k}={_value(v)}" for k, v in props])
+
+
+def _blockdev(disk: ScratchDisk) -> str:
+    return (f"driver={disk.format},node-name={disk.node_name},file.driver=file,"
+            f"file.filename={_escape(str(disk.path))}")
+
+
+def render(topology: Topology, *, scratch_dir: Path, mgmt_mac: str) -> RenderedMachine:
+    """The -machine/-m/-device/-blockdev/-global/-netdev arguments of a topology."""
+    topo = resolve(topology)
+    argv: list[str] = ["-machine", topo.machine, "-m", _memory(topo.memory)]
+    if not topo.acpi_hotplug:
+        argv += ["-global", _ACPI_GLOBAL[topo.kind]]
+    disks: list[ScratchDisk] = []
+    modules: list[str] = list(BASE_MODULES)
+    for dev in parents_first(topo):
+        argv += _device(topo, dev, scratch_dir, disks, modules)
+    if topo.ahci_disk is not None:
+        disk = ScratchDisk(scratch_dir / f"{AHCI_DISK_ID}.qcow2", topo.ahci_disk,
+                           node_name(AHCI_DISK_ID))
+        disks.append(disk)
+        argv += ["-blockdev", _blockdev(disk), "-device",
+                 device_arg("ide-hd", [("id", f"{AHCI_DISK_ID}.hd"), ("bus", "ide.0"),
+                                       ("drive", disk.node_name)])]
+        modules += _DISK_MODULES["ide"]
+    mgmt = mgmt_device(topo)
+    argv += ["-netdev", MGMT_NETDEV, "-device",
+             device_arg(mgmt.driver, [("id", MGMT_ID), ("netdev", MGMT_ID), ("mac", mgmt_mac),
+                                      ("bus", topo.root_bus), ("addr", f"{MGMT_SLOT:#x}")])]
+    return RenderedMachine(argv=tuple(argv), scratch_disks=tuple(disks),
+                           guest_modules=tuple(dict.fromkeys(modules)))
+
+
+def _memory(size: int) -> str:
+    mib = 1024 * 1024
+    return f"{size // mib}M" if size % mib == 0 else f"{size // 1024}K"
+
+
+def _device(topo: Topology, dev: Device, scratch_dir: Path, disks: list[ScratchDisk],
+            modules: list[str]) -> list[str]:
+    assert dev.addr is not None
+    info = driver_info(dev.driver)
+    props: list[tuple[str, PropValue]] = [("id", dev.id), ("bus", topo.bus_of(dev)),
+                                          ("addr", dev.addr.qemu())]
+    props += list(dev.props)
+    out: list[str] = []
+    child: list[str] = []
+    if info is not None:
+        modules += info.modules
+    if dev.disk is not None and info is not None and info.disk is not None:
+        disk = ScratchDisk(scratch_dir / f"{dev.id}.qcow2", dev.disk, node_name(dev.id))
+        disks.append(disk)
+        modules += _DISK_MODULES[info.disk]
+        out += ["-blockdev", _blockdev(disk)]
+        if info.disk == "self":
+            props.append(("drive", disk.node_name))
+        elif info.disk == "ide":
+            child = ["-device", device_arg("ide-hd", [("id", f"{dev.id}.hd"),
+                                                      ("bus", f"{dev.id}.0"),
+                                                      ("drive", disk.node_name)])]
+        else:
+            child = ["-device", device_arg("scsi-hd", [("id", f"{dev.id}.hd"),
+                                                       ("bus", f"{dev.id}.0"), ("channel", 0),
+                                                       ("scsi-id", 0), ("lun", 0),
+                                                       ("drive", disk.node_name)])]
+    return out + ["-device", device_arg(dev.driver, props)] + child
