@@ -1,1 +1,40 @@
-"""harness.topology"""
+"""Topologies: what machine to build (data), its QEMU arguments and the model of it.
+
+- model.py     Topology / Device / Address (frozen data), cache_key()
+- load.py      TOML or dict -> Topology, with validation (see its docstring for the format)
+- layout.py    validation rules, addresses and chassis numbers made explicit
+- drivers.py   what the harness knows about each -device driver
+- render.py    Topology -> QEMU argv (the only place that writes -device/-machine)
+- expect.py    Topology -> the PciView the guest should see
+- pciview.py   the PciView shape shared by model, QEMU and guest views
+- configspace.py  config-space bytes -> capabilities, link, windows
+- compare.py   three-way diff, before/after diff
+"""
+
+from __future__ import annotations
+
+from harness.topology.compare import Change, Difference, compare, diff_snapshots
+from harness.topology.expect import expected_view
+from harness.topology.layout import resolve, validate
+from harness.topology.load import load_topology, topology_from_dict
+from harness.topology.model import Address, Device, Topology, machine_kind
+from harness.topology.pciview import Bar, PciFunction, PciView
+from harness.topology.render import RenderedMachine, ScratchDisk, render
+
+__all__ = [
+    "Address", "Bar", "Change", "Device", "Difference", "PciFunction", "PciView",
+    "RenderedMachine", "ScratchDisk", "Topology", "compare", "default_topology",
+    "diff_snapshots", "expected_view", "load_topology", "machine_kind", "render", "resolve",
+    "topology_from_dict", "validate",
+]
+
+DEFAULT_DISK_BYTES = 64 * 1024 * 1024
+
+
+def default_topology(machine: str = "q35") -> Topology:
+    """The machine with one 64 MiB virtio-blk disk on its root bus (plus the mgmt NIC)."""
+    machine_kind(machine)  # a TopologyError names the accepted machine types
+    topology = Topology(machine=machine, devices=(
+        Device(id="disk1", driver="virtio-blk-pci", disk=DEFAULT_DISK_BYTES),))
+    validate(topology)
+    return topology

@@ -5,8 +5,9 @@
 Renders the topology, starts QEMU under TCG with no guest (SeaBIOS numbers the
 buses and stops at "no bootable device"), and saves query-pci, the QOM hotplug
 info and every function's 256 config bytes (read with HMP: xp on the q35
-MMCONFIG window, port 0xcf8/0xcfc on pc).  With --paused it also records every
-QMP answer where.py needs (`qmp_log`), for replay in test_where_*.
+MMCONFIG window, port 0xcf8/0xcfc on pc).  With --paused (and
+--where=DRIVER,...) it instead records where.py's answers and every QMP exchange
+they needed (`qmp_log`), for replay in test_where_*.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from harness.topology.load import load_topology
 from harness.topology.render import render
+from harness.scenarios.where import where
 from harness.views import qom_hotplug_info, qom_pci_buses
 
 
@@ -95,8 +97,17 @@ def main() -> None:
         result: dict[str, Any] = {"topology": topo_path, "argv": argv}
         if paused:
             q.log.clear()
-            qom_pci_buses(q)
-            result["qmp_log"] = q.log
+            answers = {}
+            for arg in sys.argv[3:]:
+                if arg.startswith("--where="):
+                    for drv in arg.split("=", 1)[1].split(","):
+                        for hp in (False, True):
+                            ans = where(q, drv, hotplug_only=hp)
+                            answers[f"{drv}{' hotplug' if hp else ''}"] = ans.to_dict()
+            unique = {json.dumps([e["execute"], e["arguments"]], sort_keys=True): e
+                      for e in q.log}
+            result["qmp_log"] = list(unique.values())
+            result["where"] = answers
         else:
             time.sleep(4)  # SeaBIOS enumerates and numbers the buses
             qp = q.execute("query-pci")

@@ -1,0 +1,196 @@
+"""Where can a device go?  A connectivity oracle built from QMP introspection.
+
+Ask a paused machine (-S) and get every PCI bus where DRIVER can be connected:
+its kind, its free slots, how it is hot-plugged and, for a bridge, the name of
+the bus the new device would create.  The facts come from QEMU itself, never
+from a table of device names:
+
+- qom-list-types implements=... : what DRIVER is (PCI at all, PCIe-only,
+  conventional-only, a bridge, a root/downstream/upstream port);
+- device-list-properties        : properties a bridge needs (chassis numbers);
+- QOM walk (views.qom_pci_buses) : buses, their owners, the devices on them and
+  each bus's hotplug-handler, whose QOM type names the mechanism.
+
+Answers follow the PCI/PCIe specs, and say when QEMU is more lenient: QEMU 7.2
+accepts a device at any slot below a PCIe port, but the link reaches slot 0 only;
+it also cold-plugs a root port anywhere.  pcie.0 accepts cold-plug but refuses
+device_add (no hotplug handler), so `hotplug_only` drops it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from harness.errors import UserError
+from harness.views import Qmp, QomBus, qom_pci_buses
+
+
+@dataclass(frozen=True)
+class BusAnswer:
+    bus: str
+    kind: Literal["pci", "pcie"]
+    free_slots: tuple[int, ...]
+    hotplug: str | None  # acpi-bsel | acpi-pcihp | pcie-native | shpc | None
+    secondary_bus_name: str | None  # the bus DRIVER creates here, if it is a bridge
+    qemu_also_accepts: tuple[int, ...] = ()  # slots QEMU takes although the spec does not
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class WhereAnswer:
+    driver: str
+    buses: tuple[BusAnswer, ...]
+    excluded: tuple[tuple[str, str], ...] = ()  # (bus, why DRIVER cannot go there)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "driver": self.driver,
+            "buses": [{**asdict(b), "free_slots": list(b.free_slots),
+                       "qemu_also_accepts": list(b.qemu_also_accepts)} for b in self.buses],
+            "excluded": [{"bus": bus, "reason": why} for bus, why in self.excluded],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+
+@dataclass(frozen=True)
+class _DriverFacts:
+    """What QOM says about DRIVER."""
+
+    express: bool
+    conventional: bool
+    bridge: bool
+    root_port: bool
+    downstream_port: bool
+    upstream_port: bool
+    chassis_prop: str | None
+
+
+class _Types:
+    """qom-list-types implements=IFACE, asked once per interface."""
+
+    def __init__(self, qmp: Qmp) -> None:
+        self.qmp = qmp
+        self.cache: dict[str, set[str]] = {}
+
+    def __call__(self, iface: str) -> set[str]:
+        if iface not in self.cache:
+            self.cache[iface] = {t["name"] for t in self.qmp.execute(
+                "qom-list-types", {"implements": iface, "abstract": True})}
+        return self.cache[iface]
+
+
+def _driver_facts(qmp: Qmp, driver: str, types: _Types) -> _DriverFacts:
+    if driver not in types("pci-device"):
+        raise UserError(f"{driver!r} is not a PCI device this QEMU knows",
+                        fix="list PCI devices with `qemu-system-x86_64 -device help`")
+    slots = types("pcie-slot")
+    ports = types("pcie-port")
+    props = {p["name"] for p in qmp.execute("device-list-properties", {"typename": driver})}
+    chassis = next((p for p in ("chassis_nr", "chassis") if p in props), None)
+    return _DriverFacts(
+        express=driver in types("pci-express-device"),
+        conventional=driver in types("conventional-pci-device"),
+        bridge=driver in types("base-pci-bridge"),
+        root_port=driver in types("pcie-root-port-base"),
+        downstream_port=driver in slots and driver not in types("pcie-root-port-base"),
+        upstream_port=driver in ports and driver not in slots,
+        chassis_prop=chassis)
+
+
+def _role(bus: QomBus, hosts: set[str], slots: set[str], upstream: set[str]) -> str:
+    if bus.parent_type in hosts:
+        return "root"
+    if bus.parent_type in slots:
+        return "slot"
+    if bus.parent_type in upstream:
+        return "switch"
+    return "bridge"
+
+
+def _placement(facts: _DriverFacts, role: str, express: bool) -> tuple[bool, str | None]:
+    """(allowed by the spec, note).  Not allowed -> note is the reason."""
+    if role == "switch" and not facts.downstream_port:
+        return False, "a switch's internal bus holds only downstream ports"
+    if facts.root_port and not (role == "root" and express):
+        return False, ("a root port belongs on the PCI Express root bus "
+                       "(QEMU 7.2 cold-plugs it elsewhere too)")
+    if facts.downstream_port and role != "switch":
+        return False, "a downstream port belongs on a switch upstream port's bus"
+    if facts.upstream_port and role != "slot":
+        return False, "an upstream port belongs below a root or downstream port"
+    if facts.express and not facts.conventional and not express:
+        return True, "a PCI Express-only function on a conventional bus (QEMU accepts it)"
+    if facts.conventional and not facts.express and role == "slot":
+        return True, "a conventional PCI function directly below a PCIe port (QEMU accepts it)"
+    return True, None
+
+
+def _suggest_id(driver: str, taken: set[str]) -> str:
+    n = 1
+    while f"{driver}{n}" in taken:
+        n += 1
+    return f"{driver}{n}"
+
+
+def where(qmp: Qmp, driver: str, *, hotplug_only: bool = False,
+          device_id: str | None = None) -> WhereAnswer:
+    """Every bus of the machine behind `qmp` where DRIVER can be connected.
+
+    `device_id`: the id you will give the device; a bridge's secondary bus takes
+    that name (by default a free id is suggested).  With `hotplug_only`, only
+    buses that accept device_add are listed, with the slots hot-add can use.
+    """
+    types = _Types(qmp)
+    facts = _driver_facts(qmp, driver, types)
+    buses = qom_pci_buses(qmp)
+    hosts = types("pci-host-bridge")
+    slots = types("pcie-slot")
+    upstream = types("pcie-port") - slots
+    secondary = None
+    if facts.bridge:
+        secondary = device_id or _suggest_id(driver, {b.name for b in buses})
+    answers: list[BusAnswer] = []
+    excluded: list[tuple[str, str]] = []
+    for bus in buses:
+        role = _role(bus, hosts, slots, upstream)
+        allowed, note = _placement(facts, role, bus.express)
+        if not allowed:
+            excluded.append((bus.name, note or "not allowed"))
+            continue
+        hotplug = None if bus.hotplug == "none" else bus.hotplug
+        if hotplug_only and hotplug is None:
+            excluded.append((bus.name, "the bus has no hotplug handler (device_add refuses it)"))
+            continue
+        used = {devfn >> 3 for devfn, _, _ in bus.devices}
+        free = [s for s in range(32) if s not in used]
+        lenient: list[int] = []
+        if role == "slot":  # a PCIe link reaches device 0 only
+            lenient = [s for s in free if s != 0]
+            free = [s for s in free if s == 0]
+            if lenient:
+                note = _join(note, "QEMU 7.2 also accepts slots 1-31 here; the PCIe spec "
+                                   "does not")
+        if hotplug_only and hotplug == "shpc":
+            free = [s for s in free if s != 0]  # SHPC drives slots 1-31 only
+        if not free:
+            excluded.append((bus.name, "no free slot" + (
+                " (QEMU 7.2 would still take slots 1-31 below this port)" if lenient else "")))
+            continue
+        if hotplug_only and facts.bridge:
+            note = _join(note, "a hot-added bridge is accepted, but devices hot-plugged "
+                               "behind it are not seen by the guest (QEMU 7.2)")
+        if facts.chassis_prop:
+            note = _join(note, f"give it a unique {facts.chassis_prop}")
+        answers.append(BusAnswer(bus=bus.name, kind="pcie" if bus.express else "pci",
+                                 free_slots=tuple(free), hotplug=hotplug,
+                                 secondary_bus_name=secondary,
+                                 qemu_also_accepts=tuple(lenient), note=note))
+    return WhereAnswer(driver=driver, buses=tuple(answers), excluded=tuple(excluded))
+
+
+def _join(a: str | None, b: str) -> str:
+    return f"{a}; {b}" if a else b
