@@ -82,15 +82,15 @@ class Address:
     @classmethod
     def parse(cls, text: str | int, *, what: str) -> Address:
         """Accept "2", "2.0", "0x1e", "1e.3" (slot in hex as QEMU reads it) or an int slot."""
+        fix = ('write addr as "SLOT.FUNCTION" with SLOT 0-1f in hex and FUNCTION 0-7, '
+               'for example addr = "2.0" or "1e.3"')
         if isinstance(text, bool):
-            raise TopologyError(f"{what}: bad addr {text!r}", fix='write addr = "slot.function"')
+            raise TopologyError(f"{what}: bad addr {text!r}", fix=fix)
         if isinstance(text, int):
             text = f"{text:x}"
         m = _ADDR_RE.match(text.strip())
         if not m or int(m.group(1), 16) > 0x1F:
-            raise TopologyError(f"{what}: bad addr {text!r}",
-                                fix='write addr as "SLOT.FUNCTION" with SLOT 0-1f in hex and '
-                                    'FUNCTION 0-7, for example addr = "2.0" or "1e.3"')
+            raise TopologyError(f"{what}: bad addr {text!r}", fix=fix)
         return cls(int(m.group(1), 16), int(m.group(2) or 0))
 
     def __str__(self) -> str:
