@@ -64,8 +64,8 @@ class Qmp:
         try:
             result = self._monitor.cmd(command, **args)
         except ExecuteError as exc:
-            self._record("<", {"error": {"class": exc.error_class, "desc": exc.error_message}})
-            raise QmpCommandError(command, exc.error_message, exc.error_class) from None
+            self._record("<", {"error": {"class": exc.error_class, "desc": str(exc)}})
+            raise QmpCommandError(command, str(exc), exc.error_class) from None
         except (asyncio.TimeoutError, TimeoutError):
             raise DeadlineExceeded(f"QMP {command} got no answer within {timeout:.0f} s") from None
         except Exception as exc:  # qemu.qmp raises several types on a dead peer
