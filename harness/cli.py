@@ -77,8 +77,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from harness.topology import default_topology
 
     settings = settings_from(args)
+    topology = default_topology(args.machine)  # bad input fails before any QEMU work
     factory = GuestFactory(settings, progress=_progress)
-    topology = default_topology(args.machine)
     artifacts = ArtifactDir("boot", settings.keep_artifacts)
     ok = False
     try:

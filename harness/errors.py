@@ -22,7 +22,8 @@ class HarnessError(Exception):
     def describe(self) -> str:
         text = self.message.rstrip(".") + "."
         if self.fix:
-            text += " " + self.fix.rstrip(".") + "."
+            fix = self.fix.rstrip(".")
+            text += " " + fix[:1].upper() + fix[1:] + "."
         if self.tail:
             text += "\n--- last output ---\n" + self.tail.rstrip() + "\n---"
         return text

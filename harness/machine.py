@@ -152,7 +152,7 @@ class Guest:
     def _create_disks(self) -> None:
         for disk in self.rendered.scratch_disks:
             disk.path.parent.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk.path),
+            proc = subprocess.run(["qemu-img", "create", "-q", "-f", disk.format, str(disk.path),
                                    str(disk.size_bytes)], capture_output=True, text=True,
                                   check=False)
             if proc.returncode != 0:
@@ -199,7 +199,15 @@ class Guest:
             qmp_listener.close()
             con_listener.close()
         self.console = Console(con_sock, self.artifacts / "console.log")
-        self.qmp = Qmp(qmp_sock, self.artifacts / "qmp.log", name=self.name)
+        try:
+            self.qmp = Qmp(qmp_sock, self.artifacts / "qmp.log", name=self.name)
+        except Exception as exc:  # qemu.qmp's ConnectError and friends
+            # Most often QEMU connected its sockets and then rejected the
+            # command line: say that, with its stderr, not "EOF".
+            self.process.wait(Deadline(3, "QEMU exit", scaled=False))
+            if not self.process.alive():
+                raise self.process.exited_error("start-up") from None
+            raise HarnessError(f"QMP negotiation with QEMU failed: {exc}") from None
         self.timings.qmp_ready = time.monotonic() - started
         if not self.plan.boot_guest:
             return
@@ -226,7 +234,8 @@ class Guest:
                                 f"{exc.message}",
                                 fix=f"read {self.artifacts / 'console.log'}; raise "
                                     "--timeout-multiplier if the host is just slow",
-                                tail=self.console.tail()) from None
+                                tail=self.console.tail() or "(the serial console printed nothing)"
+                                ) from None
         self.connect(deadline, started)
 
     def connect(self, deadline: Deadline, started: float | None = None) -> None:

@@ -1,0 +1,147 @@
+"""Bad input and dying QEMU: one clear paragraph, exit status 2, no traceback,
+nothing left running.  Runs the real CLI and real pytest as subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.qemu.binary import find_qemu
+
+pytestmark = pytest.mark.smoke
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def qemu_pids_mentioning(marker: str) -> list[int]:
+    """QEMU processes whose command line contains `marker` (a per-test path)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and argv and b"qemu-system" in argv[0] and marker.encode() in b" ".join(argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+def cli(tmp_path, *args, timeout=120):
+    env = dict(os.environ, PCI_HARNESS_ARTIFACTS=str(tmp_path))
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, f"{fragment!r} not in stderr:\n{result.stderr}"
+
+
+def test_unknown_machine(tmp_path):
+    result = cli(tmp_path, "boot", "--machine", "pcx", "--accel", "tcg")
+    assert_user_error(result, "unknown machine type 'pcx'", "q35")
+
+
+def test_missing_qemu_binary(tmp_path):
+    result = cli(tmp_path, "boot", "--machine", "pc", "--accel", "tcg",
+                 "--qemu-binary", str(tmp_path / "no-such-qemu"))
+    assert_user_error(result, "does not exist", "--qemu-binary")
+
+
+def test_json_error_is_the_last_stdout_line(tmp_path):
+    result = cli(tmp_path, "boot", "--machine", "pcx", "--json")
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["ok"] is False and last["failures"] and "pcx" in last["error"]
+
+
+def test_accel_kvm_where_unusable_or_works(tmp_path):
+    # The expectation comes from our own probe, run directly: if KVM boots
+    # guests here --accel kvm must work, otherwise it must be a clean error.
+    from harness.guest.image import ensure_image
+    from harness.qemu.accel import probe_kvm
+
+    usable, reason = probe_kvm(find_qemu(), ensure_image())
+    result = cli(tmp_path, "boot", "--machine", "pc", "--accel", "kvm", "--json")
+    if usable:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert_user_error(result, "KVM is unusable here", "--accel tcg")
+    assert qemu_pids_mentioning(str(tmp_path)) == []
+
+
+def test_guest_never_ready_quotes_console_and_cleans_up(tmp_path):
+    # 2 % of the boot deadline: the kernel cannot reach init in time.
+    result = cli(tmp_path, "boot", "--machine", "q35", "--accel", "tcg",
+                 "--timeout-multiplier", "0.02")
+    assert_user_error(result, "never became ready", "console.log", "--- last output ---")
+    assert qemu_pids_mentioning(str(tmp_path)) == []
+
+
+def _wrapper(tmp_path, body):
+    """A fake QEMU that answers -version/-machine help as QEMU does, then `body`."""
+    real = find_qemu().path
+    path = tmp_path / "qemu-system-x86_64-wrapper"
+    path.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case "$1" in -version|-machine) exec {real} "$@";; esac
+        {body}
+        """))
+    path.chmod(0o755)
+    return path
+
+
+def test_qemu_exit_status_and_stderr(tmp_path):
+    real = find_qemu().path
+    wrapper = _wrapper(tmp_path, f'exec {real} "$@" -device no-such-device-model')
+    result = cli(tmp_path, "boot", "--machine", "pc", "--accel", "tcg",
+                 "--qemu-binary", str(wrapper))
+    assert_user_error(result, "exited with status 1", "no-such-device-model")
+    assert qemu_pids_mentioning(str(tmp_path)) == []
+
+
+def test_qemu_killed_by_signal(tmp_path):
+    wrapper = _wrapper(tmp_path, 'echo "about to crash" >&2; kill -SEGV $$')
+    result = cli(tmp_path, "boot", "--machine", "q35", "--accel", "tcg",
+                 "--qemu-binary", str(wrapper))
+    assert_user_error(result, "killed by SIGSEGV (signal 11)", "about to crash")
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
+def test_kill_9_of_pytest_mid_boot_leaves_no_qemu(tmp_path, xdist):
+    test_file = tmp_path / "test_victim.py"
+    test_file.write_text("def test_boot(guest):\n    guest.succeed('sleep 600')\n")
+    art = tmp_path / "art"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file),
+            "--accel", "tcg", "--artifacts-dir", str(art), "--rootdir", str(tmp_path)]
+    if xdist:
+        argv += ["-n", "1"]
+    victim = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not qemu_pids_mentioning(str(art)) and time.monotonic() < deadline:
+            assert victim.poll() is None, "pytest ended before QEMU started"
+            time.sleep(0.1)
+        assert qemu_pids_mentioning(str(art)), "QEMU never started"
+        time.sleep(0.5)  # mid-boot
+        victim.send_signal(signal.SIGKILL)  # only pytest itself, not its group
+        victim.wait()
+        deadline = time.monotonic() + 15
+        while qemu_pids_mentioning(str(art)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert qemu_pids_mentioning(str(art)) == []
+    finally:
+        for pid in qemu_pids_mentioning(str(art)):
+            os.kill(pid, signal.SIGKILL)
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
