@@ -32,7 +32,7 @@ def test_scale_must_be_positive():
 def test_error_paragraph_has_message_fix_and_tail():
     err = UserError("unknown machine type 'pcx'", fix="use pc or q35", tail="line1\nline2")
     text = err.describe()
-    assert text.startswith("unknown machine type 'pcx'. use pc or q35.")
+    assert text.startswith("unknown machine type 'pcx'. Use pc or q35.")
     assert text.endswith("line1\nline2\n---")
     assert isinstance(err, HarnessError)
 
