@@ -15,8 +15,14 @@ from typing import Any
 import pytest
 from test_views_parse import guest_dump_from_recording
 
-from harness.topology import (Difference, compare, diff_snapshots, expected_view, load_topology,
-                              topology_from_dict)
+from harness.topology import (
+    Difference,
+    compare,
+    diff_snapshots,
+    expected_view,
+    load_topology,
+    topology_from_dict,
+)
 from harness.topology.model import Address, ExpectValue
 from harness.topology.pciview import PciView
 from harness.views import parse_guest_view, parse_qemu_view

@@ -11,8 +11,13 @@ import pytest
 
 from harness.topology.configspace import decode
 from harness.topology.pciview import PciView
-from harness.views import (GUEST_DUMP_SCRIPT, config_view, parse_guest_view, parse_qemu_view,
-                           sysfs_path)
+from harness.views import (
+    GUEST_DUMP_SCRIPT,
+    config_view,
+    parse_guest_view,
+    parse_qemu_view,
+    sysfs_path,
+)
 
 DATA = Path(__file__).parent / "data"
 RECORDINGS = sorted(p for p in DATA.glob("*.json") if not p.name.startswith("where-"))

@@ -23,9 +23,9 @@ from typing import Any
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from harness.scenarios.where import where
 from harness.topology.load import load_topology
 from harness.topology.render import render
-from harness.scenarios.where import where
 from harness.views import qom_hotplug_info, qom_pci_buses
 
 
