@@ -11,6 +11,7 @@ JSON object.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -138,13 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(nightly)
     nightly.set_defaults(func=cmd_nightly)
 
-    for register in _extra_verbs:
-        register(verbs)
+    for module in VERB_MODULES:
+        importlib.import_module(module).register(verbs)
     return parser
 
 
-#: Later modules add verbs (compare, where, hotplug-stress, ...) here.
-_extra_verbs: list[Callable[[Any], None]] = []
+#: Modules that add verbs: each has `register(subparsers)` and uses
+#: `add_common_options`/`settings_from`/`ArtifactDir` from here.
+VERB_MODULES: list[str] = [
+]
 
 
 def _on_signal(signum: int, _frame: object) -> None:

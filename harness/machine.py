@@ -36,6 +36,11 @@ if TYPE_CHECKING:
     from harness.topology.render import RenderedMachine
 
 BOOT_SECONDS = 60.0     # TCG seconds from spawn to the READY marker
+# A named model (not `max`): the same on every QEMU version, so cross-version
+# migration works, and under TCG the kernel patches far fewer alternatives
+# (~0.6 s less boot).  RDRAND feeds the guest's entropy pool at once, so
+# dropbear's first login does not wait for randomness.
+CPU_MODEL = "qemu64,+rdrand"
 FIRMWARE = {"seabios": None, "qboot": "qboot.rom"}
 
 
@@ -126,7 +131,7 @@ class Guest:
         plan = self.plan
         keyfile = self.run_dir / "authorized_keys"
         argv = [str(plan.binary.path), "-name", self.name, "-accel", plan.accel.name,
-                "-cpu", "max", "-nodefaults", "-no-user-config", "-display", "none",
+                "-cpu", CPU_MODEL, "-nodefaults", "-no-user-config", "-display", "none",
                 "-chardev", f"socket,id=qmp,path={self.run_dir / 'qmp.sock'}",
                 "-mon", "chardev=qmp,mode=control",
                 "-chardev", f"socket,id=console,path={self.run_dir / 'console.sock'},"
