@@ -105,26 +105,38 @@ def _random_mac() -> str:
 class Guest:
     """A booted guest.  Use as a context manager or call `shutdown()`."""
 
-    def __init__(self, plan: LaunchPlan, artifacts: Path, name: str = "guest"):
+    def __init__(self, plan: LaunchPlan, artifacts: Path, name: str = "guest",
+                 same_machine_as: "Guest | None" = None):
         self.plan = plan
         self.name = name
         self.artifacts = artifacts
         artifacts.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.run_dir = private_dir("pcih-")  # short 0700 dir: unix socket paths < 108 bytes
         self.key = SshKey()
-        self.mgmt_mac = _random_mac()
         self.timings = BootTimings()
         self.process: QemuProcess | None = None
         self.qmp: Qmp | None = None
         self.console: Console | None = None
         self.shell: GuestShell | None = None
         self.ssh_port: int | None = None
-        from harness.topology.render import render
-
-        self.rendered: RenderedMachine = render(plan.topology, scratch_dir=artifacts / "disks",
-                                                mgmt_mac=self.mgmt_mac)
         self.argv: list[str] = []
         self._down = False
+        # A migration destination (same_machine_as) gets the very same
+        # devices, disks and MAC; otherwise this guest renders its own.
+        self._owns_disks = same_machine_as is None
+        self.mgmt_mac: str = same_machine_as.mgmt_mac if same_machine_as else _random_mac()
+        if same_machine_as is not None:
+            self.rendered: RenderedMachine = same_machine_as.rendered
+        else:
+            from harness.topology.render import render
+
+            self.rendered = render(plan.topology, scratch_dir=artifacts / "disks",
+                                   mgmt_mac=self.mgmt_mac)
+
+    def incoming_twin(self, artifacts: Path, name: str) -> "Guest":
+        """A not-yet-started Guest with this one's devices, disks and MAC: the
+        destination of a migration (start it with `launch(incoming=...)`)."""
+        return Guest(self.plan, artifacts, name=name, same_machine_as=self)
 
     # ---- command line -------------------------------------------------
     def build_argv(self, incoming: str | None = None) -> list[str]:
@@ -155,6 +167,8 @@ class Guest:
         return argv
 
     def _create_disks(self) -> None:
+        if not self._owns_disks:
+            return
         for disk in self.rendered.scratch_disks:
             disk.path.parent.mkdir(parents=True, exist_ok=True)
             proc = subprocess.run(["qemu-img", "create", "-q", "-f", disk.format, str(disk.path),
