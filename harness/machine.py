@@ -56,6 +56,7 @@ class LaunchPlan:
     memory: str | None = None         # overrides the topology's memory
     extra_args: tuple[str, ...] = ()  # e.g. ("-S",) for a paused machine
     boot_guest: bool = True           # False: no kernel, QMP only (the where-oracle)
+    kernel_args: tuple[str, ...] = () # e.g. ("pci=nomsi",) or ("iomem=relaxed",)
 
 
 @dataclass
@@ -156,8 +157,9 @@ class Guest:
         if plan.boot_guest:
             modules = ",".join(self.rendered.guest_modules)
             argv += ["-kernel", str(plan.image.vmlinux), "-initrd", str(plan.image.initrd),
-                     "-append", f"{plan.image.cmdline_base} harness.modules={modules} "
-                                f"harness.mac={self.mgmt_mac}"]
+                     "-append", " ".join([plan.image.cmdline_base, *plan.kernel_args,
+                                          f"harness.modules={modules}",
+                                          f"harness.mac={self.mgmt_mac}"])]
         argv += list(self.rendered.argv)
         if plan.memory:
             argv += ["-m", plan.memory]
