@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from harness.topology.configspace import ConfigFacts, decode
 from harness.topology.pciview import Bar, PciFunction, PciView, window
 
-__all__ = ["GUEST_DUMP_SCRIPT", "Qmp", "QomBus", "collect_qemu_view", "config_view",
+__all__ = ["GUEST_DUMP_SCRIPT", "GUEST_LSPCI_SCRIPT", "Qmp", "QomBus", "collect_qemu_view", "config_view",
            "hotplug_mechanism", "parse_guest_view", "parse_qemu_view", "qom_hotplug_info",
            "qom_pci_buses"]
 
@@ -208,33 +208,43 @@ def collect_qemu_view(qmp: Qmp) -> PciView:
 
 # --------------------------------------------------------------------------- guest view
 
-# busybox sh.  One "@@ fn" block per function; config as one hex string (od, or
-# hexdump when od lacks -t); lspci -vvv -nn is appended for people, not parsed.
+# busybox sh.  One "@@ fn" block per function.  Few forks per function (under
+# TCG each costs milliseconds): shell builtins read the small sysfs files, and
+# the first 256 config bytes (the standard header and capabilities, all that
+# configspace.decode reads) come as one line of hex bytes, from od or, when od
+# lacks -N, from hexdump.
 GUEST_DUMP_SCRIPT = r"""
 for d in /sys/bus/pci/devices/*; do
-  echo "@@ fn $(basename "$d")"
+  echo "@@ fn ${d##*/}"
   echo "sysfs $(readlink -f "$d")"
-  if [ -e "$d/driver" ]; then echo "driver $(basename "$(readlink "$d/driver")")"
-  else echo "driver "; fi
-  echo "irq $(cat "$d/irq" 2>/dev/null)"
+  drv=""; [ -e "$d/driver" ] && drv=$(readlink "$d/driver")
+  echo "driver ${drv##*/}"
+  irq=""; read -r irq < "$d/irq"; echo "irq $irq"
   for f in current_link_speed current_link_width max_link_speed max_link_width; do
-    [ -r "$d/$f" ] && echo "$f $(cat "$d/$f" 2>/dev/null)"
+    [ -r "$d/$f" ] && read -r v < "$d/$f" 2>/dev/null && echo "$f $v"
   done
   while read -r line; do echo "res $line"; done < "$d/resource"
-  hex=$(od -An -v -tx1 "$d/config" 2>/dev/null | tr -d ' \n')
-  [ -n "$hex" ] || hex=$(hexdump -v -e '1/1 "%02x"' "$d/config")
-  echo "config $hex"
+  hex=$(od -An -v -tx1 -N256 "$d/config" 2>/dev/null) ||
+    hex=$(hexdump -v -n 256 -e '1/1 "%02x "' "$d/config")
+  echo "config" $hex
 done
 for s in /sys/bus/pci/slots/*; do
-  [ -r "$s/address" ] && echo "@@ slot $(basename "$s") $(cat "$s/address")"
+  [ -r "$s/address" ] && read -r a < "$s/address" && echo "@@ slot ${s##*/} $a"
 done
 echo "@@ end"
+"""
+# Appended for people (kept as an artifact next to the views), never parsed.
+GUEST_LSPCI_SCRIPT = r"""
 if command -v lspci >/dev/null 2>&1; then echo "@@ lspci"; lspci -vvv -nn; fi
 """
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:([0-9a-f]{2})\.([0-7])$")
 IORESOURCE_IO, IORESOURCE_MEM = 0x100, 0x200
 IORESOURCE_PREFETCH, IORESOURCE_MEM_64 = 0x2000, 0x100000
+# Ranges the kernel pins without a BAR behind them: the legacy IDE ports
+# (0x1f0, 0x3f6, 0x170, 0x376) a compatibility-mode IDE function gets in slots
+# 0-3 (drivers/pci/probe.c LEGACY_IO_RESOURCE).  Not BARs: QEMU lists none there.
+IORESOURCE_PCI_FIXED = 0x10
 
 
 def sysfs_path(real_path: str) -> tuple[str, ...]:
@@ -251,7 +261,9 @@ def _guest_bars(lines: list[str]) -> tuple[Bar, ...]:
     bars = []
     for index, line in enumerate(lines[:7]):
         start, end, flags = (int(x, 16) for x in line.split()[:3])
-        if not flags & (IORESOURCE_IO | IORESOURCE_MEM) or end <= start:
+        if not flags & (IORESOURCE_IO | IORESOURCE_MEM) or end < start:
+            continue
+        if flags & IORESOURCE_PCI_FIXED and index < 6:
             continue
         io = bool(flags & IORESOURCE_IO)
         rom = index == 6  # Linux marks ROMs prefetchable; QEMU does not: not compared
@@ -292,7 +304,9 @@ def parse_guest_view(text: str) -> PciView:
         elif block is not None:
             if key == "res":
                 block["res"].append(value)
-            elif key in ("sysfs", "config", "driver"):
+            elif key == "config":  # "8680..." or "86 80 ..." (bytes.fromhex skips spaces)
+                block[key] = " ".join(value.split())
+            elif key in ("sysfs", "driver"):
                 block[key] = value.strip()
     flush()
     return PciView(source="guest", functions=tuple(sorted(funcs, key=lambda f: f.path)))
