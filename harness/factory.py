@@ -16,6 +16,7 @@ from harness.guest.image import GuestImage, ensure_image
 from harness.machine import Guest, LaunchPlan
 from harness.qemu.accel import Accel, announce, resolve_accel
 from harness.qemu.binary import QemuBinary, find_qemu
+from harness.snapshot import SnapshotCache
 
 Progress = Callable[[str], None]
 
@@ -49,19 +50,28 @@ class GuestFactory:
         if announce_accel and accel is None:
             announce(self.accel)
         set_timeout_scale(self.accel.timeout_factor * settings.timeout_multiplier)
+        self.snapshots = SnapshotCache(self.progress) if settings.snapshot else None
 
     def plan(self, topology: Any, **overrides: Any) -> LaunchPlan:
         self.binary.check_machine(topology.machine)
         return LaunchPlan(binary=self.binary, accel=self.accel, image=self.image,
                           topology=topology, firmware=self.settings.firmware, **overrides)
 
+    def launch(self, topology: Any, artifacts: Path, name: str = "guest",
+               **overrides: Any) -> Guest:
+        """A ready guest (SSH works): restored from a snapshot when the settings
+        allow and one exists, else booted cold.  The caller shuts it down."""
+        plan = self.plan(topology, **overrides)
+        if self.snapshots is None:
+            return Guest(plan, artifacts, name=name).launch()
+        return self.snapshots.launch(plan, artifacts, name)
+
     @contextlib.contextmanager
     def guest(self, topology: Any, artifacts: Path, name: str = "guest",
               **overrides: Any) -> Iterator[Guest]:
-        """A booted guest for the duration of the `with` block."""
-        guest = Guest(self.plan(topology, **overrides), artifacts, name=name)
+        """A ready guest for the duration of the `with` block."""
+        guest = self.launch(topology, artifacts, name, **overrides)
         try:
-            guest.launch()
             yield guest
         finally:
             guest.shutdown()

@@ -121,6 +121,7 @@ class Guest:
         self.shell: GuestShell | None = None
         self.ssh_port: int | None = None
         self.argv: list[str] = []
+        self.started_at = 0.0  # time.monotonic() when QEMU was spawned
         self._down = False
         # A migration destination (same_machine_as) gets the very same
         # devices, disks and MAC; otherwise this guest renders its own.
@@ -193,16 +194,21 @@ class Guest:
                                self.artifacts)
 
     # ---- lifecycle ----------------------------------------------------
-    def launch(self, incoming: str | None = None) -> "Guest":
-        """Start QEMU and wait (with a deadline) until the guest answers SSH."""
+    def launch(self, incoming: str | None = None, wait_for_ssh: bool = True) -> "Guest":
+        """Start QEMU and wait (with a deadline) until the guest answers SSH.
+
+        With `incoming` it returns as soon as QMP is up (the caller drives the
+        migration, then calls `connect`); with wait_for_ssh=False it returns
+        when sshd listens, without logging in (the snapshot builder).
+        """
         try:
-            self._launch(incoming)
+            self._launch(incoming, wait_for_ssh)
         except BaseException:
             self.shutdown()
             raise
         return self
 
-    def _launch(self, incoming: str | None) -> None:
+    def _launch(self, incoming: str | None, wait_for_ssh: bool) -> None:
         (self.run_dir / "authorized_keys").write_text(self.key.authorized_line)
         self._create_disks()
         self.argv = self.build_argv(incoming)
@@ -210,7 +216,7 @@ class Guest:
         qmp_listener = _listen(self.run_dir / "qmp.sock")
         con_listener = _listen(self.run_dir / "console.sock")
         deadline = Deadline(BOOT_SECONDS, f"boot of {self.plan.topology.machine} guest")
-        started = time.monotonic()
+        started = self.started_at = time.monotonic()
         try:
             self.process = QemuProcess(self.argv, self.artifacts)
             # QEMU creates chardevs in command-line order: QMP first, then console.
@@ -234,9 +240,9 @@ class Guest:
             return
         if incoming:
             return  # the caller drives the migration and then calls `connect()`
-        self._wait_ready(deadline, started)
+        self._wait_ready(deadline, started, wait_for_ssh)
 
-    def _wait_ready(self, deadline: Deadline, started: float) -> None:
+    def _wait_ready(self, deadline: Deadline, started: float, wait_for_ssh: bool) -> None:
         assert self.console is not None and self.process is not None
         try:
             text = self.console.expect(r"HARNESS-INIT [\d.]+", deadline)
@@ -257,7 +263,8 @@ class Guest:
                                     "--timeout-multiplier if the host is just slow",
                                 tail=self.console.tail() or "(the serial console printed nothing)"
                                 ) from None
-        self.connect(deadline, started)
+        if wait_for_ssh:
+            self.connect(deadline, started)
 
     def connect(self, deadline: Deadline, started: float | None = None) -> None:
         """Find the SSH forward and open the SSH session."""

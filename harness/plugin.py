@@ -155,14 +155,11 @@ def topology(machine: str) -> Any:
 def make_guest(harness_factory: "GuestFactory", artifacts: Path,
                request: pytest.FixtureRequest) -> Iterator[Callable[..., "Guest"]]:
     """`make_guest(topology, name="guest", **plan_overrides)` -> booted Guest."""
-    from harness.machine import Guest
+    started: list["Guest"] = []
 
-    started: list[Guest] = []
-
-    def make(topology: Any, name: str = "guest", **overrides: Any) -> Guest:
-        guest = Guest(harness_factory.plan(topology, **overrides), artifacts / name, name=name)
+    def make(topology: Any, name: str = "guest", **overrides: Any) -> "Guest":
+        guest = harness_factory.launch(topology, artifacts / name, name=name, **overrides)
         started.append(guest)
-        guest.launch()
         request.node.user_properties.append((f"boot_s:{name}", round(guest.timings.ssh_connected, 3)))
         return guest
 

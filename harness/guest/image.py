@@ -112,8 +112,9 @@ def _resolve_versions(recipe: dict[str, object]) -> dict[str, str]:
 def image_key(recipe_path: Path, versions: dict[str, str]) -> str:
     digest = hashlib.sha256()
     digest.update(BUILDER_VERSION.encode())
-    for name in ("recipe.toml", "init.sh"):
-        digest.update((recipe_path / name).read_bytes())
+    for path in sorted(recipe_path.iterdir()):  # recipe.toml, init.sh, helper scripts
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(json.dumps(versions, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -321,6 +322,8 @@ def _assemble_initramfs(rdir: Path, recipe: dict[str, object], staging: Path, ro
     (root / "etc/profile").write_text("export PATH=/sbin:/bin:/usr/sbin:/usr/bin PS1='guest# '\n")
     shutil.copy2(rdir / "init.sh", root / "init")
     os.chmod(root / "init", 0o755)
+    shutil.copy2(rdir / "restored.sh", root / "bin/harness-restored")
+    os.chmod(root / "bin/harness-restored", 0o755)
 
 
 def _write_cpio(root: Path, target: Path) -> None:

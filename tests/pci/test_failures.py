@@ -81,7 +81,7 @@ def test_accel_kvm_where_unusable_or_works(tmp_path):
 
 def test_guest_never_ready_quotes_console_and_cleans_up(tmp_path):
     # 2 % of the boot deadline: the kernel cannot reach init in time.
-    result = cli(tmp_path, "boot", "--machine", "q35", "--accel", "tcg",
+    result = cli(tmp_path, "boot", "--machine", "q35", "--accel", "tcg", "--no-snapshot",
                  "--timeout-multiplier", "0.02")
     assert_user_error(result, "never became ready", "console.log", "--- last output ---")
     assert qemu_pids_mentioning(str(tmp_path)) == []

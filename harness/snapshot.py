@@ -1,0 +1,190 @@
+"""Booted-guest snapshots: boot once, then start every later guest from RAM.
+
+Under TCG a cold boot costs ~3 s, restoring a saved idle guest a fraction of
+that.  After the first cold boot of a given (QEMU binary, accelerator,
+firmware, CPU model, guest image, topology, kernel arguments, memory, extra
+arguments) the idle guest -- booted, sshd listening, nobody logged in -- is
+migrated into a file in the cache (`exec:cat > FILE`: QEMU 7.2 has no `file:`
+URI).  Later guests with the same key start with `-incoming defer`, load the
+file, and are fixed up over the serial console before SSH: clock set to now,
+host randomness mixed into the pool, the run's own MAC on the management NIC.
+The SSH key needs no fix-up: the guest reads authorized_keys from fw_cfg,
+which the *restoring* QEMU serves.  Scratch disks are created fresh for every
+guest; they are blank, exactly as the saved guest last saw its own.
+
+Several xdist workers: one builds under a file lock, the others wait for it.
+A snapshot that fails to restore (stale, truncated, corrupt) is deleted and
+the guest boots cold, which rebuilds it: a bad snapshot never fails a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock, Timeout
+
+from harness.deadline import Deadline
+from harness.errors import DeadlineExceeded, HarnessError
+from harness.machine import CPU_MODEL, Guest, LaunchPlan
+from harness.paths import cache_root
+
+#: Bump when what is saved, or how it is restored, changes.
+SNAPSHOT_FORMAT = "2"
+SAVE_SECONDS = 60.0
+RESTORE_SECONDS = 30.0
+LOCK_WAIT_SECONDS = 180.0
+
+Progress = Callable[[str], None]
+
+
+def snapshot_key(plan: LaunchPlan) -> str:
+    """Everything that changes the device set, firmware or guest software."""
+    parts = {
+        "format": SNAPSHOT_FORMAT,
+        "qemu": plan.binary.identity(),
+        "accel": plan.accel.name,
+        "firmware": plan.firmware,
+        "cpu": CPU_MODEL,
+        "image": plan.image.key,
+        "topology": plan.topology.cache_key(),
+        "memory": plan.memory,
+        "kernel_args": list(plan.kernel_args),
+        "extra_args": list(plan.extra_args),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    key: str
+    path: Path       # the migration stream
+    meta: Path       # JSON: key, size, when it was saved and how long that took
+
+    def usable(self) -> bool:
+        try:
+            meta = json.loads(self.meta.read_text())
+            return bool(meta.get("key") == self.key
+                        and self.path.stat().st_size == meta.get("size"))
+        except (OSError, ValueError):
+            return False
+
+    def discard(self) -> None:
+        for p in (self.path, self.meta):
+            p.unlink(missing_ok=True)
+
+
+class SnapshotCache:
+    def __init__(self, progress: Progress, root: Path | None = None):
+        self.root = root or cache_root() / "snapshots"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+
+    def entry(self, plan: LaunchPlan) -> SnapshotFile:
+        key = snapshot_key(plan)
+        return SnapshotFile(key, self.root / f"{key}.mig", self.root / f"{key}.json")
+
+    def launch(self, plan: LaunchPlan, artifacts: Path, name: str) -> Guest:
+        """A ready guest: restored when a snapshot exists, else cold (saving one)."""
+        if not plan.boot_guest:
+            return Guest(plan, artifacts, name=name).launch()
+        snap = self.entry(plan)
+        if not snap.usable():
+            try:
+                with FileLock(str(snap.path) + ".lock",
+                              timeout=LOCK_WAIT_SECONDS * _scale_hint()):
+                    if not snap.usable():
+                        self._build(plan, snap, artifacts.with_name(artifacts.name + ".snapshot-build"))
+            except Timeout:
+                self.progress("snapshot: another worker is still building it; booting cold")
+                return Guest(plan, artifacts, name=name).launch()
+            except HarnessError as exc:
+                # A guest that cannot be saved can still be booted: the test
+                # decides, with the cold boot's own error if that fails too.
+                self.progress(f"snapshot: could not save one ({exc.message}); booting cold")
+                return Guest(plan, artifacts, name=name).launch()
+        try:
+            return restore(plan, snap, artifacts, name)
+        except HarnessError as exc:
+            self.progress(f"snapshot {snap.key} did not restore ({exc.message}); "
+                          "discarding it and booting cold")
+            snap.discard()
+            if artifacts.exists():  # keep what explains the failure, boot in a clean dir
+                artifacts.rename(artifacts.with_name(artifacts.name + ".restore-failed"))
+            return Guest(plan, artifacts, name=name).launch()
+
+    def _build(self, plan: LaunchPlan, snap: SnapshotFile, artifacts: Path) -> None:
+        self.progress(f"snapshot: cold boot to save {snap.key}")
+        builder = Guest(plan, artifacts, name="snapshot-builder")
+        try:
+            builder.launch(wait_for_ssh=False)
+            save(builder, snap)
+        finally:
+            builder.shutdown()
+        shutil.rmtree(artifacts, ignore_errors=True)
+        self.progress(f"snapshot: saved {snap.key} ({snap.path.stat().st_size >> 20} MiB)")
+
+
+def _scale_hint() -> float:
+    from harness.deadline import timeout_scale
+
+    return timeout_scale()
+
+
+def save(guest: Guest, snap: SnapshotFile) -> None:
+    """Migrate a ready, idle guest into the snapshot file (atomically)."""
+    assert guest.qmp is not None
+    tmp = snap.path.with_suffix(f".tmp{os.getpid()}")
+    started = time.monotonic()
+    qmp = guest.qmp
+    # Uncapped bandwidth: the default 128 MiB/s cap alone costs ~0.5 s.
+    qmp.execute("migrate-set-parameters", {"max-bandwidth": 64 << 30})
+    qmp.execute("migrate", {"uri": f"exec:cat > {tmp}"})
+    deadline = Deadline(SAVE_SECONDS, "saving the guest snapshot")
+    while True:
+        info = qmp.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            break
+        if status in ("failed", "cancelled"):
+            tmp.unlink(missing_ok=True)
+            raise HarnessError(f"saving the snapshot failed: {info.get('error-desc', status)}")
+        if deadline.expired():
+            tmp.unlink(missing_ok=True)
+            raise DeadlineExceeded(deadline.describe(), tail=json.dumps(info))
+        time.sleep(0.02)
+    size = tmp.stat().st_size
+    os.replace(tmp, snap.path)
+    snap.meta.write_text(json.dumps({"key": snap.key, "size": size, "saved_at": time.time(),
+                                     "save_s": round(time.monotonic() - started, 3)}))
+
+
+def restore(plan: LaunchPlan, snap: SnapshotFile, artifacts: Path, name: str) -> Guest:
+    """Start a guest from the snapshot and make it this run's guest."""
+    guest = Guest(plan, artifacts, name=name)
+    try:
+        guest.launch(incoming="defer")
+        assert guest.qmp is not None and guest.console is not None
+        guest.qmp.execute("migrate-incoming", {"uri": f"exec:cat {snap.path}"})
+        deadline = Deadline(RESTORE_SECONDS, "restoring the guest snapshot")
+        guest.qmp.wait_event("RESUME", deadline)
+        guest.timings.restored = True
+        guest.timings.init_started = time.monotonic() - guest.started_at
+        # Until this line runs the NIC still has the saved guest's MAC; the
+        # script finds it through /run/harness.mac.
+        seed = os.urandom(32).hex()
+        guest.console.send_line(f"harness-restored {int(time.time())} {seed} {guest.mgmt_mac}")
+        text = guest.console.expect(r"HARNESS-RESTORED [\d.]+", deadline)
+        guest.timings.sshd_ready = time.monotonic() - guest.started_at
+        guest.timings.guest_uptime_ready = float(text.split()[1])
+        guest.connect(deadline, guest.started_at)
+    except BaseException:
+        guest.shutdown()
+        raise
+    return guest
