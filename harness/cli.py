@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: Modules that add verbs: each has `register(subparsers)` and uses
 #: `add_common_options`/`settings_from`/`ArtifactDir` from here.
 VERB_MODULES: list[str] = [
+    "harness.cli_topology",
+    "harness.cli_migration",
 ]
 
 

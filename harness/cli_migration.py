@@ -1,0 +1,191 @@
+"""`pci-harness pingpong`: migrate a guest under disk load back and forth.
+
+Exit status 0 when every hop and the final data verification pass, 1 at the
+first failed hop (one paragraph on stderr naming the hop and kind; the
+artifact directory is kept with reproduce.sh), 2 when the run could not be
+made at all (bad options, no QEMU, a guest that never booted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.cli import ArtifactDir, add_common_options, settings_from
+from harness.errors import UserError
+from harness.paths import project_root
+from harness.scenarios.pingpong import (
+    PingPong,
+    PingPongOptions,
+    PingPongResult,
+    disk_targets,
+    write_reproduce,
+)
+from harness.topology import Topology, load_topology, machine_kind, topology_from_dict
+
+DISK_SIZE = "64M"
+
+
+def build_topology(machine: str, disk: str) -> Topology:
+    """The built-in ping-pong machines: q35 uses its own AHCI (00:1f.2); pc gets an
+    ich9-ahci behind a pci-bridge (bridged DMA is the less travelled path); both get a
+    virtio-blk on the root bus."""
+    kind = machine_kind(machine)
+    data: dict[str, Any] = {"machine": machine, "device": []}
+    if disk in ("ahci", "both"):
+        if kind == "q35":
+            data["ahci_disk"] = DISK_SIZE
+        else:
+            data["device"] += [
+                {"id": "br1", "driver": "pci-bridge", "addr": "4.0", "chassis_nr": 1},
+                {"id": "sata1", "driver": "ich9-ahci", "bus": "br1", "addr": "1.0",
+                 "disk": DISK_SIZE}]
+    if disk in ("virtio-blk", "both"):
+        data["device"].append({"id": "vblk1", "driver": "virtio-blk-pci", "disk": DISK_SIZE})
+    return topology_from_dict(data, source=f"pingpong --machine {machine} --disk {disk}")
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
+    hops = [r.stats.total_s for r in result.records]
+    downs = [r.stats.downtime_ms for r in result.records if r.stats.downtime_ms is not None]
+    out: dict[str, Any] = {
+        "ok": result.ok, "hops": len(result.records), "seed": seed,
+        "failures": [] if result.failure is None else [result.failure.describe()],
+        "hop_s": {"p50": _r(percentile(hops, 50)), "p95": _r(percentile(hops, 95))},
+        "downtime_ms": {"p50": _r(percentile(downs, 50)), "max": _r(max(downs, default=None))},
+        "boot_s": _r(result.boot_s), "writes": result.writes,
+        "verified_blocks": result.verified_blocks,
+        "per_hop": [r.as_dict() for r in result.records],
+    }
+    if result.failure is not None:
+        f = result.failure
+        out["failure"] = {"hop": f.hop, "kind": f.kind, "detail": f.detail,
+                          "artifacts": str(result.artifacts)}
+    return out
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _reproduce_argv(args: argparse.Namespace, seed: int, topology_copy: Path | None,
+                    hops: int) -> list[str]:
+    argv = [sys.executable, "-m", "harness", "pingpong", "--machine", args.machine,
+            "--hops", str(hops), "--disk", args.disk, "--load", args.load,
+            "--transport", args.transport, "--seed", str(seed), "--accel", args.accel,
+            "--timeout-multiplier", str(args.timeout_multiplier), "--keep-artifacts"]
+    if topology_copy is not None:
+        argv += ["--topology", str(topology_copy)]
+    if args.dst_qemu:
+        argv += ["--dst-qemu", args.dst_qemu]
+    if args.qemu_binary:
+        argv += ["--qemu-binary", args.qemu_binary]
+    return argv
+
+
+def cmd_pingpong(args: argparse.Namespace) -> int:
+    from harness.factory import GuestFactory
+    from harness.qemu.binary import find_qemu
+
+    settings = settings_from(args)
+    if args.hops < 1 or (args.max_hops is not None and args.max_hops < 1):
+        raise UserError("--hops and --max-hops must be at least 1")
+    topology = load_topology(args.topology) if args.topology else build_topology(args.machine,
+                                                                                 args.disk)
+    kinds = ("ahci", "virtio-blk") if args.disk == "both" else (args.disk,)
+    targets = disk_targets(topology, kinds) if args.load != "none" else ()
+    if args.load != "none" and not targets:
+        raise UserError(f"the topology has no {args.disk} disk to load",
+                        fix="give a disk = SIZE to a virtio-blk-pci or ich9-ahci device, "
+                            "ahci_disk on q35, or use --load none")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
+    hops = (args.max_hops or 1000) if args.until_fail else args.hops
+    factory = GuestFactory(settings, progress=_progress)
+    dst_binary = find_qemu(args.dst_qemu) if args.dst_qemu else None
+    artifacts = ArtifactDir("pingpong", settings.keep_artifacts)
+    topology_copy = None
+    if args.topology:
+        topology_copy = artifacts.path / "topology.toml"
+        shutil.copyfile(args.topology, topology_copy)
+    options = PingPongOptions(hops=hops, seed=seed, load=args.load, transport=args.transport,
+                              disks=targets, dst_binary=dst_binary, until_fail=args.until_fail,
+                              max_time_s=args.max_time)
+    _progress(f"pingpong on {topology.machine} ({factory.accel.name}), seed {seed}, "
+              f"{'until the first failure' if args.until_fail else f'{hops} hops'}; "
+              f"artifacts in {artifacts.path}")
+    runner = PingPong(factory.plan(topology), artifacts.path, options, progress=_progress)
+    result = runner.run()
+    failed_at = result.failure.hop if result.failure else len(result.records)
+    write_reproduce(artifacts.path / "reproduce.sh",
+                    _reproduce_argv(args, seed, topology_copy, max(failed_at, 1)), project_root())
+    artifacts.finish(result.ok)
+    report = summary(result, seed)
+    if result.failure is not None:
+        print(f"pci-harness pingpong: FAILED at {result.failure.describe()}\n"
+              f"Artifacts (both command lines, QMP transcripts, console logs, reproduce.sh): "
+              f"{result.artifacts}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_table(report)
+    return 0 if result.ok else 1
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    hop_s, down = report["hop_s"], report["downtime_ms"]
+    verdict = "ok" if report["ok"] else f"FAILED ({report['failure']['kind']})"
+    print(f"pingpong {verdict}: {report['hops']} hops, hop p50 {hop_s['p50']} s "
+          f"p95 {hop_s['p95']} s, downtime p50 {down['p50']} ms max {down['max']} ms, "
+          f"seed {report['seed']}")
+    for name, count in report["verified_blocks"].items():
+        print(f"  {name}: {report['writes'].get(name)} writes, {count} blocks verified")
+
+
+def _progress(message: str) -> None:
+    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("pingpong", help="migrate a guest back and forth under disk load")
+    p.add_argument("--machine", default="q35", help="pc, q35 or a versioned machine type")
+    p.add_argument("--hops", type=int, default=10, help="hops to run (default 10)")
+    p.add_argument("--disk", choices=("ahci", "virtio-blk", "both"), default="both")
+    p.add_argument("--load", choices=("write", "mixed", "none"), default="write",
+                   help="write: seeded blocks, verified at the end; mixed: every write is "
+                        "followed by a verified re-read of an earlier block")
+    p.add_argument("--topology", metavar="FILE", help="a topology file instead of --machine/"
+                   "--disk (its virtio-blk and ich9-ahci disks get the load)")
+    p.add_argument("--transport", choices=("unix", "tcp"), default="unix")
+    p.add_argument("--dst-qemu", metavar="PATH",
+                   help="QEMU for the destination of odd hops (cross-version migration)")
+    p.add_argument("--seed", type=int, help="seed of the data pattern (default: random, "
+                   "printed and written to reproduce.sh)")
+    p.add_argument("--until-fail", action="store_true",
+                   help="hop until the first failure or a limit (--max-hops, --max-time)")
+    p.add_argument("--max-hops", type=int, help="limit for --until-fail (default 1000)")
+    p.add_argument("--max-time", type=_positive, metavar="SECONDS",
+                   help="stop hopping after this many seconds")
+    add_common_options(p)
+    p.set_defaults(func=cmd_pingpong)

@@ -1,0 +1,281 @@
+"""One live-migration hop to a fresh destination process, watching both QEMUs.
+
+Why both: when a destination cannot load the device state (the AHCI bus-master
+bug is the example) the *source* still reports `completed`; only the
+destination knows, and it says so by exiting with status 1 and a line on its
+stderr.  So every wait here looks at both processes first, and a failure is
+classified by what actually happened:
+
+- qemu-died                a QEMU was killed by a signal or exited on its own
+- migration-failed         the source's query-migrate says failed (QEMU's error text)
+- destination-load-failed  the destination exited or did not run after the stream
+- ssh-dead                 the destination runs but the guest never answers SSH
+
+The destination is `Guest.incoming_twin` (same devices, disks and MAC) started
+with `-incoming defer`, so anything a scenario changed at run time (hot-plugged
+devices) can be replayed on it over QMP before `migrate-incoming`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.deadline import Deadline
+from harness.errors import HarnessError
+from harness.machine import Guest, LaunchPlan
+from harness.qemu.binary import QemuBinary
+
+Transport = Literal["unix", "tcp"]
+FailureKind = Literal["qemu-died", "migration-failed", "destination-load-failed",
+                      "guest-trouble", "guest-hang", "ssh-dead", "data-mismatch",
+                      "pci-state-changed", "load-stalled"]
+FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
+
+MAX_BANDWIDTH = 10 * 1024**3  # the 128 MiB/s default alone costs ~0.5 s per hop
+MIGRATE_SECONDS = 60.0
+LOAD_SECONDS = 30.0           # source completed -> destination left "inmigrate"
+SSH_SECONDS = 30.0
+POLL_S = 0.005
+
+
+class HopFailure(HarnessError):
+    """A hop (or the checks after it) failed; `kind` is one of FAILURE_KINDS."""
+
+    def __init__(self, kind: FailureKind, hop: int, message: str, *, tail: str | None = None,
+                 process: str | None = None):
+        super().__init__(f"hop {hop}: {kind}: {message}", tail=tail)
+        self.kind = kind
+        self.hop = hop
+        self.detail = message
+        self.process = process  # the process (guest name) the failure is about
+
+
+@dataclass(frozen=True)
+class HopStats:
+    """Where the time of one hop went (seconds unless named otherwise)."""
+
+    hop: int
+    source: str
+    destination: str
+    launch_s: float         # destination spawned -> QMP ready (-incoming defer)
+    migrate_s: float        # `migrate` sent -> source says completed
+    resume_s: float         # completed -> destination left "inmigrate"
+    ssh_s: float            # destination running -> SSH session open
+    total_s: float          # destination spawned -> guest answers on it
+    downtime_ms: float | None
+    qemu_total_ms: float | None   # query-migrate total-time
+    setup_ms: float | None
+    ram_bytes: int | None         # ram.transferred
+    destination_status: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def destination_plan(src: Guest, binary: QemuBinary | None) -> LaunchPlan:
+    """The source's plan, optionally with another QEMU binary (cross-version hops)."""
+    return src.plan if binary is None else replace(src.plan, binary=binary)
+
+
+def start_destination(src: Guest, artifacts: Path, name: str, hop: int, *,
+                      plan: LaunchPlan | None = None,
+                      prepare: Callable[[Guest], None] | None = None) -> Guest:
+    """Spawn the destination with `-incoming defer`; `prepare(dst)` runs before the stream.
+
+    The returned Guest is started; the caller owns it (shutdown) whatever happens next.
+    On a start-up failure the destination is already shut down and HopFailure raised.
+    """
+    dst = Guest(plan or src.plan, artifacts, name=name, same_machine_as=src)
+    try:
+        dst.launch(incoming="defer")
+    except HarnessError as exc:
+        raise HopFailure("qemu-died", hop, f"destination {name} did not start: {exc.message}",
+                         tail=exc.tail, process=name) from None
+    if prepare is not None:
+        prepare(dst)
+    return dst
+
+
+def _dst_failure(src: Guest, dst: Guest, hop: int, src_status: str | None) -> HopFailure:
+    """The destination exited: a signal is a death, an exit status a failed load."""
+    assert dst.process is not None
+    dst.process.wait(Deadline(2, "destination exit", scaled=False))
+    err = dst.process.exited_error("incoming migration")
+    rc = dst.process.returncode
+    stderr = err.stderr.strip()
+    last = stderr.splitlines()[-1] if stderr else "(nothing on stderr)"
+    if rc is not None and rc < 0:
+        return HopFailure("qemu-died", hop, f"destination {dst.name}: {err.message}",
+                          tail=stderr[-3000:] or None, process=dst.name)
+    seen = f"; the source said {src_status}" if src_status else ""
+    return HopFailure("destination-load-failed", hop,
+                      f"destination {dst.name} {_rc_text(rc)} while loading the migration "
+                      f"stream{seen}: {last}", tail=stderr[-3000:] or None, process=dst.name)
+
+
+def _rc_text(rc: int | None) -> str:
+    from harness.qemu.process import describe_returncode
+
+    return describe_returncode(rc)
+
+
+def died(guest: Guest, hop: int, during: str, role: str = "source") -> HopFailure:
+    """HopFailure("qemu-died") for a process that is gone, with its status and stderr."""
+    assert guest.process is not None
+    guest.process.wait(Deadline(2, f"{role} exit", scaled=False))
+    err = guest.process.exited_error(during)
+    return HopFailure("qemu-died", hop, f"{role} {guest.name}: {err.message}",
+                      tail=err.stderr[-3000:] or None, process=guest.name)
+
+
+def _alive(guest: Guest) -> bool:
+    return guest.process is not None and guest.process.alive()
+
+
+def _qmp(guest: Guest, command: str, args: dict[str, Any] | None = None) -> Any:
+    assert guest.qmp is not None
+    return guest.qmp.execute(command, args)
+
+
+def _incoming_uri(dst: Guest, transport: Transport) -> str:
+    if transport == "unix":
+        uri = f"unix:{dst.run_dir / 'mig.sock'}"
+        _qmp(dst, "migrate-incoming", {"uri": uri})
+        return uri
+    _qmp(dst, "migrate-incoming", {"uri": "tcp:127.0.0.1:0"})  # QEMU picks a free port
+    info = _qmp(dst, "query-migrate")
+    for addr in info.get("socket-address", []):
+        if addr.get("type") == "inet":
+            return f"tcp:{addr['host']}:{addr['port']}"
+    raise HarnessError("the destination listens, but query-migrate shows no inet "
+                       "socket-address", tail=repr(info))
+
+
+def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
+            launch_started: float | None = None, connect: bool | None = None) -> HopStats:
+    """Stream `src` into the started destination `dst` and wait until it runs.
+
+    connect: open SSH on the destination (default: when the source was running;
+    a stopped VM, e.g. halted on an I/O error, stays stopped on the destination).
+    """
+    started = launch_started if launch_started is not None else time.monotonic()
+    launch_s = time.monotonic() - started if launch_started is not None else 0.0
+    try:
+        was_running = bool(_qmp(src, "query-status")["running"])
+        uri = _incoming_uri(dst, transport)
+        _qmp(src, "migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
+        t_migrate = time.monotonic()
+        _qmp(src, "migrate", {"uri": uri})
+    except HarnessError:
+        if not _alive(dst):
+            raise _dst_failure(src, dst, hop, None) from None
+        if not _alive(src):
+            raise died(src, hop, "migration start") from None
+        raise
+    info = _wait_completed(src, dst, hop, Deadline(MIGRATE_SECONDS, f"hop {hop} migration"))
+    t_done = time.monotonic()
+    status = _wait_loaded(src, dst, hop, Deadline(LOAD_SECONDS, f"hop {hop} destination load"))
+    t_loaded = time.monotonic()
+    if was_running and status != "running":
+        raise HopFailure("destination-load-failed", hop,
+                         f"the source was running but destination {dst.name} is "
+                         f"{status!r} after the stream", process=dst.name)
+    if connect if connect is not None else was_running:
+        connect_watching(dst, hop, Deadline(SSH_SECONDS, f"hop {hop} SSH to {dst.name}"))
+    t_ssh = time.monotonic()
+    ram = info.get("ram") or {}
+    return HopStats(hop=hop, source=src.name, destination=dst.name, launch_s=launch_s,
+                    migrate_s=t_done - t_migrate, resume_s=t_loaded - t_done,
+                    ssh_s=t_ssh - t_loaded, total_s=t_ssh - started,
+                    downtime_ms=_num(info.get("downtime")),
+                    qemu_total_ms=_num(info.get("total-time")),
+                    setup_ms=_num(info.get("setup-time")),
+                    ram_bytes=ram.get("transferred"), destination_status=status)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _wait_completed(src: Guest, dst: Guest, hop: int, deadline: Deadline) -> dict[str, Any]:
+    """Poll the source's query-migrate, checking both processes on every round."""
+    while True:
+        if not _alive(dst):
+            raise _dst_failure(src, dst, hop, _status_or_none(src))
+        if not _alive(src):
+            raise died(src, hop, f"migration to {dst.name}")
+        try:
+            info: dict[str, Any] = _qmp(src, "query-migrate")
+        except HarnessError:
+            if not _alive(src) or (src.process and src.process.wait(
+                    Deadline(1, "source exit", scaled=False)) is not None):
+                raise died(src, hop, f"migration to {dst.name}") from None
+            raise
+        status = info.get("status")
+        if status == "completed":
+            return info
+        if status in ("failed", "cancelled"):
+            # The destination's own words beat the source's "socket closed".
+            if dst.process is not None and dst.process.wait(
+                    Deadline(1, "destination exit", scaled=False)) is not None:
+                raise _dst_failure(src, dst, hop, status)
+            raise HopFailure("migration-failed", hop,
+                             f"the source says {status}: "
+                             f"{info.get('error-desc', 'no error-desc')}", process=src.name)
+        if deadline.expired():
+            raise HopFailure("migration-failed", hop,
+                             f"{deadline.describe()} (status {status!r}, "
+                             f"ram {info.get('ram', {}).get('transferred')} bytes sent)",
+                             process=src.name)
+        time.sleep(POLL_S)
+
+
+def _status_or_none(guest: Guest) -> str | None:
+    try:
+        return str(_qmp(guest, "query-migrate").get("status"))
+    except HarnessError:
+        return None
+
+
+def _wait_loaded(src: Guest, dst: Guest, hop: int, deadline: Deadline) -> str:
+    """Poll the destination until it leaves "inmigrate"; its exit is a failed load."""
+    while True:
+        if not _alive(dst):
+            raise _dst_failure(src, dst, hop, "completed")
+        try:
+            status = str(_qmp(dst, "query-status")["status"])
+        except HarnessError:
+            raise _dst_failure(src, dst, hop, "completed") from None
+        if status != "inmigrate":
+            return status
+        if deadline.expired():
+            raise HopFailure("destination-load-failed", hop,
+                             f"{deadline.describe()}: destination {dst.name} is still "
+                             "'inmigrate' although the source completed", process=dst.name)
+        time.sleep(POLL_S)
+
+
+def connect_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
+    """SSH to `guest` in short slices, so a QEMU that dies meanwhile is named at once."""
+    last: HarnessError | None = None
+    while not deadline.expired():
+        if not _alive(guest):
+            raise died(guest, hop, "SSH connect", "destination")
+        try:
+            guest.connect(Deadline(min(2.0, max(deadline.remaining(), 0.1)),
+                                   f"SSH to {guest.name}", scaled=False))
+            return
+        except HarnessError as exc:
+            last = exc
+            if guest.shell is not None:
+                guest.shell.close()
+                guest.shell = None
+    if not _alive(guest):
+        raise died(guest, hop, "SSH connect", "destination")
+    raise HopFailure("ssh-dead", hop, f"{deadline.describe()}: the guest on {guest.name} is "
+                     f"running but does not answer SSH ({last.message if last else 'no try'})",
+                     tail=guest.console.tail() if guest.console else None, process=guest.name)
