@@ -40,10 +40,16 @@ class Change:
         return f"{self.device}: {self.field}: {_fmt(self.before)} -> {_fmt(self.after)}"
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """How a compared value is shown to people: ids and addresses in hex."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 9:
         return hex(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
     return repr(value)
+
+
+_fmt = format_value
 
 
 def _name(funcs: list[PciFunction | None], path: tuple[str, ...]) -> str:

@@ -1,0 +1,273 @@
+"""`pci-harness compare` and `pci-harness where`: thin faces over threeview and where.
+
+compare TOPOLOGY  boots the guest, takes the three views (threeview.snapshot) and
+                  prints every difference as a table; status 0 when model, QEMU
+                  and guest agree, 1 when they differ, 2 for bad input (the
+                  topology is validated before QEMU starts; a command line QEMU
+                  refuses is reported with QEMU's message, attributed to the
+                  device it names).
+where DRIVER      starts QEMU paused (-S, no guest) and asks the connectivity
+                  oracle (scenarios/where.py) where DRIVER can be connected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.cli import ArtifactDir, add_common_options, settings_from
+from harness.errors import HarnessError, QemuExited, QemuRefused, UserError
+from harness.factory import GuestFactory
+from harness.machine import Guest
+from harness.scenarios.threeview import ThreeViews, snapshot
+from harness.scenarios.where import WhereAnswer, where
+from harness.topology import Difference, Topology, default_topology, load_topology, validate
+from harness.topology.compare import format_value
+from harness.topology.model import machine_kind
+
+DEFAULT_MACHINES = ("pc", "q35")
+
+
+def _progress(message: str) -> None:
+    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
+
+
+def topology_argument(text: str) -> Topology:
+    """A topology file, or "pc"/"q35" (no such file) for that machine's default topology."""
+    if text in DEFAULT_MACHINES and not Path(text).exists():
+        return default_topology(text)
+    return load_topology(text)
+
+
+# QEMU names the option it refuses: "qemu-system-x86_64: -device e1000,id=nic1,...: why".
+_REFUSED_DEVICE = re.compile(r"-device\s+([^\s,]+)[^:]*?\bid=([^,:\s]+)[^:]*:\s*(.+)")
+
+
+def attribute_refusal(topology: Topology, exc: QemuExited) -> HarnessError:
+    """QEMU exited at start-up: say which topology device its message names.
+
+    Returns a QemuRefused (a UserError: the topology asked for something QEMU
+    will not build) naming the device, or `exc` itself when stderr names none.
+    """
+    for line in exc.stderr.splitlines():
+        m = _REFUSED_DEVICE.search(line)
+        if not m:
+            continue
+        driver, dev_id, why = m.groups()
+        known = {d.id for d in topology.devices}
+        name = dev_id.split(".")[0]  # "disk1.hd" is the disk of device "disk1"
+        if name not in known:
+            continue
+        where_text = topology.where(topology.device(name))
+        return QemuRefused(f"QEMU refused {where_text} ({driver}): {why.strip()}",
+                           fix="change that device's driver, bus, addr or properties; "
+                               "`pci-harness where DRIVER --topology FILE` lists the buses "
+                               "where a driver can go", tail=exc.stderr[-2000:])
+    return exc
+
+
+# --------------------------------------------------------------------------- compare
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def differences_table(diffs: list[Difference]) -> str:
+    rows = [[d.device, d.field, format_value(d.model), format_value(d.qemu),
+             format_value(d.guest)] for d in diffs]
+    return _table(rows, ["device", "field", "model", "QEMU", "guest"])
+
+
+def compare_result(views: ThreeViews, trouble: list[str]) -> dict[str, Any]:
+    diffs = views.differences()
+    failures = [str(d) for d in diffs] + [f"guest console: {line}" for line in trouble]
+    return {
+        "ok": not failures,
+        "devices": views.function_count,
+        "differences": [{"device": d.device, "field": d.field, "model": d.model,
+                         "qemu": d.qemu, "guest": d.guest} for d in diffs],
+        "failures": failures,
+    }
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    topology = topology_argument(args.topology)  # TopologyError (status 2) before QEMU
+    started = time.monotonic()
+    factory = GuestFactory(settings, progress=_progress)
+    artifacts = ArtifactDir("compare", settings.keep_artifacts)
+    ok = False
+    try:
+        _progress(f"booting the {topology.machine} guest of {args.topology} "
+                  f"({factory.accel.name})")
+        t0 = time.monotonic()
+        guest = _launch(factory, topology, artifacts.path)
+        try:
+            boot_s = time.monotonic() - t0
+            t1 = time.monotonic()
+            views = snapshot(guest)
+            snapshot_s = time.monotonic() - t1
+            assert guest.console is not None
+            trouble = guest.console.trouble()
+        finally:
+            guest.shutdown()
+        views.save(artifacts.path)
+        result = compare_result(views, trouble)
+        ok = bool(result["ok"])
+    finally:
+        artifacts.finish(ok)
+    result.update(topology=args.topology, machine=topology.machine, accel=factory.accel.name,
+                  qemu_version=factory.binary.version,
+                  timings={"boot_s": round(boot_s, 3), "snapshot_s": round(snapshot_s, 3),
+                           "total_s": round(time.monotonic() - started, 3),
+                           **{f"{k}_s": round(v, 3) for k, v in views.seconds.items()}})
+    if not ok:
+        result["artifacts"] = str(artifacts.path)
+    if args.json:
+        print(json.dumps(result, default=format_value))
+    else:
+        _print_compare(result, views)
+    return 0 if ok else 1
+
+
+def _launch(factory: GuestFactory, topology: Topology, artifacts: Path) -> Guest:
+    try:
+        return factory.launch(topology, artifacts)
+    except QemuExited as exc:
+        raise attribute_refusal(topology, exc) from None
+
+
+def _print_compare(result: dict[str, Any], views: ThreeViews) -> None:
+    t = result["timings"]
+    head = (f"{result['topology']} ({result['machine']}, QEMU {result['qemu_version']}, "
+            f"{result['accel']}): {result['devices']} PCI functions, boot {t['boot_s']:.1f} s, "
+            f"views {t['snapshot_s']:.1f} s")
+    diffs = views.differences()
+    if diffs:
+        print(f"{head}: {len(diffs)} difference(s)")
+        print(differences_table(diffs))
+    else:
+        print(f"{head}: model, QEMU and guest agree")
+    for failure in result["failures"]:
+        if failure.startswith("guest console: "):
+            print(failure)
+
+
+# --------------------------------------------------------------------------- where
+
+def where_topology(args: argparse.Namespace) -> Topology:
+    """--topology FILE, else the bare --machine (default q35): no devices but the
+    management NIC, so every other slot is free."""
+    if args.topology:
+        topology = load_topology(args.topology)
+        if args.machine and machine_kind(args.machine) != topology.kind:
+            raise UserError(f"--machine {args.machine} contradicts {args.topology}, which "
+                            f"builds a {topology.machine} machine",
+                            fix="leave --machine out with --topology")
+        return topology
+    topology = Topology(machine=args.machine or "q35")
+    validate(topology)
+    return topology
+
+
+def ask_where(factory: GuestFactory, topology: Topology, driver: str, artifacts: Path, *,
+              hotplug: bool, device_id: str | None = None) -> WhereAnswer:
+    """Start `topology` paused (-S, no guest), ask where(), stop QEMU."""
+    guest = Guest(factory.plan(topology, boot_guest=False, extra_args=("-S",)), artifacts,
+                  name="where")
+    try:
+        try:
+            guest.launch()
+        except QemuExited as exc:
+            raise attribute_refusal(topology, exc) from None
+        assert guest.qmp is not None
+        return where(guest.qmp, driver, hotplug_only=hotplug, device_id=device_id)
+    finally:
+        guest.shutdown()
+
+
+def _slots(slots: list[int]) -> str:
+    """[1, 2, 3, 5] -> "0x1-0x3,0x5"."""
+    parts: list[str] = []
+    i = 0
+    while i < len(slots):
+        j = i
+        while j + 1 < len(slots) and slots[j + 1] == slots[j] + 1:
+            j += 1
+        parts.append(f"{slots[i]:#x}" if i == j else f"{slots[i]:#x}-{slots[j]:#x}")
+        i = j + 1
+    return ",".join(parts) or "-"
+
+
+def _print_where(answer: dict[str, Any], topology: Topology, hotplug: bool) -> None:
+    what = "hot-plugged (device_add)" if hotplug else "connected"
+    print(f"{answer['driver']} can be {what} on {len(answer['buses'])} bus(es) of this "
+          f"{topology.machine} machine:")
+    rows = [[b["bus"], b["kind"], _slots(b["free_slots"]), b["hotplug"] or "none",
+             b["secondary_bus_name"] or "-"] for b in answer["buses"]]
+    if rows:
+        print(_table(rows, ["bus", "kind", "free slots", "hotplug", "creates bus"]))
+    for b in answer["buses"]:
+        if b["note"]:
+            print(f"  {b['bus']}: {b['note']}")
+    if answer["excluded"]:
+        print("not there:")
+        for e in answer["excluded"]:
+            print(f"  {e['bus']}: {e['reason']}")
+
+
+def cmd_where(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    topology = where_topology(args)  # bad input fails before QEMU starts
+    factory = GuestFactory(settings, progress=_progress)
+    artifacts = ArtifactDir("where", settings.keep_artifacts)
+    ok = False
+    try:
+        answer = ask_where(factory, topology, args.driver, artifacts.path,
+                           hotplug=args.hotplug, device_id=args.id).to_dict()
+        ok = True
+    finally:
+        artifacts.finish(ok)
+    if args.json:
+        print(json.dumps({**answer, "ok": True, "machine": topology.machine,
+                          "hotplug_only": args.hotplug, "failures": []}))
+    else:
+        _print_where(answer, topology, args.hotplug)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    compare = subparsers.add_parser(
+        "compare", help="boot a topology and compare model, QEMU and guest views",
+        description="Boot the guest of TOPOLOGY and compare, for every PCI function, what "
+                    "the model predicts, what QEMU reports and what the guest sees. "
+                    "Exit 0 when all agree, 1 when they differ, 2 for bad input.")
+    compare.add_argument("topology", metavar="TOPOLOGY",
+                         help="a topology file (see topologies/), or pc / q35 for the "
+                              "default machine")
+    add_common_options(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    where_p = subparsers.add_parser(
+        "where", help="list the buses where a PCI device can be connected",
+        description="Start QEMU paused and ask it where DRIVER can be connected: bus, kind, "
+                    "free slots, hotplug mechanism and the bus a bridge creates.")
+    where_p.add_argument("driver", metavar="DRIVER", help="a -device driver, e.g. e1000e")
+    where_p.add_argument("--topology", metavar="FILE", help="the machine to ask about "
+                         "(default: the bare --machine)")
+    where_p.add_argument("--machine", help="pc, q35 or a versioned type (default q35)")
+    where_p.add_argument("--hotplug", action="store_true",
+                         help="only buses that accept device_add now")
+    where_p.add_argument("--id", help="the id the new device will get (names the bus a "
+                         "bridge creates)")
+    add_common_options(where_p)
+    where_p.set_defaults(func=cmd_where)
