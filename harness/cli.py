@@ -148,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
 #: `add_common_options`/`settings_from`/`ArtifactDir` from here.
 VERB_MODULES: list[str] = [
     "harness.cli_topology",
-    "harness.cli_topology",
     "harness.cli_migration",
 ]
 
