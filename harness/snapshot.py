@@ -173,6 +173,7 @@ def restore(plan: LaunchPlan, snap: SnapshotFile, artifacts: Path, name: str) ->
         assert guest.qmp is not None and guest.console is not None
         guest.qmp.execute("migrate-incoming", {"uri": f"exec:cat {snap.path}"})
         deadline = Deadline(RESTORE_SECONDS, "restoring the guest snapshot")
+        _wait_incoming(guest, deadline)
         guest.qmp.wait_event("RESUME", deadline)
         guest.timings.restored = True
         guest.timings.init_started = time.monotonic() - guest.started_at
@@ -188,3 +189,20 @@ def restore(plan: LaunchPlan, snap: SnapshotFile, artifacts: Path, name: str) ->
         guest.shutdown()
         raise
     return guest
+
+
+def _wait_incoming(guest: Guest, deadline: Deadline) -> None:
+    """Until the incoming migration completed; a corrupt stream fails it at once."""
+    assert guest.qmp is not None and guest.process is not None
+    while True:
+        if not guest.process.alive():
+            raise guest.process.exited_error("snapshot restore")
+        status = guest.qmp.execute("query-migrate").get("status")
+        if status == "completed":
+            return
+        if status == "failed":
+            raise HarnessError("the snapshot stream did not load",
+                               tail=guest.process.stderr_text()[-2000:])
+        if deadline.expired():
+            raise DeadlineExceeded(f"{deadline.describe()} (migration status {status})")
+        time.sleep(0.01)
