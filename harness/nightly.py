@@ -1,53 +1,303 @@
-"""`pci-harness nightly`: the whole suite under pytest-xdist, once per QEMU binary.
+"""`pci-harness nightly`: the whole suite per QEMU binary, then the reports.
 
-Each binary's run writes `junit.xml` into the report directory (one
-sub-directory per binary when several are given).  The exit status is
-pytest's: known failures (strict xfail) do not fail the run, an unexpected
-pass does.
+For each QEMU binary (`--qemu`, repeatable; default the one on PATH) the suite
+runs once under pytest-xdist (`-n auto`, or the gateways given with `--tx`,
+which is how a run spreads over several KVM hosts: no scheduler of our own).
+The collector plugin (`-p harness.report.collect`) records every test; this
+module merges the runs and writes into the report directory:
+
+    junit.xml  report.json  report.html  summary.md   runs/<qemu>/{pytest.log,
+    junit.xml, results.json, artifacts/}
+
+Exit status: 0 when every test passed or is a known failure (strict xfail),
+1 on any failure, error, unexpected pass, regression against the baseline,
+failed crash hunt or an empty selection (pytest's 5), 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import re
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from harness.errors import UserError
 from harness.paths import project_root
+from harness.qemu.binary import QemuBinary, find_qemu
+from harness.report import hunt
+from harness.report.baseline import compare, find_previous, load_baseline
+from harness.report.document import HuntResult, NightlyReport, RunInfo
+from harness.report.html import render_html
+from harness.report.junit import merge_junit
+from harness.report.markdown import render_markdown
+from harness.report.matrix import build_items
+from harness.report.results import TestResult
+from harness.seed import SEED_ITEMS
+
+DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "worksteal", "each", "no")
+_PYTEST_MEANING = {2: "pytest was interrupted", 3: "pytest hit an internal error",
+                   5: "no tests were collected"}
 
 
-def _pytest_argv(args: argparse.Namespace, qemu: str | None, outdir: Path) -> list[str]:
-    argv = [sys.executable, "-m", "pytest", "-n", str(args.jobs), "-p", "no:cacheprovider",
-            "--junitxml", str(outdir / "junit.xml"), "--accel", args.accel,
-            "--timeout-multiplier", str(args.timeout_multiplier),
-            "--artifacts-dir", str(outdir / "artifacts"), "-rfE"]
-    if qemu:
-        argv += ["--qemu-binary", qemu]
+def _say(message: str) -> None:
+    print(f"pci-harness nightly: {message}", file=sys.stderr, flush=True)
+
+
+def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
+    """Add an option unless the parser already has it (cli.py defines the first version)."""
+    known = {a.dest for a in parser._actions} | set(parser._option_string_actions)
+    dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+    if any(f in known for f in flags) or dest in known:
+        return
+    parser.add_argument(*flags, **kwargs)
+
+
+def register(subparsers: Any) -> None:
+    """The nightly verb's options; `set_defaults` makes this module run it."""
+    from harness.cli import add_common_options
+
+    parser = subparsers.choices.get("nightly")
+    fresh = parser is None
+    if fresh:
+        parser = subparsers.add_parser("nightly", help="run the whole suite and write reports")
+    _add(parser, "--output", metavar="DIR", help="report directory (default reports/<date-time>/)")
+    _add(parser, "--qemu", action="append", metavar="PATH", default=[],
+         help="run the suite once per QEMU binary (repeatable)")
+    _add(parser, "--machines", default="pc,q35", help="machine kinds to run (comma-separated)")
+    _add(parser, "--jobs", default="auto", help="pytest-xdist -n value (auto, logical, N)")
+    _add(parser, "--baseline", metavar="DIR",
+         help="compare with this earlier run (default: the previous run next to --output)")
+    _add(parser, "--until-fail-minutes", type=float, default=0.0, metavar="M",
+         help="after the suite, hunt ping-pong migration crashes for M minutes per QEMU")
+    _add(parser, "--tx", action="append", default=[], metavar="SPEC",
+         help="pytest-xdist gateway, repeatable: ssh=HOST//python=PATH/.venv/bin/python"
+              "//chdir=PATH (replaces -n unless --jobs is given too)")
+    _add(parser, "--dist", choices=DIST_MODES, default=None,
+         help="pytest-xdist distribution mode (default: load)")
+    _add(parser, "pytest_args", nargs="*", help="extra arguments for pytest (after --)")
+    if fresh:
+        add_common_options(parser)
+    parser.set_defaults(func=run_nightly)
+
+
+# ---- input ----
+
+def _validate(args: argparse.Namespace) -> tuple[list[QemuBinary], list[str]]:
+    """Everything that can be wrong with the input, checked before any test runs."""
+    from harness.topology.model import machine_kind
+
+    if args.timeout_multiplier <= 0:
+        raise UserError("--timeout-multiplier must be positive")
+    if args.until_fail_minutes < 0:
+        raise UserError("--until-fail-minutes must not be negative")
+    jobs = str(args.jobs)
+    if jobs not in ("auto", "logical") and not (jobs.isdigit()):
+        raise UserError(f"--jobs {jobs!r} is not auto, logical or a number")
+    machines = [m.strip() for m in str(args.machines).split(",") if m.strip()]
+    if not machines:
+        raise UserError("--machines is empty", fix="use pc, q35 or pc,q35")
+    kinds = [machine_kind(m) for m in machines]
+    if kinds != machines:
+        raise UserError(f"--machines takes machine kinds (pc, q35), not {args.machines!r}",
+                        fix="a versioned machine type is chosen by the tests themselves")
+    binaries = [find_qemu(q) for q in (args.qemu or [args.qemu_binary])]
+    paths = [b.path for b in binaries]
+    if len(set(paths)) != len(paths):
+        raise UserError("the same QEMU binary is given twice", fix="give each --qemu once")
+    return binaries, machines
+
+
+def _labels(binaries: Sequence[QemuBinary]) -> list[str]:
+    """The QEMU version, made unique with a counter when two builds share it."""
+    versions = [b.version for b in binaries]
+    return [v if versions.count(v) == 1 else f"{v}#{i + 1}" for i, v in enumerate(versions)]
+
+
+def _output_dir(args: argparse.Namespace) -> Path:
+    if args.output:
+        out = Path(args.output).resolve()
+        if (out / "report.json").exists():
+            raise UserError(f"{out} already holds a nightly report",
+                            fix="choose a new --output directory (old runs are baselines)")
+        return out
+    base = project_root() / "reports"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out, n = base / stamp, 1
+    while out.exists():
+        n += 1
+        out = base / f"{stamp}-{n}"
+    return out
+
+
+# ---- one pytest run ----
+
+def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_dir: Path,
+                machines: Sequence[str]) -> list[str]:
+    """The pytest command for one QEMU binary.
+
+    Paths are passed as `--opt=PATH` and no test path is added (pyproject's
+    testpaths applies): pytest-xdist rewrites existing local paths for remote
+    gateways and rejects those outside its roots.
+    """
+    argv = [sys.executable, "-m", "pytest", "-p", "harness.report.collect",
+            "-p", "no:cacheprovider", "-v", "-rfEX", "--tb=short",
+            "--continue-on-collection-errors",
+            f"--junitxml={run_dir / 'junit.xml'}", f"--report-results={run_dir / 'results.json'}",
+            f"--report-label={label}", f"--report-machines={','.join(machines)}",
+            f"--artifacts-dir={run_dir / 'artifacts'}", f"--qemu-binary={binary.path}",
+            f"--accel={args.accel}", f"--timeout-multiplier={args.timeout_multiplier}"]
+    tx: list[str] = list(getattr(args, "tx", None) or [])
+    if not tx or str(args.jobs) != "auto":
+        argv += ["-n", str(args.jobs)]
+    for spec in tx:
+        argv += ["--tx", spec]
+    dist = getattr(args, "dist", None)
+    if dist or tx:
+        argv += ["--dist", dist or "load"]
     if args.keep_artifacts:
         argv.append("--keep-artifacts")
     if args.no_snapshot:
         argv.append("--no-snapshot")
-    argv += [str(project_root() / "tests")] + list(args.pytest_args)
-    return argv
+    return argv + list(args.pytest_args)
 
+
+def _run_pytest(argv: Sequence[str], log_path: Path) -> int:
+    """Run pytest with its per-test progress on our stderr and in pytest.log."""
+    with log_path.open("w") as log:
+        log.write("$ " + " ".join(argv) + "\n")
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=project_root(), stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            hunt.pump(proc.stdout, [sys.stderr, log]).join()
+            return proc.wait()
+        finally:
+            if proc.poll() is None:  # we are being interrupted: take pytest down with us
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _load_results(path: Path) -> tuple[list[TestResult], dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return [], {}
+    return [TestResult.from_dict(t) for t in data.get("tests", [])], data
+
+
+def _run_one(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path,
+             machines: Sequence[str]) -> tuple[RunInfo, list[TestResult], list[str]]:
+    run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    argv = pytest_argv(args, binary, label, run_dir, machines)
+    started = time.monotonic()
+    status = _run_pytest(argv, run_dir / "pytest.log")
+    elapsed = time.monotonic() - started
+    if status == 4:
+        tail = "".join((run_dir / "pytest.log").read_text().splitlines(True)[-8:])
+        raise UserError("pytest rejected the arguments", tail=tail,
+                        fix="check the arguments after `--`")
+    tests, data = _load_results(run_dir / "results.json")
+    problems = []
+    if not data:
+        problems.append(f"QEMU {label}: pytest exit {status} and no results were recorded "
+                        f"(see {run_dir / 'pytest.log'})")
+    elif status in _PYTEST_MEANING:
+        problems.append(f"QEMU {label}: {_PYTEST_MEANING[status]} (pytest exit {status})")
+    elif status == 1 and not any(t.bad for t in tests):
+        problems.append(f"QEMU {label}: pytest exit 1 without a failing test recorded")
+    accel = (data.get("qemu") or {}).get("accel")
+    info = RunInfo(label=label, qemu_binary=str(binary.path), qemu_version=binary.version,
+                   accel=accel, pytest_exit=status, duration_s=round(elapsed, 3),
+                   directory=str(run_dir.relative_to(output)),
+                   workers=tuple(data.get("workers") or ()))
+    return info, tests, problems
+
+
+def _hunt(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path) -> HuntResult:
+    seconds = args.until_fail_minutes * 60
+    run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    command = [sys.executable, "-m", "harness", "pingpong", "--machine", "q35", "--until-fail",
+               "--max-time", f"{seconds:g}", "--json", f"--qemu-binary={binary.path}",
+               f"--accel={args.accel}", f"--timeout-multiplier={args.timeout_multiplier}"]
+    if args.keep_artifacts:
+        command.append("--keep-artifacts")
+    _say(f"ping-pong crash hunt on QEMU {label} for {seconds:g} s")
+    return hunt.run_hunt(label, command, seconds, run_dir / "pingpong.log",
+                         run_dir / "pingpong-artifacts", args.timeout_multiplier)
+
+
+# ---- the whole run ----
 
 def run_nightly(args: argparse.Namespace) -> int:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    output = Path(args.output) if args.output else project_root() / "reports" / stamp
+    binaries, machines = _validate(args)
+    if args.until_fail_minutes > 0:
+        hunt.check_available()
+    baseline = load_baseline(Path(args.baseline)) if args.baseline else None
+    output = _output_dir(args)
     output.mkdir(parents=True, exist_ok=True)
-    binaries: list[str | None] = list(args.qemu) or [args.qemu_binary]
-    worst = 0
-    for index, qemu in enumerate(binaries):
-        outdir = output if len(binaries) == 1 else output / f"qemu-{index}"
-        outdir.mkdir(parents=True, exist_ok=True)
-        argv = _pytest_argv(args, qemu, outdir)
-        print(f"pci-harness nightly: [{index + 1}/{len(binaries)}] {qemu or 'default QEMU'}: "
-              f"{' '.join(argv[1:])}", file=sys.stderr, flush=True)
-        status = subprocess.call(argv, cwd=project_root())
-        if status == 5:
-            print("pci-harness nightly: no tests collected: failing", file=sys.stderr)
-            status = 1
-        worst = max(worst, status)
-    print(f"pci-harness nightly: reports in {output}", file=sys.stderr)
-    return 1 if worst else 0
+    labels = _labels(binaries)
+    started = dt.datetime.now().astimezone()
+    clock = time.monotonic()
+    runs, tests, problems = [], [], []
+    for index, (binary, label) in enumerate(zip(binaries, labels)):
+        _say(f"[{index + 1}/{len(binaries)}] QEMU {label} ({binary.path}) on {machines}")
+        info, results, trouble = _run_one(args, binary, label, output, machines)
+        runs.append(info)
+        tests += results
+        problems += trouble
+    hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)] \
+        if args.until_fail_minutes > 0 else []
+    merge_junit([(r.label, output / r.directory / "junit.xml") for r in runs],
+                output / "junit.xml")
+    items = build_items(tests, SEED_ITEMS, machines, labels)
+    note = None
+    if baseline is None:
+        previous = find_previous(output.parent, output)
+        baseline = load_baseline(previous) if previous else None
+        note = None if previous else f"no earlier run in {output.parent} to compare with"
+    diff = compare([r.ref() for r in runs], tests, items, baseline, args.pytest_args) \
+        if baseline else None
+    report = NightlyReport(
+        started=started.isoformat(timespec="seconds"),
+        finished=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        duration_s=time.monotonic() - clock, host=socket.gethostname(),
+        command=tuple(["pci-harness", "nightly"] + sys.argv[2:]) if sys.argv[1:2] == ["nightly"]
+        else tuple(sys.argv), pytest_args=tuple(args.pytest_args), machines=tuple(machines),
+        seeds=SEED_ITEMS, runs=tuple(runs), tests=tuple(tests), items=items, baseline=diff,
+        baseline_note=note, hunts=tuple(hunts), problems=tuple(problems))
+    return _finish(report, output, args.json)
+
+
+def _finish(report: NightlyReport, output: Path, as_json: bool) -> int:
+    report.write_json(output / "report.json")
+    (output / "summary.md").write_text(render_markdown(report))
+    (output / "report.html").write_text(render_html(report, output))
+    status, reasons = report.verdict()
+    if report.baseline is not None:
+        d = report.baseline
+        _say(f"against {d.baseline}: {len(d.regressions)} regressions, {len(d.fixes)} fixes, "
+             f"{len(d.new_known_failures)} new known failures, {len(d.new_failures)} new failures")
+        for change in d.regressions:
+            _say(f"  REGRESSION {change.nodeid} [{change.run}]: {change.before} -> {change.after}")
+    _say("PASS" if status == 0 else "FAIL: " + "; ".join(reasons))
+    _say(f"reports: {output}/{{report.html,summary.md,report.json,junit.xml}}")
+    if as_json:
+        data = report.to_dict()
+        print(json.dumps({"ok": status == 0, "exit_status": status, "output": str(output),
+                          "counts": data["counts"], "reasons": reasons,
+                          "regressions": [c["nodeid"] for c in
+                                          (data["baseline"] or {}).get("regressions", [])],
+                          "failures": data["failures"]}))
+    return status

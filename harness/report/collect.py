@@ -1,0 +1,232 @@
+"""pytest plugin `-p harness.report.collect`: one result record per test.
+
+Loaded by `pci-harness nightly` (and usable by hand:
+`pytest -p harness.report.collect --report-results out.json`).  It works the
+same with and without pytest-xdist because it splits its work by where the
+facts are:
+
+- on the process that runs the test (an xdist worker, possibly on another
+  host), it annotates each TestReport with what only that process knows: the
+  machine type the test's fixtures resolved to, the host name, and for a
+  failure the tail of every guest console.log under the test's artifact
+  directory (an artifact path on a remote host is no use to the reader);
+- on the controller, it folds the setup/call/teardown reports it receives into
+  TestResults (harness.report.results) and writes them as JSON at the end,
+  with the QEMU binary and version of the run and the workers that ran it.
+
+`--report-machines pc,q35` deselects tests whose machine kind is known at
+collection (a `machine` or `topology` parameter, or the default `machine`
+fixture, q35) and is not listed; tests without a machine always run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.report.results import REPORT_ATTRIBUTE, TestResult, result_from_reports
+
+_ANNOTATION = pytest.StashKey[dict[str, Any]]()
+_FAILED = pytest.StashKey[bool]()
+_CONSOLE_LINES = 40
+_CONSOLE_CHARS = 6000
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pci-harness report")
+    group.addoption("--report-results", metavar="PATH", default=None,
+                    help="write one JSON record per test (outcome, machine, seed item, ...)")
+    group.addoption("--report-machines", metavar="KINDS", default=None,
+                    help="comma-separated machine kinds to run (pc,q35); others are deselected")
+    group.addoption("--report-label", metavar="LABEL", default=None,
+                    help="name of this run in the results (default: the QEMU version)")
+
+
+def machine_kind_of(machine: str | None) -> str | None:
+    """"pc"/"q35" for a machine type, the name itself when unknown, None for None."""
+    if not machine:
+        return None
+    from harness.topology.model import machine_kind
+
+    try:
+        return machine_kind(machine)
+    except HarnessError:
+        return machine
+
+
+def _param_machine(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    params: dict[str, Any] = callspec.params if callspec is not None else {}
+    from_topology = getattr(params.get("topology"), "machine", None)
+    if isinstance(from_topology, str):
+        return from_topology
+    machine = params.get("machine")
+    return machine if isinstance(machine, str) else None
+
+
+def _default_machine(item: pytest.Item) -> str | None:
+    """q35 when the test uses the plugin's own `machine` fixture (not an override)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None or "machine" not in getattr(item, "fixturenames", ()):
+        return None
+    defs = info.name2fixturedefs.get("machine") or ()
+    func = getattr(defs[-1], "func", None) if defs else None
+    return "q35" if getattr(func, "__module__", "") == "harness.plugin" else None
+
+
+def machine_at_collection(item: pytest.Item) -> str | None:
+    return _param_machine(item) or _default_machine(item)
+
+
+def machine_after_setup(item: pytest.Item) -> str | None:
+    """The machine the fixtures resolved to; the topology wins over `machine`."""
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {}) or {}
+    from_topology = getattr(funcargs.get("topology"), "machine", None)
+    if isinstance(from_topology, str):
+        return from_topology
+    machine = funcargs.get("machine")
+    if isinstance(machine, str):
+        return machine
+    return machine_at_collection(item)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = config.getoption("--report-machines")
+    if not wanted:
+        return
+    kinds = {k.strip() for k in str(wanted).split(",") if k.strip()}
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        kind = machine_kind_of(machine_at_collection(item))
+        (drop if kind is not None and kind not in kinds else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# ---- the process that runs the test (xdist worker or plain pytest) ----
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        machine = machine_after_setup(item)
+        item.stash[_ANNOTATION] = {"machine": machine, "machine_kind": machine_kind_of(machine),
+                                   "host": socket.gethostname()}
+
+
+def console_tails(artifacts: Path) -> dict[str, str]:
+    """Last lines of every console.log under a test's artifact dir, by guest name."""
+    tails: dict[str, str] = {}
+    if not artifacts.is_dir():
+        return tails
+    for log in sorted(artifacts.rglob("console.log")):
+        text = _CONTROL.sub("", log.read_text(errors="replace"))
+        tail = "\n".join(text.splitlines()[-_CONSOLE_LINES:])[-_CONSOLE_CHARS:]
+        name = str(log.parent.relative_to(artifacts)) if log.parent != artifacts else "guest"
+        tails[name] = tail
+    return tails
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+    annotation: dict[str, Any] = {}
+    if _ANNOTATION in item.stash:
+        found: dict[str, Any] = item.stash[_ANNOTATION]
+        annotation.update(found)
+    if report.when == "teardown" and item.stash.get(_FAILED, False):
+        # The artifacts fixture records its path when it tears down, before this report.
+        path = dict(item.user_properties).get("artifacts")
+        if path:
+            annotation["console_tail"] = console_tails(Path(str(path)))
+    setattr(report, REPORT_ATTRIBUTE, annotation)
+    return report
+
+
+# ---- the controller: fold reports into results, write them at the end ----
+
+class _Collector:
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.started = time.time()
+        self.phases: dict[str, list[Any]] = {}
+        self.workers: dict[str, str | None] = {}
+        self.nodes: list[dict[str, Any]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.phases.setdefault(report.nodeid, []).append(report)
+        node = getattr(report, "node", None)
+        gateway = getattr(node, "gateway", None)
+        if gateway is not None:
+            self.workers[report.nodeid] = str(gateway.id)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.phases.setdefault(report.nodeid or "<collection>", []).append(report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeready(self, node: Any) -> None:  # xdist hook
+        info = dict(getattr(node, "workerinfo", {}) or {})
+        self.nodes.append({"id": str(info.get("id", "")), "spec": str(info.get("spec", "")),
+                           "executable": info.get("executable"), "cwd": info.get("cwd"),
+                           "platform": info.get("platform")})
+
+    def results(self, run: str, qemu: dict[str, Any]) -> list[TestResult]:
+        return [result_from_reports(nodeid, reports, run=run, qemu_version=qemu.get("version"),
+                                    qemu_binary=qemu.get("binary"),
+                                    worker=self.workers.get(nodeid))
+                for nodeid, reports in self.phases.items()]
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        target = self.config.getoption("--report-results")
+        if not target:
+            return
+        qemu = _qemu_facts(self.config)
+        label = self.config.getoption("--report-label") or qemu.get("version") or "qemu"
+        data = {
+            "label": label, "qemu": qemu, "pytest_exit": int(exitstatus),
+            "started": self.started, "duration_s": round(time.time() - self.started, 3),
+            "workers": self.nodes,
+            "tests": [r.to_dict() for r in self.results(label, qemu)],
+        }
+        path = Path(str(target))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+
+def _qemu_facts(config: pytest.Config) -> dict[str, Any]:
+    """QEMU binary/version of the run; the accelerator line the harness plugin wrote."""
+    facts: dict[str, Any] = {"binary": None, "version": None, "accel": None}
+    try:
+        from harness.qemu.binary import find_qemu
+
+        binary = find_qemu(config.getoption("--qemu-binary", default=None))
+        facts.update(binary=str(binary.path), version=binary.version)
+    except (HarnessError, ValueError) as exc:
+        facts["error"] = str(exc)
+    base = config.getoption("--artifacts-dir", default=None)
+    accel = Path(str(base)) / "accelerator.txt" if base else None
+    if accel is not None and accel.exists():
+        facts["accel"] = accel.read_text().strip()
+    return facts
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config, "workerinput", None) is None:
+        config.pluginmanager.register(_Collector(config), "pci-harness-report-collector")

@@ -1,0 +1,115 @@
+"""The nightly report as one value: runs, tests, matrix, baseline diff, crash hunt.
+
+`NightlyReport` is what report.json holds and what the HTML and Markdown
+renderers read, so the three files cannot disagree.  `verdict()` is the single
+place that decides the exit status from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.report.baseline import BaselineDiff, RunRef
+from harness.report.matrix import Items
+from harness.report.results import TestResult, counts
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One pytest run: the suite against one QEMU binary."""
+
+    label: str                  # unique in the report; the QEMU version unless ambiguous
+    qemu_binary: str
+    qemu_version: str
+    accel: str | None           # the harness plugin's accelerator line, when a guest ran
+    pytest_exit: int
+    duration_s: float
+    directory: str              # relative to the report dir: runs/<label>
+    workers: tuple[Mapping[str, Any], ...] = ()
+
+    def ref(self) -> RunRef:
+        return RunRef(self.label, self.qemu_binary)
+
+
+@dataclass(frozen=True)
+class HuntResult:
+    """`pci-harness pingpong --until-fail` against one QEMU binary."""
+
+    run: str
+    command: tuple[str, ...]
+    exit_status: int
+    duration_s: float
+    result: Mapping[str, Any] | None   # the verb's --json object
+    error: str | None = None           # why there is no result (no JSON, timeout)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and self.error is None
+
+
+@dataclass(frozen=True)
+class NightlyReport:
+    started: str                # ISO 8601, local time with offset
+    finished: str
+    duration_s: float
+    host: str
+    command: tuple[str, ...]
+    pytest_args: tuple[str, ...]
+    machines: tuple[str, ...]
+    seeds: Mapping[str, str]
+    runs: tuple[RunInfo, ...]
+    tests: tuple[TestResult, ...]
+    items: Items
+    baseline: BaselineDiff | None = None
+    baseline_note: str | None = None   # why there is no comparison
+    hunts: tuple[HuntResult, ...] = ()
+    problems: tuple[str, ...] = field(default=())  # run-level failures (no tests, pytest crash)
+
+    def bad_tests(self) -> list[TestResult]:
+        return [t for t in self.tests if t.bad]
+
+    def verdict(self) -> tuple[int, list[str]]:
+        """(exit status, reasons): 0 when everything passed or is a known failure."""
+        reasons = list(self.problems)
+        tally = counts(self.tests)
+        for outcome in ("failed", "error", "xpassed"):
+            if tally[outcome]:
+                reasons.append(f"{tally[outcome]} {outcome}")
+        if self.baseline is not None and self.baseline.regressions:
+            reasons.append(f"{len(self.baseline.regressions)} regressed since the baseline")
+        for hunt in self.hunts:
+            if not hunt.ok:
+                reasons.append(f"ping-pong crash hunt on {hunt.run}: "
+                               f"{hunt.error or f'exit status {hunt.exit_status}'}")
+        return (1 if reasons else 0), reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        status, reasons = self.verdict()
+        return {
+            "format": FORMAT, "tool": "pci-harness nightly",
+            "ok": status == 0, "exit_status": status, "reasons": reasons,
+            "started": self.started, "finished": self.finished,
+            "duration_s": round(self.duration_s, 3), "host": self.host,
+            "command": list(self.command), "pytest_args": list(self.pytest_args),
+            "machines": list(self.machines),
+            "counts": counts(self.tests),
+            "runs": [asdict(r) | {"workers": [dict(w) for w in r.workers]} for r in self.runs],
+            "tests": [t.to_dict() for t in self.tests],
+            "items": self.items,
+            "item_titles": dict(self.seeds),
+            "baseline": self.baseline.to_dict() if self.baseline else None,
+            "baseline_note": self.baseline_note,
+            "pingpong": [asdict(h) | {"ok": h.ok, "result": dict(h.result) if h.result else None}
+                         for h in self.hunts],
+            "failures": [f"{t.nodeid} [{t.run}]: {t.outcome}: {t.message}"
+                         for t in self.bad_tests()],
+        }
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")

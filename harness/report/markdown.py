@@ -1,0 +1,126 @@
+"""summary.md: the matrix and what changed, in Markdown a mailing list can take.
+
+Plain words rather than colours or emoji: the text must still read in a
+plain-text mail client.  Failing cells are bold so they stand out either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from harness.report.baseline import Change
+from harness.report.document import NightlyReport
+from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS
+from harness.report.results import counts
+
+_WORD = {PASS: "pass", KNOWN: "known-failure", FAIL: "**FAIL**", XPASS: "**XPASS**",
+         NOT_RUN: "-"}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def headline(report: NightlyReport) -> str:
+    status, reasons = report.verdict()
+    tally = counts(report.tests)
+    parts = [f"{n} {o}" for o, n in tally.items() if n]
+    verdict = "PASS" if status == 0 else "FAIL (" + "; ".join(reasons) + ")"
+    return (f"{len(report.tests)} tests: {', '.join(parts) or 'none'} in "
+            f"{_duration(report.duration_s)}. Verdict: {verdict}")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def matrix_lines(report: NightlyReport) -> list[str]:
+    runs = [r.label for r in report.runs]
+    first = next(iter(report.items.values()), {})
+    machines = list(first)
+    header = ["Seed item"] + [f"{m} / QEMU {r}" if len(runs) > 1 else m
+                              for r in runs for m in machines]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for seed, by_machine in report.items.items():
+        cells = [_WORD[by_machine[m][r]] for r in runs for m in machines]
+        lines.append(f"| {_cell(seed)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _changes(title: str, changes: Sequence[Change]) -> list[str]:
+    if not changes:
+        return []
+    lines = [f"### {title} ({len(changes)})", ""]
+    for c in changes:
+        where = ", ".join(x for x in (c.seed, c.machine, f"QEMU {c.run}") if x)
+        message = f": {c.message}" if c.message and c.after not in ("passed",) else ""
+        lines.append(f"- `{c.nodeid}` ({where}): {c.before or 'absent'} -> "
+                     f"{c.after or 'absent'}{_cell(message)}")
+    return lines + [""]
+
+
+def render_markdown(report: NightlyReport) -> str:
+    lines = [f"# pci-harness nightly {report.started[:16].replace('T', ' ')}", "",
+             headline(report), ""]
+    for run in report.runs:
+        lines.append(f"- QEMU {run.label}: `{run.qemu_binary}` (version {run.qemu_version}, "
+                     f"{(run.accel or 'accelerator not reported').split(';')[0]}), "
+                     f"{_duration(run.duration_s)}")
+    lines += ["", "## Seed items", "",
+              ("pass = all tests passed; known-failure = strict xfail (known QEMU gap); "
+              "FAIL = failed; XPASS = a known failure passed; - = not run"), ""]
+    lines += matrix_lines(report) + [""]
+    diff = report.baseline
+    if diff is not None:
+        lines += [f"## Compared with {diff.baseline}", ""]
+        lines += [f"- note: {n}" for n in diff.notes]
+        lines += [f"- matrix: {c.seed} / {c.machine} / QEMU {c.run}: {c.before} -> {c.after}"
+                  for c in diff.cells]
+        if diff.notes or diff.cells:
+            lines.append("")
+        lines += _changes("Regressions", diff.regressions)
+        lines += _changes("Fixes", diff.fixes)
+        lines += _changes("New known failures", diff.new_known_failures)
+        lines += _changes("New failures", diff.new_failures)
+        lines += _changes("Missing (ran in the baseline, not now)", diff.missing)
+        if not (diff.regressions or diff.fixes or diff.new_known_failures or
+                diff.new_failures or diff.missing):
+            lines += ["No changes in test outcomes.", ""]
+    elif report.baseline_note:
+        lines += [f"Baseline: {report.baseline_note}", ""]
+    bad = report.bad_tests()
+    if bad or report.problems:
+        lines += ["## Failures", ""]
+        lines += [f"- {p}" for p in report.problems]
+        for t in bad:
+            where = ", ".join(x for x in (t.seed, t.machine, f"QEMU {t.run}") if x)
+            lines.append(f"- `{t.nodeid}` ({where}): {t.outcome}: {_cell(t.message)}")
+            if t.artifacts:
+                lines.append(f"  artifacts: `{t.artifacts}`")
+        lines.append("")
+    known = [t for t in report.tests if t.outcome == "xfailed"]
+    if known:
+        lines += ["## Known failures", ""]
+        lines += [f"- `{t.nodeid}` (QEMU {t.run}): {_cell(t.xfail_reason or '')}" for t in known]
+        lines.append("")
+    if report.hunts:
+        lines += ["## Ping-pong crash hunt", ""]
+        for h in report.hunts:
+            lines.append(f"- QEMU {h.run}: {'no crash found' if h.ok else 'FAILED'} in "
+                         f"{_duration(h.duration_s)}: {_hunt_words(h.result, h.error)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _hunt_words(result: object, error: str | None) -> str:
+    if error:
+        return error
+    if not isinstance(result, dict):
+        return "no result"
+    keys = ("hops", "iterations", "round_trips", "migrations", "elapsed_s", "duration_s")
+    shown = [f"{k}={result[k]}" for k in keys if k in result]
+    failures = result.get("failures") or []
+    if failures:
+        shown.append("failures: " + "; ".join(str(f) for f in failures)[:500])
+    return ", ".join(shown) or "ok"
