@@ -107,7 +107,10 @@ def _dst_failure(src: Guest, dst: Guest, hop: int, src_status: str | None) -> Ho
     err = dst.process.exited_error("incoming migration")
     rc = dst.process.returncode
     stderr = err.stderr.strip()
-    last = stderr.splitlines()[-1] if stderr else "(nothing on stderr)"
+    # QEMU's reason (e.g. "AHCI: Failed to start FIS receive engine") comes a few
+    # lines before its generic "load of migration failed": keep the last few.
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    last = " / ".join(lines[-4:]) if lines else "(nothing on stderr)"
     if rc is not None and rc < 0:
         return HopFailure("qemu-died", hop, f"destination {dst.name}: {err.message}",
                           tail=stderr[-3000:] or None, process=dst.name)

@@ -45,7 +45,8 @@ from harness.scenarios.migration import (
     migrate,
     start_destination,
 )
-from harness.topology import PciView, Topology, diff_snapshots
+from harness.scenarios.threeview import ThreeViews, changes, snapshot
+from harness.topology import Topology
 from harness.topology.drivers import BUILTIN
 
 LoadKind = Literal["write", "mixed", "none"]
@@ -54,8 +55,6 @@ LoadKind = Literal["write", "mixed", "none"]
 KERNEL_ARGS = ("init_on_free=1",)
 PROGRESS_SECONDS = 20.0   # the load must write one more block within this after a hop
 STOP_SECONDS = 30.0
-# The dump without its trailing `lspci -vvv` (for people, not parsed; ~0.3 s under TCG).
-GUEST_DUMP = views.GUEST_DUMP_SCRIPT.split("if command -v lspci")[0]
 Progress = Callable[[str], None]
 QmpCommand = tuple[str, dict[str, Any]]
 
@@ -126,13 +125,10 @@ class PingPongResult:
     boot_s: float = 0.0
 
 
-def _views_and_loads(guest: Guest, loads: Sequence[DiskLoad]) -> tuple[PciView, PciView,
-                                                                       dict[str, LoadState]]:
-    assert guest.qmp is not None
-    qemu = views.collect_qemu_view(guest.qmp)
-    script = GUEST_DUMP + "\n" + "\n".join(load.state_command() for load in loads)
-    text = guest.succeed(script)
-    return qemu, views.parse_guest_view(text), parse_states(text)
+def _loads_state(guest: Guest, loads: Sequence[DiskLoad]) -> dict[str, LoadState]:
+    if not loads:
+        return {}
+    return parse_states(guest.succeed("\n".join(load.state_command() for load in loads)))
 
 
 class PingPong:
@@ -149,7 +145,7 @@ class PingPong:
         self.current: Guest | None = None
         self.loads: list[DiskLoad] = []
         self.replay: list[QmpCommand] = []   # hot-plug commands every destination repeats
-        self._ref: tuple[PciView, PciView] | None = None
+        self._ref: ThreeViews | None = None
         self._states: dict[str, LoadState] = {}
         self._hop = 0
         self._next: tuple[Guest, float] | None = None  # pre-spawned destination, its launch_s
@@ -189,9 +185,8 @@ class PingPong:
         """Take the current PCI views as what every later hop must preserve
         (call it again after a deliberate change such as a hot-plug)."""
         assert self.current is not None
-        qemu, guest, states = _views_and_loads(self.current, self.loads)
-        self._ref = (qemu, guest)
-        self._states = states
+        self._ref = snapshot(self.current, lspci=False)
+        self._states = _loads_state(self.current, self.loads)
 
     def hotplug(self, commands: Sequence[QmpCommand]) -> None:
         """Run QMP commands on the current guest and on every later destination
@@ -257,16 +252,18 @@ class PingPong:
         dst = self.current
         assert dst is not None and dst.console is not None and self._ref is not None
         self._console_check(number, src, dst)
-        qemu, guest, states = _views_and_loads(dst, self.loads)
+        after = snapshot(dst, lspci=False)
         # Nothing may change across a hop: BAR addresses, bus numbers, windows,
         # link state, bound drivers and hotplug handlers are all device state
-        # that migration carries (none of the compared fields is volatile).
-        for label, before, after in (("QEMU", self._ref[0], qemu), ("guest", self._ref[1], guest)):
-            changes = diff_snapshots(before, after)
-            if changes:
-                raise HopFailure("pci-state-changed", number,
-                                 f"the {label} view of the PCI functions changed: "
-                                 + "; ".join(str(c) for c in changes[:8]), process=dst.name)
+        # that migration carries (none of the compared fields is volatile), so
+        # no field is ignored.
+        diff = changes(self._ref, after)
+        if diff:
+            raise HopFailure("pci-state-changed", number,
+                             "the PCI state changed across the hop: "
+                             + "; ".join(f"{view} view: {c}" for view, c in diff.all()[:8]),
+                             process=dst.name)
+        states = _loads_state(dst, self.loads)
         states = self._wait_progress(number, dst, states)
         self._console_check(number, src, dst)
         self._states = states
