@@ -222,7 +222,9 @@ def _print_where(answer: dict[str, Any], topology: Topology, hotplug: bool) -> N
     if answer["excluded"]:
         print("not there:")
         for e in answer["excluded"]:
-            print(f"  {e['bus']}: {e['reason']}")
+            who = ("QEMU refuses it" if e["refused_by"] == "qemu"
+                   else "the PCI/PCIe rules forbid it; QEMU may accept it")
+            print(f"  {e['bus']}: {e['reason']} [{who}]")
 
 
 def cmd_where(args: argparse.Namespace) -> int:

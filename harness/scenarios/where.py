@@ -38,18 +38,32 @@ class BusAnswer:
     note: str | None = None
 
 
+# Who rules a bus out: "qemu" -- QEMU itself refuses (no hotplug handler, a
+# full conventional bus); "spec" -- the PCI/PCIe rules forbid it, QEMU may still
+# accept it (7.2 cold-plugs nearly anything anywhere), so do not read "QEMU took
+# it" as "it is legal".
+RefusedBy = Literal["qemu", "spec"]
+
+
+@dataclass(frozen=True)
+class Excluded:
+    bus: str
+    reason: str
+    refused_by: RefusedBy
+
+
 @dataclass(frozen=True)
 class WhereAnswer:
     driver: str
     buses: tuple[BusAnswer, ...]
-    excluded: tuple[tuple[str, str], ...] = ()  # (bus, why DRIVER cannot go there)
+    excluded: tuple[Excluded, ...] = ()  # buses DRIVER cannot go to, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "driver": self.driver,
             "buses": [{**asdict(b), "free_slots": list(b.free_slots),
                        "qemu_also_accepts": list(b.qemu_also_accepts)} for b in self.buses],
-            "excluded": [{"bus": bus, "reason": why} for bus, why in self.excluded],
+            "excluded": [asdict(e) for e in self.excluded],
         }
 
     def to_json(self) -> str:
@@ -154,16 +168,17 @@ def where(qmp: Qmp, driver: str, *, hotplug_only: bool = False,
     if facts.bridge:
         secondary = device_id or _suggest_id(driver, {b.name for b in buses})
     answers: list[BusAnswer] = []
-    excluded: list[tuple[str, str]] = []
+    excluded: list[Excluded] = []
     for bus in buses:
         role = _role(bus, hosts, slots, upstream)
         allowed, note = _placement(facts, role, bus.express)
         if not allowed:
-            excluded.append((bus.name, note or "not allowed"))
+            excluded.append(Excluded(bus.name, note or "not allowed", "spec"))
             continue
         hotplug = None if bus.hotplug == "none" else bus.hotplug
         if hotplug_only and hotplug is None:
-            excluded.append((bus.name, "the bus has no hotplug handler (device_add refuses it)"))
+            excluded.append(Excluded(bus.name, "the bus has no hotplug handler (device_add "
+                                               "refuses it)", "qemu"))
             continue
         used = {devfn >> 3 for devfn, _, _ in bus.devices}
         free = [s for s in range(32) if s not in used]
@@ -176,9 +191,17 @@ def where(qmp: Qmp, driver: str, *, hotplug_only: bool = False,
                                    "does not")
         if hotplug_only and hotplug == "shpc":
             free = [s for s in free if s != 0]  # SHPC drives slots 1-31 only
+        if not free and lenient and hotplug_only:
+            # device_add below a port treats slot 0 as function 0 of every slot: with
+            # it taken QEMU refuses the other slots too ("slot 0 function 0 already
+            # occupied"), although cold-plug takes them.
+            excluded.append(Excluded(bus.name, "slot 0 is taken (QEMU refuses device_add "
+                                               "at any other slot below a port)", "qemu"))
+            continue
         if not free:
-            excluded.append((bus.name, "no free slot" + (
-                " (QEMU 7.2 would still take slots 1-31 below this port)" if lenient else "")))
+            excluded.append(Excluded(bus.name, "no free slot" + (
+                " (QEMU 7.2 would still take slots 1-31 below this port)" if lenient else ""),
+                "spec" if lenient else "qemu"))
             continue
         if hotplug_only and facts.bridge:
             note = _join(note, "a hot-added bridge is accepted, but devices hot-plugged "

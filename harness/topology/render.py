@@ -131,3 +131,16 @@ def _device(topo: Topology, dev: Device, scratch_dir: Path, disks: list[ScratchD
                                                        ("scsi-id", 0), ("lun", 0),
                                                        ("drive", disk.node_name)])]
     return out + ["-device", device_arg(dev.driver, props)] + child
+
+
+def probe_device_args(driver: str, device_id: str, bus: str, slot: int,
+                      props: tuple[tuple[str, PropValue], ...] = ()) -> tuple[str, ...]:
+    """`-device` arguments for one device at BUS/SLOT exactly as given.
+
+    No topology validation on purpose: the where-oracle's checks ask QEMU itself
+    whether it accepts a placement, including ones the PCIe spec (and so
+    layout.validate) forbids but QEMU 7.2 takes.  Add them with
+    LaunchPlan(extra_args=...) to a rendered topology.
+    """
+    return ("-device", device_arg(driver, [("id", device_id), ("bus", bus),
+                                           ("addr", f"{slot:#x}"), *props]))

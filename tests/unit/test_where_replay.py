@@ -141,3 +141,14 @@ def test_answer_to_json_round_trips() -> None:
     ans = where(ReplayQmp(rec["qmp_log"]), "virtio-net-pci")
     assert isinstance(ans, WhereAnswer)
     assert json.loads(ans.to_json()) == ans.to_dict()
+
+
+def test_occupied_port_refuses_hot_add_at_any_slot() -> None:
+    # Cold-plug takes slots 1-31 below a port (spec-only exclusion), device_add
+    # does not: QEMU checks "function 0" (slot 0) first.  Checked live in
+    # tests/pci/test_where.py.
+    cold = {e["bus"]: e for e in answer("q35-pcie-to-pci", "e1000e")["excluded"]}
+    hot = {e["bus"]: e for e in answer("q35-pcie-to-pci", "e1000e", hotplug=True)["excluded"]}
+    assert cold["rp1"]["refused_by"] == "spec" and "slots 1-31" in cold["rp1"]["reason"]
+    assert hot["rp1"]["refused_by"] == "qemu" and "slot 0 is taken" in hot["rp1"]["reason"]
+    assert hot["pcie.0"]["refused_by"] == "qemu"
