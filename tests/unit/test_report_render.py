@@ -1,0 +1,142 @@
+"""The verdict, summary.md, report.html and junit.xml merge from a report value (no QEMU)."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+
+import pytest
+
+from harness.report.baseline import BaselineDiff, CellChange, Change
+from harness.report.document import HuntResult, NightlyReport, RunInfo
+from harness.report.html import render_html
+from harness.report.junit import merge_junit
+from harness.report.markdown import render_markdown
+from harness.report.matrix import build_items
+from harness.report.results import TestResult
+
+SEEDS = {"master-abort": "PCI master-abort is not emulated correctly",
+         "q35-hotplug": "Hotplug for Q35"}
+
+
+def make_report(tmp_path, outcomes, *, baseline=None, hunts=(), problems=()):
+    tests = []
+    for i, (outcome, seed, kind) in enumerate(outcomes):
+        artifacts = None
+        if outcome in ("failed", "error"):
+            artifacts = tmp_path / "runs" / "7.2.22" / "artifacts" / f"t{i}"
+            (artifacts / "guest").mkdir(parents=True)
+            (artifacts / "guest" / "console.log").write_text("boot\n")
+            (artifacts / "guest" / "reproduce.sh").write_text("#!/bin/sh\n")
+        tests.append(TestResult(
+            f"tests/pci/test_x.py::test_{i}[{kind}]", outcome, 2.0 + i, run="7.2.22",
+            machine=kind, machine_kind=kind, seed=seed,
+            message=f"<b>why {i}</b>" if outcome != "passed" else "",
+            xfail_reason="master-abort: reads return 0" if outcome == "xfailed" else None,
+            artifacts=str(artifacts) if artifacts else None,
+            console_tail={"guest": "BUG: <oops> & panic"} if artifacts else {}))
+    run = RunInfo("7.2.22", "/usr/bin/qemu-system-x86_64", "7.2.22", "tcg: TCG as requested",
+                  1 if any(t.bad for t in tests) else 0, 61.0, "runs/7.2.22")
+    return NightlyReport(
+        started="2026-11-24T02:00:00+00:00", finished="2026-11-24T02:01:01+00:00",
+        duration_s=61.0, host="ci", command=("pci-harness", "nightly"), pytest_args=(),
+        machines=("pc", "q35"), seeds=SEEDS, runs=(run,), tests=tuple(tests),
+        items=build_items(tests, SEEDS, ["pc", "q35"], ["7.2.22"]), baseline=baseline,
+        hunts=tuple(hunts), problems=tuple(problems))
+
+
+@pytest.mark.parametrize("outcomes, status", [
+    ([("passed", "q35-hotplug", "q35"), ("xfailed", "master-abort", "pc")], 0),
+    ([("passed", "q35-hotplug", "q35"), ("skipped", None, "q35")], 0),
+    ([("passed", "q35-hotplug", "q35"), ("xpassed", "master-abort", "pc")], 1),
+    ([("failed", "q35-hotplug", "q35")], 1),
+    ([("error", None, "q35")], 1),
+])
+def test_verdict_from_outcomes(tmp_path, outcomes, status):
+    assert make_report(tmp_path, outcomes).verdict()[0] == status
+
+
+def test_verdict_fails_on_regression_problem_and_hunt(tmp_path):
+    ok = [("passed", "q35-hotplug", "q35")]
+    regressed = BaselineDiff("/old", regressions=(Change("n", "7.2.22", "passed", "failed"),))
+    assert make_report(tmp_path, ok, baseline=regressed).verdict() == \
+        (1, ["1 regressed since the baseline"])
+    assert make_report(tmp_path, ok, problems=["no tests were collected"]).verdict()[0] == 1
+    crash = HuntResult("7.2.22", ("pingpong",), 1, 60.0, {"ok": False, "failures": ["crash"]})
+    assert make_report(tmp_path, ok, hunts=[crash]).verdict()[0] == 1
+    quiet = HuntResult("7.2.22", ("pingpong",), 0, 60.0, {"ok": True, "failures": []})
+    assert make_report(tmp_path, ok, hunts=[quiet]).verdict()[0] == 0
+
+
+def test_summary_matrix_has_every_item_and_the_changes(tmp_path):
+    diff = BaselineDiff("/reports/old", regressions=(
+        Change("tests/pci/test_x.py::test_0[q35]", "7.2.22", "passed", "failed", "q35-hotplug",
+               "q35", "why 0"),), cells=(CellChange("q35-hotplug", "q35", "7.2.22", "pass", "fail"),))
+    text = render_markdown(make_report(
+        tmp_path, [("failed", "q35-hotplug", "q35"), ("xfailed", "master-abort", "pc")],
+        baseline=diff))
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table == ["| Seed item | pc | q35 |", "| master-abort | known-failure | - |",
+                     "| q35-hotplug | - | **FAIL** |"]
+    regressions = text.split("### Regressions (1)")[1]
+    assert "`tests/pci/test_x.py::test_0[q35]` (q35-hotplug, q35, QEMU 7.2.22): " \
+           "passed -> failed: why 0" in regressions
+    assert "matrix: q35-hotplug / q35 / QEMU 7.2.22: pass -> fail" in text
+    assert "master-abort: reads return 0" in text.split("## Known failures")[1]
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.urls, self.cells, self.text = [], [], [], []
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        self.urls += [attrs[k] for k in ("href", "src") if k in attrs]
+        if tag == "td" and "s" in (attrs.get("class") or "").split():
+            self._cell = attrs["class"].split()[1]
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell:
+            self.cells.append((self._cell, data))
+            self._cell = None
+
+
+def test_html_is_self_contained_and_escapes_everything(tmp_path):
+    report = make_report(tmp_path, [("failed", "q35-hotplug", "q35"),
+                                    ("xfailed", "master-abort", "pc")])
+    page = _Page()
+    page.feed(render_html(report, tmp_path))
+    assert "script" not in page.tags and "img" not in page.tags and "link" not in page.tags
+    # only in-page anchors and relative links to the artifacts: nothing fetched from elsewhere
+    assert all(u.startswith(("#", "runs/7.2.22/artifacts/t0")) for u in page.urls), \
+        page.urls
+    assert "runs/7.2.22/artifacts/t0/guest/reproduce.sh" in page.urls
+    assert ("known-failure", "known failure") in page.cells and ("fail", "FAIL") in page.cells
+    assert page.cells.count(("not-run", "not run")) == 2
+    text = "".join(page.text)
+    assert "BUG: <oops> & panic" in text and "<b>why 0</b>" in text  # shown as text, not markup
+    matrix_at = text.index("Seed items")
+    assert matrix_at < text.index("Failures (1)") < text.index("Timings")
+
+
+def test_junit_merge_keeps_each_run_as_a_suite(tmp_path):
+    for label, cases in (("7.2.22", 2), ("9.1.0", 3)):
+        (tmp_path / label).mkdir()
+        body = "".join(f'<testcase classname="t" name="c{i}" time="1.5"/>' for i in range(cases))
+        (tmp_path / label / "junit.xml").write_text(
+            f'<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="{cases}" '
+            f'failures="1" errors="0" skipped="0" time="3.0">{body}</testsuite></testsuites>')
+    merge_junit([("7.2.22", tmp_path / "7.2.22" / "junit.xml"),
+                 ("9.1.0", tmp_path / "9.1.0" / "junit.xml"),
+                 ("missing", tmp_path / "nope.xml")], tmp_path / "junit.xml")
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    assert [s.get("name") for s in root.iter("testsuite")] == \
+        ["pci-harness qemu 7.2.22", "pci-harness qemu 9.1.0"]
+    assert (root.get("tests"), root.get("failures"), len(list(root.iter("testcase")))) == \
+        ("5", "2", 5)
+    assert re.fullmatch(r"6\.0+", root.get("time") or "")
