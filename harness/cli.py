@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 VERB_MODULES: list[str] = [
     "harness.cli_topology",
     "harness.cli_migration",
+    "harness.cli_hotplug",
     "harness.nightly",
 ]
 
