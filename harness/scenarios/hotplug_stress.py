@@ -28,7 +28,9 @@ from harness.errors import HarnessError
 from harness.machine import Guest
 from harness.scenarios.hotplug import (
     Hotplugger,
+    Plugged,
     PlugSpec,
+    Unplugged,
     host_block_ok,
     kind_of,
     seeded_mac,
@@ -38,7 +40,7 @@ from harness.scenarios.threeview import ThreeViews, snapshot
 from harness.scenarios.where import where
 from harness.topology import Topology, topology_from_dict
 
-__all__ = ["CycleFailure", "StressResult", "candidate_slots", "percentiles", "run_stress",
+__all__ = ["CycleFailure", "CycleReport", "StepFailed", "StressResult", "candidate_slots", "checked_cycle", "percentiles", "run_stress",
            "stress_topology"]
 
 NIC_DRIVERS = {"pc": ("virtio-net-pci", "e1000"), "q35": ("virtio-net-pci", "e1000e")}
@@ -142,7 +144,7 @@ def run_stress(guest: Guest, cycles: int, seed: int, artifacts: Path,
     rng = random.Random(seed)
     hp = Hotplugger(guest, artifacts / "hotplug")
     places = candidate_slots(guest, topo.root_bus)
-    views = _snap(guest, hp, result)
+    views = _snap(guest, hp, None)
     result.seconds.clear()  # from here on, only time spent inside cycles is booked
     hp.timers.clear()
     for cycle in range(1, cycles + 1):
@@ -156,9 +158,9 @@ def run_stress(guest: Guest, cycles: int, seed: int, artifacts: Path,
         slot, mechanism = rng.choice([(s, m) for b, s, m in places[driver] if b == bus])
         spec = PlugSpec(id=f"hp{cycle}", driver=driver, bus=bus, slot=slot,
                         mac=seeded_mac(rng) if kind_nic else None)
-        fails_before = len(result.failures)
         try:
-            views = _cycle(guest, hp, spec, seed, cycle, views, result, artifacts)
+            report = checked_cycle(guest, hp, spec, seed, views, cycle=cycle,
+                                   book=result.seconds)
         except HarnessError as exc:
             result.failures.append(CycleFailure(cycle, _step_of(exc), exc.describe()))
             result.cycles = cycle
@@ -166,10 +168,16 @@ def run_stress(guest: Guest, cycles: int, seed: int, artifacts: Path,
                      f"({mechanism}) FAILED, stopping: {exc.message}")
             break
         result.cycles = cycle
+        views = report.after_unplug
+        result.plug_s.append(report.plugged.seconds)
+        result.unplug_s.append(report.unplugged.seconds)
+        result.failures += report.failures
+        if report.failures:
+            report.save(artifacts / f"cycle{cycle}")
         result.mechanisms[mechanism] = result.mechanisms.get(mechanism, 0) + 1
         wall = time.monotonic() - started
         result.seconds["wall"] = result.seconds.get("wall", 0.0) + wall
-        verdict = "ok" if len(result.failures) == fails_before else "FAILED"
+        verdict = "FAILED" if report.failures else "ok"
         progress(f"cycle {cycle}/{cycles}: {driver} -> {bus}:{slot:#x} ({mechanism}) "
                  f"plug {result.plug_s[-1]:.2f} s, unplug {result.unplug_s[-1]:.2f} s, "
                  f"cycle {wall:.1f} s (waiting {hp.timers.get('event', 0.0) - event0:.1f} s) "
@@ -179,35 +187,64 @@ def run_stress(guest: Guest, cycles: int, seed: int, artifacts: Path,
     return result
 
 
-class _StepError(HarnessError):
+class StepFailed(HarnessError):
+    """A plug or unplug that did not complete; `step` names which, `cause` is the error."""
+
     def __init__(self, step: str, exc: HarnessError):
-        super().__init__(exc.message, fix=exc.fix, tail=exc.tail)
+        super().__init__(f"{step}: {exc.message}", fix=exc.fix, tail=exc.tail)
         self.step = step
+        self.cause = exc
 
 
 def _step_of(exc: HarnessError) -> str:
-    return exc.step if isinstance(exc, _StepError) else "harness"
+    return exc.step if isinstance(exc, StepFailed) else "harness"
 
 
-def _snap(guest: Guest, hp: Hotplugger, result: StressResult) -> ThreeViews:
+def _snap(guest: Guest, hp: Hotplugger, book: dict[str, float] | None) -> ThreeViews:
     views = snapshot(guest, hp.topology, lspci=False)
-    for key, value in views.seconds.items():  # guest dump, QEMU view, model
-        cat = {"guest": "guest", "qemu": "qmp"}.get(key, "model")
-        result.seconds[cat] = result.seconds.get(cat, 0.0) + value
+    if book is not None:
+        for key, value in views.seconds.items():  # guest dump, QEMU view, model
+            cat = {"guest": "guest", "qemu": "qmp"}.get(key, "model")
+            book[cat] = book.get(cat, 0.0) + value
     return views
 
 
-def _cycle(guest: Guest, hp: Hotplugger, spec: PlugSpec, seed: int, cycle: int,
-           before: ThreeViews, result: StressResult, artifacts: Path) -> ThreeViews:
+@dataclass(frozen=True)
+class CycleReport:
+    """One checked plug/unplug: what happened and what was wrong ([] = nothing)."""
+
+    plugged: Plugged
+    unplugged: Unplugged
+    failures: tuple[CycleFailure, ...]
+    before: ThreeViews
+    after_plug: ThreeViews
+    after_unplug: ThreeViews
+
+    def save(self, directory: Path) -> None:
+        self.before.save(directory, "before")
+        self.after_plug.save(directory, "plugged")
+        self.after_unplug.save(directory, "unplugged")
+
+
+def checked_cycle(guest: Guest, hp: Hotplugger, spec: PlugSpec, seed: int,
+                  before: ThreeViews | None = None, *, cycle: int = 0,
+                  book: dict[str, float] | None = None) -> CycleReport:
+    """Plug SPEC, check views and data, unplug, check views and the host's copy.
+
+    A plug or unplug that does not complete raises (the machine's state is then
+    unknown); every other problem is returned in `failures`.
+    """
+    before = before or _snap(guest, hp, book)
+    failures: list[CycleFailure] = []
+
     def fail(step: str, what: str) -> None:
-        result.failures.append(CycleFailure(cycle, step, what))
+        failures.append(CycleFailure(cycle, step, what))
 
     try:
         plugged = hp.plug(spec, seed=seed)
     except HarnessError as exc:
-        raise _StepError("plug", exc) from None
-    result.plug_s.append(plugged.seconds)
-    after = _snap(guest, hp, result)
+        raise StepFailed("plug", exc) from None
+    after = _snap(guest, hp, book)
     for problem in step_problems(before, after, plugged.path, added=True):
         fail("plug-check", problem)
     if kind_of(spec.driver) == "disk":
@@ -221,17 +258,12 @@ def _cycle(guest: Guest, hp: Hotplugger, spec: PlugSpec, seed: int, cycle: int,
     try:
         unplugged = hp.unplug(spec.id)
     except HarnessError as exc:
-        raise _StepError("unplug", exc) from None
-    result.unplug_s.append(unplugged.seconds)
-    gone = _snap(guest, hp, result)
+        raise StepFailed("unplug", exc) from None
+    gone = _snap(guest, hp, book)
     for problem in step_problems(after, gone, plugged.path, added=False):
         fail("unplug-check", problem)
-    if plugged.image is not None and not host_block_ok(plugged.image, spec.id, seed):
-        fail("host-data", f"{plugged.image}: block 1 is not the pattern the guest wrote")
     if plugged.image is not None:
+        if not host_block_ok(plugged.image, spec.id, seed):
+            fail("host-data", f"{plugged.image}: block 1 is not the pattern the guest wrote")
         plugged.image.unlink(missing_ok=True)
-    if result.failures and result.failures[-1].cycle == cycle:
-        before.save(artifacts / f"cycle{cycle}", "before")
-        after.save(artifacts / f"cycle{cycle}", "plugged")
-        gone.save(artifacts / f"cycle{cycle}", "unplugged")
-    return gone
+    return CycleReport(plugged, unplugged, tuple(failures), before, after, gone)
