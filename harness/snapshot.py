@@ -177,10 +177,10 @@ def restore(plan: LaunchPlan, snap: SnapshotFile, artifacts: Path, name: str) ->
         guest.qmp.wait_event("RESUME", deadline)
         guest.timings.restored = True
         guest.timings.init_started = time.monotonic() - guest.started_at
-        # Until this line runs the NIC still has the saved guest's MAC; the
-        # script finds it through /run/harness.mac.
+        # Until this line runs the NIC still has the saved guest's MAC
+        # (guest-images/debian12/restored.sh).
         seed = os.urandom(32).hex()
-        guest.console.send_line(f"harness-restored {int(time.time())} {seed} {guest.mgmt_mac}")
+        guest.console.send_line(f"harness_restored {int(time.time())} {seed} {guest.mgmt_mac}")
         text = guest.console.expect(r"HARNESS-RESTORED [\d.]+", deadline)
         guest.timings.sshd_ready = time.monotonic() - guest.started_at
         guest.timings.guest_uptime_ready = float(text.split()[1])

@@ -36,7 +36,7 @@ if [ -n "$mac" ]; then
     done
 fi
 if [ -n "$ifc" ]; then
-    echo "$mac" >/run/harness.mac
+    echo "$ifc" >/run/harness.ifc
     ip link set "$ifc" up
     ip addr add 10.0.2.15/24 dev "$ifc"
     ip route add default via 10.0.2.2

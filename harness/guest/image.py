@@ -319,11 +319,11 @@ def _assemble_initramfs(rdir: Path, recipe: dict[str, object], staging: Path, ro
     (root / "etc/passwd").write_text("root:*:0:0:root:/root:/bin/sh\n")  # '*': '!' locks the key too
     (root / "etc/group").write_text("root:x:0:\n")
     (root / "etc/shells").write_text("/bin/sh\n")
-    (root / "etc/profile").write_text("export PATH=/sbin:/bin:/usr/sbin:/usr/bin PS1='guest# '\n")
+    (root / "etc/profile").write_text("export PATH=/sbin:/bin:/usr/sbin:/usr/bin PS1='guest# '\n"
+                                      ". /etc/harness-restored.sh\n")
     shutil.copy2(rdir / "init.sh", root / "init")
     os.chmod(root / "init", 0o755)
-    shutil.copy2(rdir / "restored.sh", root / "bin/harness-restored")
-    os.chmod(root / "bin/harness-restored", 0o755)
+    shutil.copy2(rdir / "restored.sh", root / "etc/harness-restored.sh")
 
 
 def _write_cpio(root: Path, target: Path) -> None:
