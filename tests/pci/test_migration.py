@@ -1,0 +1,142 @@
+"""Ping-pong migration under disk load, on real QEMU (seed item "ahci-stability").
+
+Each test runs the same scenario the `pingpong` verb runs (harness.scenarios.
+pingpong), so a verdict here is a verdict there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from harness.scenarios.loads import BLOCK_SIZE, block_md5, find_disk
+from harness.scenarios.pingpong import PingPong, PingPongOptions, disk_targets
+from harness.topology import topology_from_dict
+from harness.views import collect_qemu_view
+
+pytestmark = pytest.mark.seed("ahci-stability")
+
+
+def _q35_both():
+    return topology_from_dict({"machine": "q35", "ahci_disk": "64M", "device": [
+        {"id": "vblk1", "driver": "virtio-blk-pci", "disk": "64M"}]})
+
+
+@pytest.mark.smoke
+def test_q35_pingpong_three_hops_under_write_load(harness_factory, artifacts):
+    topology = _q35_both()
+    targets = disk_targets(topology, ("ahci", "virtio-blk"))
+    assert [t.name for t in targets] == ["ahci", "vblk1"], targets
+    run = PingPong(harness_factory.plan(topology), artifacts,
+                   PingPongOptions(hops=3, seed=11, load="write", disks=targets))
+    result = run.run()
+    assert result.failure is None, result.failure.describe()
+    assert [r.stats.hop for r in result.records] == [1, 2, 3]
+    # Every hop went to a new process, and the guest answered on it.
+    assert [r.stats.destination for r in result.records] == ["g01", "g02", "g03"]
+    for record in result.records:
+        assert record.stats.destination_status == "running", record.stats
+        assert record.stats.ram_bytes and record.stats.ram_bytes > 10 * 2**20, record.stats
+    # The final verification read every block written (the ring holds 128).
+    for name in ("ahci", "vblk1"):
+        assert result.writes[name] > 0, result.writes
+        assert result.verified_blocks[name] == min(result.writes[name], 128), (
+            name, result.writes, result.verified_blocks)
+    assert not any(g.process.alive() for g in run.guests), "a QEMU outlived the run"
+
+
+def test_pc_pingpong_mixed_load_over_tcp_ahci_behind_bridge(harness_factory, artifacts):
+    topology = topology_from_dict({"machine": "pc", "device": [
+        {"id": "br1", "driver": "pci-bridge", "addr": "4.0", "chassis_nr": 1},
+        {"id": "sata1", "driver": "ich9-ahci", "bus": "br1", "addr": "1.0", "disk": "64M"}]})
+    run = PingPong(harness_factory.plan(topology), artifacts,
+                   PingPongOptions(hops=2, seed=12, load="mixed", transport="tcp",
+                                   disks=disk_targets(topology, ("ahci",))))
+    result = run.run()
+    assert result.failure is None, result.failure.describe()
+    assert len(result.records) == 2
+    last = result.records[-1].loads["sata1"]
+    assert last.verified > 0 and last.bad == 0, last
+
+
+def test_killed_destination_is_named_with_its_signal(harness_factory, artifacts):
+    topology = topology_from_dict({"machine": "q35", "ahci_disk": "64M"})
+    run = PingPong(harness_factory.plan(topology), artifacts,
+                   PingPongOptions(hops=50, seed=13, load="write",
+                                   disks=disk_targets(topology, ("ahci",))))
+    victim: dict[str, int] = {}
+
+    def kill_when_hop_2_runs() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len(run.guests) >= 3 and run.guests[2].process is not None:
+                victim["pid"] = run.guests[2].process.pid
+                victim["at"] = time.monotonic()
+                os.kill(victim["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_when_hop_2_runs, daemon=True)
+    killer.start()
+    result = run.run()
+    killer.join(5)
+    assert "pid" in victim, "the killer never found a third QEMU process"
+    reported = time.monotonic()
+    failure = result.failure
+    assert failure is not None, "a SIGKILLed QEMU went unnoticed"
+    assert failure.kind == "qemu-died", failure.describe()
+    assert "SIGKILL" in failure.detail and "g02" in failure.detail, failure.detail
+    assert reported - victim["at"] < 15, f"reported {reported - victim['at']:.1f} s after kill"
+    for name in ("g00", "g01", "g02"):
+        for item in ("qemu.cmdline", "qmp.log", "console.log"):
+            assert (artifacts / name / item).exists(), f"{name}/{item} missing"
+    assert (artifacts / "failure.txt").read_text().startswith(f"hop {failure.hop}: qemu-died")
+    left = subprocess.run(["pgrep", "-f", str(artifacts)], check=False, capture_output=True,
+                          text=True)
+    assert left.stdout.strip() == "", f"processes left behind: {left.stdout}"
+
+
+def test_device_hotplugged_behind_bridge_survives_hops(harness_factory, artifacts):
+    topology = topology_from_dict({"machine": "pc", "device": [
+        {"id": "br1", "driver": "pci-bridge", "addr": "4.0", "chassis_nr": 1}]})
+    image = artifacts / "hot.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    # SeaBIOS, not qboot: qboot leaves an empty bridge's windows disabled, so a
+    # device hot-plugged behind it gets no BARs (virtio-pci probe fails, -EIO);
+    # SeaBIOS reserves I/O and memory windows on hotplug-capable bridges.
+    plan = replace(harness_factory.plan(topology), firmware="seabios")
+    run = PingPong(plan, artifacts, PingPongOptions(hops=2, seed=14, load="none"))
+    guest = run.boot()
+    try:
+        guest.succeed("modprobe virtio_blk")  # the launch topology has no virtio-blk
+        run.hotplug([
+            ("blockdev-add", {"node-name": "hot.disk", "driver": "qcow2",
+                              "file": {"driver": "file", "filename": str(image)}}),
+            ("device_add", {"driver": "virtio-blk-pci", "id": "hot1", "bus": "br1",
+                            "addr": "0x5", "drive": "hot.disk"})])
+        guest.wait_until_succeeds("ls /sys/bus/pci/devices/*/virtio*/block/", timeout=30)
+        assert guest.qmp is not None
+        path = collect_qemu_view(guest.qmp).function("hot1").path
+        assert path == ("04.0", "05.0"), path
+        device = find_disk(guest, path, "hot-plugged virtio-blk")
+        guest.succeed(f"yes \"$(printf '%-63s' 'pcih hot seed=14 blk=000002 gen=000000')\" | "
+                      f"head -c {BLOCK_SIZE} | dd of={device} bs={BLOCK_SIZE} seek=2 count=1 "
+                      "iflag=fullblock oflag=direct")
+        run.refresh_reference()   # the hot-plugged device is now part of the state to keep
+        for _ in range(2):
+            run.guarded(run.hop)
+        after = run.current
+        assert after is not None and after.name == "g02"
+        device = find_disk(after, path, "hot-plugged virtio-blk after two hops")
+        got = after.succeed(f"dd if={device} bs={BLOCK_SIZE} skip=2 count=1 iflag=direct "
+                            "2>/dev/null | md5sum").split()[0]
+        assert got == block_md5("hot", 14, 2, 0), f"block 2 after the hops: md5 {got}"
+    finally:
+        for g in run.guests:
+            g.shutdown()
