@@ -170,7 +170,7 @@ i=0; v=0; bad=0; fb=; ioerr=0
 rm -f $d/stop $d/stopped
 while [ ! -e $d/stop ]; do
   b=$(( (i * {plan.stride} + {plan.offset}) % {n} )); g=$(( i / {n} ))
-  {_gen_cmd(plan, "$b", "$g")} | dd of={device} bs={bs} seek=$b count=1 iflag=fullblock oflag=direct 2>>$d/dd.err || ioerr=$((ioerr+1))
+  {_gen_cmd(plan, "$b", "$g")} | dd of={device} bs={bs} seek=$b count=1 iflag=fullblock oflag=direct conv=notrunc 2>>$d/dd.err || ioerr=$((ioerr+1))
   i=$((i+1)){verify}
   echo "written=$i verified=$v bad=$bad first_bad=$fb ioerr=$ioerr" > $d/state.new
   mv $d/state.new $d/state

@@ -1,0 +1,63 @@
+"""pingpong verb pieces: topologies, percentiles, the JSON summary, reproduce.sh."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.cli import build_parser
+from harness.cli_migration import build_topology, percentile, summary
+from harness.scenarios.loads import LoadState
+from harness.scenarios.migration import HopFailure, HopStats
+from harness.scenarios.pingpong import HopRecord, PingPongResult, disk_targets, write_reproduce
+
+
+def test_topologies_put_the_disks_where_the_issue_says():
+    q35 = build_topology("q35", "both")
+    assert q35.ahci_disk is not None
+    assert [(t.name, t.device_id) for t in disk_targets(q35, ("ahci", "virtio-blk"))] == [
+        ("ahci", None), ("vblk1", "vblk1")]
+    pc = build_topology("pc", "ahci")
+    sata = pc.device("sata1")
+    assert (sata.driver, sata.bus) == ("ich9-ahci", "br1")
+    assert pc.device("br1").driver == "pci-bridge"
+    assert [t.name for t in disk_targets(pc, ("virtio-blk",))] == []
+
+
+def test_percentile_nearest_rank():
+    values = [0.5, 0.1, 0.4, 0.2, 0.3]
+    assert percentile(values, 50) == 0.3
+    assert percentile(values, 95) == 0.5
+    assert percentile([], 50) is None
+
+
+def _stats(hop: int, total: float, down: float) -> HopStats:
+    return HopStats(hop, f"g{hop - 1:02d}", f"g{hop:02d}", 0.1, 0.2, 0.0, 0.1, total, down,
+                    200.0, 1.0, 88_000_000, "running")
+
+
+def test_summary_json_shape_on_failure(tmp_path):
+    records = [HopRecord(_stats(i, 0.3 + i / 10, 10.0 * i), 0.4, {"ahci": LoadState(i, 0, 0, "", 0)})
+               for i in (1, 2, 3)]
+    failure = HopFailure("qemu-died", 4, "source g03: killed by SIGKILL")
+    result = PingPongResult(ok=False, records=records, failure=failure, artifacts=tmp_path)
+    out = json.loads(json.dumps(summary(result, 99)))
+    assert out["ok"] is False and out["hops"] == 3 and out["seed"] == 99
+    assert isinstance(out["failures"], list) and len(out["failures"]) == 1
+    assert out["hop_s"] == {"p50": 0.5, "p95": 0.6}
+    assert out["downtime_ms"] == {"p50": 20.0, "max": 30.0}
+    assert out["failure"] == {"hop": 4, "kind": "qemu-died",
+                              "detail": "source g03: killed by SIGKILL", "artifacts": str(tmp_path)}
+
+
+def test_verb_options_parse_and_reproduce_script(tmp_path: Path):
+    args = build_parser().parse_args(["pingpong", "--machine", "pc", "--hops", "20", "--disk",
+                                      "ahci", "--load", "mixed", "--transport", "tcp", "--seed",
+                                      "5", "--until-fail", "--max-time", "60", "--json"])
+    assert (args.machine, args.hops, args.disk, args.load, args.transport, args.seed,
+            args.until_fail, args.max_time, args.json) == ("pc", 20, "ahci", "mixed", "tcp", 5,
+                                                           True, 60.0, True)
+    script = tmp_path / "reproduce.sh"
+    write_reproduce(script, ["python", "-m", "harness", "pingpong", "--seed", "5"], tmp_path)
+    text = script.read_text()
+    assert text.startswith("#!/bin/sh") and "--seed 5" in text and script.stat().st_mode & 0o100

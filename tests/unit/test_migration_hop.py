@@ -1,0 +1,157 @@
+"""How a hop classifies what happened, with scripted QMP and fake processes.
+
+The expectations come from the facts file: a destination that cannot load the
+device state exits with status 1 and says why on stderr while the source says
+completed; a killed process is named with its signal.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import QemuExited
+from harness.scenarios.migration import HopFailure, migrate
+
+
+class FakeProcess:
+    def __init__(self, name: str, stderr: str = ""):
+        self.pid = {"src": 100, "dst": 200}[name]
+        self.returncode: int | None = None
+        self.stderr = stderr
+
+    def alive(self) -> bool:
+        return self.returncode is None
+
+    def wait(self, deadline: Any) -> int | None:
+        return self.returncode
+
+    def exited_error(self, during: str) -> QemuExited:
+        from harness.qemu.process import describe_returncode
+
+        return QemuExited(f"QEMU (pid {self.pid}) {describe_returncode(self.returncode)} "
+                          f"during {during}", returncode=self.returncode, stderr=self.stderr)
+
+
+class FakeQmp:
+    """Answers from a script; `on_poll` may change the world after N polls."""
+
+    def __init__(self, guest: FakeGuest):
+        self.guest = guest
+        self.sent: list[str] = []
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        self.sent.append(command)
+        return self.guest.answer(command, arguments or {})
+
+
+class FakeGuest:
+    def __init__(self, name: str, script: dict[str, list[Any]], stderr: str = ""):
+        self.name = name
+        self.run_dir = Path("/run/fake") / name
+        self.process = FakeProcess(name, stderr)
+        self.qmp = FakeQmp(self)
+        self.console = None
+        self.shell = None
+        self.script = script
+        self.events: dict[str, Any] = {}
+
+    def answer(self, command: str, args: dict[str, Any]) -> Any:
+        if not self.process.alive():
+            from harness.qemu.qmp import QmpConnectionLost
+
+            raise QmpConnectionLost("EOF")
+        queue = self.script.get(command)
+        if not queue:
+            return {}
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        return item(self) if callable(item) else item
+
+
+def _pair(src_polls: list[Any], dst_status: list[Any], dst_stderr: str = ""):
+    src = FakeGuest("src", {"query-status": [{"running": True, "status": "running"}],
+                            "query-migrate": src_polls})
+    dst = FakeGuest("dst", {"query-status": dst_status}, stderr=dst_stderr)
+    return src, dst
+
+
+def test_destination_exit_status_is_a_failed_load_with_qemu_text():
+    stderr = ("qemu-system-x86_64: AHCI: Failed to start FIS receive engine: bad FIS receive "
+              "buffer address\nqemu-system-x86_64: load of migration failed: Operation not "
+              "permitted\n")
+
+    src, dst = _pair([{"status": "active"}, {"status": "completed"}],
+                     [{"status": "inmigrate"}], stderr)
+    dst.script["query-status"] = [{"status": "inmigrate"}, {"status": "inmigrate"}]
+
+    def completed_then_dst_exits(guest):
+        dst.process.returncode = 1
+        return {"status": "completed", "downtime": 5}
+
+    src.script["query-migrate"] = [{"status": "active"}, completed_then_dst_exits]
+    with pytest.raises(HopFailure) as info:
+        migrate(src, dst, 3)  # type: ignore[arg-type]
+    f = info.value
+    assert (f.kind, f.hop, f.process) == ("destination-load-failed", 3, "dst")
+    assert "AHCI: Failed to start FIS receive engine" in f.detail
+    assert "exited with status 1" in f.detail and "completed" in f.detail
+
+
+def test_destination_killed_by_signal_is_a_death():
+    src, dst = _pair([{"status": "active"}], [{"status": "inmigrate"}])
+
+    def killed(guest):
+        dst.process.returncode = -signal.SIGKILL
+        return {"status": "active"}
+
+    src.script["query-migrate"] = [killed]
+    with pytest.raises(HopFailure) as info:
+        migrate(src, dst, 1)  # type: ignore[arg-type]
+    assert info.value.kind == "qemu-died"
+    assert "SIGKILL" in info.value.detail and "dst" in info.value.detail
+
+
+def test_source_failed_status_is_a_failed_migration_with_its_error():
+    src, dst = _pair([{"status": "failed", "error-desc": "Unable to write to socket"}],
+                     [{"status": "inmigrate"}])
+    with pytest.raises(HopFailure) as info:
+        migrate(src, dst, 2)  # type: ignore[arg-type]
+    assert info.value.kind == "migration-failed"
+    assert "Unable to write to socket" in info.value.detail
+
+
+def test_source_killed_is_a_death_of_the_source():
+    src, dst = _pair([{"status": "active"}], [{"status": "inmigrate"}])
+
+    def killed(guest):
+        src.process.returncode = -signal.SIGSEGV
+        return {"status": "active"}
+
+    src.script["query-migrate"] = [killed]
+    with pytest.raises(HopFailure) as info:
+        migrate(src, dst, 4)  # type: ignore[arg-type]
+    assert info.value.kind == "qemu-died" and "SIGSEGV" in info.value.detail
+    assert info.value.process == "src"
+
+
+def test_completed_hop_reports_query_migrate_figures():
+    src, dst = _pair([{"status": "completed", "downtime": 17, "total-time": 120,
+                       "setup-time": 2, "ram": {"transferred": 88_000_000}}],
+                     [{"status": "inmigrate"}, {"status": "paused"}])
+    src.script["query-status"] = [{"running": False, "status": "io-error"}]  # a halted VM
+    stats = migrate(src, dst, 5, connect=False)  # type: ignore[arg-type]
+    assert (stats.downtime_ms, stats.qemu_total_ms, stats.ram_bytes) == (17.0, 120.0, 88_000_000)
+    assert stats.destination_status == "paused"
+    # The bandwidth cap is lifted before the stream starts, not after.
+    sent = src.qmp.sent
+    assert sent.index("migrate-set-parameters") < sent.index("migrate")
+
+
+def test_running_source_but_paused_destination_is_a_failed_load():
+    src, dst = _pair([{"status": "completed"}], [{"status": "paused"}])
+    with pytest.raises(HopFailure) as info:
+        migrate(src, dst, 6)  # type: ignore[arg-type]
+    assert info.value.kind == "destination-load-failed" and "'paused'" in info.value.detail

@@ -1,0 +1,124 @@
+"""The disk load's pattern, plan and guest loop, checked without QEMU.
+
+The guest loop is plain POSIX sh over coreutils-compatible tools, so it runs
+here against a file: the host-side expectations (block_md5, LoadPlan.expected)
+are checked against what the shell really wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.deadline import Deadline
+from harness.scenarios.loads import (
+    BLOCK_SIZE,
+    DataMismatch,
+    DiskLoad,
+    LoadPlan,
+    LoadState,
+    _gen_cmd,
+    block_bytes,
+    block_md5,
+    parse_block_devices,
+    parse_states,
+)
+
+
+class HostShell:
+    """Runs the load's commands with /bin/sh on this host, as the guest would."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        command = command.replace("/tmp/pcih-load", str(self.root))
+        proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def succeed(self, command: str, timeout: float = 60.0) -> str:
+        status, out = self.execute(command, timeout)
+        assert status == 0, (command, out)
+        return out
+
+
+def test_shell_pattern_equals_host_pattern():
+    plan = LoadPlan("vblk1", 987654321, 128, 5, 3)
+    out = subprocess.run(["sh", "-c", f"b=7; g=12; {_gen_cmd(plan, '$b', '$g')} | md5sum"],
+                         capture_output=True, text=True, check=True).stdout.split()[0]
+    assert out == block_md5("vblk1", 987654321, 7, 12)
+    assert out != block_md5("vblk1", 987654321, 7, 11)  # the generation is in the data
+    assert len(block_bytes("vblk1", 1, 0, 0)) == BLOCK_SIZE
+
+
+def test_plan_visits_every_block_once_per_generation():
+    for seed in range(20):
+        plan = LoadPlan.from_seed("ahci", seed, 64 * 2**20)
+        assert plan.blocks == 128
+        first = [plan.block_of(i) for i in range(plan.blocks)]
+        assert sorted(first) == list(range(plan.blocks)), (seed, plan)
+    # expected(): brute force over the write sequence
+    plan = LoadPlan.from_seed("ahci", 3, 10 * BLOCK_SIZE)
+    for written in (0, 1, 9, 10, 11, 37):
+        brute: dict[int, int] = {}
+        for i in range(written):
+            brute[plan.block_of(i)] = i // plan.blocks
+        assert plan.expected(written) == brute, written
+
+
+def test_block_devices_are_found_by_pci_path():
+    text = ("sda /sys/devices/pci0000:00/0000:00:04.0/0000:01:01.0/ata1/host0/target0:0:0/0:0:0:0\n"
+            "vda /sys/devices/pci0000:00/0000:00:03.0/virtio1\n")
+    assert parse_block_devices(text) == {"sda": ("04.0", "01.0"), "vda": ("03.0",)}
+
+
+@pytest.mark.parametrize("mode", ["write", "mixed"])
+def test_guest_loop_runs_and_verifies_on_a_file(tmp_path, mode):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * (8 * BLOCK_SIZE))
+    shell = HostShell(tmp_path / "state")
+    load = DiskLoad(LoadPlan.from_seed("d1", 77, 8 * BLOCK_SIZE), str(disk), mode)
+    load.start(shell)
+    state = load.wait_started(shell, Deadline(20, "first write", scaled=False))
+    deadline = time.monotonic() + 20
+    while state.written < 12 and time.monotonic() < deadline:  # past one generation
+        time.sleep(0.05)
+        state = load.state(shell)
+    state = load.stop(shell, Deadline(20, "stop", scaled=False))
+    assert state.written >= 12 and state.ioerr == 0, state
+    if mode == "mixed":
+        assert state.verified == state.written and state.bad == 0, state
+    load.check(state)
+    assert load.verify_all(shell, state.written) == 8
+    # Independently: the file holds exactly what the host expects, block by block.
+    data = disk.read_bytes()
+    for block, gen in load.plan.expected(state.written).items():
+        chunk = data[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]
+        assert hashlib.md5(chunk).hexdigest() == block_md5("d1", 77, block, gen), block
+    # A corrupted block is found and named.
+    victim = load.plan.block_of(state.written - 1)
+    with open(disk, "r+b") as f:
+        f.seek(victim * BLOCK_SIZE + 100)
+        f.write(b"X")
+    with pytest.raises(DataMismatch) as info:
+        load.verify_all(shell, state.written)
+    assert info.value.block == victim and f"first bad block {victim}" in info.value.message
+
+
+def test_bad_reread_in_state_raises_with_expected_md5():
+    load = DiskLoad(LoadPlan("ahci", 5, 16, 3, 0), "/dev/sda", "mixed")
+    load.check(LoadState(10, 9, 0, "", 0))
+    with pytest.raises(DataMismatch) as info:
+        load.check(LoadState(10, 8, 1, "4:0:deadbeef", 0))
+    assert info.value.block == 4
+    assert block_md5("ahci", 5, 4, 0) in info.value.message and "deadbeef" in info.value.message
+
+
+def test_state_lines_parse():
+    text = "noise\n@@load ahci written=5 verified=0 bad=0 first_bad= ioerr=1\n"
+    assert parse_states(text) == {"ahci": LoadState(5, 0, 0, "", 1)}
