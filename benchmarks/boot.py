@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.factory import GuestFactory, RunSettings  # noqa: E402
-from harness.topology import default_topology  # noqa: E402
+from harness.factory import GuestFactory, RunSettings
+from harness.topology import default_topology
 
 PHASES = {
     "cold": [("qemu_start", "qmp_ready", None), ("firmware+kernel", "init_started", "qmp_ready"),
@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--accel", default="tcg")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    quiet = lambda message: None  # noqa: E731
+    quiet = lambda message: None
     cold = GuestFactory(RunSettings(accel=args.accel, snapshot=False), progress=quiet,
                         announce_accel=False)
     warm = GuestFactory(RunSettings(accel=args.accel, snapshot=True), progress=quiet,

@@ -19,8 +19,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.factory import GuestFactory, RunSettings
@@ -151,6 +152,7 @@ VERB_MODULES: list[str] = [
     "harness.cli_migration",
     "harness.cli_hotplug",
     "harness.nightly",
+    "harness.cli_intx",
 ]
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from harness.deadline import set_timeout_scale
 from harness.guest.image import GuestImage, ensure_image

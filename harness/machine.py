@@ -17,12 +17,13 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from harness.deadline import Deadline
-from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError, QemuRefused
+from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError
 from harness.guest.console import Console, ConsoleClosed
 from harness.guest.image import GuestImage
 from harness.guest.ssh import GuestShell, SshKey
@@ -107,7 +108,7 @@ class Guest:
     """A booted guest.  Use as a context manager or call `shutdown()`."""
 
     def __init__(self, plan: LaunchPlan, artifacts: Path, name: str = "guest",
-                 same_machine_as: "Guest | None" = None):
+                 same_machine_as: Guest | None = None):
         self.plan = plan
         self.name = name
         self.artifacts = artifacts
@@ -135,7 +136,7 @@ class Guest:
             self.rendered = render(plan.topology, scratch_dir=artifacts / "disks",
                                    mgmt_mac=self.mgmt_mac)
 
-    def incoming_twin(self, artifacts: Path, name: str) -> "Guest":
+    def incoming_twin(self, artifacts: Path, name: str) -> Guest:
         """A not-yet-started Guest with this one's devices, disks and MAC: the
         destination of a migration (start it with `launch(incoming=...)`)."""
         return Guest(self.plan, artifacts, name=name, same_machine_as=self)
@@ -194,7 +195,7 @@ class Guest:
                                self.artifacts)
 
     # ---- lifecycle ----------------------------------------------------
-    def launch(self, incoming: str | None = None, wait_for_ssh: bool = True) -> "Guest":
+    def launch(self, incoming: str | None = None, wait_for_ssh: bool = True) -> Guest:
         """Start QEMU and wait (with a deadline) until the guest answers SSH.
 
         With `incoming` it returns as soon as QMP is up (the caller drives the
@@ -304,7 +305,7 @@ class Guest:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         return returncode
 
-    def __enter__(self) -> "Guest":
+    def __enter__(self) -> Guest:
         return self
 
     def __exit__(self, *exc: object) -> None:

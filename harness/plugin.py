@@ -21,8 +21,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -89,7 +90,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def settings_from_config(config: pytest.Config) -> "RunSettings":
+def settings_from_config(config: pytest.Config) -> RunSettings:
     from harness.factory import RunSettings
 
     return RunSettings(qemu_binary=config.getoption("--qemu-binary"),
@@ -100,12 +101,12 @@ def settings_from_config(config: pytest.Config) -> "RunSettings":
 
 
 @pytest.fixture(scope="session")
-def harness_settings(pytestconfig: pytest.Config) -> "RunSettings":
+def harness_settings(pytestconfig: pytest.Config) -> RunSettings:
     return settings_from_config(pytestconfig)
 
 
 @pytest.fixture(scope="session")
-def harness_factory(harness_settings: "RunSettings", pytestconfig: pytest.Config) -> "GuestFactory":
+def harness_factory(harness_settings: RunSettings, pytestconfig: pytest.Config) -> GuestFactory:
     from harness.factory import GuestFactory
 
     try:
@@ -152,12 +153,12 @@ def topology(machine: str) -> Any:
 
 
 @pytest.fixture
-def make_guest(harness_factory: "GuestFactory", artifacts: Path,
-               request: pytest.FixtureRequest) -> Iterator[Callable[..., "Guest"]]:
+def make_guest(harness_factory: GuestFactory, artifacts: Path,
+               request: pytest.FixtureRequest) -> Iterator[Callable[..., Guest]]:
     """`make_guest(topology, name="guest", **plan_overrides)` -> booted Guest."""
-    started: list["Guest"] = []
+    started: list[Guest] = []
 
-    def make(topology: Any, name: str = "guest", **overrides: Any) -> "Guest":
+    def make(topology: Any, name: str = "guest", **overrides: Any) -> Guest:
         guest = harness_factory.launch(topology, artifacts / name, name=name, **overrides)
         started.append(guest)
         request.node.user_properties.append((f"boot_s:{name}", round(guest.timings.ssh_connected, 3)))
@@ -169,7 +170,7 @@ def make_guest(harness_factory: "GuestFactory", artifacts: Path,
 
 
 @pytest.fixture
-def guest(make_guest: Callable[..., "Guest"], topology: Any) -> "Guest":
+def guest(make_guest: Callable[..., Guest], topology: Any) -> Guest:
     return make_guest(topology)
 
 

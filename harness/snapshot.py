@@ -24,13 +24,13 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from filelock import FileLock, Timeout
 
-from harness.deadline import Deadline
+from harness.deadline import Deadline, timeout_scale
 from harness.errors import DeadlineExceeded, HarnessError
 from harness.machine import CPU_MODEL, Guest, LaunchPlan
 from harness.paths import cache_root
@@ -98,7 +98,7 @@ class SnapshotCache:
         if not snap.usable():
             try:
                 with FileLock(str(snap.path) + ".lock",
-                              timeout=LOCK_WAIT_SECONDS * _scale_hint()):
+                              timeout=LOCK_WAIT_SECONDS * timeout_scale()):
                     if not snap.usable():
                         self._build(plan, snap, artifacts.with_name(artifacts.name + ".snapshot-build"))
             except Timeout:
@@ -129,12 +129,6 @@ class SnapshotCache:
             builder.shutdown()
         shutil.rmtree(artifacts, ignore_errors=True)
         self.progress(f"snapshot: saved {snap.key} ({snap.path.stat().st_size >> 20} MiB)")
-
-
-def _scale_hint() -> float:
-    from harness.deadline import timeout_scale
-
-    return timeout_scale()
 
 
 def save(guest: Guest, snap: SnapshotFile) -> None:

@@ -9,7 +9,6 @@ deadline.  Every command is logged to the test's `ssh.log`.
 from __future__ import annotations
 
 import io
-import socket
 import time
 from pathlib import Path
 
@@ -89,7 +88,7 @@ class GuestShell:
                 if not data:
                     break
                 chunks.append(data)
-            except socket.timeout:
+            except TimeoutError:
                 if deadline.expired():
                     channel.close()
                     output = b"".join(chunks).decode(errors="replace")

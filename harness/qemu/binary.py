@@ -44,7 +44,7 @@ def _run(path: str, *args: str) -> str:
     return proc.stdout
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _inspect(path: str) -> QemuBinary:
     first = _run(path, "-version").splitlines()[0]
     match = re.search(r"version (\d+\.\d+(?:\.\d+)?)", first)

@@ -3,7 +3,8 @@
 QEMU runs in its own process group (so a signal reaches it and anything it
 forks) with PR_SET_PDEATHSIG=SIGKILL, so it dies when the Python process that
 started it dies -- a finished test, a crashed xdist worker, or a `kill -9` of
-pytest.  `shutdown()` is idempotent and escalates quit -> SIGTERM -> SIGKILL.
+pytest.  (The death signal follows the *thread* that forked: start QEMU from a
+thread that lives as long as the guest should, normally the main thread.)  `shutdown()` is idempotent and escalates quit -> SIGTERM -> SIGKILL.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from harness.deadline import Deadline
 from harness.errors import QemuExited
@@ -24,7 +25,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 # Every live QemuProcess of this Python process, so an atexit/signal handler
 # can kill what a crashing test left behind.
-_live: set["QemuProcess"] = set()
+_live: set[QemuProcess] = set()
 _live_lock = threading.Lock()
 
 

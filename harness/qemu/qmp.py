@@ -9,12 +9,12 @@ wait; nothing arriving in between is lost).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -66,7 +66,7 @@ class Qmp:
         except ExecuteError as exc:
             self._record("<", {"error": {"class": exc.error_class, "desc": str(exc)}})
             raise QmpCommandError(command, str(exc), exc.error_class) from None
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise DeadlineExceeded(f"QMP {command} got no answer within {timeout:.0f} s") from None
         except Exception as exc:  # qemu.qmp raises several types on a dead peer
             self._record("!", repr(exc))
@@ -81,7 +81,7 @@ class Qmp:
     def _pump(self, wait: float) -> None:
         try:
             new = self._monitor.get_events(wait=wait if wait > 0 else False)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             new = []
         for event in new:
             self._record("<", event)

@@ -1,7 +1,6 @@
 """Restored guests are indistinguishable from cold-booted ones (issue 9)."""
 
 import time
-from pathlib import Path
 
 import pytest
 
