@@ -43,6 +43,7 @@ from harness.scenarios.loads import BLOCK_SIZE, block_bytes, block_md5
 from harness.scenarios.threeview import ThreeViews, changes
 from harness.topology import Address, Change, Device, PciView, Topology
 from harness.topology.drivers import driver_info
+from harness.topology.model import ExpectValue
 from harness.views import QomBus, parse_qemu_view, qom_pci_buses
 
 __all__ = ["DISK_BYTES", "PLUG_SECONDS", "UNPLUG_SECONDS", "BusNotHotpluggable",
@@ -131,10 +132,16 @@ class PlugSpec:
     def device(self) -> Device:
         """The topology Device this plug adds (the model's view of it)."""
         props: tuple[tuple[str, str | int | bool], ...] = ()
+        expect: tuple[tuple[str, ExpectValue], ...] = ()
         if self.chassis_nr is not None:
             props = (("chassis_nr", self.chassis_nr),)
+        if self.kind == "bridge":
+            # A hot-added bridge is in no ACPI table (the seed: "ACPI doesn't support
+            # adding or removing bridges by hotplug"): no BSEL, QEMU leaves the bridge
+            # as its own (SHPC) handler, unlike the cold-plug rule of expect.py.
+            expect = (("bus_hotplug", "shpc"),)
         return Device(id=self.id, driver=self.driver, bus=self.bus,
-                      addr=Address(self.slot, 0), props=props)
+                      addr=Address(self.slot, 0), props=props, expect=expect)
 
 
 @dataclass(frozen=True)
