@@ -1,0 +1,590 @@
+"""INT#x sharing stress and bridge-depth routing: build, check, load, measure.
+
+Why this shape:
+- The *model* of where a device's INT#x lands is derived here from the PCI
+  specs, never read back from QEMU: each PCI-to-PCI bridge swizzles
+  pin' = ((pin - 1 + slot) mod 4) + 1 towards its primary bus, and the root bus
+  maps (slot, pin) to a chipset PIRQ link (PIIX: (slot - 1 + pin - 1) mod 4 =
+  PIRQA-D; ICH9 default D<n>IR for slots below 0x18: (slot + pin - 1) mod 4 + 4 =
+  PIRQE-H).  A link becomes a line: PIIX steers PIRQx to the ISA IRQ in its
+  PIRQRC register (read from the guest's config space), ICH9 in APIC mode to
+  GSI 16 + x.
+- Two views are compared with it: the guest's (sysfs irq, /proc/interrupts) and
+  QEMU's (HMP `info irq`: which IO-APIC pin counted the interrupts while one
+  device alone did I/O).
+- The topology puts every stress device on ONE link by choosing its slot: all
+  devices share a line whatever their bridge depth.  MSI-X is off (vectors=0),
+  so the only way a completion is noticed is the shared INT#x line.
+- The load is verified I/O: disks write a random 1 MiB chunk with O_DIRECT and
+  read it back through md5sum; NICs download a deterministic payload from a
+  host server through their own user-mode netdev and check its md5.  I/O
+  counts come from the kernel (/sys/block/*/stat, net statistics), not the
+  script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import shlex
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, Self
+
+from harness.errors import HarnessError, UserError
+from harness.guest.console import KERNEL_TROUBLE
+from harness.scenarios.guestio import GuestFunction, config_read, functions_by_path
+from harness.topology.layout import path_of, resolve
+from harness.topology.model import Address, Device, Topology, machine_kind
+
+__all__ = ["IntxRoute", "IntxStress", "LoadResult", "StressDevice", "StressLayout",
+           "expected_line", "intx_route", "parse_info_irq", "parse_proc_interrupts",
+           "root_link", "shared_line_layout", "swizzle"]
+
+Kind = Literal["blk", "net"]
+LINK_NAMES = "ABCDEFGH"
+CHUNK = 1024 * 1024           # bytes per disk write/read-back and per network download
+DISK_BYTES = 32 * 1024 * 1024
+Q35_REGULAR_SLOTS = 0x18      # ICH9: slots below this use (slot + pin - 1) % 4 + 4
+BRIDGE_DRIVER = "pci-bridge"
+
+
+# --------------------------------------------------------------------------- routing model
+
+def swizzle(pin: int, slot: int) -> int:
+    """The PCI-to-PCI bridge rule: INT pin (1-4) of a device at `slot` on the
+    secondary bus as it appears on the bridge's primary side."""
+    return ((pin - 1 + slot) % 4) + 1
+
+
+def root_link(machine: str, slot: int, pin: int) -> int:
+    """PIRQ link index (0 = PIRQA) of root-bus `slot`, INT pin `pin` (1-4)."""
+    if machine_kind(machine) == "pc":
+        return (slot - 1 + pin - 1) % 4
+    if slot >= Q35_REGULAR_SLOTS:
+        raise UserError(f"root slot {slot:#x}: ICH9 routes slots 0x18-0x1f through "
+                        "per-device D<n>IR registers; the model covers slots below 0x18")
+    return (slot + pin - 1) % 4 + 4
+
+
+@dataclass(frozen=True)
+class IntxRoute:
+    """Where one device's INT#x goes: pin per level (device first) and the link."""
+
+    device: str
+    pins: tuple[int, ...]        # pin at the device, then after each bridge upward
+    root_slot: int
+    link: int                    # 0 = PIRQA
+
+    @property
+    def link_name(self) -> str:
+        return f"PIRQ{LINK_NAMES[self.link]}"
+
+
+def intx_route(topology: Topology, device_id: str, pin: int = 1) -> IntxRoute:
+    """Swizzle `device_id`'s pin up its bridge chain and map it to a root link."""
+    topo = resolve(topology)
+    path = path_of(topo, topo.device(device_id))
+    slots = [Address.parse(p, what=device_id).slot for p in path]
+    pins = [pin]
+    for slot in reversed(slots[1:]):
+        pins.append(swizzle(pins[-1], slot))
+    return IntxRoute(device_id, tuple(pins), slots[0], root_link(topo.machine, slots[0],
+                                                                  pins[-1]))
+
+
+class Shell(Protocol):
+    def succeed(self, command: str, timeout: float = 60.0) -> str: ...
+
+
+def expected_line(shell: Shell, machine: str, link: int) -> int:
+    """The interrupt line (GSI) a PIRQ link drives in APIC mode.
+
+    q35: ICH9 wires PIRQA-H to IO-APIC pins 16-23.  pc: PIIX3 steers PIRQA-D to
+    the ISA IRQ in its PIRQRC register (00:01.0, 0x60 + link), set by the OS
+    through ACPI _SRS; a set bit 7 means the link is disabled.
+    """
+    if machine_kind(machine) == "q35":
+        return 16 + link
+    value = config_read(shell, "00:01.0", 0x60 + link, 8)
+    if value & 0x80:
+        raise HarnessError(f"PIIX3 PIRQRC{LINK_NAMES[link]} = {value:#04x}: the link is "
+                           "disabled although a device uses it")
+    return value & 0x0F
+
+
+# --------------------------------------------------------------------------- the topology
+
+@dataclass(frozen=True)
+class StressDevice:
+    id: str
+    kind: Kind
+    depth: int
+    subnet: int | None = None     # net: 10.0.<subnet>.0/24 on its own user netdev
+
+    @property
+    def guest_ip(self) -> str:
+        return f"10.0.{self.subnet}.15"
+
+    @property
+    def host_ip(self) -> str:
+        return f"10.0.{self.subnet}.2"     # slirp's alias for the host's 127.0.0.1
+
+
+@dataclass(frozen=True)
+class StressLayout:
+    """A topology whose stress devices all share one INT#x link, plus what the
+    harness needs to drive them."""
+
+    topology: Topology
+    devices: tuple[StressDevice, ...]
+    extra_args: tuple[str, ...]   # the user-mode netdevs of the stress NICs
+    link: int
+
+    def device(self, device_id: str) -> StressDevice:
+        return next(d for d in self.devices if d.id == device_id)
+
+
+def _free_slots(machine: str, depth: int, used: set[int]) -> list[int]:
+    if depth > 0:
+        return [s for s in range(2, 32) if s not in used]
+    top = 0x1E if machine_kind(machine) == "pc" else Q35_REGULAR_SLOTS
+    return [s for s in range(3, top) if s not in used]
+
+
+def shared_line_layout(machine: str, depths: Sequence[int], *,
+                       kinds: Sequence[Kind] | None = None,
+                       disk_bytes: int = DISK_BYTES) -> StressLayout:
+    """Stress devices at the given bridge depths, all routed to one PIRQ link.
+
+    A chain of pci-bridges ib1 (root slot 2) -> ib2 (slot 1) -> ... is as deep
+    as the deepest device; a device at depth d sits on ib<d>'s bus (the root bus
+    for 0) at the first free slot whose swizzled route reaches the link the
+    first device got.  Kinds alternate blk, net unless given.
+    """
+    if not depths:
+        raise UserError("an INT#x stress needs at least one device")
+    if min(depths) < 0 or max(depths) > 8:
+        raise UserError("bridge depth must be 0-8")
+    kinds = list(kinds) if kinds is not None else [
+        "blk" if i % 2 == 0 else "net" for i in range(len(depths))]
+    devices: list[Device] = []
+    for level in range(1, max(depths) + 1):
+        devices.append(Device(id=f"ib{level}", driver=BRIDGE_DRIVER,
+                              bus=None if level == 1 else f"ib{level - 1}",
+                              addr=Address(2 if level == 1 else 1, 0)))
+    used: dict[int, set[int]] = {d: {2 if d == 0 else 1} for d in range(max(depths) + 1)}
+    stress: list[StressDevice] = []
+    extra: list[str] = []
+    link: int | None = None
+    base = Topology(machine=machine, devices=tuple(devices))
+    for index, (depth, kind) in enumerate(zip(depths, kinds)):
+        dev_id = f"s{index}{kind}"
+        subnet = 10 + index if kind == "net" else None
+        props: list[tuple[str, str | int | bool]] = [("vectors", 0)]
+        if kind == "net":
+            props.append(("netdev", f"{dev_id}-nd"))
+        for slot in _free_slots(machine, depth, used[depth]):
+            candidate = Device(id=dev_id, driver="virtio-blk-pci" if kind == "blk"
+                               else "virtio-net-pci", bus=f"ib{depth}" if depth else None,
+                               addr=Address(slot, 0), props=tuple(props),
+                               disk=disk_bytes if kind == "blk" else None)
+            trial = replace(base, devices=base.devices + (candidate,))
+            route = intx_route(trial, dev_id)
+            if link is None or route.link == link:
+                link = route.link
+                base = trial
+                used[depth].add(slot)
+                break
+        else:
+            raise UserError(f"no free slot at depth {depth} reaches PIRQ{LINK_NAMES[link or 0]}",
+                            fix="use fewer devices per depth")
+        stress.append(StressDevice(dev_id, kind, depth, subnet))
+        if subnet is not None:
+            extra += ["-netdev", f"user,id={dev_id}-nd,net=10.0.{subnet}.0/24"]
+    assert link is not None
+    return StressLayout(base, tuple(stress), tuple(extra), link)
+
+
+# --------------------------------------------------------------------------- counters
+
+_PROC_IRQ = re.compile(r"^\s*(\d+):((?:\s+\d+)+)\s+(\S+)\s+(\S+)\s+(.*)$")
+
+
+def parse_proc_interrupts(text: str) -> dict[int, tuple[int, str, str]]:
+    """/proc/interrupts -> {irq: (count summed over CPUs, chip, actions)}."""
+    out = {}
+    for line in text.splitlines():
+        m = _PROC_IRQ.match(line)
+        if m:
+            out[int(m.group(1))] = (sum(int(x) for x in m.group(2).split()), m.group(3),
+                                    m.group(5).strip())
+    return out
+
+
+def parse_info_irq(text: str, controller: str = "ioapic") -> dict[int, int]:
+    """HMP `info irq` -> {pin: count} of one interrupt controller."""
+    out: dict[int, int] = {}
+    section = None
+    for line in text.splitlines():
+        head = re.match(r"IRQ statistics for (\S+):", line)
+        if head:
+            section = head.group(1)
+            continue
+        m = re.match(r"\s*(\d+):\s*(\d+)", line)
+        if m and section == controller:
+            out[int(m.group(1))] = int(m.group(2))
+    return out
+
+
+def _delta(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after
+            if after.get(k, 0) != before.get(k, 0)}
+
+
+# --------------------------------------------------------------------------- the host side
+
+class PayloadServer:
+    """Sends a deterministic payload to every TCP connection (the NICs' load).
+
+    Guests reach it through slirp at 10.0.<subnet>.2:port (the host's loopback).
+    """
+
+    def __init__(self, size: int = CHUNK, seed: int = 7):
+        self.payload = random.Random(seed).randbytes(size)
+        self.md5 = hashlib.md5(self.payload).hexdigest()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.port: int = self._sock.getsockname()[1]
+        self.served = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="intx-payload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
+
+    def _send(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(30)
+            conn.sendall(self.payload)
+            self.served += 1
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- the guest side
+
+class Guest(Protocol):
+    """What the stress needs of harness.machine.Guest."""
+
+    qmp: Any
+    console: Any
+
+    def succeed(self, command: str, timeout: float = 60.0) -> str: ...
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One device doing I/O alone: did its line count, and on which IO-APIC pin."""
+
+    device: str
+    guest_delta: int              # the device's line in /proc/interrupts
+    qemu_pins: dict[int, int]     # IO-APIC pins whose `info irq` count grew
+
+
+@dataclass(frozen=True)
+class DeviceLoad:
+    device: str
+    kind: Kind
+    depth: int
+    irq: int
+    ops: int                      # kernel-counted requests (disk) or packets (net)
+    bytes: int                    # verified payload bytes
+    rounds: int                   # verified chunks
+    bad: int                      # chunks that read back wrong
+    errors: int                   # dd/nc failures
+
+    def as_dict(self, seconds: float, line_rate: float) -> dict[str, Any]:
+        return {"device": self.device, "kind": self.kind, "depth": self.depth,
+                "irq": self.irq, "interrupts_per_s": round(line_rate, 1),
+                "io_per_s": round(self.ops / seconds, 1) if seconds else 0.0,
+                "mib_per_s": round(self.bytes / seconds / 2**20, 2) if seconds else 0.0,
+                "verified_chunks": self.rounds, "bad_chunks": self.bad, "errors": self.errors}
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    seconds: float                # guest clock, first start to last finish
+    devices: tuple[DeviceLoad, ...]
+    line_deltas: dict[int, int]   # guest /proc/interrupts
+    qemu_pin_deltas: dict[int, int]
+    failures: tuple[str, ...] = field(default=())
+
+    def line_rate(self, irq: int) -> float:
+        return self.line_deltas.get(irq, 0) / self.seconds if self.seconds else 0.0
+
+    @property
+    def io_per_s(self) -> float:
+        return sum(d.ops for d in self.devices) / self.seconds if self.seconds else 0.0
+
+    @property
+    def interrupts_per_s(self) -> float:
+        lines = {d.irq for d in self.devices}
+        return sum(self.line_deltas.get(i, 0) for i in lines) / self.seconds if self.seconds else 0
+
+
+def _disk_loop(dev: StressDevice, fn: GuestFunction, disk_bytes: int) -> str:
+    chunks = max(1, disk_bytes // CHUNK)
+    blocks = CHUNK // 4096
+    return f"""(
+  id={dev.id}; d=/dev/{fn.block}; pat=/tmp/intx/$id.pat
+  dd if=/dev/urandom of=$pat bs=65536 count={CHUNK // 65536} 2>/dev/null
+  want=$(md5sum < $pat | cut -d' ' -f1); r=0; bad=0; err=0; k=0
+  while [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do
+    dd if=$pat of=$d bs=4096 seek=$((k*{blocks})) count={blocks} oflag=direct conv=notrunc \
+      2>/dev/null || err=$((err+1))
+    got=$(dd if=$d bs=4096 skip=$((k*{blocks})) count={blocks} iflag=direct 2>/dev/null \
+      | md5sum | cut -d' ' -f1)
+    [ "$got" = "$want" ] || bad=$((bad+1))
+    r=$((r+1)); k=$(( (k+1) % {chunks} ))
+  done
+  echo "res $id $r $bad $err" > /tmp/intx/$id.res
+) &
+"""
+
+
+def _net_loop(dev: StressDevice, port: int, md5: str) -> str:
+    return f"""(
+  id={dev.id}; r=0; bad=0; err=0
+  while [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do
+    got=$(timeout 30 nc {dev.host_ip} {port} | md5sum | cut -d' ' -f1) || err=$((err+1))
+    [ "$got" = "{md5}" ] || bad=$((bad+1))
+    r=$((r+1))
+  done
+  echo "res $id $r $bad $err" > /tmp/intx/$id.res
+) &
+"""
+
+
+def _counters_script(fns: Sequence[GuestFunction]) -> str:
+    parts = ["cat /proc/interrupts"]
+    for fn in fns:
+        if fn.block:
+            parts.append(f"echo \"blk {fn.block} $(cat /sys/block/{fn.block}/stat)\"")
+        if fn.net:
+            s = f"/sys/class/net/{fn.net}/statistics"
+            parts.append(f"echo \"net {fn.net} $(cat {s}/rx_packets) $(cat {s}/tx_packets)\"")
+    return "; ".join(parts)
+
+
+def _io_counts(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) > 8 and p[0] == "blk":
+            out[p[1]] = int(p[2]) + int(p[6])   # reads + writes completed
+        elif len(p) == 4 and p[0] == "net":
+            out[p[1]] = int(p[2]) + int(p[3])
+    return out
+
+
+class IntxStress:
+    """Drive the stress devices of a booted guest built from `layout`."""
+
+    def __init__(self, guest: Guest, layout: StressLayout, server: PayloadServer,
+                 disk_bytes: int = DISK_BYTES):
+        self.guest = guest
+        self.layout = layout
+        self.server = server
+        self.disk_bytes = disk_bytes
+        topo = resolve(layout.topology)
+        self.paths = {d.id: path_of(topo, topo.device(d.id)) for d in layout.devices}
+        self.routes = {d.id: intx_route(topo, d.id) for d in layout.devices}
+        self.fns: dict[str, GuestFunction] = {}
+        self.expected: dict[str, int] = {}
+
+    # ---- discovery and routing --------------------------------------------
+    def discover(self) -> list[str]:
+        """Find every stress device in the guest, bring its NIC up, and return the
+        routing failures: MSI in use, or a line other than the model's."""
+        found = functions_by_path(self.guest)
+        failures = []
+        setup = []
+        for dev in self.layout.devices:
+            path = self.paths[dev.id]
+            fn = found.get(path)
+            if fn is None or (fn.block if dev.kind == "blk" else fn.net) is None:
+                raise HarnessError(f"stress device {dev.id} ({'/'.join(path)}) has no "
+                                   f"{'disk' if dev.kind == 'blk' else 'interface'} in the guest",
+                                   fix="check that virtio_blk/virtio_net loaded (dmesg)",
+                                   tail="\n".join(f"{'/'.join(p)} {f}" for p, f in found.items()))
+            self.fns[dev.id] = fn
+            route = self.routes[dev.id]
+            self.expected[dev.id] = expected_line(self.guest, self.layout.topology.machine,
+                                                  route.link)
+            if fn.msi:
+                failures.append(f"{dev.id}: uses MSI/MSI-X although vectors=0")
+            if fn.irq != self.expected[dev.id]:
+                failures.append(
+                    f"{dev.id} at {'/'.join(path)}: guest routed INT#x to IRQ {fn.irq}, model "
+                    f"says {route.link_name} -> IRQ {self.expected[dev.id]} "
+                    f"(pins device->root {route.pins})")
+            if dev.kind == "net":
+                setup.append(f"ip link set {fn.net} up && "
+                             f"ip addr replace {dev.guest_ip}/24 dev {fn.net}")
+        if setup:
+            self.guest.succeed(" && ".join(setup))
+        return failures
+
+    def _qemu_pins(self) -> dict[int, int]:
+        return parse_info_irq(self.guest.qmp.hmp("info irq"))
+
+    def _line_counts(self) -> dict[int, int]:
+        return {k: v[0] for k, v in
+                parse_proc_interrupts(self.guest.succeed("cat /proc/interrupts")).items()}
+
+    def probe(self, device_id: str) -> ProbeResult:
+        """A little I/O on one device alone; what counted it, guest and QEMU side."""
+        dev, fn = self.layout.device(device_id), self.fns[device_id]
+        if dev.kind == "blk":
+            cmd = f"dd if=/dev/{fn.block} of=/dev/null bs=4096 count=64 iflag=direct"
+        else:
+            cmd = f"timeout 30 nc {dev.host_ip} {self.server.port} | md5sum"
+        q0, g0 = self._qemu_pins(), self._line_counts()
+        self.guest.succeed(cmd, timeout=60)
+        q1, g1 = self._qemu_pins(), self._line_counts()
+        return ProbeResult(device_id, g1.get(fn.irq, 0) - g0.get(fn.irq, 0), _delta(q0, q1))
+
+    def check_probe(self, probe: ProbeResult) -> list[str]:
+        """The line of the device counted, and QEMU's IO-APIC pin is the model's."""
+        want = self.expected[probe.device]
+        failures = []
+        if probe.guest_delta <= 0:
+            failures.append(f"{probe.device}: its line IRQ {self.fns[probe.device].irq} did "
+                            "not count any interrupt while it alone did I/O")
+        # Pins 0-15 other than PCI-routable lines carry the timer/serial/RTC edges.
+        pci_pins = {p for p in probe.qemu_pins if p >= 16 or p in (5, 9, 10, 11)}
+        if pci_pins != {want}:
+            failures.append(f"{probe.device}: QEMU's IO-APIC counted interrupts on pins "
+                            f"{sorted(pci_pins)} ({probe.qemu_pins}) while it alone did I/O; "
+                            f"the model says {self.routes[probe.device].link_name} -> pin {want}")
+        return failures
+
+    # ---- load --------------------------------------------------------------
+    def load(self, seconds: int, only: Sequence[str] | None = None) -> LoadResult:
+        """Concurrent verified I/O on the chosen devices for `seconds` (guest clock)."""
+        chosen = [d for d in self.layout.devices if only is None or d.id in only]
+        fns = [self.fns[d.id] for d in chosen]
+        loops = "".join(_disk_loop(d, self.fns[d.id], self.disk_bytes) if d.kind == "blk"
+                        else _net_loop(d, self.server.port, self.server.md5) for d in chosen)
+        counters = _counters_script(fns)
+        script = (f"mkdir -p /tmp/intx; rm -f /tmp/intx/*.res\n"
+                  f"echo '@@ before'; {counters}\n"
+                  f"t0=$(cut -d' ' -f1 /proc/uptime); end=$(( ${{t0%.*}} + {seconds} ))\n"
+                  f"{loops}wait\n"
+                  f"t1=$(cut -d' ' -f1 /proc/uptime)\n"
+                  f"echo '@@ after'; {counters}\n"
+                  f"echo \"@@ time $t0 $t1\"; cat /tmp/intx/*.res\n")
+        q0 = self._qemu_pins()
+        out = self.guest.succeed(f"sh -c {shlex.quote(script)}", timeout=seconds + 120)
+        q1 = self._qemu_pins()
+        before, _, rest = out.partition("@@ after")
+        after, _, tail = rest.partition("@@ time")
+        t0, t1 = (float(x) for x in tail.split()[:2])
+        g0 = {k: v[0] for k, v in parse_proc_interrupts(before).items()}
+        g1 = {k: v[0] for k, v in parse_proc_interrupts(after).items()}
+        io0, io1 = _io_counts(before), _io_counts(after)
+        results = {p[1]: p[2:] for p in (line.split() for line in tail.splitlines())
+                   if len(p) == 5 and p[0] == "res"}
+        loads, failures = [], []
+        for dev in chosen:
+            fn = self.fns[dev.id]
+            name = fn.block if dev.kind == "blk" else fn.net
+            assert name is not None
+            if dev.id not in results:
+                failures.append(f"{dev.id}: its load loop reported nothing")
+                continue
+            rounds, bad, errors = (int(x) for x in results[dev.id])
+            load = DeviceLoad(dev.id, dev.kind, dev.depth, fn.irq, io1.get(name, 0) -
+                              io0.get(name, 0), (rounds - bad - errors) * CHUNK, rounds,
+                              bad, errors)
+            loads.append(load)
+            if bad or errors:
+                failures.append(f"{dev.id}: {bad} of {rounds} chunks corrupted, {errors} "
+                                "transfers failed")
+            if rounds == 0 or load.ops == 0:
+                failures.append(f"{dev.id}: no I/O completed in {seconds} s")
+        line_deltas = {irq: g1.get(irq, 0) - g0.get(irq, 0) for irq in {f.irq for f in fns}}
+        for irq, delta in line_deltas.items():
+            if delta <= 0:
+                failures.append(f"IRQ {irq}: /proc/interrupts did not grow under load")
+        return LoadResult(t1 - t0, tuple(loads), line_deltas, _delta(q0, q1), tuple(failures))
+
+    def trouble(self) -> list[str]:
+        """Kernel complaints (nobody cared, Disabling IRQ, I/O error...) from the
+        console log and from dmesg (the console only shows the worst levels)."""
+        dmesg = self.guest.succeed("dmesg")
+        lines = [f"dmesg: {line}" for line in dmesg.splitlines() if KERNEL_TROUBLE.search(line)]
+        return lines + [f"console: {line}" for line in self.guest.console.trouble()]
+
+
+def run_stress(guest: Guest, layout: StressLayout, server: PayloadServer,
+               seconds: int) -> dict[str, Any]:
+    """discover -> probe every device alone -> concurrent load -> kernel trouble.
+
+    Returns one JSON-able report: `ok`, `failures` (always a list), per-device
+    interrupt and I/O rates, the routing model against both views.
+    """
+    stress = IntxStress(guest, layout, server)
+    failures = stress.discover()
+    probes = {}
+    for dev in layout.devices:
+        probe = stress.probe(dev.id)
+        probes[dev.id] = probe
+        failures += stress.check_probe(probe)
+    result = stress.load(seconds)
+    failures += list(result.failures)
+    failures += stress.trouble()
+    devices = []
+    for load in result.devices:
+        route = stress.routes[load.device]
+        entry = load.as_dict(result.seconds, result.line_rate(load.irq))
+        entry.update(path="/".join(stress.paths[load.device]), pins=list(route.pins),
+                     link=route.link_name, expected_irq=stress.expected[load.device],
+                     probe_line_delta=probes[load.device].guest_delta,
+                     probe_qemu_pins={str(k): v for k, v in probes[load.device].qemu_pins.items()},
+                     shared_with=[d.device for d in result.devices
+                                  if d.irq == load.irq and d.device != load.device])
+        devices.append(entry)
+    return {"ok": not failures, "machine": layout.topology.machine,
+            "devices_count": len(layout.devices), "depths": [d.depth for d in layout.devices],
+            "link": f"PIRQ{LINK_NAMES[layout.link]}", "seconds": round(result.seconds, 2),
+            "interrupts_per_s": round(result.interrupts_per_s, 1),
+            "io_per_s": round(result.io_per_s, 1),
+            "lines": {str(k): v for k, v in result.line_deltas.items()},
+            "qemu_ioapic_pins": {str(k): v for k, v in result.qemu_pin_deltas.items()},
+            "devices": devices, "failures": failures}
