@@ -1,0 +1,52 @@
+"""The snapshot key changes with everything that makes a different machine."""
+
+import dataclasses
+from pathlib import Path
+
+from harness.guest.image import GuestImage
+from harness.machine import LaunchPlan
+from harness.qemu.accel import Accel
+from harness.qemu.binary import QemuBinary
+from harness.snapshot import snapshot_key
+from harness.topology import default_topology, topology_from_dict
+
+
+class FakeBinary(QemuBinary):
+    def identity(self) -> str:
+        return f"{self.path}:{self.version}"
+
+
+def _plan(**changes):
+    plan = LaunchPlan(
+        binary=FakeBinary(Path("/usr/bin/qemu-system-x86_64"), "7.2.22", "QEMU 7.2.22",
+                          frozenset({"pc", "q35"})),
+        accel=Accel("tcg", "test"),
+        image=GuestImage("img1", Path("/x"), Path("/x/vmlinux"), Path("/x/initrd"), "6.1"),
+        topology=default_topology("q35"))
+    return dataclasses.replace(plan, **changes)
+
+
+def test_same_plan_same_key():
+    assert snapshot_key(_plan()) == snapshot_key(_plan())
+
+
+def test_key_changes_with_every_machine_defining_input():
+    base = snapshot_key(_plan())
+    variants = {
+        "binary": _plan(binary=FakeBinary(Path("/opt/qemu-9/bin/qemu-system-x86_64"), "9.0.0",
+                                          "QEMU 9.0.0", frozenset({"pc", "q35"}))),
+        "accel": _plan(accel=Accel("kvm", "test")),
+        "image": _plan(image=GuestImage("img2", Path("/y"), Path("/y/vmlinux"),
+                                        Path("/y/initrd"), "6.1")),
+        "machine": _plan(topology=default_topology("pc")),
+        "devices": _plan(topology=topology_from_dict({"machine": "q35", "device": [
+            {"id": "rp1", "driver": "pcie-root-port", "chassis": 1}]})),
+        "kernel_args": _plan(kernel_args=("pci=nomsi",)),
+        "extra_args": _plan(extra_args=("-global", "ICH9-LPC.disable_s3=1")),
+        "memory": _plan(memory="1G"),
+        "firmware": _plan(firmware="seabios"),
+    }
+    keys = {name: snapshot_key(plan) for name, plan in variants.items()}
+    unchanged = [name for name, key in keys.items() if key == base]
+    assert unchanged == [], f"snapshot key ignores {unchanged}"
+    assert len(set(keys.values())) == len(keys)
