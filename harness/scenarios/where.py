@@ -189,8 +189,11 @@ def where(qmp: Qmp, driver: str, *, hotplug_only: bool = False,
             if lenient:
                 note = _join(note, "QEMU 7.2 also accepts slots 1-31 here; the PCIe spec "
                                    "does not")
-        if hotplug_only and hotplug == "shpc":
-            free = [s for s in free if s != 0]  # SHPC drives slots 1-31 only
+        if hotplug == "shpc":
+            # SHPC drives slots 1-31 only, and QEMU runs the SHPC plug callback for
+            # cold-plugged devices too: -device at slot 0 of an SHPC bus is refused
+            # ("Unsupported PCI slot 0 for standard hotplug controller").
+            free = [s for s in free if s != 0]
         if not free and lenient and hotplug_only:
             # device_add below a port treats slot 0 as function 0 of every slot: with
             # it taken QEMU refuses the other slots too ("slot 0 function 0 already
