@@ -18,6 +18,7 @@ devices) can be replayed on it over QMP before `migrate-incoming`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -263,22 +264,45 @@ def _wait_loaded(src: Guest, dst: Guest, hop: int, deadline: Deadline) -> str:
 
 
 def connect_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
-    """SSH to `guest` in short slices, so a QEMU that dies meanwhile is named at once."""
-    last: HarnessError | None = None
-    while not deadline.expired():
+    """SSH to `guest` while watching the process and the console.
+
+    The connect runs in a helper thread because paramiko's handshake has no
+    deadline of its own: a guest that hangs after accepting the TCP connection
+    (a kernel oops mid-handshake) would block it for good.  This thread names a
+    dead QEMU or a console oops at once; a stuck helper ends when QEMU is shut
+    down and its socket closes.
+    """
+    outcome: dict[str, BaseException | None] = {}
+
+    def attempt() -> None:
+        try:
+            guest.connect(Deadline(max(deadline.remaining(), 0.1), f"SSH to {guest.name}",
+                                   scaled=False))
+            outcome["done"] = None
+        except Exception as exc:  # noqa: BLE001 -- re-raised by the watching thread
+            outcome["done"] = exc
+
+    helper = threading.Thread(target=attempt, name=f"ssh-{guest.name}", daemon=True)
+    helper.start()
+    while "done" not in outcome:
+        helper.join(0.05)
+        if "done" in outcome:
+            break
         if not _alive(guest):
             raise died(guest, hop, "SSH connect", "destination")
-        try:
-            guest.connect(Deadline(min(2.0, max(deadline.remaining(), 0.1)),
-                                   f"SSH to {guest.name}", scaled=False))
-            return
-        except HarnessError as exc:
-            last = exc
-            if guest.shell is not None:
-                guest.shell.close()
-                guest.shell = None
+        trouble = guest.console.trouble() if guest.console is not None else []
+        if trouble:
+            raise HopFailure("guest-trouble", hop, f"the console of {guest.name} shows: "
+                             f"{trouble[0].strip()}", tail="\n".join(trouble[-20:]),
+                             process=guest.name)
+        if deadline.expired() and helper.is_alive():
+            break
+    error = outcome.get("done")
+    if "done" in outcome and error is None:
+        return
     if not _alive(guest):
         raise died(guest, hop, "SSH connect", "destination")
+    reason = error.message if isinstance(error, HarnessError) else repr(error)
     raise HopFailure("ssh-dead", hop, f"{deadline.describe()}: the guest on {guest.name} is "
-                     f"running but does not answer SSH ({last.message if last else 'no try'})",
+                     f"running but does not answer SSH ({reason if error else 'handshake hung'})",
                      tail=guest.console.tail() if guest.console else None, process=guest.name)

@@ -360,6 +360,15 @@ class PingPong:
         for guest in self.live:
             if guest.process is not None and not guest.process.alive():
                 return died(guest, self._hop, "the checks after the hop", role="process")
+        # A guest that oopsed or panicked (oops=panic, panic=-1: it reboots) loses
+        # SSH too; the console says why.
+        for guest in self.live:
+            trouble = guest.console.trouble() if guest.console is not None else []
+            if trouble:
+                return HopFailure("guest-trouble", self._hop,
+                                  f"the console of {guest.name} shows: {trouble[0].strip()} "
+                                  f"(then: {exc.message})", tail="\n".join(trouble[-20:]),
+                                  process=guest.name)
         if isinstance(exc, DeadlineExceeded):
             return HopFailure("guest-hang", self._hop, exc.message, tail=exc.tail)
         from harness.guest.ssh import SshUnavailable
@@ -387,10 +396,25 @@ class PingPong:
             except HarnessError:
                 pass
         involved = [g.name for g in self.guests[-2:]]
+        cores = _core_dump_note()
         (self.artifacts / "failure.txt").write_text(
             failure.describe() + "\n\nprocesses of the failing hop: "
             + ", ".join(f"{n}/ (qemu.cmdline, qmp.log, console.log, qemu.stderr)"
-                        for n in involved) + "\n")
+                        for n in involved) + f"\ncore dumps: {cores}\n")
+
+
+def _core_dump_note() -> str:
+    """Whether a crashing QEMU leaves a core, and where (the artifacts say so)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_CORE)
+    try:
+        pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    except OSError:
+        pattern = "?"
+    if soft == 0:
+        return f"not written (RLIMIT_CORE is 0; core_pattern {pattern!r})"
+    return f"core_pattern {pattern!r} (relative patterns land in the harness's cwd)"
 
 
 def write_reproduce(path: Path, argv: Sequence[str], cwd: Path) -> None:
