@@ -41,6 +41,9 @@ from harness.report.matrix import build_items
 from harness.report.results import TestResult
 from harness.seed import SEED_ITEMS
 
+#: Tests of the nightly itself: each starts nightlies of its own, which would fight the
+#: outer run for the cores.  A nightly deselects them unless --self-tests is given.
+SELF_TESTS = ("tests/pci/test_nightly.py", "tests/unit/test_report_nightly.py")
 DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "worksteal", "each", "no")
 _PYTEST_MEANING = {2: "pytest was interrupted", 3: "pytest hit an internal error",
                    5: "no tests were collected"}
@@ -81,6 +84,8 @@ def register(subparsers: Any) -> None:
               "//chdir=PATH (replaces -n unless --jobs is given too)")
     _add(parser, "--dist", choices=DIST_MODES, default=None,
          help="pytest-xdist distribution mode (default: load)")
+    _add(parser, "--self-tests", action="store_true",
+         help=f"also run the nightly's own tests ({', '.join(SELF_TESTS)})")
     _add(parser, "pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     if fresh:
         add_common_options(parser)
@@ -165,6 +170,8 @@ def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_di
         argv.append("--keep-artifacts")
     if args.no_snapshot:
         argv.append("--no-snapshot")
+    if not getattr(args, "self_tests", False):
+        argv += [f"--deselect={path}" for path in SELF_TESTS]
     return argv + list(args.pytest_args)
 
 

@@ -9,14 +9,16 @@ from elsewhere: the page opens from a mail attachment or a CI artifact store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from harness.report.baseline import Change
 from harness.report.document import NightlyReport
-from harness.report.markdown import _duration, headline
+from harness.report.markdown import _duration, headline, hunt_words
 from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS, cell_tests
 from harness.report.results import TestResult
 
@@ -240,12 +242,17 @@ def _hunts(report: NightlyReport) -> list[str]:
     for h in report.hunts:
         out.append(f"<div class='card' style='border-left-color:{'#1f7a3a' if h.ok else '#b3261e'}'>"
                    f"<p><b>QEMU {_e(h.run)}</b>: {'no crash found' if h.ok else 'FAILED'} "
-                   f"(exit {h.exit_status}, {_duration(h.duration_s)})"
-                   + (f": {_e(h.error)}" if h.error else "") + "</p>"
+                   f"(exit {h.exit_status}, {_duration(h.duration_s)}): "
+                   f"{_e(hunt_words(h.result, h.error))}</p>"
                    f"<p class='meta'><code>{_e(' '.join(h.command))}</code></p>"
-                   + (f"<details><summary>result</summary><pre>{_e(h.result)}</pre></details>"
-                      if h.result else "") + "</div>")
+                   + (f"<details><summary>result</summary><pre>{_e(_brief_json(h.result))}"
+                      "</pre></details>" if h.result else "") + "</div>")
     return out
+
+
+def _brief_json(result: Mapping[str, Any]) -> str:
+    """The verdict without the per-hop list (a thousand hops do not belong on the page)."""
+    return json.dumps({k: v for k, v in result.items() if k != "per_hop"}, indent=1)
 
 
 def render_html(report: NightlyReport, report_dir: Path) -> str:

@@ -108,19 +108,28 @@ def render_markdown(report: NightlyReport) -> str:
         lines += ["## Ping-pong crash hunt", ""]
         for h in report.hunts:
             lines.append(f"- QEMU {h.run}: {'no crash found' if h.ok else 'FAILED'} in "
-                         f"{_duration(h.duration_s)}: {_hunt_words(h.result, h.error)}")
+                         f"{_duration(h.duration_s)}: {hunt_words(h.result, h.error)}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _hunt_words(result: object, error: str | None) -> str:
+def hunt_words(result: object, error: str | None) -> str:
+    """One line from the pingpong verb's JSON (hops, seed, hop times, the failure)."""
     if error:
         return error
     if not isinstance(result, dict):
         return "no result"
-    keys = ("hops", "iterations", "round_trips", "migrations", "elapsed_s", "duration_s")
-    shown = [f"{k}={result[k]}" for k in keys if k in result]
+    shown = [f"{k} {result[k]}" for k in ("hops", "seed") if k in result]
+    hop = result.get("hop_s")
+    if isinstance(hop, dict):
+        shown.append(f"hop p50 {hop.get('p50')} s p95 {hop.get('p95')} s")
+    down = result.get("downtime_ms")
+    if isinstance(down, dict):
+        shown.append(f"downtime p50 {down.get('p50')} ms max {down.get('max')} ms")
     failures = result.get("failures") or []
     if failures:
-        shown.append("failures: " + "; ".join(str(f) for f in failures)[:500])
+        shown.append("failure: " + "; ".join(str(f) for f in failures)[:500])
+    failure = result.get("failure")
+    if isinstance(failure, dict) and failure.get("artifacts"):
+        shown.append(f"artifacts {failure['artifacts']}")
     return ", ".join(shown) or "ok"

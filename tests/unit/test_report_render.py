@@ -140,3 +140,20 @@ def test_junit_merge_keeps_each_run_as_a_suite(tmp_path):
     assert (root.get("tests"), root.get("failures"), len(list(root.iter("testcase")))) == \
         ("5", "2", 5)
     assert re.fullmatch(r"6\.0+", root.get("time") or "")
+
+
+def test_hunt_is_summarised_from_the_verbs_json(tmp_path):
+    verdict = {"ok": False, "hops": 37, "seed": 4242, "hop_s": {"p50": 0.2, "p95": 0.4},
+               "downtime_ms": {"p50": 30.0, "max": 80.0},
+               "failures": ["hop 37: destination failed to load"],
+               "failure": {"hop": 37, "kind": "load", "artifacts": "/tmp/pp"},
+               "per_hop": [{"hop": i} for i in range(37)]}
+    crash = HuntResult("7.2.22", ("pci-harness", "pingpong"), 1, 300.0, verdict)
+    report = make_report(tmp_path, [("passed", "q35-hotplug", "q35")], hunts=[crash])
+    hunt_part = render_markdown(report).split("## Ping-pong crash hunt")[1]
+    line = next(x for x in hunt_part.splitlines() if x.startswith("- QEMU 7.2.22: "))
+    assert line == ("- QEMU 7.2.22: FAILED in 5m00s: hops 37, seed 4242, hop p50 0.2 s p95 0.4 s, "
+                    "downtime p50 30.0 ms max 80.0 ms, failure: hop 37: destination failed to "
+                    "load, artifacts /tmp/pp")
+    page = render_html(report, tmp_path)
+    assert "destination failed to load" in page and '"hop": 36' not in page
