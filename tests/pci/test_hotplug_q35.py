@@ -1,0 +1,106 @@
+"""q35: ACPI hotplug (the default), native PCIe hotplug and SHPC, and hotplug=off.
+
+Seed item "Hotplug for Q35".  The mechanism of each bus is read from the QOM
+type of its hotplug-handler; the topology switches it the two ways QEMU 7.2
+offers (7.2 has no per-port switch): `acpi_hotplug = false` (a -global on
+ICH9-LPC) or the older machine type pc-q35-6.0.  Unplug latency per mechanism
+is recorded as a test property (junit) and checked against what the mechanism
+implies: ACPI ejects at once; pciehp waits 5 s after the attention button.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.scenarios.hotplug import (
+    BusNotHotpluggable,
+    Hotplugger,
+    PlugRefused,
+    PlugSpec,
+)
+from harness.scenarios.hotplug_stress import CycleReport, checked_cycle
+from harness.scenarios.threeview import snapshot
+from harness.topology import topology_from_dict
+
+pytestmark = pytest.mark.seed("q35-hotplug")
+SEED = 7
+ATTENTION_BUTTON_S = 5.0  # pciehp: the guest waits 5 s after a button press before acting
+
+
+def _topology(**top: Any) -> Any:
+    return topology_from_dict({"machine": "q35", **top, "device": [
+        {"id": "rp1", "driver": "pcie-root-port", "addr": "2.0"},
+        {"id": "rp2", "driver": "pcie-root-port", "addr": "3.0"},
+        {"id": "rp3", "driver": "pcie-root-port", "addr": "4.0"},
+        # The bridge gets a cold-plugged function so that the firmware opens its windows.
+        {"id": "ppb", "driver": "pcie-pci-bridge", "bus": "rp3"},
+        {"id": "net1", "driver": "virtio-net-pci", "bus": "ppb", "addr": "1.0"},
+        {"id": "rp4", "driver": "pcie-root-port", "addr": "5.0", "hotplug": "off"},
+    ]})
+
+
+def _assert_clean(report: CycleReport) -> None:
+    assert report.failures == (), "\n".join(f"{f.step}: {f.what}" for f in report.failures)
+
+
+def test_acpi_hotplug_on_root_ports_and_behind_pcie_pci_bridge(make_guest, artifacts: Path,
+                                                               record_property):
+    guest = make_guest(_topology())
+    hp = Hotplugger(guest, artifacts / "hotplug")
+    buses = hp.buses()
+    found = {n: (buses[n].hotplug, buses[n].handler_type) for n in ("rp1", "rp2", "ppb", "rp4")}
+    assert found == {"rp1": ("acpi-pcihp", "ICH9-LPC"), "rp2": ("acpi-pcihp", "ICH9-LPC"),
+                     "ppb": ("acpi-pcihp", "ICH9-LPC"), "rp4": ("none", "")}, found
+    views = snapshot(guest, hp.topology, lspci=False)
+    for n, (bus, slot, driver, mac) in enumerate([
+            ("rp1", 0, "virtio-blk-pci", None), ("rp2", 0, "e1000e", "52:54:01:00:01:02"),
+            ("ppb", 5, "virtio-blk-pci", None), ("ppb", 6, "e1000", "52:54:01:00:01:06")]):
+        report = checked_cycle(guest, hp, PlugSpec(f"hp{n}", driver, bus, slot, mac=mac),
+                               SEED, views)
+        _assert_clean(report)
+        views = report.after_unplug
+        assert report.unplugged.mechanism == "acpi-pcihp"
+        record_property(f"unplug_s:acpi-pcihp:{bus}", round(report.unplugged.seconds, 3))
+        assert report.unplugged.seconds < ATTENTION_BUTTON_S, (
+            f"ACPI unplug took {report.unplugged.seconds:.2f} s: ACPI has no button wait")
+    # hotplug=off: refused before QEMU is asked, and by QEMU itself with its message.
+    with pytest.raises(BusNotHotpluggable, match="rp4"):
+        hp.plug(PlugSpec("off1", "e1000e", "rp4", 0))
+    with pytest.raises(PlugRefused) as info:
+        hp.plug(PlugSpec("off2", "e1000e", "rp4", 0), preflight=False)
+    assert info.value.desc.rstrip(".") == "Bus 'rp4' does not support hotplugging", info.value.desc
+    assert "off2" not in hp.plugged and hp.topology.devices == guest.plan.topology.devices
+    assert guest.console is not None and guest.console.trouble() == []
+
+
+@pytest.mark.parametrize("how", [
+    pytest.param({"acpi_hotplug": False}, id="acpi-off"),
+    pytest.param({"machine": "pc-q35-6.0"}, id="pc-q35-6.0"),
+])
+def test_native_pcie_and_shpc_hotplug(make_guest, artifacts: Path, record_property, how):
+    guest = make_guest(_topology(**how))
+    hp = Hotplugger(guest, artifacts / "hotplug")
+    buses = hp.buses()
+    found = {n: buses[n].hotplug for n in ("rp1", "rp2", "ppb", "rp4")}
+    assert found == {"rp1": "pcie-native", "rp2": "pcie-native", "ppb": "shpc",
+                     "rp4": "none"}, found
+    views = snapshot(guest, hp.topology, lspci=False)
+    for n, (bus, slot, driver, mac, mechanism) in enumerate([
+            ("rp1", 0, "virtio-blk-pci", None, "pcie-native"),
+            ("ppb", 5, "e1000", "52:54:01:00:02:05", "shpc")]):
+        report = checked_cycle(guest, hp, PlugSpec(f"hp{n}", driver, bus, slot, mac=mac),
+                               SEED, views)
+        _assert_clean(report)
+        views = report.after_unplug
+        assert report.unplugged.mechanism == mechanism
+        record_property(f"plug_s:{mechanism}", round(report.plugged.seconds, 3))
+        record_property(f"unplug_s:{mechanism}", round(report.unplugged.seconds, 3))
+        # Both native mechanisms go through an attention-button press, which the
+        # guest confirms only after 5 s (pciehp and shpchp alike).
+        assert report.unplugged.seconds >= ATTENTION_BUTTON_S, (
+            f"{mechanism} unplug took {report.unplugged.seconds:.2f} s, expected the "
+            f"{ATTENTION_BUTTON_S:.0f} s attention-button wait")
+    assert guest.console is not None and guest.console.trouble() == []
