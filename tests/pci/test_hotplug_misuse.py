@@ -1,0 +1,155 @@
+"""Surprise removal and misuse: each gets a clear error, and the guest stays healthy.
+
+- unplug of a disk while the guest writes to it: the unplug completes, the
+  writer sees I/O errors and stops, the guest keeps answering;
+- a second device_del while the first is pending: the harness refuses it;
+  what QEMU itself does depends on the mechanism (below);
+- plugging into an occupied slot, unplugging an id that does not exist: a
+  named harness error, and QEMU's own message when QEMU is asked.
+
+What QEMU 7.2 does with a raw second device_del (measured, see the report):
+ACPI (pc BSEL, q35 acpi-pcihp) accepts it and still deletes the device once;
+native PCIe refuses it for 5 s ("already in the process of unplug"), because a
+second attention-button press would cancel the unplug; SHPC accepts it, and
+the guest's shpchp takes it as that cancelling second press.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.deadline import Deadline
+from harness.errors import DeadlineExceeded
+from harness.machine import Guest
+from harness.qemu.qmp import QmpCommandError
+from harness.scenarios.hotplug import (
+    Hotplugger,
+    IoLoad,
+    PlugRefused,
+    PlugSpec,
+    SlotOccupied,
+    UnknownDevice,
+    UnplugPending,
+)
+from harness.topology import topology_from_dict
+
+TOPOLOGIES = {
+    "pc": {"machine": "pc", "device": [
+        {"id": "br1", "driver": "pci-bridge", "addr": "4.0", "chassis_nr": 1},
+        {"id": "nic1", "driver": "e1000", "bus": "br1", "addr": "3.0"},
+    ]},
+    "q35": {"machine": "q35", "device": [
+        {"id": "rp1", "driver": "pcie-root-port", "addr": "2.0"},
+        {"id": "rp2", "driver": "pcie-root-port", "addr": "3.0"},
+        {"id": "nic1", "driver": "e1000e", "bus": "rp2"},
+    ]},
+}
+# (machine, bus for the new disk, occupied bus and slot)
+CASES = [
+    pytest.param("pc", "br1", ("br1", 3), marks=pytest.mark.seed("bridge-hotplug-acpi-bsel"),
+                 id="pc"),
+    pytest.param("q35", "rp1", ("rp2", 0), marks=pytest.mark.seed("q35-hotplug"), id="q35"),
+]
+# Kernel complaints a surprise removal may legitimately cause; anything else
+# (oops, panic, hung task, IRQ trouble) is a failure.
+IO_ERROR_LINE = re.compile(r"I/O error|Buffer I/O|blk_update_request|critical medium error")
+
+
+def _healthy(guest: Guest) -> None:
+    assert guest.qmp is not None and guest.console is not None
+    assert guest.succeed("echo alive").strip() == "alive"
+    assert guest.qmp.execute("query-status")["status"] == "running"
+    trouble = [t for t in guest.console.trouble() if not IO_ERROR_LINE.search(t)]
+    assert trouble == [], f"kernel trouble on the console: {trouble}"
+
+
+@pytest.mark.parametrize(("machine", "bus", "occupied"), CASES)
+def test_misuse_gets_a_clear_error(make_guest, artifacts: Path, machine, bus, occupied):
+    guest = make_guest(topology_from_dict(TOPOLOGIES[machine]))
+    hp = Hotplugger(guest, artifacts / "hotplug")
+    obus, oslot = occupied
+    # Occupied slot: the harness names the occupant; QEMU says it in its words.
+    with pytest.raises(SlotOccupied, match=rf"slot {oslot:#x} of bus '{obus}' is occupied "
+                                           r"by nic1"):
+        hp.plug(PlugSpec("x1", "virtio-blk-pci", obus, oslot))
+    with pytest.raises(PlugRefused) as info:
+        hp.plug(PlugSpec("x2", "virtio-blk-pci", obus, oslot), preflight=False)
+    assert "not available" in info.value.desc and "nic1" in info.value.desc, info.value.desc
+    assert hp.plugged == {} and hp.topology == guest.plan.topology
+    # The refused plug removed its block backend again: the node name is free.
+    nodes = {n["node-name"] for n in guest.qmp.execute("query-named-block-nodes")}
+    assert "x2.disk" not in nodes, sorted(nodes)
+    # Unknown id: QEMU's DeviceNotFound, carried by a named error.
+    with pytest.raises(UnknownDevice, match="Device 'nope' not found"):
+        hp.unplug("nope")
+    # Second device_del while the first is pending.
+    plugged = hp.plug(PlugSpec("hd1", "virtio-blk-pci", bus, 5 if machine == "pc" else 0))
+    assert plugged.mechanism in ("acpi-bsel", "acpi-pcihp")
+    hp.request_unplug("hd1")
+    with pytest.raises(UnplugPending, match="already in the process of unplug"):
+        hp.request_unplug("hd1")
+    # QEMU itself, on ACPI: the raw second request is accepted ...
+    assert guest.qmp.execute("device_del", {"id": "hd1"}) == {}
+    hp.wait_unplugged("hd1", Deadline(30, "unplug of hd1"))
+    # ... and the device is deleted once: no second DEVICE_DELETED for the id.
+    with pytest.raises(DeadlineExceeded):
+        guest.qmp.wait_event("DEVICE_DELETED", Deadline(2, "a duplicate DEVICE_DELETED"),
+                             match=lambda e: e.get("data", {}).get("device") == "hd1")
+    _healthy(guest)
+
+
+@pytest.mark.seed("q35-hotplug")
+def test_second_device_del_on_native_and_shpc(make_guest, artifacts: Path):
+    topo = topology_from_dict({"machine": "q35", "acpi_hotplug": False, "device": [
+        {"id": "rp1", "driver": "pcie-root-port", "addr": "2.0"},
+        {"id": "rp2", "driver": "pcie-root-port", "addr": "3.0"},
+        {"id": "ppb", "driver": "pcie-pci-bridge", "bus": "rp2"},
+        {"id": "net1", "driver": "virtio-net-pci", "bus": "ppb", "addr": "1.0"},
+    ]})
+    guest = make_guest(topo)
+    hp = Hotplugger(guest, artifacts / "hotplug")
+    # Native PCIe: QEMU refuses the second request itself.
+    native = hp.plug(PlugSpec("hd1", "virtio-blk-pci", "rp1", 0))
+    assert native.mechanism == "pcie-native"
+    hp.request_unplug("hd1")
+    with pytest.raises(QmpCommandError, match="already in the process of unplug"):
+        guest.qmp.execute("device_del", {"id": "hd1"})
+    hp.wait_unplugged("hd1", Deadline(30, "native unplug of hd1"))
+    # SHPC: QEMU accepts the second request and the guest takes it as a second
+    # button press, which cancels the unplug: the device stays.
+    shpc = hp.plug(PlugSpec("hn1", "e1000", "ppb", 5, mac="52:54:01:00:03:05"))
+    assert shpc.mechanism == "shpc"
+    hp.request_unplug("hn1")
+    assert guest.qmp.execute("device_del", {"id": "hn1"}) == {}
+    with pytest.raises(DeadlineExceeded):
+        guest.qmp.wait_event("DEVICE_DELETED", Deadline(12, "a cancelled SHPC unplug"),
+                             match=lambda e: e.get("data", {}).get("device") == "hn1")
+    guest.succeed(f"test -e /sys/class/net/{shpc.guest_name}")
+    # A fresh request after the cancellation goes through.
+    hp.pending.pop("hn1")
+    hp.unplug("hn1", Deadline(30, "SHPC unplug after a cancelled one"))
+    _healthy(guest)
+
+
+@pytest.mark.parametrize(("machine", "bus", "occupied"), CASES)
+def test_surprise_unplug_with_io_running(make_guest, artifacts: Path, record_property, machine,
+                                        bus, occupied):
+    guest = make_guest(topology_from_dict(TOPOLOGIES[machine]))
+    hp = Hotplugger(guest, artifacts / "hotplug")
+    plugged = hp.plug(PlugSpec("hd1", "virtio-blk-pci", bus, 6 if machine == "pc" else 0,
+                               disk_bytes=256 * 1024 * 1024))
+    io = IoLoad(guest, f"/dev/{plugged.guest_name}")
+    io.start()
+    running = io.wait(lambda s: s.ok >= 3 or s.stopped, Deadline(30, "I/O loop running"))
+    assert running.ok >= 3 and running.errors == 0, running
+    unplugged = hp.unplug("hd1", Deadline(30, "unplug with I/O running"))  # no hang
+    final = io.wait(lambda s: s.stopped, Deadline(30, "the writer notices the removal"))
+    assert final.errors >= 1, f"no I/O error reached the writer after the unplug: {final}"
+    assert guest.execute(f"test -b /dev/{plugged.guest_name}")[0] != 0, (
+        f"/dev/{plugged.guest_name} still exists after DEVICE_DELETED")
+    _healthy(guest)
+    record_property("unplug_s:with-io", round(unplugged.seconds, 3))
+    record_property("writer", f"ok={final.ok} errors={final.errors}: {final.error_text[-200:]}")
