@@ -16,6 +16,7 @@ diffing, bookkeeping).
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -113,7 +114,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None}
     ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered) + 0.5) - 1))]
+    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
     return {"p50": round(statistics.median(ordered), 4), "p95": round(p95, 4)}
 
 
