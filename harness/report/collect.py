@@ -7,7 +7,8 @@ facts are:
 
 - on the process that runs the test (an xdist worker, possibly on another
   host), it annotates each TestReport with what only that process knows: the
-  machine type the test's fixtures resolved to, the host name, and for a
+  machine type of the first guest the test planned (else the one its
+  `topology`/`machine` fixtures resolved to), the host name, and for a
   failure the tail of every guest console.log under the test's artifact
   directory (an artifact path on a remote host is no use to the reader);
 - on the controller, it folds the setup/call/teardown reports it receives into
@@ -116,14 +117,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # ---- the process that runs the test (xdist worker or plain pytest) ----
 
+#: Machine types of the guests the running test planned, in order (one test at a
+#: time runs in a worker process).  Filled by watching GuestFactory.plan: most
+#: tests build their own topologies and hand them to `make_guest`, so neither
+#: fixtures nor parameters name the machine that really ran.
+_PLANNED: list[str] = []
+_OBSERVED = "_pci_report_observed"
+
+
+def _observe_plans(item: pytest.Item) -> None:
+    """Wrap the session's GuestFactory.plan once to note each planned machine type."""
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {}) or {}
+    factory = funcargs.get("harness_factory")
+    if factory is None or getattr(factory, _OBSERVED, False):
+        return
+    original = factory.plan
+
+    def plan(topology: Any, **overrides: Any) -> Any:
+        machine = getattr(topology, "machine", None)
+        if isinstance(machine, str):
+            _PLANNED.append(machine)
+        return original(topology, **overrides)
+
+    factory.plan = plan
+    setattr(factory, _OBSERVED, True)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    _PLANNED.clear()
     try:
         return (yield)
     finally:
-        machine = machine_after_setup(item)
-        item.stash[_ANNOTATION] = {"machine": machine, "machine_kind": machine_kind_of(machine),
+        _observe_plans(item)
+        item.stash[_ANNOTATION] = {"machine": machine_after_setup(item),
                                    "host": socket.gethostname()}
+
+
+def _annotation(item: pytest.Item) -> dict[str, Any]:
+    annotation: dict[str, Any] = {}
+    if _ANNOTATION in item.stash:
+        found: dict[str, Any] = item.stash[_ANNOTATION]
+        annotation.update(found)
+    if _PLANNED:  # the first guest the test really planned beats the fixtures' guess
+        annotation["machine"] = _PLANNED[0]
+    annotation["machine_kind"] = machine_kind_of(annotation.get("machine"))
+    return annotation
 
 
 def console_tails(artifacts: Path) -> dict[str, str]:
@@ -144,10 +183,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.failed:
         item.stash[_FAILED] = True
-    annotation: dict[str, Any] = {}
-    if _ANNOTATION in item.stash:
-        found: dict[str, Any] = item.stash[_ANNOTATION]
-        annotation.update(found)
+    annotation = _annotation(item)
     if report.when == "teardown" and item.stash.get(_FAILED, False):
         # The artifacts fixture records its path when it tears down, before this report.
         path = dict(item.user_properties).get("artifacts")

@@ -48,6 +48,18 @@ def test_param(machine):
 def test_known_gap(machine):
     assert int(os.environ.get("CANARY_READ", "0")) == 0xffffffff
 
+@pytest.fixture(scope="session")
+def harness_factory():
+    class Planner:  # stands in for GuestFactory: the collector watches plan()
+        def plan(self, topology, **overrides):
+            return topology.machine
+    return Planner()
+
+@pytest.mark.seed("q35-hotplug")
+def test_own_topology(harness_factory):
+    from harness.topology import topology_from_dict
+    assert harness_factory.plan(topology_from_dict({"machine": "pc-i440fx-7.2"})) == "pc-i440fx-7.2"
+
 def test_console_of_a_failure(artifacts):
     (artifacts / "src").mkdir()
     (artifacts / "src" / "console.log").write_text("line\\n" * 60 + "\\x1b[6nBUG: kernel oops\\n")
@@ -93,6 +105,7 @@ def test_passes_and_known_failures_exit_0_with_four_files_under_xdist(tmp_path):
         "test_param[pc]": ("passed", "pc", "pci-connectivity"),
         "test_param[q35]": ("passed", "q35", "pci-connectivity"),
         "test_known_gap": ("xfailed", "q35", "master-abort"),  # the default machine fixture
+        "test_own_topology": ("passed", "pc-i440fx-7.2", "q35-hotplug"),  # the planned guest
         "test_console_of_a_failure": ("passed", None, None)}
     assert tests["test_known_gap"]["xfail_reason"] == "master-abort: unassigned reads return 0"
     assert {t["qemu_version"] for t in report["tests"]} == {"9.9.1"}
@@ -102,7 +115,7 @@ def test_passes_and_known_failures_exit_0_with_four_files_under_xdist(tmp_path):
     assert report["items"]["master-abort"] == {"pc": {"9.9.1": "not-run"},
                                                "q35": {"9.9.1": "known-failure"}}
     junit = ET.parse(out / "junit.xml").getroot()
-    assert len(list(junit.iter("testcase"))) == 4
+    assert len(list(junit.iter("testcase"))) == 5
     assert "| pci-connectivity | pass | pass |" in (out / "summary.md").read_text()
     assert "no earlier run" in report["baseline_note"]
 
@@ -149,7 +162,8 @@ def test_machines_deselects_other_kinds(tmp_path):
                       "--machines", "pc")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert sorted(by_node(report)) == ["test_console_of_a_failure", "test_param[pc]"]
+    assert sorted(by_node(report)) == ["test_console_of_a_failure", "test_own_topology",
+                                       "test_param[pc]"]
 
 
 @pytest.mark.parametrize("args, message", [
