@@ -63,13 +63,17 @@ def _e(text: object) -> str:
     return escape(str(text), quote=True)
 
 
+def _relative(path: str, report_dir: Path) -> str | None:
+    try:
+        return str(Path(path).resolve().relative_to(report_dir.resolve()))
+    except ValueError:
+        return None
+
+
 def _link(path: str, report_dir: Path) -> str:
     """Relative when the artifact is inside the report directory, else a file:// URL."""
-    target = Path(path)
-    try:
-        return quote(str(target.resolve().relative_to(report_dir.resolve())))
-    except ValueError:
-        return "file://" + quote(str(target))
+    relative = _relative(path, report_dir)
+    return quote(relative) if relative is not None else "file://" + quote(path)
 
 
 def _anchor(test: TestResult) -> str:
@@ -98,8 +102,9 @@ def _matrix(report: NightlyReport) -> list[str]:
     out += [f"<th colspan='{len(machines)}'>QEMU {_e(r)}</th>" for r in runs]
     out.append("</tr><tr>" + "".join(f"<th>{_e(m)}</th>" for _ in runs for m in machines)
                + "</tr></thead><tbody>")
+    # "was ..." marks cells that changed; a cell that merely gained tests is no news.
     was = {(c.seed, c.machine, c.run): c.before
-           for c in (report.baseline.cells if report.baseline else ())}
+           for c in (report.baseline.cells if report.baseline else ()) if c.before != NOT_RUN}
     for seed, by_machine in report.items.items():
         row = [(f"<tr><td class='item'><b>{_e(seed)}</b><small>"
                f"{_e(report.seeds.get(seed, ''))}</small></td>")]
@@ -167,7 +172,8 @@ def _artifact_links(test: TestResult, report_dir: Path) -> str:
     if not test.artifacts:
         return ""
     root = Path(test.artifacts)
-    links = [f"<a href='{_e(_link(test.artifacts, report_dir))}'>{_e(test.artifacts)}</a>"]
+    shown = _relative(test.artifacts, report_dir) or test.artifacts
+    links = [f"<a href='{_e(_link(test.artifacts, report_dir))}'>{_e(shown)}/</a>"]
     if root.is_dir():
         for name in _ARTIFACT_FILES:
             for found in sorted(root.rglob(name)):

@@ -157,3 +157,14 @@ def test_hunt_is_summarised_from_the_verbs_json(tmp_path):
                     "load, artifacts /tmp/pp")
     page = render_html(report, tmp_path)
     assert "destination failed to load" in page and '"hop": 36' not in page
+
+
+def test_matrix_marks_changed_cells_but_not_new_coverage(tmp_path):
+    diff = BaselineDiff("/old", cells=(CellChange("q35-hotplug", "q35", "7.2.22", "pass", "fail"),
+                                       CellChange("master-abort", "pc", "7.2.22", "not-run",
+                                                  "known-failure")))
+    page = render_html(make_report(tmp_path, [("failed", "q35-hotplug", "q35"),
+                                              ("xfailed", "master-abort", "pc")], baseline=diff),
+                       tmp_path)
+    matrix = page.split("<table class='matrix'>")[1].split("</table>")[0]
+    assert matrix.count("class='was'") == 1 and "was pass" in matrix
