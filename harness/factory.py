@@ -31,7 +31,7 @@ class RunSettings:
     timeout_multiplier: float = 1.0
     keep_artifacts: bool = False
     snapshot: bool = True
-    firmware: str = "qboot"
+    firmware: str = "seabios"  # see harness.machine.FIRMWARE
 
 
 def _stderr(message: str) -> None:

@@ -47,6 +47,14 @@ fi
 mkdir -p /root/.ssh
 chmod 700 /root /root/.ssh
 ln -sf /sys/firmware/qemu_fw_cfg/by_name/opt/harness/authorized_keys/raw /root/.ssh/authorized_keys
+# No udev here (and the Debian kernel has no uevent helper): busybox's
+# `uevent` listens on netlink and runs /sbin/hotplug per event, so a
+# hot-plugged device gets its driver loaded by modalias.  Started after the
+# boot-time modules: coldplug is what harness.modules= is for.
+printf '#!/bin/sh\n[ "$ACTION" = add ] && [ -n "$MODALIAS" ] && exec modprobe -q "$MODALIAS"\n' >/sbin/hotplug
+chmod 755 /sbin/hotplug
+uevent /sbin/hotplug </dev/null >/dev/null 2>&1 &
+
 # dropbear binds its socket before it daemonizes, so READY means "listening".
 dropbear -r /etc/dropbear/hostkey -p 22 -s -E 2>>/var/log/dropbear.log
 read -r up _ </proc/uptime

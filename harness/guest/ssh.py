@@ -37,6 +37,9 @@ class SshKey:
         self.authorized_line = public.decode() + " pci-harness\n"
 
 
+ATTEMPT_SECONDS = 5.0  # one login attempt; a live guest answers in well under a second
+
+
 class SshUnavailable(HarnessError):
     """SSH to the guest could not be established."""
 
@@ -49,16 +52,22 @@ class GuestShell:
         self._client: paramiko.SSHClient | None = None
 
     def connect(self, deadline: Deadline) -> None:
+        """Log in, retrying until `deadline`.
+
+        slirp accepts the TCP connection even when the guest is dead, so a
+        single attempt can hang in the banner or key exchange: every attempt
+        is capped at ATTEMPT_SECONDS and the loop keeps the overall deadline.
+        """
         last: Exception | None = None
         while not deadline.expired():
             client = paramiko.SSHClient()
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            attempt = min(max(deadline.remaining(), 0.5), ATTEMPT_SECONDS)
             try:
                 client.connect("127.0.0.1", port=self.port, username="root",
                                pkey=self._key.paramiko_key, allow_agent=False,
-                               look_for_keys=False, timeout=max(deadline.remaining(), 1),
-                               banner_timeout=max(deadline.remaining(), 1),
-                               auth_timeout=max(deadline.remaining(), 1))
+                               look_for_keys=False, timeout=attempt, banner_timeout=attempt,
+                               auth_timeout=attempt, channel_timeout=attempt)
                 self._client = client
                 return
             except (paramiko.SSHException, OSError, EOFError) as exc:
