@@ -25,6 +25,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.factory import GuestFactory, RunSettings
+from harness.options import add_shared_options
 from harness.qemu.process import kill_all_live
 
 Verb = Callable[[argparse.Namespace], int]
@@ -32,16 +33,7 @@ Verb = Callable[[argparse.Namespace], int]
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("common options")
-    group.add_argument("--qemu-binary", metavar="PATH",
-                       help="QEMU to run (default: $PCI_HARNESS_QEMU or qemu-system-x86_64 on PATH)")
-    group.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
-                       help="auto probes KVM with a real boot and falls back to TCG")
-    group.add_argument("--timeout-multiplier", type=float, default=1.0, metavar="X",
-                       help="scale every deadline (slow or loaded hosts)")
-    group.add_argument("--keep-artifacts", action="store_true",
-                       help="keep logs, command lines and reproduce.sh even on success")
-    group.add_argument("--no-snapshot", action="store_true",
-                       help="always cold-boot guests (no snapshot cache)")
+    add_shared_options(group.add_argument)
     group.add_argument("--json", action="store_true",
                        help="print one JSON object as the last thing on stdout")
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from harness.errors import HarnessError
+from harness.options import add_shared_options
 from harness.seed import SEED_ITEMS
 
 if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
@@ -39,15 +40,7 @@ _OUTCOME = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pci-harness")
-    group.addoption("--qemu-binary", metavar="PATH", default=None,
-                    help="QEMU binary (default: $PCI_HARNESS_QEMU or qemu-system-x86_64)")
-    group.addoption("--accel", choices=("auto", "kvm", "tcg"), default="auto",
-                    help="auto probes KVM with a real boot and falls back to TCG")
-    group.addoption("--timeout-multiplier", type=float, default=1.0, metavar="X",
-                    help="scale every deadline")
-    group.addoption("--keep-artifacts", action="store_true",
-                    help="keep artifact directories of passing tests too")
-    group.addoption("--no-snapshot", action="store_true", help="always cold-boot guests")
+    add_shared_options(group.addoption)
     group.addoption("--artifacts-dir", metavar="DIR", default=None,
                     help="where per-test artifact directories go (default: <rootdir>/artifacts/<run>)")
 

@@ -44,7 +44,7 @@ def test_key_changes_with_every_machine_defining_input():
         "kernel_args": _plan(kernel_args=("pci=nomsi",)),
         "extra_args": _plan(extra_args=("-global", "ICH9-LPC.disable_s3=1")),
         "memory": _plan(memory="1G"),
-        "firmware": _plan(firmware="seabios"),
+        "firmware": _plan(firmware="qboot"),
     }
     keys = {name: snapshot_key(plan) for name, plan in variants.items()}
     unchanged = [name for name, key in keys.items() if key == base]
