@@ -37,6 +37,7 @@ def main(names: list[str]) -> None:
                 "topology": name if name in ("pc", "q35")
                 else str(Path(name).resolve().relative_to(ROOT)),
                 "qemu_version": factory.binary.version,
+                "firmware": factory.settings.firmware,
                 "query-pci": guest.qmp.execute("query-pci"),
                 "qom": qom_hotplug_info(qom_pci_buses(guest.qmp)),
                 "guest_dump": dump,
