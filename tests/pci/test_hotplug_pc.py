@@ -38,24 +38,29 @@ ONE_BRIDGE = {"machine": "pc", "device": [
     {"id": "disk1", "driver": "virtio-blk-pci", "bus": "br2", "addr": "3.0", "disk": "16M"},
 ]}
 
+def _record(request: pytest.FixtureRequest, key: str, value: object) -> None:
+    """A figure for the report (user_properties, as the plugin's boot_s)."""
+    request.node.user_properties.append((key, value))
+
+
 
 def _assert_clean(report: CycleReport) -> None:
     assert report.failures == (), "\n".join(f"{f.step}: {f.what}" for f in report.failures)
 
 
 @pytest.mark.smoke
-def test_plug_and_unplug_a_disk_behind_a_bridge(make_guest, artifacts: Path, record_property):
+def test_plug_and_unplug_a_disk_behind_a_bridge(make_guest, artifacts: Path, request):
     guest = make_guest(topology_from_dict(ONE_BRIDGE))
     hp = Hotplugger(guest, artifacts / "hotplug")
     report = checked_cycle(guest, hp, PlugSpec("hd1", "virtio-blk-pci", "br2", 5), SEED)
     _assert_clean(report)
     assert report.plugged.mechanism == "acpi-bsel", report.plugged
     assert report.plugged.path == ("04.0", "01.0", "05.0"), report.plugged.path
-    record_property("plug_s", round(report.plugged.seconds, 3))
-    record_property("unplug_s:acpi-bsel", round(report.unplugged.seconds, 3))
+    _record(request, "plug_s", round(report.plugged.seconds, 3))
+    _record(request, "unplug_s:acpi-bsel", round(report.unplugged.seconds, 3))
 
 
-def test_bridges_three_deep_and_root_bus(make_guest, artifacts: Path, record_property):
+def test_bridges_three_deep_and_root_bus(make_guest, artifacts: Path, request):
     topo = stress_topology("pc")
     guest = make_guest(topo)
     hp = Hotplugger(guest, artifacts / "hotplug")
@@ -70,7 +75,7 @@ def test_bridges_three_deep_and_root_bus(make_guest, artifacts: Path, record_pro
     assert len(set(bsel.values())) == len(bsel), f"BSEL numbers are not distinct: {bsel}"
     mechanisms = {name: buses[name].hotplug for name in bsel}
     assert mechanisms == dict.fromkeys(bsel, "acpi-bsel"), mechanisms
-    record_property("bsel", bsel)
+    _record(request, "bsel", bsel)
     # A disk and a NIC on every bridge level and on the root bus.
     views = snapshot(guest, hp.topology, lspci=False)
     plan = [("br1", 6, "virtio-blk-pci"), ("br2", 7, "e1000"), ("br3", 8, "virtio-blk-pci"),
@@ -82,7 +87,7 @@ def test_bridges_three_deep_and_root_bus(make_guest, artifacts: Path, record_pro
                                SEED, views)
         _assert_clean(report)
         views = report.after_unplug
-        record_property(f"unplug_s:{bus}:{driver}", round(report.unplugged.seconds, 3))
+        _record(request, f"unplug_s:{bus}:{driver}", round(report.unplugged.seconds, 3))
     assert guest.console is not None and guest.console.trouble() == []
 
 

@@ -41,13 +41,18 @@ def _topology(**top: Any) -> Any:
         {"id": "rp4", "driver": "pcie-root-port", "addr": "5.0", "hotplug": "off"},
     ]})
 
+def _record(request: pytest.FixtureRequest, key: str, value: object) -> None:
+    """A figure for the report (user_properties, as the plugin's boot_s)."""
+    request.node.user_properties.append((key, value))
+
+
 
 def _assert_clean(report: CycleReport) -> None:
     assert report.failures == (), "\n".join(f"{f.step}: {f.what}" for f in report.failures)
 
 
 def test_acpi_hotplug_on_root_ports_and_behind_pcie_pci_bridge(make_guest, artifacts: Path,
-                                                               record_property):
+                                                               request):
     guest = make_guest(_topology())
     hp = Hotplugger(guest, artifacts / "hotplug")
     buses = hp.buses()
@@ -63,7 +68,7 @@ def test_acpi_hotplug_on_root_ports_and_behind_pcie_pci_bridge(make_guest, artif
         _assert_clean(report)
         views = report.after_unplug
         assert report.unplugged.mechanism == "acpi-pcihp"
-        record_property(f"unplug_s:acpi-pcihp:{bus}", round(report.unplugged.seconds, 3))
+        _record(request, f"unplug_s:acpi-pcihp:{bus}", round(report.unplugged.seconds, 3))
         assert report.unplugged.seconds < ATTENTION_BUTTON_S, (
             f"ACPI unplug took {report.unplugged.seconds:.2f} s: ACPI has no button wait")
     # hotplug=off: refused before QEMU is asked, and by QEMU itself with its message.
@@ -80,7 +85,7 @@ def test_acpi_hotplug_on_root_ports_and_behind_pcie_pci_bridge(make_guest, artif
     pytest.param({"acpi_hotplug": False}, id="acpi-off"),
     pytest.param({"machine": "pc-q35-6.0"}, id="pc-q35-6.0"),
 ])
-def test_native_pcie_and_shpc_hotplug(make_guest, artifacts: Path, record_property, how):
+def test_native_pcie_and_shpc_hotplug(make_guest, artifacts: Path, request, how):
     guest = make_guest(_topology(**how))
     hp = Hotplugger(guest, artifacts / "hotplug")
     buses = hp.buses()
@@ -96,8 +101,8 @@ def test_native_pcie_and_shpc_hotplug(make_guest, artifacts: Path, record_proper
         _assert_clean(report)
         views = report.after_unplug
         assert report.unplugged.mechanism == mechanism
-        record_property(f"plug_s:{mechanism}", round(report.plugged.seconds, 3))
-        record_property(f"unplug_s:{mechanism}", round(report.unplugged.seconds, 3))
+        _record(request, f"plug_s:{mechanism}", round(report.plugged.seconds, 3))
+        _record(request, f"unplug_s:{mechanism}", round(report.unplugged.seconds, 3))
         # Both native mechanisms go through an attention-button press, which the
         # guest confirms only after 5 s (pciehp and shpchp alike).
         assert report.unplugged.seconds >= ATTENTION_BUTTON_S, (
