@@ -16,8 +16,9 @@ Why it is shaped this way:
 - Misuse gets a named error before QEMU is asked (occupied slot, no hotplug
   on the bus, a second unplug while one is pending, an unknown id); with
   `preflight=False` QEMU itself is asked and its own message is carried.
-- The guest loads the driver's module before device_add: the guest image
-  has no uevent helper, so nothing autoloads a module on hotplug.
+- The driver's module is loaded (modprobe, idempotent) before device_add, so
+  a plug does not hang on the image's uevent autoload, which older images
+  lacked (the e1000e stayed unbound there).
 
 Disk data: the backing image is raw and created here, so the host can write a
 seeded block before the plug (the guest must read exactly it) and read back,

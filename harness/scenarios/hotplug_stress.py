@@ -47,8 +47,9 @@ __all__ = ["CycleFailure", "CycleReport", "StepFailed", "StressResult", "candida
 NIC_DRIVERS = {"pc": ("virtio-net-pci", "e1000"), "q35": ("virtio-net-pci", "e1000e")}
 DISK_DRIVER = "virtio-blk-pci"
 
-# Bridges get a cold-plugged function each: qboot gives an empty bridge no
-# windows, and Linux does not grow a parent's window at hot-add time.
+# Bridges get a cold-plugged function each, so they have windows whatever the
+# firmware: qboot opens none for an empty bridge (the guest then cannot assign
+# the BARs of a hot-added device: "no space"), SeaBIOS reserves some.
 _STRESS: dict[str, dict[str, Any]] = {
     "pc": {"machine": "pc", "device": [
         {"id": "br1", "driver": "pci-bridge", "addr": "4.0", "chassis_nr": 1},
