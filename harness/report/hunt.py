@@ -9,8 +9,10 @@ input error up front, never a silent skip after fifteen minutes of tests.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -44,17 +46,30 @@ def check_available() -> None:
                             "--until-fail-minutes")
 
 
-def pump(stream: IO[str], sinks: Sequence[IO[str]]) -> threading.Thread:
-    """Copy a child's output line by line to every sink (progress + log file)."""
+def pump(stream: IO[str], sinks: Sequence[IO[str]],
+         tail: collections.deque[str] | None = None) -> threading.Thread:
+    """Copy a child's output line by line to every sink (progress + log file),
+    keeping the last lines in `tail` when given."""
     def run() -> None:
         for line in stream:
             for sink in sinks:
                 sink.write(line)
                 sink.flush()
+            if tail is not None and line.strip():
+                tail.append(line.rstrip())
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+_ERROR_LINE = re.compile(r"(Error|Failure|Exception|FAILED|error:)")
+
+
+def _last_words(lines: Sequence[str]) -> str:
+    """The line of a dying child's stderr that says why: the last error line, else the last."""
+    found = [line for line in lines if _ERROR_LINE.search(line)]
+    return (found or list(lines) or [""])[-1].strip()[:400]
 
 
 def run_hunt(run: str, command: Sequence[str], seconds: float, log_path: Path,
@@ -68,7 +83,8 @@ def run_hunt(run: str, command: Sequence[str], seconds: float, log_path: Path,
                                 text=True, cwd=project_root(), env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         assert proc.stdout is not None and proc.stderr is not None
-        err = pump(proc.stderr, [sys.stderr, log])
+        last: collections.deque[str] = collections.deque(maxlen=40)
+        err = pump(proc.stderr, [sys.stderr, log], last)
         try:
             out, _ = proc.communicate(timeout=limit)
             error = None
@@ -95,7 +111,8 @@ def run_hunt(run: str, command: Sequence[str], seconds: float, log_path: Path,
         except ValueError:
             result = None
     if result is None and error is None:
-        error = "the verb printed no JSON verdict on its last stdout line"
+        error = (f"exit status {proc.returncode} without a JSON verdict"
+                 + (f"; it said: {why}" if (why := _last_words(last)) else ""))
     return HuntResult(run=run, command=tuple(command), exit_status=proc.returncode,
                       duration_s=round(time.monotonic() - started, 3), result=result,
                       error=error)
