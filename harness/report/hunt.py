@@ -10,6 +10,7 @@ input error up front, never a silent skip after fifteen minutes of tests.
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import re
@@ -85,22 +86,26 @@ def run_hunt(run: str, command: Sequence[str], seconds: float, log_path: Path,
         assert proc.stdout is not None and proc.stderr is not None
         last: collections.deque[str] = collections.deque(maxlen=40)
         err = pump(proc.stderr, [sys.stderr, log], last)
+        captured = io.StringIO()
+        out_thread = pump(proc.stdout, [captured])  # one reader per pipe: no communicate()
+        error = None
         try:
-            out, _ = proc.communicate(timeout=limit)
-            error = None
+            proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 15)
             try:
-                out, _ = proc.communicate(timeout=30)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
-                out, _ = proc.communicate()
+                proc.wait()
             error = f"no verdict within {limit:.0f} s (--max-time {seconds:.0f} s): killed"
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
                 proc.wait()
         err.join(timeout=5)
+        out_thread.join(timeout=5)
+        out = captured.getvalue()
         log.write("--- stdout ---\n" + (out or ""))
     result = None
     lines = [line for line in (out or "").splitlines() if line.strip()]
