@@ -9,6 +9,7 @@ deadline.  Every command is logged to the test's `ssh.log`.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from pathlib import Path
 
@@ -37,6 +38,11 @@ class SshKey:
         self.authorized_line = public.decode() + " pci-harness\n"
 
 
+# paramiko logs its transport thread's failures (banner timeouts of a dead
+# guest) as tracebacks on stderr; the harness reports them as SshUnavailable.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
+
 ATTEMPT_SECONDS = 5.0  # one login attempt; a live guest answers in well under a second
 
 
@@ -48,7 +54,7 @@ class GuestShell:
     def __init__(self, port: int, key: SshKey, log_path: Path):
         self.port = port
         self._key = key
-        self._log = open(log_path, "a", buffering=1)
+        self._log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives with the shell
         self._client: paramiko.SSHClient | None = None
 
     def connect(self, deadline: Deadline) -> None:
@@ -86,24 +92,31 @@ class GuestShell:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise SshUnavailable(f"SSH connection to the guest is gone (running {command!r})")
-        channel = transport.open_session(timeout=deadline.remaining())
-        channel.set_combine_stderr(True)
-        channel.settimeout(0.2)
-        channel.exec_command(command)
         chunks: list[bytes] = []
-        while True:
-            try:
-                data = channel.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-            except TimeoutError:
-                if deadline.expired():
-                    channel.close()
-                    output = b"".join(chunks).decode(errors="replace")
-                    self._record(command, None, output, time.monotonic() - started)
-                    raise DeadlineExceeded(deadline.describe(), tail=output[-2000:]) from None
-        status = channel.recv_exit_status()
+        try:
+            channel = transport.open_session(timeout=deadline.remaining())
+            channel.set_combine_stderr(True)
+            channel.settimeout(0.2)
+            channel.exec_command(command)
+            while True:
+                try:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    chunks.append(data)
+                except TimeoutError:
+                    if deadline.expired():
+                        channel.close()
+                        output = b"".join(chunks).decode(errors="replace")
+                        self._record(command, None, output, time.monotonic() - started)
+                        raise DeadlineExceeded(deadline.describe(), tail=output[-2000:]) from None
+            status = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            # A dead or hung guest: one named error, never a paramiko traceback.
+            output = b"".join(chunks).decode(errors="replace")
+            self._record(command, None, output, time.monotonic() - started)
+            raise SshUnavailable(f"SSH to the guest failed while running {command!r}: {exc}",
+                                 tail=output[-2000:] or None) from None
         output = b"".join(chunks).decode(errors="replace")
         self._record(command, status, output, time.monotonic() - started)
         return status, output

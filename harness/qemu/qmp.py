@@ -44,7 +44,7 @@ class Qmp:
 
     def __init__(self, sock: socket.socket, transcript: Path, name: str = "qemu"):
         self.name = name
-        self._log = open(transcript, "a", buffering=1)
+        self._log = open(transcript, "a", buffering=1)  # noqa: SIM115 - lives with the session
         self._monitor = QEMUMonitorProtocol(sock, nickname=name)
         self._events: list[Event] = []
         self._closed = False

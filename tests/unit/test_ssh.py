@@ -1,0 +1,46 @@
+"""GuestShell error mapping with a mocked paramiko transport (no guest)."""
+
+from unittest import mock
+
+import paramiko
+import pytest
+
+from harness.guest.ssh import GuestShell, SshKey, SshUnavailable
+
+
+def _shell(tmp_path, transport):
+    shell = GuestShell(2222, SshKey(), tmp_path / "ssh.log")
+    client = mock.Mock()
+    client.get_transport.return_value = transport
+    shell._client = client
+    return shell
+
+
+def test_channel_failure_is_ssh_unavailable_not_a_paramiko_traceback(tmp_path):
+    transport = mock.Mock()
+    transport.is_active.return_value = True
+    transport.open_session.side_effect = paramiko.SSHException("Timeout opening channel.")
+    shell = _shell(tmp_path, transport)
+    with pytest.raises(SshUnavailable, match="Timeout opening channel"):
+        shell.execute("dmesg")
+    assert "$ dmesg" in (tmp_path / "ssh.log").read_text()
+
+
+def test_status_and_combined_output(tmp_path):
+    channel = mock.Mock()
+    channel.recv.side_effect = [b"out\n", b"err\n", b""]
+    channel.recv_exit_status.return_value = 3
+    transport = mock.Mock()
+    transport.is_active.return_value = True
+    transport.open_session.return_value = channel
+    shell = _shell(tmp_path, transport)
+    assert shell.execute("cmd") == (3, "out\nerr\n")
+    channel.set_combine_stderr.assert_called_once_with(True)
+    assert "# status 3" in (tmp_path / "ssh.log").read_text()
+
+
+def test_inactive_transport(tmp_path):
+    transport = mock.Mock()
+    transport.is_active.return_value = False
+    with pytest.raises(SshUnavailable, match="gone"):
+        _shell(tmp_path, transport).execute("true")
