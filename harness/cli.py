@@ -103,12 +103,6 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_nightly(args: argparse.Namespace) -> int:
-    from harness.nightly import run_nightly
-
-    return run_nightly(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pci-harness",
                                      description="QEMU PCI integration-test harness")
@@ -118,19 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--machine", required=True, help="pc, q35 or a versioned machine type")
     add_common_options(boot)
     boot.set_defaults(func=cmd_boot)
-
-    nightly = verbs.add_parser("nightly", help="run the whole suite and write reports")
-    nightly.add_argument("--output", metavar="DIR", help="report directory "
-                         "(default reports/<date-time>/)")
-    nightly.add_argument("--qemu", action="append", metavar="PATH", default=[],
-                         help="run the suite once per QEMU binary (repeatable)")
-    nightly.add_argument("--machines", default="pc,q35")
-    nightly.add_argument("--jobs", default="auto", help="pytest-xdist -n value")
-    nightly.add_argument("--baseline", metavar="DIR")
-    nightly.add_argument("--until-fail-minutes", type=float, default=0.0)
-    nightly.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
-    add_common_options(nightly)
-    nightly.set_defaults(func=cmd_nightly)
 
     for module in VERB_MODULES:
         importlib.import_module(module).register(verbs)

@@ -152,6 +152,8 @@ def make_guest(harness_factory: GuestFactory, artifacts: Path,
     started: list[Guest] = []
 
     def make(topology: Any, name: str = "guest", **overrides: Any) -> Guest:
+        # Recorded before the boot, so a guest that never boots still names its machine.
+        request.node.user_properties.append((f"machine:{name}", topology.machine))
         guest = harness_factory.launch(topology, artifacts / name, name=name, **overrides)
         started.append(guest)
         request.node.user_properties.append((f"boot_s:{name}", round(guest.timings.ssh_connected, 3)))

@@ -18,9 +18,14 @@ BRIDGED = {
 
 
 @pytest.fixture
-def cache(tmp_path, harness_factory):
+def messages():
+    return []
+
+
+@pytest.fixture
+def cache(tmp_path, messages):
     """A private snapshot cache, so this test controls build/restore/corruption."""
-    return SnapshotCache(harness_factory.progress, root=tmp_path / "snapshots")
+    return SnapshotCache(messages.append, root=tmp_path / "snapshots")
 
 
 def _launch(cache, harness_factory, topology, artifacts, name, started):
@@ -75,7 +80,7 @@ def test_restored_guest_equals_cold_guest(cache, harness_factory, artifacts, sta
     assert "first-guest" not in second.succeed("head -c 64 /dev/vda | tr -d '\\0'")
 
 
-def test_corrupt_or_stale_snapshot_is_rebuilt_not_fatal(cache, harness_factory, artifacts,
+def test_corrupt_or_stale_snapshot_is_rebuilt_not_fatal(cache, messages, harness_factory, artifacts,
                                                          started):
     topology = topology_from_dict(BRIDGED)
     plan = harness_factory.plan(topology)
@@ -91,12 +96,14 @@ def test_corrupt_or_stale_snapshot_is_rebuilt_not_fatal(cache, harness_factory, 
         f.write(b"\xff" * 4096)
         f.seek(64)
         f.write(b"\xff" * 4096)
-    started_at = time.monotonic()
     g = _launch(cache, harness_factory, topology, artifacts, "after-corruption", started)
     assert g.succeed("echo alive").strip() == "alive"
     assert not g.timings.restored, "a corrupt snapshot cannot have restored"
     assert (artifacts / "after-corruption.restore-failed").exists()
-    assert time.monotonic() - started_at < 30, "detecting the corrupt snapshot took too long"
+    # Detected by the failed load itself (QEMU exits, or reports the stream
+    # failed), not by running into the restore deadline.
+    said = "\n".join(messages)
+    assert "did not restore" in said and "did not finish within" not in said, said
     g.shutdown()
     # The next guest rebuilds the snapshot and restores from it.
     g = _launch(cache, harness_factory, topology, artifacts, "rebuilt", started)
