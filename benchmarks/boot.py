@@ -38,10 +38,12 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.median(values):6.3f}  ({min(values):.3f}-{max(values):.3f})"
 
 
-def measure(factory: GuestFactory, machine: str, runs: int, workdir: Path) -> list[dict]:
+def measure(factory: GuestFactory, machine: str, runs: int, workdir: Path,
+            kernel_args: tuple[str, ...] = ()) -> list[dict]:
     samples = []
     for i in range(runs):
-        with factory.guest(default_topology(machine), workdir / f"{machine}-{i}") as guest:
+        with factory.guest(default_topology(machine), workdir / f"{machine}-{i}",
+                           kernel_args=kernel_args) as guest:
             samples.append(guest.timings.as_dict())
     return samples
 
@@ -51,23 +53,28 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--machines", default="pc,q35")
     parser.add_argument("--accel", default="tcg")
+    parser.add_argument("--firmware", default="seabios", choices=("seabios", "qboot"))
+    parser.add_argument("--kernel-args", default="", help="extra guest kernel parameters")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     quiet = lambda message: None
-    cold = GuestFactory(RunSettings(accel=args.accel, snapshot=False), progress=quiet,
-                        announce_accel=False)
-    warm = GuestFactory(RunSettings(accel=args.accel, snapshot=True), progress=quiet,
-                        accel=cold.accel)
+    cold = GuestFactory(RunSettings(accel=args.accel, snapshot=False, firmware=args.firmware),
+                        progress=quiet, announce_accel=False)
+    warm = GuestFactory(RunSettings(accel=args.accel, snapshot=True, firmware=args.firmware),
+                        progress=quiet, accel=cold.accel)
+    kargs = tuple(args.kernel_args.split())
     results: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="pcih-bench-") as tmp:
         for machine in args.machines.split(","):
             print(f"# {machine}: {args.runs} cold boots ...", file=sys.stderr, flush=True)
-            results.setdefault(machine, {})["cold"] = measure(cold, machine, args.runs, Path(tmp))
-            measure(warm, machine, 1, Path(tmp) / "prime")  # builds the snapshot, not counted
+            results.setdefault(machine, {})["cold"] = measure(cold, machine, args.runs, Path(tmp),
+                                                               kargs)
+            measure(warm, machine, 1, Path(tmp) / "prime", kargs)  # builds the snapshot
             print(f"# {machine}: {args.runs} restores ...", file=sys.stderr, flush=True)
-            results[machine]["restored"] = measure(warm, machine, args.runs, Path(tmp) / "warm")
-    print(f"QEMU {cold.binary.version}, accel {cold.accel.name}, {args.runs} runs each; "
-          "seconds, median (min-max)")
+            results[machine]["restored"] = measure(warm, machine, args.runs, Path(tmp) / "warm",
+                                                   kargs)
+    print(f"QEMU {cold.binary.version}, accel {cold.accel.name}, firmware {args.firmware}, "
+          f"kernel args {args.kernel_args or '-'}, {args.runs} runs each; seconds, median (min-max)")
     summary = {}
     for machine, kinds in results.items():
         print(f"\n{machine}")
