@@ -104,7 +104,7 @@ def _accept(listener: socket.socket, process: QemuProcess, deadline: Deadline,
 def _random_mac() -> str:
     # Random per guest: no two workers' guests share a MAC.
     tail = os.urandom(3)
-    return "52:54:00:%02x:%02x:%02x" % (tail[0], tail[1], tail[2])
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
 class Guest:
@@ -152,8 +152,8 @@ class Guest:
                 "-cpu", CPU_MODEL, "-nodefaults", "-no-user-config", "-display", "none",
                 "-chardev", f"socket,id=qmp,path={self.run_dir / 'qmp.sock'}",
                 "-mon", "chardev=qmp,mode=control",
-                "-chardev", f"socket,id=console,path={self.run_dir / 'console.sock'},"
-                            f"logfile={self.artifacts / 'console.log'},logappend=on",
+                "-chardev", (f"socket,id=console,path={self.run_dir / 'console.sock'},"
+                             f"logfile={self.artifacts / 'console.log'},logappend=on"),
                 "-serial", "chardev:console",
                 "-fw_cfg", f"name=opt/harness/authorized_keys,file={keyfile}"]
         rom = FIRMWARE.get(plan.firmware)
@@ -232,7 +232,7 @@ class Guest:
         self.console = Console(con_sock, self.artifacts / "console.log")
         try:
             self.qmp = Qmp(qmp_sock, self.artifacts / "qmp.log", name=self.name)
-        except Exception as exc:  # qemu.qmp's ConnectError and friends
+        except Exception as exc:  # noqa: BLE001 - qemu.qmp's ConnectError and friends
             # Most often QEMU connected its sockets and then rejected the
             # command line: say that, with its stderr, not "EOF".
             self.process.wait(Deadline(3, "QEMU exit", scaled=False))

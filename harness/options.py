@@ -6,20 +6,21 @@ Both argparse's `add_argument` and pytest's `addoption` take the same
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SHARED_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("--qemu-binary", dict(metavar="PATH", default=None,
-                           help="QEMU to run (default: $PCI_HARNESS_QEMU or "
-                                "qemu-system-x86_64 on PATH)")),
-    ("--accel", dict(choices=("auto", "kvm", "tcg"), default="auto",
-                     help="auto probes KVM with a real boot and falls back to TCG")),
-    ("--timeout-multiplier", dict(type=float, default=1.0, metavar="X",
-                                  help="scale every deadline (slow or loaded hosts)")),
-    ("--keep-artifacts", dict(action="store_true",
-                              help="keep logs, command lines and reproduce.sh even on success")),
-    ("--no-snapshot", dict(action="store_true",
-                           help="always cold-boot guests (no snapshot cache)")),
+    ("--qemu-binary", {"metavar": "PATH", "default": None,
+                       "help": "QEMU to run (default: $PCI_HARNESS_QEMU or "
+                               "qemu-system-x86_64 on PATH)"}),
+    ("--accel", {"choices": ("auto", "kvm", "tcg"), "default": "auto",
+                 "help": "auto probes KVM with a real boot and falls back to TCG"}),
+    ("--timeout-multiplier", {"type": float, "default": 1.0, "metavar": "X",
+                              "help": "scale every deadline (slow or loaded hosts)"}),
+    ("--keep-artifacts", {"action": "store_true",
+                          "help": "keep logs, command lines and reproduce.sh even on success"}),
+    ("--no-snapshot", {"action": "store_true",
+                       "help": "always cold-boot guests (no snapshot cache)"}),
 )
 
 

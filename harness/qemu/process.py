@@ -64,7 +64,7 @@ class QemuProcess:
             self._popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, pass_fds=tuple(pass_fds),
-                preexec_fn=_child_setup(os.getpid()))
+                preexec_fn=_child_setup(os.getpid()))  # noqa: PLW1509 - only prctl + getppid
         self.pid = self._popen.pid
         with _live_lock:
             _live.add(self)

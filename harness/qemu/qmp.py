@@ -68,7 +68,7 @@ class Qmp:
             raise QmpCommandError(command, str(exc), exc.error_class) from None
         except TimeoutError:
             raise DeadlineExceeded(f"QMP {command} got no answer within {timeout:.0f} s") from None
-        except Exception as exc:  # qemu.qmp raises several types on a dead peer
+        except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several types on a dead peer
             self._record("!", repr(exc))
             raise QmpConnectionLost(f"QMP connection lost during {command}: {exc!r}") from None
         self._record("<", {"return": result})
@@ -111,6 +111,6 @@ class Qmp:
         self._closed = True
         try:
             self._monitor.close()
-        except (EOFError, OSError, Exception):  # after quit or death: nothing to say
+        except Exception:  # noqa: BLE001, S110 - after quit or death there is nothing to say
             pass
         self._log.close()
