@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError
@@ -310,7 +310,7 @@ class Guest:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         return returncode
 
-    def __enter__(self) -> Guest:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
