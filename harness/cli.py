@@ -19,7 +19,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,6 @@ from harness.errors import HarnessError
 from harness.factory import GuestFactory, RunSettings
 from harness.options import add_shared_options
 from harness.qemu.process import kill_all_live
-
-Verb = Callable[[argparse.Namespace], int]
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
