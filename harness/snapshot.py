@@ -53,6 +53,7 @@ def snapshot_key(plan: LaunchPlan) -> str:
         "firmware": plan.firmware,
         "cpu": CPU_MODEL,
         "image": plan.image.key,
+        "cmdline": plan.image.cmdline_base,
         "topology": plan.topology.cache_key(),
         "memory": plan.memory,
         "kernel_args": list(plan.kernel_args),

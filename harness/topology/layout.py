@@ -68,8 +68,10 @@ def reserved_slots(topology: Topology) -> dict[int, str]:
 
 def mgmt_device(topology: Topology) -> Device:
     """The management NIC every machine gets (user-mode net, SSH forwarded)."""
+    # No option ROM: SeaBIOS would run the NIC's iPXE ROM at every cold boot
+    # (slow under TCG), and nothing ever network-boots the management NIC.
     return Device(id=MGMT_ID, driver="virtio-net-pci", bus=topology.root_bus,
-                  addr=Address(MGMT_SLOT, 0))
+                  addr=Address(MGMT_SLOT, 0), props=(("romfile", ""),))
 
 
 def _err(topology: Topology, dev: Device | None, problem: str, fix: str) -> TopologyError:

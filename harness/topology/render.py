@@ -93,7 +93,8 @@ def render(topology: Topology, *, scratch_dir: Path, mgmt_mac: str) -> RenderedM
     mgmt = mgmt_device(topo)
     argv += ["-netdev", MGMT_NETDEV, "-device",
              device_arg(mgmt.driver, [("id", MGMT_ID), ("netdev", MGMT_ID), ("mac", mgmt_mac),
-                                      ("bus", topo.root_bus), ("addr", f"{MGMT_SLOT:#x}")])]
+                                      ("bus", topo.root_bus), ("addr", f"{MGMT_SLOT:#x}"),
+                                      *mgmt.props])]
     return RenderedMachine(argv=tuple(argv), scratch_disks=tuple(disks),
                            guest_modules=tuple(dict.fromkeys(modules)))
 

@@ -20,8 +20,9 @@ def test_machine_memory_and_mgmt(tmp_path: Path) -> None:
     r = render(default_topology("pc"), scratch_dir=tmp_path, mgmt_mac=MAC)
     assert r.argv[:4] == ("-machine", "pc", "-m", "512M")
     assert "user,id=mgmt,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22" in r.argv
+    # romfile= (empty): no iPXE option ROM for SeaBIOS to run at every boot.
     assert devices(r.argv)[-1] == (f"virtio-net-pci,id=mgmt,netdev=mgmt,mac={MAC},bus=pci.0,"
-                                   "addr=0x1e")
+                                   "addr=0x1e,romfile=")
     assert not set(FORBIDDEN) & set(r.argv)
 
 
