@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_hotplug_stress(args: argparse.Namespace) -> int:
-    from harness.scenarios.hotplug_stress import percentiles, run_stress, stress_topology
+    from harness.scenarios.hotplug_stress import run_stress, stress_topology
+    from harness.stats import latency
 
     settings = settings_from(args)
     topology = stress_topology(args.machine)
@@ -60,7 +61,7 @@ def cmd_hotplug_stress(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {
         "ok": result.ok, "machine": args.machine, "seed": seed, "cycles": result.cycles,
         "failures": [f.to_dict() for f in result.failures],
-        "plug_s": percentiles(result.plug_s), "unplug_s": percentiles(result.unplug_s),
+        "plug_s": latency(result.plug_s), "unplug_s": latency(result.unplug_s),
         "mechanisms": result.mechanisms, "per_cycle_s": per_cycle,
         "artifacts": None if ok and not settings.keep_artifacts else str(artifacts.path),
     }

@@ -13,7 +13,6 @@ import json
 import random
 import shutil
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from harness.scenarios.pingpong import (
     disk_targets,
     write_reproduce,
 )
+from harness.stats import latency
 from harness.topology import Topology, load_topology, machine_kind, topology_from_dict
 
 DISK_SIZE = "64M"
@@ -51,23 +51,14 @@ def build_topology(machine: str, disk: str) -> Topology:
     return topology_from_dict(data, source=f"pingpong --machine {machine} --disk {disk}")
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
-
-
 def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
     hops = [r.stats.total_s for r in result.records]
     downs = [r.stats.downtime_ms for r in result.records if r.stats.downtime_ms is not None]
     out: dict[str, Any] = {
         "ok": result.ok, "hops": len(result.records), "seed": seed,
         "failures": [] if result.failure is None else [result.failure.describe()],
-        "hop_s": {"p50": _r(percentile(hops, 50)), "p95": _r(percentile(hops, 95))},
-        "downtime_ms": {"p50": _r(percentile(downs, 50)), "max": _r(max(downs, default=None))},
+        "hop_s": latency(hops, 3),
+        "downtime_ms": {"p50": latency(downs, 3)["p50"], "max": _r(max(downs, default=None))},
         "boot_s": _r(result.boot_s), "writes": result.writes,
         "verified_blocks": result.verified_blocks,
         "per_hop": [r.as_dict() for r in result.records],

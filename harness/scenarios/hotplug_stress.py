@@ -16,9 +16,7 @@ diffing, bookkeeping).
 
 from __future__ import annotations
 
-import math
 import random
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +39,7 @@ from harness.scenarios.threeview import ThreeViews, snapshot
 from harness.scenarios.where import where
 from harness.topology import Topology, topology_from_dict
 
-__all__ = ["CycleFailure", "CycleReport", "StepFailed", "StressResult", "candidate_slots", "checked_cycle", "percentiles", "run_stress",
+__all__ = ["CycleFailure", "CycleReport", "StepFailed", "StressResult", "candidate_slots", "checked_cycle", "run_stress",
            "stress_topology"]
 
 NIC_DRIVERS = {"pc": ("virtio-net-pci", "e1000"), "q35": ("virtio-net-pci", "e1000e")}
@@ -108,15 +106,6 @@ class StressResult:
         out["overhead"] = out.get("wall", 0.0) - out.get("event", 0.0)
         out["own"] = out["overhead"] - sum(out.get(k, 0.0) for k in ("guest", "qmp", "model"))
         return {k: round(v, 4) for k, v in out.items()}
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    """{"p50", "p95"} (nearest rank); None for an empty list."""
-    if not values:
-        return {"p50": None, "p95": None}
-    ordered = sorted(values)
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    return {"p50": round(statistics.median(ordered), 4), "p95": round(p95, 4)}
 
 
 def candidate_slots(guest: Guest, root_bus: str) -> dict[str, list[tuple[str, int, str]]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from harness.scenarios.hotplug import PlugSpec, step_problems
-from harness.scenarios.hotplug_stress import percentiles
 from harness.scenarios.threeview import ThreeViews
+from harness.stats import latency as percentiles
 from harness.topology import (
     PciFunction,
     PciView,

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from harness.cli import build_parser
-from harness.cli_migration import build_topology, percentile, summary
+from harness.cli_migration import build_topology, summary
 from harness.scenarios.loads import LoadState
 from harness.scenarios.migration import HopFailure, HopStats
 from harness.scenarios.pingpong import HopRecord, PingPongResult, disk_targets, write_reproduce
+from harness.stats import percentile
 
 
 def test_topologies_put_the_disks_where_the_issue_says():
