@@ -16,9 +16,9 @@ Why it is shaped this way:
 - Misuse gets a named error before QEMU is asked (occupied slot, no hotplug
   on the bus, a second unplug while one is pending, an unknown id); with
   `preflight=False` QEMU itself is asked and its own message is carried.
-- The driver's module is loaded (modprobe, idempotent) before device_add, so
-  a plug does not hang on the image's uevent autoload, which older images
-  lacked (the e1000e stayed unbound there).
+- The guest loads the driver itself, as a real OS does: the image runs
+  modprobe by modalias for every hotplug uevent.  Nothing is preloaded, so a
+  broken autoload shows up as NotSeenByGuest instead of being papered over.
 
 Disk data: the backing image is raw and created here, so the host can write a
 seeded block before the plug (the guest must read exactly it) and read back,
@@ -213,7 +213,6 @@ class Hotplugger:
     topology: Topology = field(init=False)
     plugged: dict[str, Plugged] = field(default_factory=dict, init=False)
     pending: dict[str, float] = field(default_factory=dict, init=False)  # id -> device_del time
-    _modules: set[str] = field(default_factory=set, init=False)
     timers: dict[str, float] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -294,7 +293,6 @@ class Hotplugger:
         if preflight:
             self._preflight(spec, bus)
         mechanism = bus.hotplug if bus is not None else "unknown"
-        self._load_modules(spec.driver)
         image = self._add_backend(spec, seed)
         args: dict[str, object] = {"driver": spec.driver, "id": spec.id, "bus": spec.bus,
                                    "addr": f"{spec.slot:#x}"}
@@ -352,15 +350,6 @@ class Hotplugger:
             f"{deadline.describe()}: the guest never bound a driver to {spec.id!r} "
             f"({spec.driver}) at {'/'.join(plugged.path)} on {spec.bus} "
             f"({plugged.mechanism} hotplug)", tail=out[-3000:])
-
-    def _load_modules(self, driver: str) -> None:
-        info = driver_info(driver)
-        mods = [m for m in (info.modules if info else ()) if m not in self._modules]
-        if mods:
-            t = time.monotonic()
-            self.guest.succeed("modprobe -a " + " ".join(mods))
-            self._tick("guest", t)
-            self._modules.update(mods)
 
     def _add_backend(self, spec: PlugSpec, seed: int) -> Path | None:
         try:

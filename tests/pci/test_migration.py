@@ -114,7 +114,6 @@ def test_device_hotplugged_behind_bridge_survives_hops(harness_factory, artifact
     run = PingPong(plan, artifacts, PingPongOptions(hops=2, seed=14, load="none"))
     guest = run.boot()
     try:
-        guest.succeed("modprobe virtio_blk")  # the launch topology has no virtio-blk
         run.hotplug([
             ("blockdev-add", {"node-name": "hot.disk", "driver": "qcow2",
                               "file": {"driver": "file", "filename": str(image)}}),
