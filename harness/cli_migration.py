@@ -59,7 +59,7 @@ def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
         "failures": [] if result.failure is None else [result.failure.describe()],
         "hop_s": latency(hops, 3),
         "downtime_ms": {"p50": latency(downs, 3)["p50"], "max": _r(max(downs, default=None))},
-        "boot_s": _r(result.boot_s), "writes": result.writes,
+        "boot_s": _r(result.boot_s), "login_s": _r(result.login_s), "writes": result.writes,
         "verified_blocks": result.verified_blocks,
         "per_hop": [r.as_dict() for r in result.records],
     }

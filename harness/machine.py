@@ -26,6 +26,7 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError
 from harness.guest.console import Console, ConsoleClosed
 from harness.guest.image import GuestImage
+from harness.guest.hopsocket import HopSocket, guest_command, guestfwd_option
 from harness.guest.ssh import GuestShell, SshKey
 from harness.paths import private_dir
 from harness.qemu.accel import Accel
@@ -61,6 +62,9 @@ class LaunchPlan:
     extra_args: tuple[str, ...] = ()  # e.g. ("-S",) for a paused machine
     boot_guest: bool = True           # False: no kernel, QMP only (the where-oracle)
     kernel_args: tuple[str, ...] = () # e.g. ("pci=nomsi",) or ("iomem=relaxed",)
+    # The guest can open an SSH session that survives live migration (see
+    # harness/guest/hopsocket.py): ping-pong checks every hop over it.
+    migrating_ssh: bool = False
 
 
 @dataclass
@@ -124,6 +128,9 @@ class Guest:
         self.console: Console | None = None
         self.shell: GuestShell | None = None
         self.ssh_port: int | None = None
+        # This process's end of the migrating SSH connection (plan.migrating_ssh),
+        # until a session takes it over (open_migrating_session, or a migration).
+        self.hop_sock: socket.socket | None = None
         self.argv: list[str] = []
         self.started_at = 0.0  # time.monotonic() when QEMU was spawned
         self._down = False
@@ -165,7 +172,11 @@ class Guest:
                      "-append", " ".join([plan.image.cmdline_base, *plan.kernel_args,
                                           f"harness.modules={modules}",
                                           f"harness.mac={self.mgmt_mac}"])]
-        argv += list(self.rendered.argv)
+        rendered = list(self.rendered.argv)
+        if plan.migrating_ssh:
+            at = rendered.index("-netdev") + 1
+            rendered[at] += "," + guestfwd_option(str(self.run_dir / "ssh-hop.sock"))
+        argv += rendered
         if plan.memory:
             argv += ["-m", plan.memory]
         argv += list(plan.extra_args)
@@ -219,6 +230,8 @@ class Guest:
         self._write_artifacts()
         qmp_listener = _listen(self.run_dir / "qmp.sock")
         con_listener = _listen(self.run_dir / "console.sock")
+        hop_listener = _listen(self.run_dir / "ssh-hop.sock") if self.plan.migrating_ssh \
+            else None
         deadline = Deadline(BOOT_SECONDS, f"boot of {self.plan.topology.machine} guest")
         started = self.started_at = time.monotonic()
         try:
@@ -226,9 +239,15 @@ class Guest:
             # QEMU creates chardevs in command-line order: QMP first, then console.
             qmp_sock = _accept(qmp_listener, self.process, deadline, "QMP socket")
             con_sock = _accept(con_listener, self.process, deadline, "serial console")
+            if hop_listener is not None:
+                # Connected when QEMU creates the netdev, after the chardevs.
+                self.hop_sock = _accept(hop_listener, self.process, deadline,
+                                        "guestfwd connection (migrating SSH)")
         finally:
             qmp_listener.close()
             con_listener.close()
+            if hop_listener is not None:
+                hop_listener.close()
         self.console = Console(con_sock, self.artifacts / "console.log")
         try:
             self.qmp = Qmp(qmp_sock, self.artifacts / "qmp.log", name=self.name)
@@ -272,14 +291,49 @@ class Guest:
 
     def connect(self, deadline: Deadline, started: float | None = None) -> None:
         """Find the SSH forward and open the SSH session."""
-        assert self.qmp is not None
-        self.ssh_port = self._ssh_port()
         if self.shell is not None:
             self.shell.close()
-        self.shell = GuestShell(self.ssh_port, self.key, self.artifacts / "ssh.log")
-        self.shell.connect(deadline)
+            self.shell = None
+        self.shell = self.login(deadline)
         if started is not None:
             self.timings.ssh_connected = time.monotonic() - started
+
+    def login(self, deadline: Deadline) -> GuestShell:
+        """A new SSH session through the host forward (the caller closes it)."""
+        assert self.qmp is not None
+        self.ssh_port = self._ssh_port()
+        shell = GuestShell(self.ssh_port, self.key, self.artifacts / "ssh.log")
+        try:
+            shell.connect(deadline)
+        except BaseException:
+            shell.close()
+            raise
+        return shell
+
+    def open_migrating_session(self, deadline: Deadline) -> None:
+        """Replace the SSH session by one that survives live migration.
+
+        Over the current session, the guest starts `nc` to the guestfwd address
+        with `dropbear -i` on the connection; the harness logs in over this
+        process's end of it (`hop_sock`).  `migration.migrate` moves the
+        session to each destination.
+        """
+        if self.hop_sock is None:
+            raise HarnessError("this guest was not launched with migrating_ssh=True")
+        sshd = "/run/harness-hop-sshd"
+        self.succeed(f"printf '#!/bin/sh\\nexec dropbear -i -s -r /etc/dropbear/hostkey "
+                     f"2>/dev/null\\n' >{sshd} && chmod 755 {sshd} && "
+                     + guest_command(sshd))
+        session = GuestShell(0, self.key, self.artifacts / "ssh.log")
+        try:
+            session.attach(HopSocket(self.hop_sock), deadline)
+        except BaseException:
+            session.close()
+            raise
+        self.hop_sock = None  # the session owns it now
+        if self.shell is not None:
+            self.shell.close()
+        self.shell = session
 
     def _ssh_port(self) -> int:
         assert self.qmp is not None
@@ -296,6 +350,8 @@ class Guest:
         self._down = True
         if self.shell is not None:
             self.shell.close()
+        if self.hop_sock is not None:
+            self.hop_sock.close()
         if self.process is not None and self.process.alive() and self.qmp is not None:
             try:
                 self.qmp.execute("quit", timeout=grace_s)

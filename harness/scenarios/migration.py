@@ -65,7 +65,8 @@ class HopStats:
     launch_s: float         # destination spawned -> QMP ready (-incoming defer)
     migrate_s: float        # `migrate` sent -> source says completed
     resume_s: float         # completed -> destination left "inmigrate"
-    ssh_s: float            # destination running -> SSH session open
+    ssh_s: float            # destination running -> guest answers SSH (new login, or a
+                            # round trip on the session that followed it)
     total_s: float          # destination spawned -> guest answers on it
     downtime_ms: float | None
     qemu_total_ms: float | None   # query-migrate total-time
@@ -182,6 +183,15 @@ def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
         raise
     info = _wait_completed(src, dst, hop, Deadline(MIGRATE_SECONDS, f"hop {hop} migration"))
     t_done = time.monotonic()
+    session = src.shell if src.shell is not None and src.shell.migrates else None
+    if session is not None:
+        # The source has stopped: the guest's SSH connection is in the stream,
+        # its host end is now the destination's guestfwd connection.
+        if dst.hop_sock is None:
+            raise HarnessError(f"destination {dst.name} has no guestfwd connection for the "
+                               "migrating SSH session (launch it with migrating_ssh=True)")
+        session.follow(dst.hop_sock, dst.artifacts / "ssh.log")
+        dst.hop_sock, src.shell, dst.shell = None, None, session
     status = _wait_loaded(src, dst, hop, Deadline(LOAD_SECONDS, f"hop {hop} destination load"))
     t_loaded = time.monotonic()
     if was_running and status != "running":
@@ -189,7 +199,11 @@ def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
                          f"the source was running but destination {dst.name} is "
                          f"{status!r} after the stream", process=dst.name)
     if connect if connect is not None else was_running:
-        connect_watching(dst, hop, Deadline(SSH_SECONDS, f"hop {hop} SSH to {dst.name}"))
+        if session is not None:
+            ping_watching(dst, hop, Deadline(SSH_SECONDS, f"hop {hop} SSH answer from "
+                                                          f"{dst.name}"))
+        else:
+            connect_watching(dst, hop, Deadline(SSH_SECONDS, f"hop {hop} SSH to {dst.name}"))
     t_ssh = time.monotonic()
     ram = info.get("ram") or {}
     return HopStats(hop=hop, source=src.name, destination=dst.name, launch_s=launch_s,
@@ -264,9 +278,28 @@ def _wait_loaded(src: Guest, dst: Guest, hop: int, deadline: Deadline) -> str:
 
 
 def connect_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
-    """SSH to `guest` while watching the process and the console.
+    """Open a new SSH session to `guest` while watching the process and the console."""
+    _watching(guest, hop, deadline,
+              lambda: guest.connect(Deadline(max(deadline.remaining(), 0.1),
+                                             f"SSH to {guest.name}", scaled=False)),
+              "does not answer SSH")
 
-    The connect runs in a helper thread because paramiko's handshake has no
+
+def ping_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
+    """One round trip on the SSH session that followed the guest to `guest`."""
+    assert guest.shell is not None
+    shell = guest.shell
+    _watching(guest, hop, deadline,
+              lambda: shell.ping(Deadline(max(deadline.remaining(), 0.1),
+                                          f"SSH answer from {guest.name}", scaled=False)),
+              "does not answer on its SSH session (it was open before the hop)")
+
+
+def _watching(guest: Guest, hop: int, deadline: Deadline, action: Callable[[], Any],
+              failing: str) -> None:
+    """Run `action` (an SSH exchange) while watching the process and the console.
+
+    The action runs in a helper thread because paramiko's handshake has no
     deadline of its own: a guest that hangs after accepting the TCP connection
     (a kernel oops mid-handshake) would block it for good.  This thread names a
     dead QEMU or a console oops at once; a stuck helper ends when QEMU is shut
@@ -276,8 +309,7 @@ def connect_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
 
     def attempt() -> None:
         try:
-            guest.connect(Deadline(max(deadline.remaining(), 0.1), f"SSH to {guest.name}",
-                                   scaled=False))
+            action()
             outcome["done"] = None
         except Exception as exc:  # noqa: BLE001 -- re-raised by the watching thread
             outcome["done"] = exc
@@ -289,7 +321,7 @@ def connect_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
         if "done" in outcome:
             break
         if not _alive(guest):
-            raise died(guest, hop, "SSH connect", "destination")
+            raise died(guest, hop, "SSH", "destination")
         trouble = guest.console.trouble() if guest.console is not None else []
         if trouble:
             raise HopFailure("guest-trouble", hop, f"the console of {guest.name} shows: "
@@ -301,8 +333,8 @@ def connect_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
     if "done" in outcome and error is None:
         return
     if not _alive(guest):
-        raise died(guest, hop, "SSH connect", "destination")
+        raise died(guest, hop, "SSH", "destination")
     reason = error.message if isinstance(error, HarnessError) else repr(error)
     raise HopFailure("ssh-dead", hop, f"{deadline.describe()}: the guest on {guest.name} is "
-                     f"running but does not answer SSH ({reason if error else 'handshake hung'})",
+                     f"running but {failing} ({reason if error else 'no answer'})",
                      tail=guest.console.tail() if guest.console else None, process=guest.name)

@@ -1,10 +1,13 @@
 """Ping-pong migration under disk load: hop after hop to a fresh QEMU, checked every hop.
 
-After every hop the destination must run, the guest must answer SSH, neither
+After every hop the destination must run, the guest must answer SSH (on the
+session opened at boot, which follows the guest from process to process:
+slirp migrates its TCP connection), neither
 console may show kernel trouble, the PCI state (QEMU view and guest view) must
 equal the state before the hop, and every disk load must still make progress
-with no bad re-read.  At the end the loads stop and every written block is
-read back and compared with the host's own checksum of the pattern.
+with no bad re-read.  At the end the loads stop, every written block is
+read back and compared with the host's own checksum of the pattern, and a
+new SSH login to the last process must work.
 
 The run stops at the first failure and leaves in its artifact directory one
 sub-directory per QEMU process (g00 booted, gNN the destination of hop NN:
@@ -55,6 +58,7 @@ LoadKind = Literal["write", "mixed", "none"]
 KERNEL_ARGS = ("init_on_free=1",)
 PROGRESS_SECONDS = 20.0   # the load must write one more block within this after a hop
 STOP_SECONDS = 30.0
+SESSION_SECONDS = 30.0
 Progress = Callable[[str], None]
 QmpCommand = tuple[str, dict[str, Any]]
 
@@ -123,6 +127,7 @@ class PingPongResult:
     verified_blocks: dict[str, int] = field(default_factory=dict)
     writes: dict[str, int] = field(default_factory=dict)
     boot_s: float = 0.0
+    login_s: float | None = None   # the new SSH login to the last process, at the end
 
 
 def _loads_state(guest: Guest, loads: Sequence[DiskLoad]) -> dict[str, LoadState]:
@@ -136,7 +141,8 @@ class PingPong:
 
     def __init__(self, plan: LaunchPlan, artifacts: Path, options: PingPongOptions,
                  progress: Progress | None = None):
-        self.plan = replace(plan, kernel_args=tuple(dict.fromkeys(plan.kernel_args + KERNEL_ARGS)))
+        self.plan = replace(plan, kernel_args=tuple(dict.fromkeys(plan.kernel_args + KERNEL_ARGS)),
+                            migrating_ssh=True)
         self.artifacts = artifacts
         self.options = options
         self.progress = progress or (lambda message: None)
@@ -156,6 +162,10 @@ class PingPong:
         self.guests.append(guest)
         self.live.append(guest)
         guest.launch()
+        # Every hop is checked over this one session: slirp migrates its TCP
+        # connection, so "the guest answers SSH" costs a round trip, not a new
+        # login on a destination whose code TCG has not translated yet.
+        guest.open_migrating_session(Deadline(SESSION_SECONDS, "the migrating SSH session"))
         self.current = guest
         if self.options.load != "none":
             self._start_loads(guest)
@@ -345,6 +355,24 @@ class PingPong:
             result.writes[load.plan.name] = state.written
             self.progress(f"{load.plan.name}: {state.written} writes, "
                           f"{result.verified_blocks[load.plan.name]} blocks verified")
+        # The hops were checked over one session that followed the guest; a new
+        # login (host forward, key exchange, sshd fork) must work on the last
+        # process too.
+        t0 = time.monotonic()
+        try:
+            shell = self.current.login(Deadline(SESSION_SECONDS,
+                                                f"a new SSH login to {self.current.name}"))
+        except HarnessError as exc:
+            raise HopFailure("ssh-dead", self._hop, f"the session that followed the guest "
+                             f"works, but a new SSH login to {self.current.name} fails: "
+                             f"{exc.message}", tail=exc.tail,
+                             process=self.current.name) from None
+        try:
+            shell.succeed("true")
+        finally:
+            shell.close()
+        result.login_s = time.monotonic() - t0
+        self.progress(f"a new SSH login to {self.current.name} works ({result.login_s:.2f} s)")
 
     def guarded(self, step: Callable[[], Any]) -> Any:
         """Run a step; turn any harness error into a HopFailure of the right kind."""
@@ -388,19 +416,32 @@ class PingPong:
 
     def _post_mortem(self, failure: HopFailure) -> None:
         guest = self.current
-        if guest is not None and guest.process is not None and guest.process.alive() \
-                and guest.shell is not None:
-            try:
-                _, dmesg = guest.execute("dmesg", timeout=10)
-                (self.artifacts / "dmesg.txt").write_text(dmesg)
-            except HarnessError:
-                pass
+        if guest is not None and guest.process is not None and guest.process.alive():
+            self._save_dmesg(guest)
         involved = [g.name for g in self.guests[-2:]]
         cores = _core_dump_note()
         (self.artifacts / "failure.txt").write_text(
             failure.describe() + "\n\nprocesses of the failing hop: "
             + ", ".join(f"{n}/ (qemu.cmdline, qmp.log, console.log, qemu.stderr)"
                         for n in involved) + f"\ncore dumps: {cores}\n")
+
+
+    def _save_dmesg(self, guest: Guest) -> None:
+        """dmesg.txt over the session, or over a new login when the session is gone."""
+        try:
+            _, dmesg = guest.execute("dmesg", timeout=10)
+        except HarnessError:
+            try:
+                shell = guest.login(Deadline(10, "a login for dmesg", scaled=False))
+            except HarnessError:
+                return
+            try:
+                _, dmesg = shell.execute("dmesg", timeout=10)
+            except HarnessError:
+                return
+            finally:
+                shell.close()
+        (self.artifacts / "dmesg.txt").write_text(dmesg)
 
 
 def _core_dump_note() -> str:

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 
+from harness.deadline import Deadline
 from harness.scenarios.loads import BLOCK_SIZE, block_md5, find_disk
 from harness.scenarios.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.topology import topology_from_dict
@@ -136,6 +137,43 @@ def test_device_hotplugged_behind_bridge_survives_hops(harness_factory, artifact
         got = after.succeed(f"dd if={device} bs={BLOCK_SIZE} skip=2 count=1 iflag=direct "
                             "2>/dev/null | md5sum").split()[0]
         assert got == block_md5("hot", 14, 2, 0), f"block 2 after the hops: md5 {got}"
+    finally:
+        for g in run.guests:
+            g.shutdown()
+
+
+@pytest.mark.smoke
+def test_ssh_session_follows_the_guest_across_hops(harness_factory, artifacts):
+    """The hop check runs on the session opened at boot, not on a new login:
+    the sshd process serving it (the parent of every command's shell) stays the
+    same across hops, and the process that answers is always the newest QEMU."""
+    topology = topology_from_dict({"machine": "q35"})
+    run = PingPong(harness_factory.plan(topology), artifacts,
+                   PingPongOptions(hops=2, seed=15, load="none"))
+    guest = run.boot()
+    try:
+        sshd_at_boot = guest.succeed("echo $PPID").strip()
+        sshd_cmdline = guest.succeed("tr '\\0' ' ' </proc/$PPID/cmdline").strip()
+        assert "dropbear -i" in sshd_cmdline, sshd_cmdline  # nc -e ran it on the guestfwd link
+        for number in (1, 2):
+            record = run.guarded(run.hop)
+            assert record.stats.destination == f"g{number:02d}", record.stats
+            current = run.current
+            assert current is not None and current.shell is not None
+            sshd_now = current.succeed("echo $PPID").strip()
+            assert sshd_now == sshd_at_boot, (
+                f"after hop {number} commands run under sshd {sshd_now}, "
+                f"at boot under {sshd_at_boot}: the session did not follow the guest")
+            # Only the newest process still runs; the session talks to it.
+            alive = [g.name for g in run.guests if g.process and g.process.alive()]
+            assert alive[0] == current.name, alive
+        # A new login (host forward) reaches a different sshd process.
+        assert run.current is not None
+        shell = run.current.login(Deadline(30, "a new login"))
+        try:
+            assert shell.succeed("echo $PPID").strip() != sshd_at_boot
+        finally:
+            shell.close()
     finally:
         for g in run.guests:
             g.shutdown()

@@ -44,3 +44,35 @@ def test_inactive_transport(tmp_path):
     transport.is_active.return_value = False
     with pytest.raises(SshUnavailable, match="gone"):
         _shell(tmp_path, transport).execute("true")
+
+
+def test_ping_round_trip_opens_and_closes_a_channel(tmp_path):
+    channel = mock.Mock()
+    transport = mock.Mock()
+    transport.is_active.return_value = True
+    transport.open_session.return_value = channel
+    shell = _shell(tmp_path, transport)
+    from harness.deadline import Deadline
+
+    assert shell.ping(Deadline(5, "ping", scaled=False)) >= 0
+    channel.close.assert_called_once()
+    assert "# ping: sshd answered" in (tmp_path / "ssh.log").read_text()
+
+
+def test_ping_without_answer_is_ssh_unavailable(tmp_path):
+    transport = mock.Mock()
+    transport.is_active.return_value = True
+    transport.open_session.side_effect = paramiko.SSHException("Timeout opening channel.")
+    from harness.deadline import Deadline
+
+    with pytest.raises(SshUnavailable, match="does not answer"):
+        _shell(tmp_path, transport).ping(Deadline(1, "ping", scaled=False))
+
+
+def test_a_login_session_cannot_follow_a_migration(tmp_path):
+    shell = _shell(tmp_path, mock.Mock())
+    assert not shell.migrates
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="cannot follow"):
+        shell.follow(mock.Mock(), tmp_path / "other.log")
