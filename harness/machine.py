@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Self
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError
 from harness.guest.console import Console, ConsoleClosed
-from harness.guest.image import GuestImage
 from harness.guest.hopsocket import HopSocket, guest_command, guestfwd_option
+from harness.guest.image import GuestImage
 from harness.guest.ssh import GuestShell, SshKey
 from harness.paths import private_dir
 from harness.qemu.accel import Accel
@@ -324,7 +324,7 @@ class Guest:
         self.succeed(f"printf '#!/bin/sh\\nexec dropbear -i -s -r /etc/dropbear/hostkey "
                      f"2>/dev/null\\n' >{sshd} && chmod 755 {sshd} && "
                      + guest_command(sshd))
-        session = GuestShell(0, self.key, self.artifacts / "ssh.log")
+        session = GuestShell(None, self.key, self.artifacts / "ssh.log")
         try:
             session.attach(HopSocket(self.hop_sock), deadline)
         except BaseException:

@@ -66,7 +66,10 @@ class SshUnavailable(HarnessError):
 
 
 class GuestShell:
-    def __init__(self, port: int, key: SshKey, log_path: Path):
+    """An SSH session to the guest: a login through the host forward on `port`
+    (`connect`), or a session over a given connection (`attach`, port None)."""
+
+    def __init__(self, port: int | None, key: SshKey, log_path: Path):
         self.port = port
         self._key = key
         self._log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives with the shell
@@ -137,6 +140,8 @@ class GuestShell:
         single attempt can hang in the banner or key exchange: every attempt
         is capped at ATTEMPT_SECONDS and the loop keeps the overall deadline.
         """
+        if self.port is None:
+            raise HarnessError("this shell has no host forward to log in through")
         last: Exception | None = None
         while not deadline.expired():
             client = paramiko.SSHClient()

@@ -37,7 +37,7 @@ def qemu_pids_mentioning(marker: str) -> list[int]:
 def cli(tmp_path, *args, timeout=120):
     env = dict(os.environ, PCI_HARNESS_ARTIFACTS=str(tmp_path))
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT)
+                          text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
 
 
 def assert_user_error(result, *fragments):
@@ -70,7 +70,7 @@ def test_accel_kvm_where_unusable_or_works(tmp_path):
     from harness.guest.image import ensure_image
     from harness.qemu.accel import probe_kvm
 
-    usable, reason = probe_kvm(find_qemu(), ensure_image())
+    usable, _ = probe_kvm(find_qemu(), ensure_image())
     result = cli(tmp_path, "boot", "--machine", "pc", "--accel", "kvm", "--json")
     if usable:
         assert result.returncode == 0, result.stderr

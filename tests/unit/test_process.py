@@ -30,8 +30,8 @@ def test_describe_returncode():
 def test_own_process_group_and_kill_escalates(tmp_path):
     # A child that ignores SIGTERM: kill() must escalate to SIGKILL.
     proc = QemuProcess([sys.executable, "-c",
-                        "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                        "time.sleep(60)"], tmp_path)
+                        ("import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                         "time.sleep(60)")], tmp_path)
     time.sleep(0.3)
     assert os.getpgid(proc.pid) == proc.pid
     started = time.monotonic()
