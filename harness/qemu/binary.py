@@ -21,6 +21,12 @@ class QemuBinary:
     version: str            # "7.2.22"
     full_version: str       # first line of -version
     machines: frozenset[str]  # every name and alias from -machine help
+    aliases: tuple[tuple[str, str], ...] = ()  # ("q35", "pc-q35-7.2"): what an alias means here
+
+    def resolve_machine(self, machine: str) -> str:
+        """The versioned machine type an alias stands for on this binary ("q35" ->
+        "pc-q35-7.2"); a versioned name is returned as it is."""
+        return dict(self.aliases).get(machine, machine)
 
     def check_machine(self, machine: str) -> None:
         if machine not in self.machines:
@@ -52,6 +58,7 @@ def _inspect(path: str) -> QemuBinary:
         raise QemuNotFound(f"{path} does not look like QEMU ({first!r})",
                            fix="pass a qemu-system-x86_64 binary with --qemu-binary")
     machines: set[str] = set()
+    aliases: list[tuple[str, str]] = []
     for line in _run(path, "-machine", "help").splitlines()[1:]:
         parts = line.split()
         if parts:
@@ -59,7 +66,8 @@ def _inspect(path: str) -> QemuBinary:
             alias = re.search(r"\(alias of ([\w.-]+)\)", line)
             if alias:
                 machines.add(alias.group(1))
-    return QemuBinary(Path(path), match.group(1), first, frozenset(machines))
+                aliases.append((parts[0], alias.group(1)))
+    return QemuBinary(Path(path), match.group(1), first, frozenset(machines), tuple(aliases))
 
 
 def find_qemu(explicit: str | os.PathLike[str] | None = None) -> QemuBinary:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.deadline import Deadline
-from harness.errors import HarnessError
+from harness.errors import HarnessError, UserError
 from harness.machine import Guest, LaunchPlan
 from harness.qemu.binary import QemuBinary
 
@@ -81,6 +81,28 @@ class HopStats:
 def destination_plan(src: Guest, binary: QemuBinary | None) -> LaunchPlan:
     """The source's plan, optionally with another QEMU binary (cross-version hops)."""
     return src.plan if binary is None else replace(src.plan, binary=binary)
+
+
+def pin_machine(plan: LaunchPlan, dst_binary: QemuBinary) -> LaunchPlan:
+    """The plan with its machine alias replaced by the versioned type it means on the
+    source's QEMU ("q35" -> "pc-q35-7.2"), checked against the destination's QEMU.
+
+    Cross-version migration needs the same machine type on both sides; the
+    alias means the newest type of each binary (pc-q35-7.2 here, pc-q35-10.0
+    on QEMU 10), and a stream between those does not load.
+    """
+    topology = plan.topology
+    pinned = plan.binary.resolve_machine(topology.machine)
+    if pinned not in dst_binary.machines:
+        raise UserError(
+            f"the destination QEMU {dst_binary.path} ({dst_binary.version}) has no machine "
+            f"type {pinned} (what {topology.machine!r} means on the source's QEMU "
+            f"{plan.binary.version}), so it cannot load the source's stream",
+            fix="use a destination QEMU that still has that machine type, or pass a "
+                "versioned machine both QEMUs have with --machine")
+    if pinned == topology.machine:
+        return plan
+    return replace(plan, topology=replace(topology, machine=pinned))
 
 
 def start_destination(src: Guest, artifacts: Path, name: str, hop: int, *,

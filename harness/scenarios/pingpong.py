@@ -46,6 +46,7 @@ from harness.scenarios.migration import (
     destination_plan,
     died,
     migrate,
+    pin_machine,
     start_destination,
 )
 from harness.scenarios.threeview import ThreeViews, changes, snapshot
@@ -143,6 +144,8 @@ class PingPong:
                  progress: Progress | None = None):
         self.plan = replace(plan, kernel_args=tuple(dict.fromkeys(plan.kernel_args + KERNEL_ARGS)),
                             migrating_ssh=True)
+        if options.dst_binary is not None:
+            self.plan = pin_machine(self.plan, options.dst_binary)
         self.artifacts = artifacts
         self.options = options
         self.progress = progress or (lambda message: None)
@@ -319,6 +322,12 @@ class PingPong:
         result = PingPongResult(ok=False, records=[], failure=None, artifacts=self.artifacts)
         started = time.monotonic()
         try:
+            if self.options.dst_binary is not None:
+                self.progress(f"cross-version: odd hops run on QEMU "
+                              f"{self.options.dst_binary.version} "
+                              f"({self.options.dst_binary.path}), even hops on "
+                              f"{self.plan.binary.version}; machine "
+                              f"{self.plan.topology.machine}")
             t0 = time.monotonic()
             self.boot()
             result.boot_s = time.monotonic() - t0

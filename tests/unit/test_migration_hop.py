@@ -155,3 +155,87 @@ def test_running_source_but_paused_destination_is_a_failed_load():
     with pytest.raises(HopFailure) as info:
         migrate(src, dst, 6)  # type: ignore[arg-type]
     assert info.value.kind == "destination-load-failed" and "'paused'" in info.value.detail
+
+
+class FakeSession:
+    """The SSH session that follows the guest: records follow() and ping()."""
+
+    migrates = True
+
+    def __init__(self) -> None:
+        self.followed: list[Any] = []
+        self.pings = 0
+
+    def follow(self, sock: Any, log_path: Path) -> None:
+        self.followed.append(sock)
+
+    def ping(self, deadline: Any) -> float:
+        self.pings += 1
+        return 0.01
+
+
+def test_the_session_follows_the_guest_to_the_destination():
+    src, dst = _pair([{"status": "completed", "downtime": 7, "ram": {"transferred": 5}}],
+                     [{"status": "running"}])
+    session = FakeSession()
+    src.shell = session  # type: ignore[assignment]
+    dst.hop_sock = "dst-connection"  # type: ignore[attr-defined]
+    dst.artifacts = Path("/run/fake/dst")  # type: ignore[attr-defined]
+    stats = migrate(src, dst, 1)  # type: ignore[arg-type]
+    assert session.followed == ["dst-connection"]
+    assert session.pings == 1, "the hop must end with the guest answering on the session"
+    assert (src.shell, dst.shell, dst.hop_sock) == (None, session, None)  # type: ignore[attr-defined]
+    assert stats.downtime_ms == 7 and stats.ram_bytes == 5
+
+
+def test_a_destination_without_its_guestfwd_connection_is_named():
+    src, dst = _pair([{"status": "completed"}], [{"status": "running"}])
+    src.shell = FakeSession()  # type: ignore[assignment]
+    dst.hop_sock = None  # type: ignore[attr-defined]
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="no guestfwd connection"):
+        migrate(src, dst, 1)  # type: ignore[arg-type]
+
+
+def _binary(version: str, aliases: dict[str, str]) -> Any:
+    from harness.qemu.binary import QemuBinary
+
+    names = set(aliases) | set(aliases.values()) | {"pc-q35-7.2", "pc-i440fx-7.2"}
+    return QemuBinary(Path(f"/opt/qemu-{version}"), version, f"QEMU emulator version {version}",
+                      frozenset(names), tuple(aliases.items()))
+
+
+def test_cross_version_pins_the_alias_to_what_the_source_means():
+    from dataclasses import replace as dc_replace
+
+    from harness.scenarios.migration import pin_machine
+    from harness.topology import topology_from_dict
+
+    src = _binary("7.2.22", {"q35": "pc-q35-7.2", "pc": "pc-i440fx-7.2"})
+    dst = _binary("10.0.2", {"q35": "pc-q35-10.0", "pc": "pc-i440fx-10.0"})
+    plan = mock_plan(src, topology_from_dict({"machine": "q35"}))
+    pinned = pin_machine(plan, dst)
+    assert pinned.topology.machine == "pc-q35-7.2", pinned.topology.machine
+    assert pinned.topology.kind == "q35"
+    versioned = dc_replace(plan, topology=pinned.topology)
+    assert pin_machine(versioned, dst) == versioned  # already versioned: unchanged
+
+
+def test_cross_version_to_a_qemu_without_the_machine_is_a_user_error():
+    from harness.errors import UserError
+    from harness.scenarios.migration import pin_machine
+    from harness.topology import topology_from_dict
+
+    new = _binary("10.0.2", {"q35": "pc-q35-10.0"})
+    old = _binary("7.2.22", {"q35": "pc-q35-7.2"})
+    plan = mock_plan(new, topology_from_dict({"machine": "q35"}))
+    with pytest.raises(UserError, match="has no machine type pc-q35-10.0"):
+        pin_machine(plan, old)
+
+
+def mock_plan(binary: Any, topology: Any) -> Any:
+    from harness.machine import LaunchPlan
+
+    return LaunchPlan(binary=binary, accel=None, image=None,  # type: ignore[arg-type]
+                      topology=topology)
