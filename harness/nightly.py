@@ -79,6 +79,9 @@ def register(subparsers: Any) -> None:
          help="compare with this earlier run (default: the previous run next to --output)")
     _add(parser, "--until-fail-minutes", type=float, default=0.0, metavar="M",
          help="after the suite, hunt ping-pong migration crashes for M minutes per QEMU")
+    _add(parser, "--cross-version-hops", type=int, default=10, metavar="N",
+         help="with two or more --qemu: ping-pong N hops between the first two QEMUs "
+              "(destination of odd hops on the second), 0 to turn off (default 10)")
     _add(parser, "--tx", action="append", default=[], metavar="SPEC",
          help="pytest-xdist gateway, repeatable: ssh=HOST//python=PATH/.venv/bin/python"
               "//chdir=PATH (replaces -n unless --jobs is given too)")
@@ -102,6 +105,8 @@ def _validate(args: argparse.Namespace) -> tuple[list[QemuBinary], list[str]]:
         raise UserError("--timeout-multiplier must be positive")
     if args.until_fail_minutes < 0:
         raise UserError("--until-fail-minutes must not be negative")
+    if args.cross_version_hops < 0:
+        raise UserError("--cross-version-hops must not be negative")
     jobs = str(args.jobs)
     if jobs not in ("auto", "logical") and not (jobs.isdigit()):
         raise UserError(f"--jobs {jobs!r} is not auto, logical or a number")
@@ -245,6 +250,29 @@ def _hunt(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path
                          run_dir / "pingpong-artifacts", args.timeout_multiplier)
 
 
+#: Wall-clock budget per cross-version hop (boot, hop, checks; TCG), before slack.
+CROSS_HOP_BUDGET_S = 10.0
+
+
+def _cross_version(args: argparse.Namespace, src: QemuBinary, dst: QemuBinary,
+                   labels: tuple[str, str], output: Path) -> HuntResult:
+    """Ping-pong between two QEMUs: the source's machine alias is pinned to its
+    versioned type, odd hops load on `dst`, even hops come back to `src`."""
+    hops = args.cross_version_hops
+    label = f"{labels[0]} <-> {labels[1]} (cross-version)"
+    run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"cross-{labels[0]}-{labels[1]}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "harness", "pingpong", "--machine", "q35",
+               "--hops", str(hops), "--json", f"--qemu-binary={src.path}",
+               f"--dst-qemu={dst.path}", f"--accel={args.accel}",
+               f"--timeout-multiplier={args.timeout_multiplier}"]
+    if args.keep_artifacts:
+        command.append("--keep-artifacts")
+    _say(f"cross-version ping-pong, {hops} hops: QEMU {labels[0]} <-> {labels[1]}")
+    return hunt.run_hunt(label, command, hops * CROSS_HOP_BUDGET_S, run_dir / "pingpong.log",
+                         run_dir / "pingpong-artifacts", args.timeout_multiplier)
+
+
 # ---- the whole run ----
 
 def run_nightly(args: argparse.Namespace) -> int:
@@ -266,6 +294,9 @@ def run_nightly(args: argparse.Namespace) -> int:
         problems += trouble
     hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)] \
         if args.until_fail_minutes > 0 else []
+    if len(binaries) >= 2 and args.cross_version_hops > 0:
+        hunts.append(_cross_version(args, binaries[0], binaries[1], (labels[0], labels[1]),
+                                    output))
     merge_junit([(r.label, output / r.directory / "junit.xml") for r in runs],
                 output / "junit.xml")
     items = build_items(tests, SEED_ITEMS, machines, labels)

@@ -234,3 +234,31 @@ def test_hunt_that_dies_without_a_verdict_says_why(tmp_path):
     assert found.error == ("exit status 1 without a JSON verdict; it said: "
                            "harness.scenarios.migration.HopFailure: hop 2: guest-trouble: BUG: x")
     assert "HopFailure" in (tmp_path / "a.log").read_text()
+
+
+def test_two_qemus_get_a_cross_version_pingpong(tmp_path, monkeypatch):
+    import argparse
+
+    from harness import nightly as nightly_module
+    from harness.qemu.binary import QemuBinary
+
+    seen = {}
+
+    def run_hunt(label, command, seconds, log_path, artifacts, multiplier=1.0):
+        seen.update(label=label, command=command, seconds=seconds, log=log_path)
+        return "verdict"
+
+    monkeypatch.setattr(nightly_module.hunt, "run_hunt", run_hunt)
+    old = QemuBinary(Path("/opt/a/qemu"), "7.2.22", "QEMU 7.2.22", frozenset({"q35"}))
+    new = QemuBinary(Path("/opt/b/qemu"), "10.0.2", "QEMU 10.0.2", frozenset({"q35"}))
+    args = argparse.Namespace(cross_version_hops=6, accel="tcg", timeout_multiplier=2.0,
+                              keep_artifacts=False)
+    assert nightly_module._cross_version(args, old, new, ("7.2.22", "10.0.2"),
+                                         tmp_path) == "verdict"
+    assert seen["label"] == "7.2.22 <-> 10.0.2 (cross-version)"
+    command = seen["command"]
+    assert command[command.index("--hops") + 1] == "6"
+    assert "--qemu-binary=/opt/a/qemu" in command and "--dst-qemu=/opt/b/qemu" in command
+    assert "--json" in command and "--accel=tcg" in command
+    assert seen["seconds"] == 6 * nightly_module.CROSS_HOP_BUDGET_S
+    assert seen["log"].parent.is_dir()
