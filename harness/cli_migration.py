@@ -62,6 +62,7 @@ def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
         "boot_s": _r(result.boot_s), "login_s": _r(result.login_s), "writes": result.writes,
         "verified_blocks": result.verified_blocks,
         "per_hop": [r.as_dict() for r in result.records],
+        "notes": result.notes,
     }
     if result.failure is not None:
         f = result.failure
