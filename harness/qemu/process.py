@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -36,7 +37,30 @@ def _child_setup(parent_pid: int) -> Callable[[], None]:
         # ever send the death signal, so die now.
         if os.getppid() != parent_pid:
             os._exit(1)
+        # A QEMU that crashes (SIGSEGV, SIGABRT on an assertion) leaves a core
+        # when the system allows one: the soft limit goes up to the hard one,
+        # and QEMU runs in its artifact directory, where a plain
+        # kernel.core_pattern ("core") puts the file.
+        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        if hard != 0:
+            resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
     return setup
+
+
+def core_dump_policy() -> str:
+    """Where a crashing QEMU's core goes on this system, in words (for failure notes)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    try:
+        pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    except OSError:
+        pattern = "?"
+    if hard == 0:
+        return f"none: the hard RLIMIT_CORE is 0 (core_pattern {pattern!r})"
+    if pattern.startswith("|"):
+        return f"to the handler {pattern!r}, not to the artifacts"
+    if pattern.startswith("/"):
+        return f"to {pattern!r}"
+    return f"next to qemu.stderr as {pattern!r} (core_pattern; SIGKILL never dumps)"
 
 
 def describe_returncode(returncode: int | None) -> str:
@@ -63,8 +87,8 @@ class QemuProcess:
             # children too and a terminal's ^C goes to Python, which decides.
             self._popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, pass_fds=tuple(pass_fds),
-                preexec_fn=_child_setup(os.getpid()))  # noqa: PLW1509 - only prctl + getppid
+                start_new_session=True, pass_fds=tuple(pass_fds), cwd=log_dir,
+                preexec_fn=_child_setup(os.getpid()))  # noqa: PLW1509 - prctl, getppid, setrlimit
         self.pid = self._popen.pid
         with _live_lock:
             _live.add(self)
@@ -75,6 +99,10 @@ class QemuProcess:
 
     def alive(self) -> bool:
         return self._popen.poll() is None
+
+    def cores(self) -> list[Path]:
+        """Core files this process left in its artifact directory."""
+        return sorted(p for p in self.stderr_path.parent.glob("core*") if p.is_file())
 
     def stderr_text(self) -> str:
         try:

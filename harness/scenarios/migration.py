@@ -41,6 +41,7 @@ MIGRATE_SECONDS = 60.0
 LOAD_SECONDS = 30.0           # source completed -> destination left "inmigrate"
 SSH_SECONDS = 30.0
 POLL_S = 0.005
+EXIT_GRACE_S = 5.0            # a broken connection: time for a dying QEMU to finish dying
 
 
 class HopFailure(HarnessError):
@@ -354,9 +355,21 @@ def _watching(guest: Guest, hop: int, deadline: Deadline, action: Callable[[], A
     error = outcome.get("done")
     if "done" in outcome and error is None:
         return
-    if not _alive(guest):
+    if not _alive(guest) or ("done" in outcome and exits_soon(guest)):
         raise died(guest, hop, "SSH", "destination")
     reason = error.message if isinstance(error, HarnessError) else repr(error)
-    raise HopFailure("ssh-dead", hop, f"{deadline.describe()}: the guest on {guest.name} is "
+    when = f"{deadline.describe()}: " if "done" not in outcome else ""
+    raise HopFailure("ssh-dead", hop, f"{when}the guest on {guest.name} is "
                      f"running but {failing} ({reason if error else 'no answer'})",
                      tail=guest.console.tail() if guest.console else None, process=guest.name)
+
+
+def exits_soon(guest: Guest, seconds: float = EXIT_GRACE_S) -> bool:
+    """Whether a QEMU that still looks alive exits within `seconds`.
+
+    A connection that breaks at once usually means QEMU is going away: a
+    process that aborts is still alive while the kernel writes its core, so
+    "alive" alone would blame SSH for a crash.
+    """
+    return guest.process is not None and guest.process.wait(
+        Deadline(seconds, f"{guest.name} exit", scaled=False)) is not None

@@ -30,6 +30,7 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError
 from harness.machine import Guest, LaunchPlan
 from harness.qemu.binary import QemuBinary
+from harness.qemu.process import core_dump_policy
 from harness.scenarios.loads import (
     DataMismatch,
     DiskLoad,
@@ -45,6 +46,7 @@ from harness.scenarios.migration import (
     Transport,
     destination_plan,
     died,
+    exits_soon,
     migrate,
     pin_machine,
     start_destination,
@@ -420,10 +422,14 @@ class PingPong:
             raise self._classify(exc) from None
 
     def _classify(self, exc: HarnessError) -> HopFailure:
-        # A dead QEMU explains every other symptom (SSH EOF, QMP lost): look first.
+        # A dead QEMU explains every other symptom (SSH EOF, QMP lost): look first,
+        # and give the current one a moment (an aborting QEMU is alive while it dumps core).
         for guest in self.live:
             if guest.process is not None and not guest.process.alive():
                 return died(guest, self._hop, "the checks after the hop", role="process")
+        if self.current is not None and self.current in self.live \
+                and not isinstance(exc, DeadlineExceeded) and exits_soon(self.current):
+            return died(self.current, self._hop, "the checks after the hop", role="process")
         # A guest that oopsed or panicked (oops=panic, panic=-1: it reboots) loses
         # SSH too; the console says why.
         for guest in self.live:
@@ -454,13 +460,15 @@ class PingPong:
         guest = self.current
         if guest is not None and guest.process is not None and guest.process.alive():
             self._save_dmesg(guest)
-        involved = [g.name for g in self.guests[-2:]]
-        cores = _core_dump_note()
+        involved = self.guests[-2:]
+        cores = [str(core.relative_to(self.artifacts)) for g in self.guests
+                 if g.process is not None for core in g.process.cores()]
+        where = (", ".join(cores) if cores
+                 else f"none written; this system sends them {core_dump_policy()}")
         (self.artifacts / "failure.txt").write_text(
             failure.describe() + "\n\nprocesses of the failing hop: "
-            + ", ".join(f"{n}/ (qemu.cmdline, qmp.log, console.log, qemu.stderr)"
-                        for n in involved) + f"\ncore dumps: {cores}\n")
-
+            + ", ".join(f"{g.name}/ (qemu.cmdline, qmp.log, console.log, qemu.stderr)"
+                        for g in involved) + f"\ncore dumps: {where}\n")
 
     def _save_dmesg(self, guest: Guest) -> None:
         """dmesg.txt over the session, or over a new login when the session is gone."""
@@ -478,20 +486,6 @@ class PingPong:
             finally:
                 shell.close()
         (self.artifacts / "dmesg.txt").write_text(dmesg)
-
-
-def _core_dump_note() -> str:
-    """Whether a crashing QEMU leaves a core, and where (the artifacts say so)."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_CORE)
-    try:
-        pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
-    except OSError:
-        pattern = "?"
-    if soft == 0:
-        return f"not written (RLIMIT_CORE is 0; core_pattern {pattern!r})"
-    return f"core_pattern {pattern!r} (relative patterns land in the harness's cwd)"
 
 
 def write_reproduce(path: Path, argv: Sequence[str], cwd: Path) -> None:

@@ -177,3 +177,39 @@ def test_ssh_session_follows_the_guest_across_hops(harness_factory, artifacts):
     finally:
         for g in run.guests:
             g.shutdown()
+
+
+def test_aborted_qemu_leaves_its_core_in_the_artifacts(harness_factory, artifacts):
+    """A QEMU that aborts (an assertion) dumps core next to its qemu.stderr when the
+    system allows cores (hard RLIMIT_CORE above 0, a plain core_pattern), and
+    failure.txt names the file; otherwise failure.txt says where cores go."""
+    from harness.qemu.process import core_dump_policy
+
+    topology = topology_from_dict({"machine": "q35"})
+    run = PingPong(harness_factory.plan(topology), artifacts,
+                   PingPongOptions(hops=20, seed=16, load="none"))
+
+    def abort_the_first_destination() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len(run.records_seen()) >= 1 and len(run.guests) >= 2:
+                os.kill(run.guests[1].process.pid, signal.SIGABRT)
+                return
+            time.sleep(0.01)
+
+    run.records_seen = lambda: [g for g in run.guests[1:2] if g.shell is not None]
+    killer = threading.Thread(target=abort_the_first_destination, daemon=True)
+    killer.start()
+    result = run.run()
+    killer.join(5)
+    failure = result.failure
+    assert failure is not None and failure.kind == "qemu-died", result
+    assert "SIGABRT" in failure.detail and "g01" in failure.detail, failure.detail
+    note = (artifacts / "failure.txt").read_text()
+    policy = core_dump_policy()
+    if policy.startswith("next to qemu.stderr"):
+        cores = sorted((artifacts / "g01").glob("core*"))
+        assert cores, f"no core in g01/ although the system allows them ({policy})"
+        assert f"g01/{cores[0].name}" in note, note
+    else:
+        assert policy in note, note

@@ -71,3 +71,22 @@ def test_child_dies_with_a_sigkilled_parent(tmp_path):
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), f"child {child} survived its SIGKILLed parent"
+
+
+def test_an_aborting_process_leaves_its_core_where_the_policy_says(tmp_path):
+    from harness.qemu.process import core_dump_policy
+
+    proc = QemuProcess([sys.executable, "-c", "import os; os.abort()"], tmp_path)
+    assert proc.wait(Deadline(30, "abort", scaled=False)) == -signal.SIGABRT
+    policy = core_dump_policy()
+    if policy.startswith("next to qemu.stderr"):
+        assert proc.cores(), f"no core in {tmp_path} although {policy}"
+        assert proc.cores()[0].parent == tmp_path
+    else:
+        assert proc.cores() == [], (policy, proc.cores())
+
+
+def test_runs_in_its_log_directory(tmp_path):
+    proc = QemuProcess([sys.executable, "-c", "import os; print(os.getcwd())"], tmp_path)
+    proc.wait(Deadline(30, "exit", scaled=False))
+    assert (tmp_path / "qemu.stdout").read_text().strip() == str(tmp_path)
