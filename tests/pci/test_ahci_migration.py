@@ -43,12 +43,21 @@ def _read_md5(guest: Guest, device: str, block: int) -> str:
                          "2>/dev/null | md5sum").split()[0]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="ahci-stability: with Bus Master Enable cleared while the FIS "
-                          "receive engine is on, the destination exits with status 1: "
-                          "'AHCI: Failed to start FIS receive engine' (QEMU 7.2)")
+# Measured here: QEMU 7.2.22 fails this every time, 10.0.2 passes.  Versions in
+# between were not run: a strict known failure there that passes (XPASS), or a
+# plain failure at or above the bound, says the bound needs moving.
+BUS_MASTER_BUG_FIXED_IN = (10, 0)
+BUS_MASTER_BUG = ("ahci-stability: with Bus Master Enable cleared while the FIS receive "
+                  "engine is on, the destination exits with status 1: 'AHCI: Failed to "
+                  "start FIS receive engine' (QEMU 7.2; passes on 10.0.2)")
+
+
 def test_bus_master_cleared_then_migrated_destination_loads_and_disk_works(
-        make_guest, artifacts):
+        make_guest, artifacts, harness_factory, request):
+    version = tuple(int(part) for part in harness_factory.binary.version.split(".")[:2])
+    if version < BUS_MASTER_BUG_FIXED_IN:
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError,
+                                              reason=BUS_MASTER_BUG))
     topology = topology_from_dict({"machine": "q35", "ahci_disk": "64M"})
     src = make_guest(topology, name="src")
     device = find_disk(src, builtin_path(topology, "ich9-ahci"), "q35 AHCI disk")
