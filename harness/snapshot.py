@@ -36,7 +36,7 @@ from harness.machine import CPU_MODEL, Guest, LaunchPlan
 from harness.paths import cache_root
 
 #: Bump when what is saved, or how it is restored, changes.
-SNAPSHOT_FORMAT = "2"
+SNAPSHOT_FORMAT = "3"
 SAVE_SECONDS = 60.0
 RESTORE_SECONDS = 30.0
 LOCK_WAIT_SECONDS = 180.0
@@ -55,11 +55,24 @@ def snapshot_key(plan: LaunchPlan) -> str:
         "image": plan.image.key,
         "cmdline": plan.image.cmdline_base,
         "topology": plan.topology.cache_key(),
+        # What the harness derives from the topology (its driver table: guest
+        # modules, device properties) can change while the topology does not.
+        "rendered": _rendered(plan),
+        "migrating_ssh": plan.migrating_ssh,
         "memory": plan.memory,
         "kernel_args": list(plan.kernel_args),
         "extra_args": list(plan.extra_args),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _rendered(plan: LaunchPlan) -> list[str]:
+    """The topology's QEMU arguments and guest modules, with the per-guest parts
+    (scratch disk directory, MAC) fixed."""
+    from harness.topology.render import render
+
+    machine = render(plan.topology, scratch_dir=Path("/scratch"), mgmt_mac="52:54:00:00:00:00")
+    return [*machine.argv, "modules=" + ",".join(machine.guest_modules)]
 
 
 @dataclass(frozen=True)

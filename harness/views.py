@@ -248,6 +248,7 @@ IORESOURCE_PREFETCH, IORESOURCE_MEM_64 = 0x2000, 0x100000
 # (0x1f0, 0x3f6, 0x170, 0x376) a compatibility-mode IDE function gets in slots
 # 0-3 (drivers/pci/probe.c LEGACY_IO_RESOURCE).  Not BARs: QEMU lists none there.
 IORESOURCE_PCI_FIXED = 0x10
+IORESOURCE_ROM_SHADOW = 0x2  # bus-specific bit of a ROM resource: "use the shadow copy"
 
 
 def sysfs_path(real_path: str) -> tuple[str, ...]:
@@ -267,6 +268,12 @@ def _guest_bars(lines: list[str]) -> tuple[Bar, ...]:
         if not flags & (IORESOURCE_IO | IORESOURCE_MEM) or end < start:
             continue
         if flags & IORESOURCE_PCI_FIXED and index < 6:
+            continue
+        if index == 6 and flags & IORESOURCE_PCI_FIXED and flags & IORESOURCE_ROM_SHADOW:
+            # The boot VGA's resource 6 is the legacy shadow copy at 0xc0000
+            # (128 KiB, arch/x86/pci/fixup.c pci_fixup_video): the guest tells
+            # that the function has a ROM, not the ROM BAR's size or address.
+            bars.append(Bar(index=6, kind="mem"))
             continue
         io = bool(flags & IORESOURCE_IO)
         rom = index == 6  # Linux marks ROMs prefetchable; QEMU does not: not compared

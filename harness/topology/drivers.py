@@ -97,6 +97,12 @@ _TABLE = (
                bars=(BarSpec(4, "io", 32), BarSpec(5, "mem", 4096)),
                capabilities=("msi", "sata"), modules=("ahci", "sd_mod"), guest_driver="ahci",
                disk="ide"),
+    # The std VGA: the same ids as bochs-display but class VGA, no capabilities
+    # (not even on pcie.0), a 64 KiB ROM (vgabios-stdvga.bin); bochs-drm drives it.
+    DriverInfo("VGA", 0x1234, 0x1111, 0x030000, *QEMU_SUBSYS, 0,
+               bars=(BarSpec(0, "mem", 16 * 1024 * 1024, prefetch=True), BarSpec(2, "mem", 4096),
+                     BarSpec(6, "mem", 64 * 1024)),
+               modules=("bochs",), guest_driver="bochs-drm"),
     DriverInfo("bochs-display", 0x1234, 0x1111, 0x038000, *QEMU_SUBSYS, 0,
                bars=(BarSpec(0, "mem", 16 * 1024 * 1024, prefetch=True), BarSpec(2, "mem", 4096),
                      BarSpec(6, "mem", 32 * 1024)),

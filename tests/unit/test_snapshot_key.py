@@ -45,8 +45,29 @@ def test_key_changes_with_every_machine_defining_input():
         "extra_args": _plan(extra_args=("-global", "ICH9-LPC.disable_s3=1")),
         "memory": _plan(memory="1G"),
         "firmware": _plan(firmware="qboot"),
+        "migrating_ssh": _plan(migrating_ssh=True),
     }
     keys = {name: snapshot_key(plan) for name, plan in variants.items()}
     unchanged = [name for name, key in keys.items() if key == base]
     assert unchanged == [], f"snapshot key ignores {unchanged}"
     assert len(set(keys.values())) == len(keys)
+
+
+def test_key_changes_when_the_driver_table_changes_what_a_topology_renders(monkeypatch):
+    """Same topology, but the harness now loads another guest module for a driver
+    (a snapshot saved before would lack it)."""
+    from harness.topology import drivers
+
+    topology = topology_from_dict({"machine": "pc", "device": [
+        {"id": "vga1", "driver": "VGA", "addr": "6.0"}]})
+    before = snapshot_key(_plan(topology=topology))
+    vga = drivers.driver_info("VGA")
+    assert vga is not None
+    changed = dataclasses.replace(vga, modules=("bochs", "drm_kms_helper"))
+    original = drivers.driver_info
+    import importlib
+
+    render_module = importlib.import_module("harness.topology.render")
+    monkeypatch.setattr(render_module, "driver_info",
+                        lambda name: changed if name == "VGA" else original(name))
+    assert snapshot_key(_plan(topology=topology)) != before
