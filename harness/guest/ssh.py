@@ -89,8 +89,9 @@ class GuestShell:
             transport.auth_publickey("root", self._key.paramiko_key)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
-            raise SshUnavailable(f"{deadline.describe()}: cannot log in over the guest's "
-                                 f"migrating SSH connection ({exc!r})") from None
+            when = f"{deadline.describe()}: " if deadline.expired() else ""
+            raise SshUnavailable(f"{when}cannot log in over the guest's migrating SSH "
+                                 f"connection ({exc!r})") from None
         self._session = transport
         self._hop_socket = sock if hasattr(sock, "follow") else None
 
@@ -117,8 +118,9 @@ class GuestShell:
             channel = transport.open_session(timeout=max(deadline.remaining(), 0.1))
             channel.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SshUnavailable(f"{deadline.describe()}: the guest's sshd does not answer "
-                                 f"({exc})") from None
+            when = f"{deadline.describe()}: " if deadline.expired() else ""
+            raise SshUnavailable(f"{when}the guest's sshd does not answer "
+                                 f"({exc or type(exc).__name__})") from None
         seconds = time.monotonic() - started
         self._log.write(f"# ping: sshd answered in {seconds:.3f} s\n")
         return seconds
