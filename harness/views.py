@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from harness.errors import HarnessError
 from harness.topology.configspace import ConfigFacts, decode
 from harness.topology.pciview import Bar, PciFunction, PciView, window
 
@@ -208,14 +209,17 @@ def collect_qemu_view(qmp: Qmp) -> PciView:
 
 # --------------------------------------------------------------------------- guest view
 
-# busybox sh.  One "@@ fn" block per function.  Few forks per function (under
-# TCG each costs milliseconds): shell builtins read the small sysfs files,
-# `cd -P` + $PWD resolve the symlinks (readlink would fork twice per function;
-# measured 15-35% of the dump right after a migration), and
-# the first 256 config bytes (the standard header and capabilities, all that
-# configspace.decode reads) come as one line of hex bytes, from od or, when od
-# lacks -N, from hexdump.
+# busybox sh.  One "@@ fn" block per function, then one "@@ configs" section.
+# Few processes (under TCG each fork+exec costs milliseconds, more right after a
+# migration, when QEMU has translated none of the guest's code): shell builtins
+# read the small sysfs files, `cd -P` + $PWD resolve the symlinks (readlink
+# would fork twice per function), and the first 256 config bytes of every
+# function (the standard header and capabilities, all configspace.decode
+# reads) come from one `head | od` for all functions, one line of hex bytes
+# each, in the order the section's header names them (hexdump if od lacks -w).
 GUEST_DUMP_SCRIPT = r"""
+names=""
+set --
 for d in /sys/bus/pci/devices/*; do
   echo "@@ fn ${d##*/}"
   cd -P "$d" && echo "sysfs $PWD"
@@ -226,14 +230,18 @@ for d in /sys/bus/pci/devices/*; do
     [ -r "$d/$f" ] && read -r v < "$d/$f" 2>/dev/null && echo "$f $v"
   done
   while read -r line; do echo "res $line"; done < "$d/resource"
-  hex=$(od -An -v -tx1 -N256 "$d/config" 2>/dev/null) ||
-    hex=$(hexdump -v -n 256 -e '1/1 "%02x "' "$d/config")
-  echo "config" $hex
+  names="$names ${d##*/}"
+  set -- "$@" "$d/config"
 done
+cd /
+echo "@@ configs$names"
+if [ $# -gt 0 ]; then
+  head -q -c 256 "$@" | od -An -v -tx1 -w256 2>/dev/null ||
+    head -q -c 256 "$@" | hexdump -v -e '256/1 "%02x " "\n"'
+fi
 for s in /sys/bus/pci/slots/*; do
   [ -r "$s/address" ] && read -r a < "$s/address" && echo "@@ slot ${s##*/} $a"
 done
-cd /
 echo "@@ end"
 """
 # Appended for people (kept as an artifact next to the views), never parsed.
@@ -290,27 +298,35 @@ def _from_facts(path: tuple[str, ...], facts: ConfigFacts, **extra: Any) -> PciF
     return PciFunction(path=path, **values)
 
 
+class GuestDumpError(HarnessError):
+    """GUEST_DUMP_SCRIPT output that does not add up."""
+
+
 def parse_guest_view(text: str) -> PciView:
-    """Parse GUEST_DUMP_SCRIPT output into a PciView."""
-    funcs: list[PciFunction] = []
+    """Parse GUEST_DUMP_SCRIPT output into a PciView.
+
+    Config bytes come from the "@@ configs NAME..." section (one hex line per
+    name) or, in older dumps, from a "config" line inside the function's block.
+    """
+    blocks: dict[str, dict[str, Any]] = {}
     block: dict[str, Any] | None = None
-
-    def flush() -> None:
-        if block is None or "config" not in block:
-            return
-        facts = decode(bytes.fromhex(block["config"]))
-        funcs.append(_from_facts(sysfs_path(block["sysfs"]), facts,
-                                 bars=_guest_bars(block["res"]), driver=block["driver"]))
-
+    section = ""
+    config_names: list[str] = []
+    config_lines: list[str] = []
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key == "@@":
-            flush()
-            kind = value.split(" ", 1)[0]
-            if kind == "end":
-                block = None
+            section, _, rest = value.partition(" ")
+            block = None
+            if section == "end":
                 break
-            block = {"res": [], "driver": ""} if kind == "fn" else None
+            if section == "fn":
+                block = blocks.setdefault(rest.strip(), {"res": [], "driver": ""})
+            elif section == "configs":
+                config_names = rest.split()
+        elif section == "configs":
+            if line.strip():
+                config_lines.append(line)
         elif block is not None:
             if key == "res":
                 block["res"].append(value)
@@ -318,7 +334,20 @@ def parse_guest_view(text: str) -> PciView:
                 block[key] = " ".join(value.split())
             elif key in ("sysfs", "driver"):
                 block[key] = value.strip()
-    flush()
+    if len(config_lines) != len(config_names):
+        raise GuestDumpError(
+            f"the guest's config-space dump has {len(config_lines)} lines for "
+            f"{len(config_names)} functions (did a function come or go during the dump?)")
+    for name, hexline in zip(config_names, config_lines):
+        if name in blocks:
+            blocks[name]["config"] = " ".join(hexline.split())
+    funcs = []
+    for found in blocks.values():
+        if "config" not in found or "sysfs" not in found:
+            continue
+        facts = decode(bytes.fromhex(found["config"]))
+        funcs.append(_from_facts(sysfs_path(found["sysfs"]), facts,
+                                 bars=_guest_bars(found["res"]), driver=found["driver"]))
     return PciView(source="guest", functions=tuple(sorted(funcs, key=lambda f: f.path)))
 
 

@@ -146,3 +146,24 @@ def test_view_json_round_trip() -> None:
     assert PciView.from_json(view.to_json()) == view
     guest = parse_guest_view(guest_dump_from_recording(rec))
     assert PciView.from_json(guest.to_json()) == guest
+
+
+def test_config_section_is_matched_to_functions_by_name():
+    from harness.views import GuestDumpError, parse_guest_view
+
+    host = "86 80 c0 29 " + "00 " * 252
+    isa = "86 80 18 29 " + "00 " * 252
+    dump = ("@@ fn 0000:00:00.0\nsysfs /sys/devices/pci0000:00/0000:00:00.0\ndriver \n"
+            "@@ fn 0000:00:1f.0\nsysfs /sys/devices/pci0000:00/0000:00:1f.0\ndriver lpc_ich\n"
+            f"@@ configs 0000:00:00.0 0000:00:1f.0\n {host}\n {isa}\n@@ end\n")
+    view = parse_guest_view(dump)
+    assert [(f.path, f.device) for f in view.functions] == [(("00.0",), 0x29C0),
+                                                           (("1f.0",), 0x2918)]
+    assert view.function("1f.0").driver == "lpc_ich"
+    short = dump.replace(f" {isa}\n", "")
+    try:
+        parse_guest_view(short)
+    except GuestDumpError as exc:
+        assert "1 lines for 2 functions" in exc.message
+    else:
+        raise AssertionError("a config section one line short was accepted")
