@@ -41,6 +41,7 @@ MIGRATE_SECONDS = 60.0
 LOAD_SECONDS = 30.0           # source completed -> destination left "inmigrate"
 SSH_SECONDS = 30.0
 POLL_S = 0.005
+LOGIN_CHECK_SECONDS = 10.0    # the new login that tells a broken session from a dead guest
 EXIT_GRACE_S = 5.0            # a broken connection: time for a dying QEMU to finish dying
 
 
@@ -315,11 +316,29 @@ def ping_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
     _watching(guest, hop, deadline,
               lambda: shell.ping(Deadline(max(deadline.remaining(), 0.1),
                                           f"SSH answer from {guest.name}", scaled=False)),
-              "does not answer on its SSH session (it was open before the hop)")
+              "does not answer on its SSH session (it was open before the hop)",
+              diagnose=lambda: _new_login_verdict(guest))
+
+
+def _new_login_verdict(guest: Guest) -> str:
+    """After the followed session broke: does a new login work?  Yes points at the
+    migrated TCP connection (slirp's guestfwd state), no at the guest."""
+    try:
+        shell = guest.login(Deadline(LOGIN_CHECK_SECONDS, f"a new SSH login to {guest.name}"))
+    except HarnessError as exc:
+        return f"a new SSH login fails too: {exc.message}"
+    try:
+        shell.succeed("true", timeout=LOGIN_CHECK_SECONDS)
+    except HarnessError as exc:
+        return f"a new SSH login connects but cannot run a command: {exc.message}"
+    finally:
+        shell.close()
+    return ("a new SSH login works, so the session's migrated TCP connection "
+            "(slirp guestfwd state) is what broke")
 
 
 def _watching(guest: Guest, hop: int, deadline: Deadline, action: Callable[[], Any],
-              failing: str) -> None:
+              failing: str, diagnose: Callable[[], str] | None = None) -> None:
     """Run `action` (an SSH exchange) while watching the process and the console.
 
     The action runs in a helper thread because paramiko's handshake has no
@@ -359,8 +378,9 @@ def _watching(guest: Guest, hop: int, deadline: Deadline, action: Callable[[], A
         raise died(guest, hop, "SSH", "destination")
     reason = error.message if isinstance(error, HarnessError) else repr(error)
     when = f"{deadline.describe()}: " if "done" not in outcome else ""
+    verdict = f"; {diagnose()}" if diagnose is not None else ""
     raise HopFailure("ssh-dead", hop, f"{when}the guest on {guest.name} is "
-                     f"running but {failing} ({reason if error else 'no answer'})",
+                     f"running but {failing} ({reason if error else 'no answer'}){verdict}",
                      tail=guest.console.tail() if guest.console else None, process=guest.name)
 
 

@@ -213,3 +213,30 @@ def test_aborted_qemu_leaves_its_core_in_the_artifacts(harness_factory, artifact
         assert f"g01/{cores[0].name}" in note, note
     else:
         assert policy in note, note
+
+
+def test_a_broken_session_is_told_apart_from_a_dead_guest(harness_factory, artifacts,
+                                                          monkeypatch):
+    """The followed session's sshd is killed in the guest (over the serial
+    console): the hop's SSH check fails as ssh-dead, and says that a new login
+    still works, so the session, not the guest, broke."""
+    from harness.scenarios import migration
+
+    monkeypatch.setattr(migration, "SSH_SECONDS", 5.0)
+    run = PingPong(harness_factory.plan(topology_from_dict({"machine": "q35"})), artifacts,
+                   PingPongOptions(hops=1, seed=17, load="none"))
+    guest = run.boot()
+    try:
+        assert guest.console is not None
+        guest.console.send_line("kill -9 $(pidof dropbear | tr ' ' '\\n' | while read p; do "
+                                "grep -q -- '-i' /proc/$p/cmdline && echo $p; done); "
+                                "echo SESSION-$((40+2))-KILLED")  # not in the echoed line
+        guest.console.expect("SESSION-42-KILLED", Deadline(20, "console kill"))
+        with pytest.raises(migration.HopFailure) as info:
+            run.guarded(run.hop)
+        failure = info.value
+        assert failure.kind == "ssh-dead", failure.describe()
+        assert "a new SSH login works" in failure.detail, failure.detail
+    finally:
+        for g in run.guests:
+            g.shutdown()

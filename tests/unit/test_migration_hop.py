@@ -239,3 +239,57 @@ def mock_plan(binary: Any, topology: Any) -> Any:
 
     return LaunchPlan(binary=binary, accel=None, image=None,  # type: ignore[arg-type]
                       topology=topology)
+
+
+class BrokenSession(FakeSession):
+    def ping(self, deadline: Any) -> float:
+        from harness.guest.ssh import SshUnavailable
+
+        raise SshUnavailable("the guest's sshd does not answer (EOF)")
+
+
+class FakeLogin:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def succeed(self, command: str, timeout: float = 60.0) -> str:
+        return ""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _broken_session_hop(login: Any) -> Any:
+    src, dst = _pair([{"status": "completed"}], [{"status": "running"}])
+    src.shell = BrokenSession()  # type: ignore[assignment]
+    dst.hop_sock = "dst-connection"  # type: ignore[attr-defined]
+    dst.artifacts = Path("/run/fake/dst")  # type: ignore[attr-defined]
+    dst.login = login  # type: ignore[attr-defined]
+    with pytest.raises(HopFailure) as info:
+        migrate(src, dst, 4)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_broken_session_but_a_new_login_works_blames_the_migrated_connection():
+    logins: list[FakeLogin] = []
+
+    def login(deadline: Any) -> FakeLogin:
+        logins.append(FakeLogin())
+        return logins[-1]
+
+    failure = _broken_session_hop(login)
+    assert failure.kind == "ssh-dead" and failure.hop == 4
+    assert "does not answer on its SSH session" in failure.detail
+    assert "a new SSH login works" in failure.detail and "slirp guestfwd" in failure.detail
+    assert logins and logins[0].closed
+
+
+def test_broken_session_and_no_new_login_says_so():
+    from harness.guest.ssh import SshUnavailable
+
+    def login(deadline: Any) -> FakeLogin:
+        raise SshUnavailable("cannot SSH to the guest on 127.0.0.1:1234")
+
+    failure = _broken_session_hop(login)
+    assert failure.kind == "ssh-dead"
+    assert "a new SSH login fails too: cannot SSH" in failure.detail, failure.detail
