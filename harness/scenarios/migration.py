@@ -320,19 +320,27 @@ def ping_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
               diagnose=lambda: _new_login_verdict(guest))
 
 
+def new_login_error(guest: Guest, seconds: float) -> str | None:
+    """None when a new SSH login through the host forward runs a command, else why not."""
+    try:
+        shell = guest.login(Deadline(seconds, f"a new SSH login to {guest.name}"))
+    except HarnessError as exc:
+        return exc.message
+    try:
+        shell.succeed("true", timeout=seconds)
+    except HarnessError as exc:
+        return f"it connects but cannot run a command: {exc.message}"
+    finally:
+        shell.close()
+    return None
+
+
 def _new_login_verdict(guest: Guest) -> str:
     """After the followed session broke: does a new login work?  Yes points at the
     migrated TCP connection (slirp's guestfwd state), no at the guest."""
-    try:
-        shell = guest.login(Deadline(LOGIN_CHECK_SECONDS, f"a new SSH login to {guest.name}"))
-    except HarnessError as exc:
-        return f"a new SSH login fails too: {exc.message}"
-    try:
-        shell.succeed("true", timeout=LOGIN_CHECK_SECONDS)
-    except HarnessError as exc:
-        return f"a new SSH login connects but cannot run a command: {exc.message}"
-    finally:
-        shell.close()
+    error = new_login_error(guest, LOGIN_CHECK_SECONDS)
+    if error is not None:
+        return f"a new SSH login fails too: {error}"
     return ("a new SSH login works, so the session's migrated TCP connection "
             "(slirp guestfwd state) is what broke")
 

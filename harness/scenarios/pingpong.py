@@ -48,6 +48,7 @@ from harness.scenarios.migration import (
     died,
     exits_soon,
     migrate,
+    new_login_error,
     pin_machine,
     start_destination,
 )
@@ -397,18 +398,11 @@ class PingPong:
         # login (host forward, key exchange, sshd fork) must work on the last
         # process too.
         t0 = time.monotonic()
-        try:
-            shell = self.current.login(Deadline(SESSION_SECONDS,
-                                                f"a new SSH login to {self.current.name}"))
-        except HarnessError as exc:
+        error = new_login_error(self.current, SESSION_SECONDS)
+        if error is not None:
             raise HopFailure("ssh-dead", self._hop, f"the session that followed the guest "
                              f"works, but a new SSH login to {self.current.name} fails: "
-                             f"{exc.message}", tail=exc.tail,
-                             process=self.current.name) from None
-        try:
-            shell.succeed("true")
-        finally:
-            shell.close()
+                             f"{error}", process=self.current.name)
         result.login_s = time.monotonic() - t0
         self.progress(f"a new SSH login to {self.current.name} works ({result.login_s:.2f} s)")
 
