@@ -38,6 +38,13 @@ from harness.paths import cache_root
 #: Bump when what is saved, or how it is restored, changes.
 SNAPSHOT_FORMAT = "3"
 SAVE_SECONDS = 60.0
+#: The cache keeps at most this much (PCI_HARNESS_SNAPSHOT_CACHE_GB overrides):
+#: every new QEMU build or topology adds ~100 MiB snapshots, and a nightly of
+#: QEMU master would otherwise fill the disk.
+DEFAULT_CACHE_BYTES = 8 << 30
+#: A snapshot restored or saved this recently is never evicted (a running suite
+#: that needs more than the limit exceeds it rather than thrash).
+KEEP_RECENT_SECONDS = 3600.0
 RESTORE_SECONDS = 30.0
 LOCK_WAIT_SECONDS = 180.0
 
@@ -124,7 +131,7 @@ class SnapshotCache:
                 self.progress(f"snapshot: could not save one ({exc.message}); booting cold")
                 return Guest(plan, artifacts, name=name).launch()
         try:
-            return restore(plan, snap, artifacts, name)
+            guest = restore(plan, snap, artifacts, name)
         except HarnessError as exc:
             self.progress(f"snapshot {snap.key} did not restore ({exc.message}); "
                           "discarding it and booting cold")
@@ -132,6 +139,49 @@ class SnapshotCache:
             if artifacts.exists():  # keep what explains the failure, boot in a clean dir
                 artifacts.rename(artifacts.with_name(artifacts.name + ".restore-failed"))
             return Guest(plan, artifacts, name=name).launch()
+        try:
+            os.utime(snap.meta)  # recently used: the last to be evicted
+        except OSError:
+            pass
+        return guest
+
+    def prune(self, limit: int | None = None, now: float | None = None) -> list[str]:
+        """Evict least recently used snapshots until the cache fits `limit` bytes.
+
+        "Used" is the metadata file's mtime (saved, or touched on every
+        restore).  Snapshots used within KEEP_RECENT_SECONDS stay; so do lock
+        files (another worker may hold one).  Returns the evicted keys.
+        """
+        limit = cache_limit() if limit is None else limit
+        now = time.time() if now is None else now
+        for tmp in self.root.glob("*.tmp*"):  # a save that died half-way
+            try:
+                if now - tmp.stat().st_mtime > KEEP_RECENT_SECONDS:
+                    tmp.unlink()
+            except OSError:
+                pass
+        entries: list[tuple[float, int, SnapshotFile]] = []
+        for mig in self.root.glob("*.mig"):
+            key = mig.stem
+            snap = SnapshotFile(key, mig, self.root / f"{key}.json")
+            try:
+                size = mig.stat().st_size
+                used = snap.meta.stat().st_mtime if snap.meta.exists() else mig.stat().st_mtime
+            except OSError:
+                continue
+            entries.append((used, size, snap))
+        total = sum(size for _, size, _ in entries)
+        evicted = []
+        for used, size, snap in sorted(entries, key=lambda e: e[0]):
+            if total <= limit or now - used < KEEP_RECENT_SECONDS:
+                break
+            snap.discard()
+            total -= size
+            evicted.append(snap.key)
+        if evicted:
+            self.progress(f"snapshot cache: evicted {len(evicted)} least recently used "
+                          f"(now {total >> 20} MiB, limit {limit >> 20} MiB)")
+        return evicted
 
     def _build(self, plan: LaunchPlan, snap: SnapshotFile, artifacts: Path) -> None:
         self.progress(f"snapshot: cold boot to save {snap.key}")
@@ -143,6 +193,20 @@ class SnapshotCache:
             builder.shutdown()
         shutil.rmtree(artifacts, ignore_errors=True)
         self.progress(f"snapshot: saved {snap.key} ({snap.path.stat().st_size >> 20} MiB)")
+        self.prune()
+
+
+def cache_limit() -> int:
+    """Bytes the snapshot cache may hold: PCI_HARNESS_SNAPSHOT_CACHE_GB, else 8 GiB."""
+    value = os.environ.get("PCI_HARNESS_SNAPSHOT_CACHE_GB")
+    if not value:
+        return DEFAULT_CACHE_BYTES
+    try:
+        return int(float(value) * (1 << 30))
+    except ValueError:
+        raise HarnessError(f"PCI_HARNESS_SNAPSHOT_CACHE_GB={value!r} is not a number",
+                           fix="set it to the gigabytes the snapshot cache may use, "
+                               "e.g. 8") from None
 
 
 def save(guest: Guest, snap: SnapshotFile) -> None:
