@@ -8,8 +8,15 @@ from this file.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+OWNER_FILE = "owner"  # "PID STARTTIME" of the process that made a private run directory
+# What a run directory may hold; a directory with anything else is not swept.
+RUN_DIR_FILES = frozenset({OWNER_FILE, "authorized_keys", "qmp.sock", "console.sock",
+                           "ssh-hop.sock", "mig.sock"})
+_swept = False
 
 
 def project_root() -> Path:
@@ -25,5 +32,55 @@ def cache_root() -> Path:
 
 
 def private_dir(prefix: str) -> Path:
-    """A new 0700 directory with a short path: unix sockets must fit in 108 bytes."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
+    """A new 0700 directory with a short path: unix sockets must fit in 108 bytes.
+
+    It records its owner, so that a later run can remove it when the owner was
+    killed before it could (`sweep_run_dirs`).
+    """
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_run_dirs(prefix)
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    (path / OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
+    return path
+
+
+def _process_identity(pid: int) -> str | None:
+    """"PID STARTTIME" (clock ticks since boot), or None for no such process: a
+    recycled PID has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def sweep_run_dirs(prefix: str, root: Path | None = None) -> list[Path]:
+    """Remove run directories whose owner process is gone (killed pytest, kill -9).
+
+    Only this user's directories that hold nothing but run-directory files are
+    touched; one without an owner record is left alone.
+    """
+    removed: list[Path] = []
+    base = root or Path(tempfile.gettempdir())
+    try:
+        candidates = [p for p in base.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+            names = {p.name for p in path.iterdir()}
+            owner = (path / OWNER_FILE).read_text().strip()
+        except OSError:
+            continue
+        if not owner or not names <= RUN_DIR_FILES:
+            continue
+        pid = int(owner.split()[0]) if owner.split()[0].isdigit() else -1
+        if pid > 0 and _process_identity(pid) == owner:
+            continue  # its owner still runs
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
