@@ -84,6 +84,7 @@ class GuestShell:
         passes a HopSocket (harness/guest/hopsocket.py).
         """
         transport = paramiko.Transport(sock)
+        transport.auth_timeout = max(deadline.remaining(), 0.1)  # the login keeps the deadline too
         try:
             transport.start_client(timeout=max(deadline.remaining(), 0.1))
             transport.auth_publickey("root", self._key.paramiko_key)
