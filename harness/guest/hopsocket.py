@@ -116,9 +116,6 @@ class HopSocket:
         for sock in socks:
             sock.close()
 
-    def fileno(self) -> int:
-        return self._current.fileno()
-
     def _retire(self, old: socket.socket) -> None:
         with self._lock:
             if old in self._previous:

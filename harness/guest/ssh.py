@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, GuestCommandFailed, HarnessError
+from harness.guest.hopsocket import HopSocket
 
 
 class SshKey:
@@ -75,7 +76,7 @@ class GuestShell:
         self._log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives with the shell
         self._client: paramiko.SSHClient | None = None
         self._session: paramiko.Transport | None = None  # attach(): a session over a given socket
-        self._hop_socket: Any = None                      # ... when that socket is a HopSocket
+        self._hop_socket: HopSocket | None = None         # ... when that socket is a HopSocket
 
     def attach(self, sock: Any, deadline: Deadline) -> None:
         """Log in over an already connected byte stream (one attempt, to `deadline`).
@@ -94,7 +95,7 @@ class GuestShell:
             raise SshUnavailable(f"{when}cannot log in over the guest's migrating SSH "
                                  f"connection ({exc!r})") from None
         self._session = transport
-        self._hop_socket = sock if hasattr(sock, "follow") else None
+        self._hop_socket = sock if isinstance(sock, HopSocket) else None
 
     @property
     def migrates(self) -> bool:
