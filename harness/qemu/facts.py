@@ -1,0 +1,244 @@
+"""What the harness believes about QEMU: one home, keyed by version and machine type.
+
+Three kinds of fact live here, and nowhere else decides what a QEMU does:
+
+- Machine kinds (`MACHINES`): what `pc` and `q35` are made of whatever the
+  version -- root bus, built-in slots, the ACPI hotplug device.  Machine
+  differences are read from this table, not written as `if kind == "pc"`.
+- Versioned facts (`VersionedFact`): a value with the version where it
+  changed, keyed either by the QEMU binary's version (a refusal message) or by
+  the versioned machine type (a compat property: the same 10.0 binary shows
+  different config space for `pc-q35-7.2` and `pc-q35-10.0`).
+- Probed facts (`ProbedFacts`, harness/qemu/probe.py): what the binary
+  itself answers on a paused throwaway machine -- machine aliases, root port
+  properties, whether `device_add` works on each kind of bus.  Where QEMU can
+  tell, the probe wins over the table; the table is the fallback and the
+  record of when a thing changed.
+
+Every entry says how it was checked.  "measured" means on this project's two
+reference binaries, 7.2.22 (Debian 12) and 10.0.2 (bookworm-backports).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from harness.errors import UserError
+
+Version = tuple[int, int]
+T = TypeVar("T")
+MachineKind = Literal["pc", "q35"]
+KeyedBy = Literal["qemu", "machine"]
+
+_MACHINE_RE = re.compile(r"^(?:(pc|q35)|pc-(q35|i440fx)-(\d+)\.(\d+)(?:\.\d+)?)$")
+
+
+def parse_version(text: str) -> Version:
+    """(major, minor) of "7.2.22", "10.0" or "pc-q35-8.1"; UserError when there is none."""
+    m = re.search(r"(\d+)\.(\d+)", text)
+    if not m:
+        raise UserError(f"no QEMU version in {text!r}", fix='write a version such as "10.0.2"')
+    return int(m.group(1)), int(m.group(2))
+
+
+def machine_kind_of(machine: str) -> MachineKind | None:
+    """"pc" / "q35" for a machine type name (alias or versioned), None when unknown."""
+    m = _MACHINE_RE.match(machine)
+    if not m:
+        return None
+    if m.group(1):
+        return "pc" if m.group(1) == "pc" else "q35"
+    return "q35" if m.group(2) == "q35" else "pc"
+
+
+def machine_type_version(machine: str) -> Version | None:
+    """(major, minor) of a versioned machine type; None for an alias such as "q35"."""
+    m = _MACHINE_RE.match(machine)
+    if not m or m.group(1):
+        return None
+    return int(m.group(3)), int(m.group(4))
+
+
+# --------------------------------------------------------------------------- versioned facts
+
+@dataclass(frozen=True)
+class Change(Generic[T]):
+    """From version `since` on (until the next change) the fact has `value`."""
+
+    since: Version
+    value: T
+    evidence: str
+
+
+@dataclass(frozen=True)
+class VersionedFact(Generic[T]):
+    name: str
+    keyed_by: KeyedBy  # "qemu": the binary's version; "machine": the machine type's
+    summary: str
+    history: tuple[Change[T], ...]  # oldest first; the first has since (0, 0)
+
+    def at(self, version: Version) -> T:
+        """The value for a QEMU (or machine type) version."""
+        value = self.history[0].value
+        for change in self.history:
+            if version >= change.since:
+                value = change.value
+        return value
+
+    def changed_in(self) -> Version | None:
+        """The version of the latest change (None when it never changed)."""
+        return self.history[-1].since if len(self.history) > 1 else None
+
+    def differs(self, a: Version, b: Version) -> bool:
+        return bool(self.at(a) != self.at(b))
+
+
+_BASE: Version = (0, 0)
+MEASURED = "measured on 7.2.22 and 10.0.2"
+
+#: Native PCIe hotplug (pciehp) refusing a second device_del while the first is
+#: pending: 7.2 refuses it in the generic qdev check; from 8.0 the first request
+#: leaves the power indicator blinking and pcie.c refuses with its own text.
+NATIVE_SECOND_UNPLUG_REFUSAL: VersionedFact[str] = VersionedFact(
+    "native-second-unplug-refusal", "qemu",
+    "QEMU's error text for a second device_del under native PCIe hotplug",
+    (Change(_BASE, "already in the process of unplug", MEASURED + " (7.2.22)"),
+     Change((8, 0), "guest is busy (power indicator blinking)",
+            MEASURED + " (10.0.2); 8.0 changed pciehp's power indicator handling")))
+
+#: `file:` migration URIs (migrate / migrate-incoming).  Probed too.
+FILE_MIGRATION_URI: VersionedFact[bool] = VersionedFact(
+    "file-migration-uri", "qemu", "QEMU takes file:PATH as a migration URI",
+    (Change(_BASE, False, MEASURED + ': 7.2.22 "unknown migration protocol"'),
+     Change((8, 2), True, "8.2 added the file: transport; 10.0.2 accepts it (measured)")))
+
+#: The pcie-root-port property that hides the native hotplug capability, and
+#: whether `on` hides it (True) or exposes it (False).  Probed too.
+NATIVE_HOTPLUG_PROPERTY: VersionedFact[tuple[str, bool]] = VersionedFact(
+    "native-hotplug-property", "qemu",
+    "pcie-root-port property controlling the native hotplug capability (name, on hides it)",
+    (Change(_BASE, ("x-native-hotplug", False), MEASURED + " (device-list-properties)"),
+     Change((8, 0), ("x-do-not-expose-native-hotplug-cap", True),
+            "8.0 renamed and inverted it; 10.0.2 lists only the new name (measured)")))
+
+#: x-speed values a pcie-root-port accepts.  Probed too (the property's description).
+PORT_LINK_SPEEDS: VersionedFact[tuple[str, ...]] = VersionedFact(
+    "port-link-speeds", "qemu", "x-speed values pcie-root-port accepts",
+    (Change(_BASE, ("2_5", "5", "8", "16"), MEASURED + ' (description "2_5/5/8/16")'),
+     Change((9, 0), ("2_5", "5", "8", "16", "32", "64"),
+            "9.0 added 32 and 64 GT/s; 10.0.2 describes 2_5/5/8/16/32/64 (measured)")))
+
+# Compat properties: a function of the *machine type*, whatever the binary.
+Q35_ACPI_BRIDGE_HOTPLUG: VersionedFact[bool] = VersionedFact(
+    "q35-acpi-bridge-hotplug", "machine",
+    "ICH9-LPC acpi-pci-hotplug-with-bridge-support defaults on (else native pciehp/SHPC)",
+    (Change(_BASE, False, "pc-q35-6.0 uses native pciehp (measured on 7.2.22)"),
+     Change((6, 1), True, "default since machine type 6.1")))
+
+ROOT_PORT_DEFAULT_LINK: VersionedFact[tuple[float, int]] = VersionedFact(
+    "root-port-default-link", "machine", "LnkCap of a pcie-root-port without x-speed/x-width",
+    (Change(_BASE, (2.5, 1), "machine types before 4.0 keep the old 2.5 GT/s x1"),
+     Change((4, 0), (16.0, 32), MEASURED + " with q35")))
+
+AER_UNCOR_MASK_WRITABLE: VersionedFact[bool] = VersionedFact(
+    "aer-uncor-mask-writable", "machine", "AER Uncorrectable Error Mask is writable",
+    (Change(_BASE, False, "x-pcie-err-unc-mask=off in older types"),
+     Change((8, 0), True, "8.0 compat property x-pcie-err-unc-mask")))
+
+ARI_NEXTFN_1: VersionedFact[bool] = VersionedFact(
+    "ari-nextfn-1", "machine", "ARI capability's Next Function is 1 (not 0)",
+    (Change(_BASE, False, "x-pcie-ari-nextfn-1=off in older types"),
+     Change((8, 0), True, "8.0 compat property x-pcie-ari-nextfn-1")))
+
+SLOT_IMPLEMENTED_READ_ONLY: VersionedFact[bool] = VersionedFact(
+    "slot-implemented-read-only", "machine", "PCIe Slot Implemented bit is read-only",
+    (Change(_BASE, False, "x-pci-express-writeable-slt-bug=on in older types"),
+     Change((8, 1), True, "8.1 compat property x-pci-express-writeable-slt-bug")))
+
+VIRTIO_PM_NO_SOFT_RESET: VersionedFact[bool] = VersionedFact(
+    "virtio-pm-no-soft-reset", "machine",
+    "virtio-pci behind a port sets PMCSR No_Soft_Reset",
+    (Change(_BASE, False, "x-pcie-pm-no-soft-reset=off in older types"),
+     Change((9, 0), True, "9.0 compat property x-pcie-pm-no-soft-reset")))
+
+DEVCAP_EXT_TAG: VersionedFact[bool] = VersionedFact(
+    "devcap-ext-tag", "machine", "PCIe DevCap Extended Tag Field Supported",
+    (Change(_BASE, False, "x-pcie-ext-tag=off in older types"),
+     Change((9, 1), True, "9.1 compat property x-pcie-ext-tag")))
+
+VERSIONED_FACTS: tuple[VersionedFact[object], ...] = (  # type: ignore[assignment]
+    NATIVE_SECOND_UNPLUG_REFUSAL, FILE_MIGRATION_URI, NATIVE_HOTPLUG_PROPERTY, PORT_LINK_SPEEDS,
+    Q35_ACPI_BRIDGE_HOTPLUG, ROOT_PORT_DEFAULT_LINK, AER_UNCOR_MASK_WRITABLE, ARI_NEXTFN_1,
+    SLOT_IMPLEMENTED_READ_ONLY, VIRTIO_PM_NO_SOFT_RESET, DEVCAP_EXT_TAG)
+
+
+# --------------------------------------------------------------------------- machine kinds
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What a machine kind is built of, the same on every QEMU version we judge."""
+
+    kind: MachineKind
+    root_bus: str                    # the root bus's QEMU name
+    express: bool                    # the root bus is PCI Express
+    builtin: Mapping[int, str]       # root-bus slots the machine itself uses -> by what
+    acpi_device: str                 # QOM type of the ACPI PM function (its hotplug handler)
+    acpi_mechanism: str              # hotplug mechanism name of that handler
+    bridge_acpi_global: str          # -global that turns ACPI hotplug behind bridges off
+    #: ACPI bridge hotplug by machine type version (None: on in every type).
+    bridge_acpi_default: VersionedFact[bool] | None
+    #: Root-bus slots whose INT#x the harness's routing model covers (PIRQ swizzle).
+    intx_slots: range
+    #: The built-in AHCI's first bus (for `ahci_disk`), None when there is none.
+    builtin_ahci_bus: str | None
+    #: Hot-plug NIC drivers the stress scenario uses (a native PCIe NIC on q35).
+    hotplug_nics: tuple[str, ...]
+    root_ports: bool = field(default=False)  # pcie-root-port and friends have a home
+
+    def bridge_acpi(self, machine_type_version: Version | None, requested: bool) -> bool:
+        """ACPI hotplug behind bridges, as the machine type and the topology set it."""
+        if self.bridge_acpi_default is not None and machine_type_version is not None \
+                and not self.bridge_acpi_default.at(machine_type_version):
+            return False
+        return requested
+
+
+MGMT_SLOT = 0x1E  # the harness's own management NIC: the same slot on every machine
+
+MACHINES: Mapping[MachineKind, MachineFacts] = {
+    "pc": MachineFacts(
+        kind="pc", root_bus="pci.0", express=False,
+        builtin={0: "the i440FX host bridge", 1: "the PIIX3 (ISA, IDE, PM)"},
+        acpi_device="PIIX4_PM", acpi_mechanism="acpi-bsel",
+        bridge_acpi_global="PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
+        bridge_acpi_default=None, intx_slots=range(1, 0x1E), builtin_ahci_bus=None,
+        hotplug_nics=("e1000",)),
+    "q35": MachineFacts(
+        kind="q35", root_bus="pcie.0", express=True,
+        builtin={0: "the MCH host bridge", 0x1F: "the ICH9 LPC/AHCI/SMBus functions"},
+        acpi_device="ICH9-LPC", acpi_mechanism="acpi-pcihp",
+        bridge_acpi_global="ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+        bridge_acpi_default=Q35_ACPI_BRIDGE_HOTPLUG, intx_slots=range(0x18),
+        builtin_ahci_bus="ide.0", hotplug_nics=("e1000e",), root_ports=True),
+}
+
+
+def machine_facts(machine: str) -> MachineFacts:
+    """The MachineFacts of a machine type name; UserError for one the harness cannot build."""
+    kind = machine_kind_of(machine)
+    if kind is None:
+        raise UserError(f"unknown machine type {machine!r}",
+                        fix='use "pc", "q35" or a versioned type such as "pc-q35-7.2" '
+                            'or "pc-i440fx-7.2"')
+    return MACHINES[kind]
+
+
+def machine_fact(fact: VersionedFact[T], machine: str, qemu: Version) -> T:
+    """A machine-type fact for `machine`; an alias means the binary's newest type,
+    whose version is the binary's own (pin aliases first where you can)."""
+    if fact.keyed_by != "machine":
+        raise ValueError(f"{fact.name} is keyed by the QEMU version, not the machine type")
+    return fact.at(machine_type_version(machine) or qemu)
