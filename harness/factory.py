@@ -15,7 +15,7 @@ from typing import Any
 from harness.deadline import set_timeout_scale
 from harness.guest.image import GuestImage, ensure_image
 from harness.machine import Guest, LaunchPlan
-from harness.qemu.accel import Accel, announce, resolve_accel
+from harness.qemu.accel import Accel, ProbeBoot, announce, resolve_accel
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.snapshot import SnapshotCache
 
@@ -34,6 +34,12 @@ class RunSettings:
     firmware: str = "seabios"  # see harness.machine.FIRMWARE
 
 
+def probe_boot(image: GuestImage) -> ProbeBoot:
+    """The guest's own kernel, handed to the KVM probe (harness.qemu knows no guests)."""
+    return ProbeBoot(kernel=image.vmlinux, initrd=image.initrd, cmdline=image.cmdline_base,
+                     ready_marker="HARNESS-INIT", key=image.key)
+
+
 def _stderr(message: str) -> None:
     print(f"pci-harness: {message}", file=sys.stderr, flush=True)
 
@@ -47,7 +53,8 @@ class GuestFactory:
         self.progress = progress or _stderr
         self.binary: QemuBinary = find_qemu(settings.qemu_binary)
         self.image: GuestImage = ensure_image(progress=lambda m: self.progress(f"image: {m}"))
-        self.accel: Accel = accel or resolve_accel(settings.accel, self.binary, self.image)
+        self.accel: Accel = accel or resolve_accel(settings.accel, self.binary,
+                                                     probe_boot(self.image))
         if announce_accel and accel is None:
             announce(self.accel)
         set_timeout_scale(self.accel.timeout_factor * settings.timeout_multiplier)

@@ -54,7 +54,7 @@ def _say(message: str) -> None:
 
 
 def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
-    """Add an option unless the parser already has it (cli.py defines the first version)."""
+    """Add an option unless the parser already has it (harness.cli defines the first version)."""
     known = {a.dest for a in parser._actions} | set(parser._option_string_actions)
     dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
     if any(f in known for f in flags) or dest in known:
@@ -64,7 +64,7 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
 
 def register(subparsers: Any) -> None:
     """The nightly verb's options; `set_defaults` makes this module run it."""
-    from harness.cli import add_common_options
+    from harness.cli.common import add_common_options
 
     parser = subparsers.choices.get("nightly")
     fresh = parser is None

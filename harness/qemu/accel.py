@@ -6,6 +6,9 @@ short deadline and falls back to TCG when it prints nothing.  The verdict is
 cached per host boot and QEMU binary, so only the first command after a
 reboot or a QEMU update pays for the probe; several processes probing at once
 share one probe through a file lock.
+
+The probe boots whatever kernel it is handed (`ProbeBoot`): this layer knows
+QEMU, not the guest images; the factory passes the guest's kernel in.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness.errors import AccelUnusable, UserError
-from harness.guest.image import GuestImage
 from harness.paths import cache_root
 from harness.qemu.binary import QemuBinary
 
@@ -43,6 +45,18 @@ class Accel:
         return TIMEOUT_FACTOR[self.name]
 
 
+@dataclass(frozen=True)
+class ProbeBoot:
+    """A kernel the KVM probe boots: it must print `ready_marker` on the serial
+    console once its init runs.  `key` names it in the cached verdict."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    ready_marker: str
+    key: str
+
+
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -50,8 +64,8 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def probe_kvm(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
-    """Boot the guest kernel under KVM; True when init starts within the deadline."""
+def probe_kvm(binary: QemuBinary, boot: ProbeBoot) -> tuple[bool, str]:
+    """Boot `boot` under KVM; True when init starts within the deadline."""
     if not os.path.exists("/dev/kvm"):
         return False, "/dev/kvm does not exist"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -60,8 +74,8 @@ def probe_kvm(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
         log = Path(tmp) / "console.log"
         argv = [str(binary.path), "-accel", "kvm", "-cpu", "max", "-m", "256", "-nodefaults",
                 "-no-user-config", "-display", "none", "-machine", "q35",
-                "-kernel", str(image.vmlinux), "-initrd", str(image.initrd),
-                "-append", image.cmdline_base, "-serial", f"file:{log}"]
+                "-kernel", str(boot.kernel), "-initrd", str(boot.initrd),
+                "-append", boot.cmdline, "-serial", f"file:{log}"]
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, start_new_session=True)
@@ -71,7 +85,7 @@ def probe_kvm(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
                     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                     first = err.strip().splitlines()[0] if err.strip() else f"status {proc.returncode}"
                     return False, f"QEMU fails under KVM ({first[:200]})"
-                if log.exists() and "HARNESS-INIT" in log.read_text(errors="replace"):
+                if log.exists() and boot.ready_marker in log.read_text(errors="replace"):
                     return True, f"a guest booted under KVM in {time.monotonic() - started:.1f} s"
                 time.sleep(0.1)
             return False, (f"/dev/kvm exists but a guest printed nothing within {PROBE_SECONDS:.0f} s "
@@ -81,10 +95,10 @@ def probe_kvm(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
             proc.wait()
 
 
-def _cached_probe(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
+def _cached_probe(binary: QemuBinary, boot: ProbeBoot) -> tuple[bool, str]:
     directory = cache_root() / "accel"
     directory.mkdir(parents=True, exist_ok=True)
-    key = f"{_boot_id()}|{binary.identity()}|{image.key}"
+    key = f"{_boot_id()}|{binary.identity()}|{boot.key}"
     path = directory / "kvm-probe.json"
     with FileLock(str(directory / "kvm-probe.lock")):
         try:
@@ -93,19 +107,19 @@ def _cached_probe(binary: QemuBinary, image: GuestImage) -> tuple[bool, str]:
                 return bool(cached["usable"]), str(cached["reason"]) + " (cached verdict)"
         except (OSError, ValueError, KeyError):
             pass
-        usable, reason = probe_kvm(binary, image)
+        usable, reason = probe_kvm(binary, boot)
         reason = " ".join(reason.split())  # one line: it is shown as one
         path.write_text(json.dumps({"key": key, "usable": usable, "reason": reason}))
         return usable, reason
 
 
-def resolve_accel(requested: str, binary: QemuBinary, image: GuestImage) -> Accel:
+def resolve_accel(requested: str, binary: QemuBinary, boot: ProbeBoot) -> Accel:
     """Turn --accel auto|kvm|tcg into the accelerator guests will use."""
     if requested == "tcg":
         return Accel("tcg", "TCG as requested")
     if requested not in ("auto", "kvm"):
         raise UserError(f"unknown accelerator {requested!r}", fix="use --accel auto, kvm or tcg")
-    usable, reason = _cached_probe(binary, image)
+    usable, reason = _cached_probe(binary, boot)
     if usable:
         return Accel("kvm", reason)
     if requested == "kvm":

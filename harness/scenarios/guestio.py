@@ -12,7 +12,7 @@ guest has:
 - files: `base64`, so binary tables cross SSH unchanged.
 
 A function is found by its topology path (slot.function from the root bus down,
-as in topology.pciview), never by a guessed bus number.
+as in views.pciview), never by a guessed bus number.
 """
 
 from __future__ import annotations

@@ -41,11 +41,11 @@ from harness.errors import DeadlineExceeded, HarnessError, UserError
 from harness.machine import Guest
 from harness.qemu.qmp import QmpCommandError
 from harness.scenarios.loads import BLOCK_SIZE, block_bytes, block_md5
-from harness.scenarios.threeview import ThreeViews, changes
-from harness.topology import Address, Change, Device, PciView, Topology
+from harness.topology import Address, Device, Topology
 from harness.topology.drivers import driver_info
 from harness.topology.model import ExpectValue
-from harness.views import QomBus, parse_qemu_view, qom_pci_buses
+from harness.views import Change, PciView, QomBus, parse_qemu_view, qom_pci_buses
+from harness.views.threeview import ThreeViews, changes
 
 __all__ = ["DISK_BYTES", "PLUG_SECONDS", "UNPLUG_SECONDS", "BusNotHotpluggable",
            "DiskCheck", "HotplugError", "Hotplugger", "IoLoad", "IoState", "Kind",

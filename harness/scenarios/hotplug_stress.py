@@ -35,9 +35,9 @@ from harness.scenarios.hotplug import (
     seeded_mac,
     step_problems,
 )
-from harness.scenarios.threeview import ThreeViews, snapshot
 from harness.scenarios.where import where
 from harness.topology import Topology, topology_from_dict
+from harness.views.threeview import ThreeViews, snapshot
 
 __all__ = ["CycleFailure", "CycleReport", "StepFailed", "StressResult", "candidate_slots", "checked_cycle", "run_stress",
            "stress_topology"]

@@ -52,10 +52,10 @@ from harness.scenarios.migration import (
     pin_machine,
     start_destination,
 )
-from harness.scenarios.threeview import ThreeViews, changes, snapshot
 from harness.topology import Topology
 from harness.topology.drivers import BUILTIN
-from harness.topology.pciview import PciView
+from harness.views.pciview import PciView
+from harness.views.threeview import ThreeViews, changes, snapshot
 
 LoadKind = Literal["write", "mixed", "none"]
 # Freed guest pages are zeroed, so migration sends them as zero pages: an idle

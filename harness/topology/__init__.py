@@ -5,26 +5,23 @@
 - layout.py    validation rules, addresses and chassis numbers made explicit
 - drivers.py   what the harness knows about each -device driver
 - render.py    Topology -> QEMU argv (the only place that writes -device/-machine)
-- expect.py    Topology -> the PciView the guest should see
-- pciview.py   the PciView shape shared by model, QEMU and guest views
-- configspace.py  config-space bytes -> capabilities, link, windows
-- compare.py   three-way diff, before/after diff
+- expect.py    Topology -> the PciView the guest should see (the model view)
+
+The views themselves (their shape, QEMU's and the guest's, and the diff of all
+three) live in harness.views.
 """
 
 from __future__ import annotations
 
-from harness.topology.compare import Change, Difference, compare, diff_snapshots
 from harness.topology.expect import expected_view
 from harness.topology.layout import resolve, validate
 from harness.topology.load import load_topology, topology_from_dict
 from harness.topology.model import Address, Device, Topology, machine_kind
-from harness.topology.pciview import Bar, PciFunction, PciView
 from harness.topology.render import RenderedMachine, ScratchDisk, render
 
 __all__ = [
-    "Address", "Bar", "Change", "Device", "Difference", "PciFunction", "PciView",
-    "RenderedMachine", "ScratchDisk", "Topology", "compare", "default_topology",
-    "diff_snapshots", "expected_view", "load_topology", "machine_kind", "render", "resolve",
+    "Address", "Device", "RenderedMachine", "ScratchDisk", "Topology", "default_topology",
+    "expected_view", "load_topology", "machine_kind", "render", "resolve",
     "topology_from_dict", "validate",
 ]
 

@@ -15,7 +15,7 @@ from typing import Any
 from harness.topology.drivers import BUILTIN, BarSpec, DriverInfo, driver_info
 from harness.topology.layout import buses, mgmt_device, path_of, resolve
 from harness.topology.model import Device, Topology, machine_version
-from harness.topology.pciview import Bar, PciFunction, PciView, bar_expect_key
+from harness.views.pciview import Bar, PciFunction, PciView, bar_expect_key
 
 # virtio transitional device ids (0x1000 + n, a legacy numbering) by virtio type.
 VIRTIO_TRANSITIONAL_ID = {1: 0x1000, 2: 0x1001, 5: 0x1002, 3: 0x1003, 8: 0x1004, 4: 0x1005,

@@ -37,7 +37,7 @@ from typing import Any
 from harness.errors import TopologyError
 from harness.topology.layout import validate
 from harness.topology.model import Address, Device, ExpectValue, PropValue, Topology, parse_size
-from harness.topology.pciview import EXPECT_KEYS, is_expect_key
+from harness.views.pciview import EXPECT_KEYS, is_expect_key
 
 TOP_KEYS = ("machine", "memory", "ahci_disk", "acpi_hotplug", "device")
 _DEVICE_KEYS = ("id", "driver", "bus", "addr", "disk", "expect")

@@ -67,10 +67,11 @@ def test_json_error_is_the_last_stdout_line(tmp_path):
 def test_accel_kvm_where_unusable_or_works(tmp_path):
     # The expectation comes from our own probe, run directly: if KVM boots
     # guests here --accel kvm must work, otherwise it must be a clean error.
+    from harness.factory import probe_boot
     from harness.guest.image import ensure_image
     from harness.qemu.accel import probe_kvm
 
-    usable, _ = probe_kvm(find_qemu(), ensure_image())
+    usable, _ = probe_kvm(find_qemu(), probe_boot(ensure_image()))
     result = cli(tmp_path, "boot", "--machine", "pc", "--accel", "kvm", "--json")
     if usable:
         assert result.returncode == 0, result.stderr

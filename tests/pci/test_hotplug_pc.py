@@ -25,8 +25,8 @@ from harness.scenarios.hotplug import (
 )
 from harness.scenarios.hotplug_stress import CycleReport, checked_cycle, stress_topology
 from harness.scenarios.loads import block_md5
-from harness.scenarios.threeview import changes, snapshot
 from harness.topology import topology_from_dict
+from harness.views.threeview import changes, snapshot
 
 pytestmark = pytest.mark.seed("bridge-hotplug-acpi-bsel")
 SEED = 5

@@ -22,8 +22,8 @@ from harness.scenarios.hotplug import (
     PlugSpec,
 )
 from harness.scenarios.hotplug_stress import CycleReport, checked_cycle
-from harness.scenarios.threeview import snapshot
 from harness.topology import topology_from_dict
+from harness.views.threeview import snapshot
 
 pytestmark = pytest.mark.seed("q35-hotplug")
 SEED = 7

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from harness.scenarios.threeview import changes, snapshot
 from harness.snapshot import SnapshotCache
 from harness.topology import topology_from_dict
+from harness.views.threeview import changes, snapshot
 
 BRIDGED = {
     "machine": "q35",

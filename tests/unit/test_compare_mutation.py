@@ -15,17 +15,10 @@ from typing import Any
 import pytest
 from test_views_parse import guest_dump_from_recording
 
-from harness.topology import (
-    Difference,
-    compare,
-    diff_snapshots,
-    expected_view,
-    load_topology,
-    topology_from_dict,
-)
+from harness.topology import expected_view, load_topology, topology_from_dict
 from harness.topology.model import Address, ExpectValue
-from harness.topology.pciview import PciView
-from harness.views import parse_guest_view, parse_qemu_view
+from harness.views import Difference, compare, diff_snapshots, parse_guest_view, parse_qemu_view
+from harness.views.pciview import PciView
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parents[2]

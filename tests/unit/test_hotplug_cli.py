@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from harness import cli, cli_hotplug
+from harness import cli
+from harness.cli import hotplug as cli_hotplug
 from harness.scenarios import hotplug_stress
 from harness.scenarios.hotplug_stress import CycleFailure, StressResult
 

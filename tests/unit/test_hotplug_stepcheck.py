@@ -5,15 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from harness.scenarios.hotplug import PlugSpec, step_problems
-from harness.scenarios.threeview import ThreeViews
 from harness.stats import latency as percentiles
-from harness.topology import (
-    PciFunction,
-    PciView,
-    diff_snapshots,
-    expected_view,
-    topology_from_dict,
-)
+from harness.topology import expected_view, topology_from_dict
+from harness.views import PciFunction, PciView, diff_snapshots
+from harness.views.threeview import ThreeViews
 
 TOPO = topology_from_dict({"machine": "q35", "device": [
     {"id": "rp1", "driver": "pcie-root-port", "addr": "2.0"},

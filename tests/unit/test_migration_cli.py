@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from harness.cli import build_parser
-from harness.cli_migration import build_topology, summary
+from harness.cli.migration import build_topology, summary
 from harness.scenarios.loads import LoadState
 from harness.scenarios.migration import HopFailure, HopStats
 from harness.scenarios.pingpong import HopRecord, PingPongResult, disk_targets, write_reproduce

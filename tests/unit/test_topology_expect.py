@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.topology import compare, expected_view, load_topology, topology_from_dict
-from harness.topology.pciview import Bar, PciView
-from harness.views import config_view, parse_qemu_view
+from harness.topology import expected_view, load_topology, topology_from_dict
+from harness.views import compare, config_view, parse_qemu_view
+from harness.views.pciview import Bar, PciView
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parents[2]

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from harness.topology import Topology, compare, default_topology, expected_view, load_topology
-from harness.topology.pciview import PciView
-from harness.views import parse_guest_view, parse_qemu_view
+from harness.topology import Topology, default_topology, expected_view, load_topology
+from harness.views import compare, parse_guest_view, parse_qemu_view
+from harness.views.pciview import PciView
 
 DATA = Path(__file__).parent / "data" / "guest"
 ROOT = Path(__file__).parents[2]

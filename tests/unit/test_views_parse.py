@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 
-from harness.topology.configspace import decode
-from harness.topology.pciview import PciView
 from harness.views import (
     GUEST_DUMP_SCRIPT,
     config_view,
@@ -18,6 +16,8 @@ from harness.views import (
     parse_qemu_view,
     sysfs_path,
 )
+from harness.views.configspace import decode
+from harness.views.pciview import PciView
 
 DATA = Path(__file__).parent / "data"
 RECORDINGS = sorted(p for p in DATA.glob("*.json") if not p.name.startswith("where-"))

@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from harness.cli import ArtifactDir, add_common_options, settings_from
+from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
 from harness.errors import UserError
 from harness.factory import GuestFactory
-
-
-def _progress(message: str) -> None:
-    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
 
 
 def cmd_intx_stress(args: argparse.Namespace) -> int:
@@ -31,11 +26,11 @@ def cmd_intx_stress(args: argparse.Namespace) -> int:
         raise UserError("--devices and --seconds must be at least 1")
     layout = shared_line_layout(args.machine, [args.depth] * args.devices)
     settings = settings_from(args)
-    factory = GuestFactory(settings, progress=_progress)
+    factory = GuestFactory(settings, progress=progress)
     artifacts = ArtifactDir("intx-stress", settings.keep_artifacts)
     ok = False
     try:
-        _progress(f"{args.machine}: {args.devices} device(s) {args.depth} bridge(s) deep on "
+        progress(f"{args.machine}: {args.devices} device(s) {args.depth} bridge(s) deep on "
                   f"one INT#x line, {args.seconds} s of load")
         with PayloadServer() as server, factory.guest(layout.topology, artifacts.path,
                                                       extra_args=layout.extra_args) as guest:

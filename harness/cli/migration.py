@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli import ArtifactDir, add_common_options, settings_from
+from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
 from harness.errors import UserError
 from harness.paths import project_root
 from harness.scenarios.pingpong import (
@@ -107,7 +107,7 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
                             "ahci_disk on q35, or use --load none")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
     hops = (args.max_hops or 1000) if args.until_fail else args.hops
-    factory = GuestFactory(settings, progress=_progress)
+    factory = GuestFactory(settings, progress=progress)
     dst_binary = find_qemu(args.dst_qemu) if args.dst_qemu else None
     artifacts = ArtifactDir("pingpong", settings.keep_artifacts)
     topology_copy = None
@@ -117,10 +117,10 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
     options = PingPongOptions(hops=hops, seed=seed, load=args.load, transport=args.transport,
                               disks=targets, dst_binary=dst_binary, until_fail=args.until_fail,
                               max_time_s=args.max_time)
-    _progress(f"pingpong on {topology.machine} ({factory.accel.name}), seed {seed}, "
+    progress(f"pingpong on {topology.machine} ({factory.accel.name}), seed {seed}, "
               f"{'until the first failure' if args.until_fail else f'{hops} hops'}; "
               f"artifacts in {artifacts.path}")
-    runner = PingPong(factory.plan(topology), artifacts.path, options, progress=_progress)
+    runner = PingPong(factory.plan(topology), artifacts.path, options, progress=progress)
     result = runner.run()
     failed_at = result.failure.hop if result.failure else len(result.records)
     write_reproduce(artifacts.path / "reproduce.sh",
@@ -146,10 +146,6 @@ def _print_table(report: dict[str, Any]) -> None:
           f"seed {report['seed']}")
     for name, count in report["verified_blocks"].items():
         print(f"  {name}: {report['writes'].get(name)} writes, {count} blocks verified")
-
-
-def _progress(message: str) -> None:
-    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
 
 
 def _positive(text: str) -> float:

@@ -15,26 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import ArtifactDir, add_common_options, settings_from
+from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
 from harness.errors import HarnessError, QemuExited, QemuRefused, UserError
 from harness.factory import GuestFactory
 from harness.machine import Guest
-from harness.scenarios.threeview import ThreeViews, snapshot
 from harness.scenarios.where import WhereAnswer, where
-from harness.topology import Difference, Topology, default_topology, load_topology, validate
-from harness.topology.compare import format_value
+from harness.topology import Topology, default_topology, load_topology, validate
 from harness.topology.model import machine_kind
+from harness.views import Difference
+from harness.views.compare import format_value
+from harness.views.threeview import ThreeViews, snapshot
 
 DEFAULT_MACHINES = ("pc", "q35")
-
-
-def _progress(message: str) -> None:
-    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
 
 
 def topology_argument(text: str) -> Topology:
@@ -103,11 +99,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     topology = topology_argument(args.topology)  # TopologyError (status 2) before QEMU
     started = time.monotonic()
-    factory = GuestFactory(settings, progress=_progress)
+    factory = GuestFactory(settings, progress=progress)
     artifacts = ArtifactDir("compare", settings.keep_artifacts)
     ok = False
     try:
-        _progress(f"booting the {topology.machine} guest of {args.topology} "
+        progress(f"booting the {topology.machine} guest of {args.topology} "
                   f"({factory.accel.name})")
         t0 = time.monotonic()
         guest = _launch(factory, topology, artifacts.path)
@@ -230,7 +226,7 @@ def _print_where(answer: dict[str, Any], topology: Topology, hotplug: bool) -> N
 def cmd_where(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     topology = where_topology(args)  # bad input fails before QEMU starts
-    factory = GuestFactory(settings, progress=_progress)
+    factory = GuestFactory(settings, progress=progress)
     artifacts = ArtifactDir("where", settings.keep_artifacts)
     ok = False
     try:

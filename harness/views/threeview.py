@@ -23,14 +23,12 @@ from typing import Any
 from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.machine import Guest
-from harness.topology import Change, Difference, PciView, Topology, compare, diff_snapshots
+from harness.topology import Topology
 from harness.topology import expected_view as model_view
-from harness.views import (
-    GUEST_DUMP_SCRIPT,
-    GUEST_LSPCI_SCRIPT,
-    collect_qemu_view,
-    parse_guest_view,
-)
+from harness.views.compare import Change, Difference, compare, diff_snapshots
+from harness.views.guest import GUEST_DUMP_SCRIPT, GUEST_LSPCI_SCRIPT, parse_guest_view
+from harness.views.pciview import PciView
+from harness.views.qemu import collect_qemu_view
 
 __all__ = ["GUEST_DUMP_SECONDS", "ThreeViews", "ViewChanges", "changes", "collect_guest_view",
            "snapshot"]

@@ -14,7 +14,7 @@ import random
 import sys
 from typing import Any
 
-from harness.cli import ArtifactDir, _progress, add_common_options, settings_from
+from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
 from harness.errors import UserError
 from harness.factory import GuestFactory
 
@@ -46,14 +46,14 @@ def cmd_hotplug_stress(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     if seed < 0:
         raise UserError("--seed must not be negative")
-    factory = GuestFactory(settings, progress=_progress)
+    factory = GuestFactory(settings, progress=progress)
     artifacts = ArtifactDir("hotplug-stress", settings.keep_artifacts)
     ok = False
     try:
-        _progress(f"hotplug-stress {args.machine}: {args.cycles} cycles, seed {seed} "
+        progress(f"hotplug-stress {args.machine}: {args.cycles} cycles, seed {seed} "
                   f"(re-run with --seed {seed}); artifacts in {artifacts.path}")
         with factory.guest(topology, artifacts.path / "guest") as guest:
-            result = run_stress(guest, args.cycles, seed, artifacts.path, _progress)
+            result = run_stress(guest, args.cycles, seed, artifacts.path, progress)
         ok = result.ok
     finally:
         artifacts.finish(ok)

@@ -11,8 +11,9 @@ development tools decode QEMU's own config space (read through MMCONFIG or port
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from harness.topology.pciview import window
+from harness.views.pciview import PciFunction, window
 
 CAP_NAMES = {
     0x01: "pm", 0x02: "agp", 0x03: "vpd", 0x04: "slotid", 0x05: "msi", 0x06: "hotswap",
@@ -135,3 +136,11 @@ def _windows(cfg: bytes) -> dict[str, str]:
         pref_limit |= _u32(cfg, 0x2C) << 32
     return {"io_window": window(io_base, io_limit), "mem_window": window(mem_base, mem_limit),
             "pref_window": window(pref_base, pref_limit)}
+
+
+def function_from_facts(path: tuple[str, ...], facts: ConfigFacts, **extra: Any) -> PciFunction:
+    """The PciFunction at `path` with the decoded facts, plus what config space
+    does not hold (BARs as mapped, driver, id) from `extra`."""
+    values = {k: getattr(facts, k) for k in facts.__dataclass_fields__}
+    values.update(extra)
+    return PciFunction(path=path, **values)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.topology.pciview import BAR_ATTRS, SCALAR_FIELDS, PciFunction, PciView
+from harness.views.pciview import BAR_ATTRS, SCALAR_FIELDS, PciFunction, PciView
 
 ABSENT = "absent"  # a view that lists functions (or BARs) but not this one
 
