@@ -34,6 +34,8 @@ from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
 from harness.report.baseline import compare, find_previous, load_baseline
 from harness.report.document import HuntResult, NightlyReport, RunInfo
+from harness.report.figures import hunt_figures, run_figures
+from harness.report.history import load_history, slowdowns
 from harness.report.html import render_html
 from harness.report.junit import merge_junit
 from harness.report.markdown import render_markdown
@@ -307,15 +309,32 @@ def run_nightly(args: argparse.Namespace) -> int:
         note = None if previous else f"no earlier run in {output.parent} to compare with"
     diff = compare([r.ref() for r in runs], tests, items, baseline, args.pytest_args) \
         if baseline else None
+    duration = time.monotonic() - clock
+    figures = nightly_figures(runs, tests, hunts, duration)
+    history = load_history(output.parent, output)
     report = NightlyReport(
         started=started.isoformat(timespec="seconds"),
         finished=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        duration_s=time.monotonic() - clock, host=socket.gethostname(),
+        duration_s=duration, host=socket.gethostname(),
         command=tuple(["pci-harness", "nightly"] + sys.argv[2:]) if sys.argv[1:2] == ["nightly"]
         else tuple(sys.argv), pytest_args=tuple(args.pytest_args), machines=tuple(machines),
         seeds=SEED_ITEMS, runs=tuple(runs), tests=tuple(tests), items=items, baseline=diff,
-        baseline_note=note, hunts=tuple(hunts), problems=tuple(problems))
+        baseline_note=note, hunts=tuple(hunts), problems=tuple(problems),
+        figures=figures, slowdowns=tuple(slowdowns(history, figures)), history=tuple(history))
     return _finish(report, output, args.json)
+
+
+def nightly_figures(runs: Sequence[RunInfo], tests: Sequence[TestResult],
+                    hunts: Sequence[HuntResult], duration_s: float) -> dict[str, float]:
+    """report.json's `figures`: per QEMU run the tests' figures, its wall time, its hunts."""
+    figures: dict[str, float] = {"nightly wall_s": round(duration_s, 3)}
+    for run in runs:
+        figures |= run_figures(run.label, (t.figures for t in tests if t.run == run.label),
+                               run.duration_s)
+    for h in hunts:
+        if h.ok:
+            figures |= hunt_figures(h.run.replace(" ", "_"), h.result)
+    return figures
 
 
 def _finish(report: NightlyReport, output: Path, as_json: bool) -> int:

@@ -29,6 +29,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.options import add_shared_options
+from harness.report.figures import record_figure
 from harness.seed import SEED_ITEMS
 
 if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
@@ -157,6 +158,8 @@ def make_guest(harness_factory: GuestFactory, artifacts: Path,
         guest = harness_factory.launch(topology, artifacts / name, name=name, **overrides)
         started.append(guest)
         request.node.user_properties.append((f"boot_s:{name}", round(guest.timings.ssh_connected, 3)))
+        record_figure(request, "boot_restored_s" if guest.timings.restored else "boot_cold_s",
+                      guest.timings.ssh_connected)
         return guest
 
     yield make

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.report.baseline import BaselineDiff, RunRef
+from harness.report.history import Night, Slowdown
 from harness.report.matrix import Items
 from harness.report.results import TestResult, counts
 
@@ -70,6 +71,9 @@ class NightlyReport:
     baseline_note: str | None = None   # why there is no comparison
     hunts: tuple[HuntResult, ...] = ()
     problems: tuple[str, ...] = field(default=())  # run-level failures (no tests, pytest crash)
+    figures: Mapping[str, float] = field(default_factory=dict)  # "<qemu> <figure>" -> number
+    slowdowns: tuple[Slowdown, ...] = ()   # news, not failures: the verdict ignores them
+    history: tuple[Night, ...] = ()        # earlier nights next to this one, oldest first
 
     def bad_tests(self) -> list[TestResult]:
         return [t for t in self.tests if t.bad]
@@ -109,7 +113,14 @@ class NightlyReport:
                          for h in self.hunts],
             "failures": [f"{t.nodeid} [{t.run}]: {t.outcome}: {t.message}"
                          for t in self.bad_tests()],
+            "figures": dict(self.figures),
+            "slowdowns": [asdict(s) | {"words": s.words()} for s in self.slowdowns],
         }
+
+    def as_night(self, directory: str) -> Night:
+        """This report as the newest night of its history."""
+        return Night(started=self.started, directory=directory, ok=self.verdict()[0] == 0,
+                     duration_s=self.duration_s, items=self.items, figures=dict(self.figures))
 
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from harness.report.baseline import Change
 from harness.report.document import NightlyReport
+from harness.report.history import HISTORY_CSS, render_history_html
 from harness.report.markdown import _duration, headline, hunt_words
 from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS, cell_tests
 from harness.report.results import TestResult
@@ -264,9 +265,12 @@ def _brief_json(result: Mapping[str, Any]) -> str:
 def render_html(report: NightlyReport, report_dir: Path) -> str:
     status, _ = report.verdict()
     body = (_header(report) + _matrix(report) + _baseline(report) + _failures(report, report_dir)
-            + _known(report.tests) + _hunts(report) + _timings(report))
+            + _known(report.tests) + _hunts(report)
+            + render_history_html(list(report.history) + [report.as_night(report_dir.name)],
+                                  report.slowdowns)
+            + _timings(report))
     title = f"pci-harness nightly {report.started[:16]} {'PASS' if status == 0 else 'FAIL'}"
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>\n"
+            f"<title>{_e(title)}</title><style>{_CSS}{HISTORY_CSS}</style></head><body><main>\n"
             + "\n".join(body) + "\n</main></body></html>\n")

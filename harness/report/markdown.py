@@ -104,6 +104,10 @@ def render_markdown(report: NightlyReport) -> str:
         lines += ["## Known failures", ""]
         lines += [f"- `{t.nodeid}` (QEMU {t.run}): {_cell(t.xfail_reason or '')}" for t in known]
         lines.append("")
+    if report.slowdowns:
+        lines += ["## Slowdowns (news, not failures)", ""]
+        lines += [f"- {_cell(s.words())}" for s in report.slowdowns]
+        lines.append("")
     if report.hunts:
         lines += ["## Ping-pong crash hunt", ""]
         for h in report.hunts:

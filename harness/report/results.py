@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from harness.report.figures import test_figures
+
 PASSED = "passed"
 FAILED = "failed"
 ERROR = "error"
@@ -74,6 +76,7 @@ class TestResult:
     console_tail: Mapping[str, str] = field(default_factory=dict)  # guest name -> tail
     worker: str | None = None           # xdist gateway id ("gw0")
     host: str | None = None             # host name the worker ran on
+    figures: Mapping[str, float] = field(default_factory=dict)  # record_figure(): name -> value
 
     @property
     def bad(self) -> bool:
@@ -82,6 +85,7 @@ class TestResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["console_tail"] = dict(self.console_tail)
+        data["figures"] = dict(self.figures)
         return data
 
     @classmethod
@@ -89,6 +93,7 @@ class TestResult:
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in data.items() if k in known}
         values["console_tail"] = dict(values.get("console_tail") or {})
+        values["figures"] = {str(k): float(v) for k, v in (values.get("figures") or {}).items()}
         return cls(**values)
 
 
@@ -198,7 +203,8 @@ def result_from_reports(nodeid: str, reports: Sequence[PhaseReport], *, run: str
         artifacts=str(props["artifacts"]) if props.get("artifacts") else None,
         console_tail={str(k): str(v) for k, v in dict(tail).items()}
         if isinstance(tail, (dict, list, tuple)) and tail else {},
-        worker=worker, host=str(props["host"]) if props.get("host") else None)
+        worker=worker, host=str(props["host"]) if props.get("host") else None,
+        figures=test_figures(props))
 
 
 def counts(results: Iterable[TestResult]) -> dict[str, int]:

@@ -16,6 +16,7 @@ import pytest
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded
+from harness.report.figures import record_figure
 from harness.scenarios.hotplug import (
     Hotplugger,
     NotSeenByGuest,
@@ -58,6 +59,8 @@ def test_plug_and_unplug_a_disk_behind_a_bridge(make_guest, artifacts: Path, req
     assert report.plugged.path == ("04.0", "01.0", "05.0"), report.plugged.path
     _record(request, "plug_s", round(report.plugged.seconds, 3))
     _record(request, "unplug_s:acpi-bsel", round(report.unplugged.seconds, 3))
+    record_figure(request, "hotplug_plug_s:acpi-bsel", report.plugged.seconds)
+    record_figure(request, "hotplug_unplug_s:acpi-bsel", report.unplugged.seconds)
 
 
 def test_bridges_three_deep_and_root_bus(make_guest, artifacts: Path, request):

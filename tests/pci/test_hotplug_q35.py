@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from harness.report.figures import record_figure
 from harness.scenarios.hotplug import (
     BusNotHotpluggable,
     Hotplugger,
@@ -69,6 +70,8 @@ def test_acpi_hotplug_on_root_ports_and_behind_pcie_pci_bridge(make_guest, artif
         views = report.after_unplug
         assert report.unplugged.mechanism == "acpi-pcihp"
         _record(request, f"unplug_s:acpi-pcihp:{bus}", round(report.unplugged.seconds, 3))
+        record_figure(request, "hotplug_plug_s:acpi-pcihp", report.plugged.seconds)
+        record_figure(request, "hotplug_unplug_s:acpi-pcihp", report.unplugged.seconds)
         assert report.unplugged.seconds < ATTENTION_BUTTON_S, (
             f"ACPI unplug took {report.unplugged.seconds:.2f} s: ACPI has no button wait")
     # hotplug=off: refused before QEMU is asked, and by QEMU itself with its message.

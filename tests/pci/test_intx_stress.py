@@ -15,6 +15,7 @@ import json
 
 import pytest
 
+from harness.report.figures import record_figure
 from harness.scenarios.intx import IntxStress, PayloadServer, run_stress, shared_line_layout
 
 SHARING_SECONDS = 6
@@ -68,6 +69,9 @@ def test_intx_bridge_depth_routing_and_rates(machine, make_guest, artifacts, req
             if base["interrupts_per_s"] else 0.0
         r["io_ratio"] = round(r["io_per_s"] / base["io_per_s"], 3) if base["io_per_s"] else 0.0
     request.node.user_properties.append(("intx_depth_rates", json.dumps(rates)))
+    for depth, r in rates.items():
+        record_figure(request, f"intx_interrupts_per_s:{machine}:depth{depth}",
+                      r["interrupts_per_s"])
     (artifacts / "intx-depth.json").write_text(json.dumps(
         {"rates": rates, "routing": routing}, indent=1, default=str))
     assert not failures, ("INT#x routing/load by depth failed:\n  " + "\n  ".join(failures)

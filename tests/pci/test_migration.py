@@ -16,6 +16,7 @@ from dataclasses import replace
 import pytest
 
 from harness.deadline import Deadline
+from harness.report.figures import record_figure
 from harness.scenarios.loads import BLOCK_SIZE, block_md5, find_disk
 from harness.scenarios.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.topology import topology_from_dict
@@ -30,7 +31,7 @@ def _q35_both():
 
 
 @pytest.mark.smoke
-def test_q35_pingpong_three_hops_under_write_load(harness_factory, artifacts):
+def test_q35_pingpong_three_hops_under_write_load(harness_factory, artifacts, request):
     topology = _q35_both()
     targets = disk_targets(topology, ("ahci", "virtio-blk"))
     assert [t.name for t in targets] == ["ahci", "vblk1"], targets
@@ -50,6 +51,11 @@ def test_q35_pingpong_three_hops_under_write_load(harness_factory, artifacts):
         assert result.verified_blocks[name] == min(result.writes[name], 128), (
             name, result.writes, result.verified_blocks)
     assert not any(g.process.alive() for g in run.guests), "a QEMU outlived the run"
+    hops = sorted(r.stats.total_s for r in result.records)
+    record_figure(request, "pingpong_hop_p50_s", hops[len(hops) // 2])
+    downtimes = sorted(r.stats.downtime_ms for r in result.records if r.stats.downtime_ms)
+    if downtimes:
+        record_figure(request, "pingpong_downtime_p50_ms", downtimes[len(downtimes) // 2])
 
 
 def test_pc_pingpong_mixed_load_over_tcp_ahci_behind_bridge(harness_factory, artifacts):
