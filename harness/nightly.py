@@ -305,8 +305,11 @@ def run_nightly(args: argparse.Namespace) -> int:
     note = None
     if baseline is None:
         previous = find_previous(output.parent, output)
-        baseline = load_baseline(previous) if previous else None
         note = None if previous else f"no earlier run in {output.parent} to compare with"
+        try:
+            baseline = load_baseline(previous) if previous else None
+        except UserError as exc:  # found, not asked for: never lose tonight's report to it
+            baseline, note = None, f"the previous run could not be read: {exc.message}"
     diff = compare([r.ref() for r in runs], tests, items, baseline, args.pytest_args) \
         if baseline else None
     duration = time.monotonic() - clock
