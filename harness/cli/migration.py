@@ -19,6 +19,7 @@ from typing import Any
 from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
 from harness.errors import UserError
 from harness.paths import project_root
+from harness.qemu.facts import machine_facts
 from harness.scenarios.pingpong import (
     PingPong,
     PingPongOptions,
@@ -27,7 +28,7 @@ from harness.scenarios.pingpong import (
     write_reproduce,
 )
 from harness.stats import latency
-from harness.topology import Topology, load_topology, machine_kind, topology_from_dict
+from harness.topology import Topology, load_topology, topology_from_dict
 
 DISK_SIZE = "64M"
 
@@ -36,10 +37,10 @@ def build_topology(machine: str, disk: str) -> Topology:
     """The built-in ping-pong machines: q35 uses its own AHCI (00:1f.2); pc gets an
     ich9-ahci behind a pci-bridge (bridged DMA is the less travelled path); both get a
     virtio-blk on the root bus."""
-    kind = machine_kind(machine)
+    facts = machine_facts(machine)
     data: dict[str, Any] = {"machine": machine, "device": []}
     if disk in ("ahci", "both"):
-        if kind == "q35":
+        if facts.builtin_ahci_bus is not None:
             data["ahci_disk"] = DISK_SIZE
         else:
             data["device"] += [

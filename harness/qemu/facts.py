@@ -4,7 +4,7 @@ Three kinds of fact live here, and nowhere else decides what a QEMU does:
 
 - Machine kinds (`MACHINES`): what `pc` and `q35` are made of whatever the
   version -- root bus, built-in slots, the ACPI hotplug device.  Machine
-  differences are read from this table, not written as `if kind == "pc"`.
+  differences are read from this table, not written as comparisons of kind names.
 - Versioned facts (`VersionedFact`): a value with the version where it
   changed, keyed either by the QEMU binary's version (a refusal message) or by
   the versioned machine type (a compat property: the same 10.0 binary shows
@@ -33,6 +33,7 @@ T = TypeVar("T")
 MachineKind = Literal["pc", "q35"]
 KeyedBy = Literal["qemu", "machine"]
 
+_KIND_OF_NAME: dict[str, MachineKind] = {"pc": "pc", "i440fx": "pc", "q35": "q35"}
 _MACHINE_RE = re.compile(r"^(?:(pc|q35)|pc-(q35|i440fx)-(\d+)\.(\d+)(?:\.\d+)?)$")
 
 
@@ -49,9 +50,7 @@ def machine_kind_of(machine: str) -> MachineKind | None:
     m = _MACHINE_RE.match(machine)
     if not m:
         return None
-    if m.group(1):
-        return "pc" if m.group(1) == "pc" else "q35"
-    return "q35" if m.group(2) == "q35" else "pc"
+    return _KIND_OF_NAME[m.group(1) or m.group(2)]
 
 
 def machine_type_version(machine: str) -> Version | None:
@@ -190,8 +189,18 @@ class MachineFacts:
     bridge_acpi_global: str          # -global that turns ACPI hotplug behind bridges off
     #: ACPI bridge hotplug by machine type version (None: on in every type).
     bridge_acpi_default: VersionedFact[bool] | None
-    #: Root-bus slots whose INT#x the harness's routing model covers (PIRQ swizzle).
-    intx_slots: range
+    #: INT#x routing of root-bus slots: PIRQ link = (slot + offset + pin - 1) % 4 +
+    #: first_link, for the slots in `pirq_slots` (ICH9 routes 0x18-0x1f per device).
+    pirq_slots: range
+    pirq_slot_offset: int
+    pirq_first_link: int
+    #: The GSI of link 0 when the links are wired to fixed IO-APIC pins; None when
+    #: the OS steers them through a config register (`pirq_steering`: function, offset).
+    pirq_gsi_base: int | None
+    pirq_steering: tuple[str, int] | None
+    #: How the root bus is hot-plugged by design ("none": not at all).  What a
+    #: binary really does is probed (probe.py); this is the spec side.
+    root_hotplug: str
     #: The built-in AHCI's first bus (for `ahci_disk`), None when there is none.
     builtin_ahci_bus: str | None
     #: Hot-plug NIC drivers the stress scenario uses (a native PCIe NIC on q35).
@@ -214,14 +223,18 @@ MACHINES: Mapping[MachineKind, MachineFacts] = {
         builtin={0: "the i440FX host bridge", 1: "the PIIX3 (ISA, IDE, PM)"},
         acpi_device="PIIX4_PM", acpi_mechanism="acpi-bsel",
         bridge_acpi_global="PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
-        bridge_acpi_default=None, intx_slots=range(1, 0x1E), builtin_ahci_bus=None,
+        bridge_acpi_default=None, pirq_slots=range(32), pirq_slot_offset=-1,
+        pirq_first_link=0, pirq_gsi_base=None, pirq_steering=("00:01.0", 0x60),
+        root_hotplug="acpi-bsel", builtin_ahci_bus=None,
         hotplug_nics=("e1000",)),
     "q35": MachineFacts(
         kind="q35", root_bus="pcie.0", express=True,
         builtin={0: "the MCH host bridge", 0x1F: "the ICH9 LPC/AHCI/SMBus functions"},
         acpi_device="ICH9-LPC", acpi_mechanism="acpi-pcihp",
         bridge_acpi_global="ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
-        bridge_acpi_default=Q35_ACPI_BRIDGE_HOTPLUG, intx_slots=range(0x18),
+        bridge_acpi_default=Q35_ACPI_BRIDGE_HOTPLUG, pirq_slots=range(0x18),
+        pirq_slot_offset=0, pirq_first_link=4, pirq_gsi_base=16, pirq_steering=None,
+        root_hotplug="none",
         builtin_ahci_bus="ide.0", hotplug_nics=("e1000e",), root_ports=True),
 }
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.machine import Guest
+from harness.qemu.facts import MACHINES, MachineFacts
 from harness.scenarios.hotplug import (
     Hotplugger,
     Plugged,
@@ -42,7 +43,12 @@ from harness.views.threeview import ThreeViews, snapshot
 __all__ = ["CycleFailure", "CycleReport", "StepFailed", "StressResult", "candidate_slots", "checked_cycle", "run_stress",
            "stress_topology"]
 
-NIC_DRIVERS = {"pc": ("virtio-net-pci", "e1000"), "q35": ("virtio-net-pci", "e1000e")}
+NIC_DRIVERS = ("virtio-net-pci",)  # and each machine's own (facts.MachineFacts.hotplug_nics)
+
+
+def nic_drivers(machine: MachineFacts) -> tuple[str, ...]:
+    """The NIC drivers hot-plugged on MACHINE, in the order the seeded choice uses."""
+    return (*NIC_DRIVERS, *machine.hotplug_nics)
 DISK_DRIVER = "virtio-blk-pci"
 
 # Bridges get a cold-plugged function each, so they have windows whatever the
@@ -112,8 +118,8 @@ def candidate_slots(guest: Guest, root_bus: str) -> dict[str, list[tuple[str, in
     """{driver: [(bus, slot, mechanism)]}: hot-add places behind a bridge, per the oracle."""
     assert guest.qmp is not None
     out: dict[str, list[tuple[str, int, str]]] = {}
-    kind = "pc" if root_bus == "pci.0" else "q35"
-    for driver in (DISK_DRIVER, *NIC_DRIVERS[kind]):
+    machine = next(m for m in MACHINES.values() if m.root_bus == root_bus)
+    for driver in (DISK_DRIVER, *nic_drivers(machine)):
         answer = where(guest.qmp, driver, hotplug_only=True)
         out[driver] = [(b.bus, s, b.hotplug or "none") for b in answer.buses
                        if b.bus != root_bus for s in b.free_slots]
@@ -142,7 +148,7 @@ def run_stress(guest: Guest, cycles: int, seed: int, artifacts: Path,
         started = time.monotonic()
         event0 = hp.timers.get("event", 0.0)
         kind_nic = cycle % 2 == 0
-        driver = rng.choice(NIC_DRIVERS[topo.kind]) if kind_nic else DISK_DRIVER
+        driver = rng.choice(nic_drivers(topo.facts)) if kind_nic else DISK_DRIVER
         # A bus first, then a slot on it: a bridge with 30 free slots must not
         # crowd out the root ports, which have one each.
         bus = rng.choice(sorted({b for b, _, _ in places[driver]}))

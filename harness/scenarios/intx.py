@@ -36,9 +36,11 @@ from typing import Any, Literal, Protocol, Self
 
 from harness.errors import HarnessError, UserError
 from harness.guest.console import KERNEL_TROUBLE
+from harness.qemu.facts import machine_facts
 from harness.scenarios.guestio import GuestFunction, config_read, functions_by_path
 from harness.topology.layout import path_of, resolve
-from harness.topology.model import Address, Device, Topology, machine_kind
+from harness.topology.model import Address, Device, Topology
+from harness.topology.rules import intx_slots
 
 __all__ = ["IntxRoute", "IntxStress", "LoadResult", "StressDevice", "StressLayout",
            "expected_line", "intx_route", "parse_info_irq", "parse_proc_interrupts",
@@ -48,7 +50,6 @@ Kind = Literal["blk", "net"]
 LINK_NAMES = "ABCDEFGH"
 CHUNK = 1024 * 1024           # bytes per disk write/read-back and per network download
 DISK_BYTES = 32 * 1024 * 1024
-Q35_REGULAR_SLOTS = 0x18      # ICH9: slots below this use (slot + pin - 1) % 4 + 4
 BRIDGE_DRIVER = "pci-bridge"
 
 
@@ -62,12 +63,12 @@ def swizzle(pin: int, slot: int) -> int:
 
 def root_link(machine: str, slot: int, pin: int) -> int:
     """PIRQ link index (0 = PIRQA) of root-bus `slot`, INT pin `pin` (1-4)."""
-    if machine_kind(machine) == "pc":
-        return (slot - 1 + pin - 1) % 4
-    if slot >= Q35_REGULAR_SLOTS:
+    facts = machine_facts(machine)
+    if slot not in facts.pirq_slots:
         raise UserError(f"root slot {slot:#x}: ICH9 routes slots 0x18-0x1f through "
-                        "per-device D<n>IR registers; the model covers slots below 0x18")
-    return (slot + pin - 1) % 4 + 4
+                        "per-device D<n>IR registers; the model covers slots below "
+                        f"{facts.pirq_slots.stop:#x}")
+    return (slot + facts.pirq_slot_offset + pin - 1) % 4 + facts.pirq_first_link
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,12 @@ def expected_line(shell: Shell, machine: str, link: int) -> int:
     the ISA IRQ in its PIRQRC register (00:01.0, 0x60 + link), set by the OS
     through ACPI _SRS; a set bit 7 means the link is disabled.
     """
-    if machine_kind(machine) == "q35":
-        return 16 + link
-    value = config_read(shell, "00:01.0", 0x60 + link, 8)
+    facts = machine_facts(machine)
+    if facts.pirq_gsi_base is not None:
+        return facts.pirq_gsi_base + link
+    assert facts.pirq_steering is not None
+    function, register = facts.pirq_steering
+    value = config_read(shell, function, register + link, 8)
     if value & 0x80:
         raise HarnessError(f"PIIX3 PIRQRC{LINK_NAMES[link]} = {value:#04x}: the link is "
                            "disabled although a device uses it")
@@ -149,10 +153,7 @@ class StressLayout:
 
 
 def _free_slots(machine: str, depth: int, used: set[int]) -> list[int]:
-    if depth > 0:
-        return [s for s in range(2, 32) if s not in used]
-    top = 0x1E if machine_kind(machine) == "pc" else Q35_REGULAR_SLOTS
-    return [s for s in range(3, top) if s not in used]
+    return [s for s in intx_slots(machine_facts(machine), depth) if s not in used]
 
 
 def shared_line_layout(machine: str, depths: Sequence[int], *,

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from harness.errors import UserError
+from harness.topology.rules import BusRole, DeviceRole, placement
 from harness.views import Qmp, QomBus, qom_pci_buses
 
 
@@ -115,7 +116,7 @@ def _driver_facts(qmp: Qmp, driver: str, types: _Types) -> _DriverFacts:
         chassis_prop=chassis)
 
 
-def _role(bus: QomBus, hosts: set[str], slots: set[str], upstream: set[str]) -> str:
+def _role(bus: QomBus, hosts: set[str], slots: set[str], upstream: set[str]) -> BusRole:
     if bus.parent_type in hosts:
         return "root"
     if bus.parent_type in slots:
@@ -125,22 +126,14 @@ def _role(bus: QomBus, hosts: set[str], slots: set[str], upstream: set[str]) -> 
     return "bridge"
 
 
-def _placement(facts: _DriverFacts, role: str, express: bool) -> tuple[bool, str | None]:
+def _placement(facts: _DriverFacts, role: BusRole, express: bool) -> tuple[bool, str | None]:
     """(allowed by the spec, note).  Not allowed -> note is the reason."""
-    if role == "switch" and not facts.downstream_port:
-        return False, "a switch's internal bus holds only downstream ports"
-    if facts.root_port and not (role == "root" and express):
-        return False, ("a root port belongs on the PCI Express root bus "
-                       "(QEMU 7.2 cold-plugs it elsewhere too)")
-    if facts.downstream_port and role != "switch":
-        return False, "a downstream port belongs on a switch upstream port's bus"
-    if facts.upstream_port and role != "slot":
-        return False, "an upstream port belongs below a root or downstream port"
-    if facts.express and not facts.conventional and not express:
-        return True, "a PCI Express-only function on a conventional bus (QEMU accepts it)"
-    if facts.conventional and not facts.express and role == "slot":
-        return True, "a conventional PCI function directly below a PCIe port (QEMU accepts it)"
-    return True, None
+    rule = placement(DeviceRole(
+        port="root" if facts.root_port else "downstream" if facts.downstream_port
+        else "upstream" if facts.upstream_port else None,
+        express_only=facts.express and not facts.conventional,
+        conventional_only=facts.conventional and not facts.express), role, express)
+    return rule.allowed, rule.reason
 
 
 def _suggest_id(driver: str, taken: set[str]) -> str:

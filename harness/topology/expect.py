@@ -194,10 +194,7 @@ def _port_link_status(by_path: dict[tuple[str, ...], PciFunction],
 
 def _acpi_bridge_hotplug(topo: Topology) -> bool:
     """ACPI hotplug behind bridges: on by default; on q35 only from machine type 6.1."""
-    version = machine_version(topo.machine)
-    if topo.kind == "q35" and version is not None and version < (6, 1):
-        return False
-    return topo.acpi_hotplug
+    return topo.facts.bridge_acpi(machine_version(topo.machine), topo.acpi_hotplug)
 
 
 def bus_hotplug(topo: Topology, dev: Device, info: DriverInfo) -> str | None:
@@ -211,7 +208,7 @@ def bus_hotplug(topo: Topology, dev: Device, info: DriverInfo) -> str | None:
     if info.bridge in ("root-port", "downstream") and dev.flag("hotplug") is False:
         return "none"
     if _acpi_bridge_hotplug(topo):  # every bridge bus, even a switch's internal one
-        return "acpi-pcihp" if topo.kind == "q35" else "acpi-bsel"
+        return topo.facts.acpi_mechanism
     if info.bridge in ("root-port", "downstream"):
         return "pcie-native"
     if info.bridge in ("pci-bridge", "pcie-pci-bridge"):
@@ -220,8 +217,8 @@ def bus_hotplug(topo: Topology, dev: Device, info: DriverInfo) -> str | None:
 
 
 def root_bus_hotplug(topo: Topology) -> str:
-    """pc: ACPI hotplug on pci.0 (acpi-root-pci-hotplug); q35: pcie.0 has no handler."""
-    return "acpi-bsel" if topo.kind == "pc" else "none"
+    """pc: ACPI hotplug on pci.0 (acpi-root-pci-hotplug); q35: pcie.0 takes no device_add."""
+    return topo.facts.root_hotplug
 
 
 def apply_overrides(func: PciFunction, dev: Device) -> PciFunction:

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Literal
 
 from harness.errors import TopologyError
-from harness.topology.drivers import driver_info
-from harness.topology.model import MGMT_ID, MGMT_SLOT, Address, Device, Topology, machine_kind
+from harness.qemu.facts import MGMT_SLOT
+from harness.topology.drivers import DriverInfo, driver_info
+from harness.topology.model import MGMT_ID, Address, Device, Topology
+from harness.topology.rules import (
+    BusRole,
+    DeviceRole,
+    free_slot_candidates,
+    placement,
+    slot_allowed,
+)
+from harness.topology.rules import reserved_slots as machine_reserved_slots
 
-BusRole = Literal["root", "slot", "upstream", "pci"]
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 MAX_ID_LEN = 26  # node names ("<id>.disk") must stay within QEMU's 31 characters
 
@@ -30,9 +37,7 @@ MAX_ID_LEN = 26  # node names ("<id>.disk") must stay within QEMU's 31 character
 class BusInfo:
     """A bus of the topology: who creates it and what it may hold.
 
-    role "root": the machine's root bus; "slot": below a root or downstream port
-    (one device, slot 0); "upstream": inside a switch (downstream ports only);
-    "pci": a conventional bus behind a PCI bridge.
+    role: see rules.BusRole.
     """
 
     name: str
@@ -42,8 +47,7 @@ class BusInfo:
 
 
 def buses(topology: Topology) -> dict[str, BusInfo]:
-    kind = topology.kind
-    out = {topology.root_bus: BusInfo(topology.root_bus, kind == "q35", "root", None)}
+    out = {topology.root_bus: BusInfo(topology.root_bus, topology.facts.express, "root", None)}
     for dev in topology.devices:
         info = driver_info(dev.driver)
         if info is None or info.bridge is None:
@@ -51,19 +55,15 @@ def buses(topology: Topology) -> dict[str, BusInfo]:
         if info.bridge in ("root-port", "downstream"):
             out[dev.id] = BusInfo(dev.id, True, "slot", dev)
         elif info.bridge == "upstream":
-            out[dev.id] = BusInfo(dev.id, True, "upstream", dev)
+            out[dev.id] = BusInfo(dev.id, True, "switch", dev)
         else:
-            out[dev.id] = BusInfo(dev.id, False, "pci", dev)
+            out[dev.id] = BusInfo(dev.id, False, "bridge", dev)
     return out
 
 
 def reserved_slots(topology: Topology) -> dict[int, str]:
     """Root-bus slots the machine or the harness already uses, with the user."""
-    if topology.kind == "pc":
-        return {0: "the i440FX host bridge", 1: "the PIIX3 (ISA, IDE, PM)",
-                MGMT_SLOT: "the management NIC"}
-    return {0: "the MCH host bridge", MGMT_SLOT: "the management NIC",
-            0x1F: "the ICH9 LPC/AHCI/SMBus functions"}
+    return machine_reserved_slots(topology.facts)
 
 
 def mgmt_device(topology: Topology) -> Device:
@@ -80,12 +80,13 @@ def _err(topology: Topology, dev: Device | None, problem: str, fix: str) -> Topo
 
 def validate(topology: Topology) -> None:
     """Raise TopologyError for the first certain mistake; return None when fine."""
-    kind = machine_kind(topology.machine)
+    machine = topology.facts
     if topology.memory < 16 * 1024 * 1024:
         raise _err(topology, None, f"memory {topology.memory} bytes is too small",
                    'give at least memory = "128M"')
-    if topology.ahci_disk is not None and kind != "q35":
-        raise _err(topology, None, "ahci_disk needs the q35 built-in AHCI; pc has none",
+    if topology.ahci_disk is not None and machine.builtin_ahci_bus is None:
+        raise _err(topology, None, f"ahci_disk needs the q35 built-in AHCI; {machine.kind} "
+                   "has none",
                    'use machine = "q35", or add a device with driver = "ich9-ahci" and disk = ...')
     seen: dict[str, Device] = {}
     for dev in topology.devices:
@@ -133,30 +134,26 @@ def _check_device(topology: Topology, dev: Device, bus_map: dict[str, BusInfo]) 
     if dev.prop("addr") is not None or dev.prop("bus") is not None:
         raise _err(topology, dev, "addr/bus must be written as the keys addr/bus",
                    'write addr = "2.0" and bus = "rp1"')
-    bridge = info.bridge if info else None
-    if bridge == "root-port" and bus.role != "root":
-        raise _err(topology, dev, f"{dev.driver} must sit on the PCI Express root bus, "
-                   f"not on {bus_name!r}",
-                   'use machine = "q35" and bus = "pcie.0"' if topology.kind == "pc"
-                   else 'leave bus out (pcie.0); behind a port use a switch '
-                        '(x3130-upstream + xio3130-downstream)')
-    if bridge == "root-port" and topology.kind != "q35":
-        raise _err(topology, dev, f"{dev.driver} needs a PCI Express root bus; pc has none",
-                   'use machine = "q35"')
-    if bridge == "downstream" and bus.role != "upstream":
-        raise _err(topology, dev, f"{dev.driver} must sit on a switch upstream port's bus",
-                   "put an x3130-upstream below a root port and this device on its bus")
-    if bridge == "upstream" and bus.role != "slot":
-        raise _err(topology, dev, f"{dev.driver} must sit below a root or downstream port",
-                   "set bus to the id of a pcie-root-port or xio3130-downstream")
-    if bus.role == "upstream" and bridge != "downstream":
-        raise _err(topology, dev, f"the bus of switch port {bus_name!r} holds only "
-                   "downstream ports", "add an xio3130-downstream on it and put this "
-                   "device below that port")
-    if bus.role == "slot" and dev.addr is not None and dev.addr.slot != 0:
-        raise _err(topology, dev, f"slot {dev.addr.slot:#x} below port {bus_name!r}: a PCIe "
-                   "link reaches only device 0 (QEMU 7.2 accepts it, the spec does not)",
-                   'use addr = "0.F" (functions of slot 0) or add another port')
+    rule = placement(device_role(info), bus.role, bus.express)
+    if not rule.allowed:
+        raise _err(topology, dev, f"{dev.driver} on {bus_name!r}: {rule.reason}",
+                   rule.fix or "move it to another bus")
+    if dev.addr is not None:
+        rule = slot_allowed(bus.role, dev.addr.slot)
+        if not rule.allowed:
+            raise _err(topology, dev, f"on port {bus_name!r}: {rule.reason}",
+                       rule.fix or "use slot 0")
+
+
+def device_role(info: DriverInfo | None) -> DeviceRole:
+    """A driver table entry as rules.placement sees it."""
+    if info is None:
+        return DeviceRole()
+    port = {"root-port": "root", "downstream": "downstream", "upstream": "upstream"}.get(
+        info.bridge or "")
+    return DeviceRole(port=port,  # type: ignore[arg-type]
+                      express_only=info.pcie == "always" and port is None,
+                      conventional_only=info.pcie == "never")
 
 
 def _check_cycles(topology: Topology) -> None:
@@ -229,17 +226,7 @@ def _check_chassis(topology: Topology) -> None:
 
 
 def _first_free(topology: Topology, bus: BusInfo, used: set[int], dev: Device) -> int:
-    if bus.role == "slot":
-        candidates = [0]
-    elif bus.role == "root":
-        reserved = reserved_slots(topology)
-        candidates = [s for s in range(1, 32) if s not in reserved]
-    elif bus.role == "pci":
-        # Slot 0 of a SHPC bridge cannot be hot-unplugged through SHPC: keep it free.
-        candidates = list(range(1, 32))
-    else:
-        candidates = list(range(32))
-    for slot in candidates:
+    for slot in free_slot_candidates(topology.facts, bus.role):
         if slot not in used:
             return slot
     raise _err(topology, dev, f"no free slot left on bus {bus.name!r}",

@@ -15,40 +15,40 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
 
 from harness.errors import TopologyError
+from harness.qemu.facts import (
+    MACHINES,
+    MachineFacts,
+    MachineKind,
+    machine_kind_of,
+    machine_type_version,
+)
 
-MachineKind = Literal["pc", "q35"]
-ROOT_BUS: dict[MachineKind, str] = {"pc": "pci.0", "q35": "pcie.0"}
+ROOT_BUS: dict[MachineKind, str] = {kind: m.root_bus for kind, m in MACHINES.items()}
 MGMT_ID = "mgmt"
-MGMT_SLOT = 0x1E  # root-bus slot reserved for the management NIC
 
 PropValue = str | int | bool
 # An `expect` override value: a scalar, or a list for `capabilities`.
 ExpectValue = str | int | float | bool | None | tuple[str, ...]
 
-_MACHINE_RE = re.compile(r"^(?:(pc|q35)|pc-(q35|i440fx)-\d+\.\d+(?:\.\d+)?)$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _ADDR_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,2})(?:\.([0-7]))?$")
 
 
 def machine_kind(machine: str) -> MachineKind:
     """"pc" or "q35" for a machine type name; TopologyError for anything else."""
-    m = _MACHINE_RE.match(machine)
-    if not m:
+    kind = machine_kind_of(machine)
+    if kind is None:
         raise TopologyError(f"unknown machine type {machine!r}",
                             fix='use "pc", "q35" or a versioned type such as "pc-q35-7.2" '
                                 'or "pc-i440fx-7.2"')
-    if m.group(1):
-        return "pc" if m.group(1) == "pc" else "q35"
-    return "q35" if m.group(2) == "q35" else "pc"
+    return kind
 
 
 def machine_version(machine: str) -> tuple[int, int] | None:
     """(major, minor) of a versioned machine type, None for the unversioned alias."""
-    m = re.search(r"-(\d+)\.(\d+)", machine)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    return machine_type_version(machine)
 
 
 def parse_size(value: str | int, *, what: str) -> int:
@@ -145,8 +145,13 @@ class Topology:
         return machine_kind(self.machine)
 
     @property
+    def facts(self) -> MachineFacts:
+        """What this machine kind is built of (harness/qemu/facts.py)."""
+        return MACHINES[self.kind]
+
+    @property
     def root_bus(self) -> str:
-        return ROOT_BUS[self.kind]
+        return self.facts.root_bus
 
     def device(self, device_id: str) -> Device:
         for dev in self.devices:

@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.qemu.facts import MGMT_SLOT
 from harness.topology.drivers import BASE_MODULES, driver_info
 from harness.topology.layout import mgmt_device, parents_first, resolve
-from harness.topology.model import MGMT_ID, MGMT_SLOT, Device, PropValue, Topology
+from harness.topology.model import MGMT_ID, Device, PropValue, Topology
 
 MGMT_NETDEV = f"user,id={MGMT_ID},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22"
 AHCI_DISK_ID = "ahci"  # ids derived from it: node "ahci.disk", device "ahci.hd"
