@@ -5,8 +5,11 @@
 # Progress goes to stderr; stdout stays clean for --json.
 
 PCI_HARNESS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# dosfstools, mtools, e2fsprogs, syslinux(-common): the AHCI-root guest's disk
+# (mkfs.fat, mcopy, and syslinux/mke2fs from the recipe's own packages).
 PCI_HARNESS_DEBS=(qemu-system-x86 qemu-utils acpica-tools cpio python3-venv python3-pip
-                  apt dpkg xz-utils ca-certificates)
+                  apt dpkg xz-utils ca-certificates
+                  dosfstools mtools e2fsprogs syslinux syslinux-common)
 
 _say() { echo "pci-harness setup: $*" >&2; }
 

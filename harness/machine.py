@@ -35,7 +35,7 @@ from harness.qemu.process import QemuProcess
 from harness.qemu.qmp import Qmp
 
 if TYPE_CHECKING:
-    from harness.topology.render import RenderedMachine
+    from harness.topology.render import RenderedMachine, ScratchDisk
 
 BOOT_SECONDS = 60.0     # TCG seconds from spawn to the READY marker
 # A named model (not `max`): the same on every QEMU version, so cross-version
@@ -47,6 +47,7 @@ CPU_MODEL = "qemu64,+rdrand"
 # on bridges, without which a device hot-plugged behind an empty bridge gets
 # no resources.  qboot boots ~0.3 s faster and suits tests without hotplug.
 FIRMWARE = {"seabios": None, "qboot": "qboot.rom"}
+FIRMWARE_LOG = "firmware.log"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class LaunchPlan:
     # The guest can open an SSH session that survives live migration (see
     # harness/guest/hopsocket.py): ping-pong checks every hop over it.
     migrating_ssh: bool = False
+    # SeaBIOS's debug console (I/O port 0x402) to firmware.log in the artifacts:
+    # the only place that says whether the firmware found a disk to boot.
+    firmware_log: bool = False
 
 
 @dataclass
@@ -166,7 +170,16 @@ class Guest:
         rom = FIRMWARE.get(plan.firmware)
         if rom:
             argv += ["-bios", rom]
-        if plan.boot_guest:
+        if plan.firmware_log:
+            argv += ["-chardev", f"file,id=seabios,path={self.artifacts / FIRMWARE_LOG}",
+                     "-device", "isa-debugcon,iobase=0x402,chardev=seabios"]
+        if plan.boot_guest and plan.topology.boot_disk is not None:
+            # The firmware boots the disk; its kernel command line is fixed on
+            # the disk, so the per-run arguments reach the guest through fw_cfg.
+            modules = ",".join(self.rendered.guest_modules)
+            args = f"harness.modules={modules} harness.mac={self.mgmt_mac}"
+            argv += ["-fw_cfg", f"name=opt/harness/cmdline,string={args.replace(',', ',,')}"]
+        elif plan.boot_guest:
             modules = ",".join(self.rendered.guest_modules)
             argv += ["-kernel", str(plan.image.vmlinux), "-initrd", str(plan.image.initrd),
                      "-append", " ".join([plan.image.cmdline_base, *plan.kernel_args,
@@ -193,9 +206,13 @@ class Guest:
             return
         for disk in self.rendered.scratch_disks:
             disk.path.parent.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run(["qemu-img", "create", "-q", "-f", disk.format, str(disk.path),
-                                   str(disk.size_bytes)], capture_output=True, text=True,
-                                  check=False)
+            if disk.backing is not None:  # an overlay: the backing image is never written
+                argv = ["qemu-img", "create", "-q", "-f", disk.format, "-b", str(disk.backing),
+                        "-F", str(disk.backing_format), str(disk.path)]
+            else:
+                argv = ["qemu-img", "create", "-q", "-f", disk.format, str(disk.path),
+                        str(disk.size_bytes)]
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise HarnessError(f"qemu-img could not create {disk.path}",
                                    fix="check that qemu-utils is installed", tail=proc.stderr)
@@ -210,24 +227,28 @@ class Guest:
         (self.artifacts / "id_ed25519").write_text(self.key.private_pem)
         os.chmod(self.artifacts / "id_ed25519", 0o600)
         write_reproduce_script(self.artifacts / "reproduce.sh", self.argv, self.run_dir,
-                               self.artifacts)
+                               self.artifacts, overlays=[d for d in self.rendered.scratch_disks
+                                                         if d.backing is not None])
 
     # ---- lifecycle ----------------------------------------------------
-    def launch(self, incoming: str | None = None, wait_for_ssh: bool = True) -> Guest:
+    def launch(self, incoming: str | None = None, wait_for_ssh: bool = True,
+               wait_for_boot: bool = True) -> Guest:
         """Start QEMU and wait (with a deadline) until the guest answers SSH.
 
         With `incoming` it returns as soon as QMP is up (the caller drives the
         migration, then calls `connect`); with wait_for_ssh=False it returns
-        when sshd listens, without logging in (the snapshot builder).
+        when sshd listens, without logging in (the snapshot builder); with
+        wait_for_boot=False as soon as QMP is up (boot-stress times each boot
+        phase itself, then calls `connect`).
         """
         try:
-            self._launch(incoming, wait_for_ssh)
+            self._launch(incoming, wait_for_ssh and wait_for_boot, wait_for_boot)
         except BaseException:
             self.shutdown()
             raise
         return self
 
-    def _launch(self, incoming: str | None, wait_for_ssh: bool) -> None:
+    def _launch(self, incoming: str | None, wait_for_ssh: bool, wait_for_boot: bool) -> None:
         (self.run_dir / "authorized_keys").write_text(self.key.authorized_line)
         self._create_disks()
         self.argv = self.build_argv(incoming)
@@ -265,8 +286,8 @@ class Guest:
         self.timings.qmp_ready = time.monotonic() - started
         if not self.plan.boot_guest:
             return
-        if incoming:
-            return  # the caller drives the migration and then calls `connect()`
+        if incoming or not wait_for_boot:
+            return  # the caller drives the migration or the boot, then calls `connect()`
         self._wait_ready(deadline, started, wait_for_ssh)
 
     def _wait_ready(self, deadline: Deadline, started: float, wait_for_ssh: bool) -> None:
@@ -402,12 +423,23 @@ class Guest:
 
 
 def write_reproduce_script(path: Path, argv: Sequence[str], run_dir: Path,
-                           artifacts: Path) -> None:
+                           artifacts: Path, overlays: Sequence[ScratchDisk] = ()) -> None:
     """A script that starts the same QEMU by hand: QMP and console become
-    server sockets in a fresh directory, so a person can attach to them."""
+    server sockets in a fresh directory, so a person can attach to them.
+
+    Overlays over a read-only image (a boot disk) are made afresh in that
+    directory, so the script boots the same disk the same way as the run did,
+    not the disk the run left behind; so is the firmware log.
+    """
+    prepare = "".join(
+        f"qemu-img create -q -f {d.format} -b {shlex.quote(str(d.backing))} "
+        f"-F {d.backing_format} \"$RUN/{d.path.name}\"\n" for d in overlays)
     rewritten = []
     for arg in argv:
         arg = arg.replace(str(run_dir / "authorized_keys"), str(artifacts / "authorized_keys"))
+        arg = arg.replace(f"path={artifacts / FIRMWARE_LOG}", f"path=$RUN/{FIRMWARE_LOG}")
+        for disk in overlays:
+            arg = arg.replace(_escape_comma(str(disk.path)), f"$RUN/{disk.path.name}")
         if arg.startswith("socket,id=qmp,"):
             arg = "socket,id=qmp,path=$RUN/qmp.sock,server=on,wait=off"
         elif arg.startswith("socket,id=console,"):
@@ -421,5 +453,9 @@ def write_reproduce_script(path: Path, argv: Sequence[str], run_dir: Path,
         f"# SSH: ssh -i {artifacts / 'id_ed25519'} -p PORT root@127.0.0.1 where PORT is\n"
         "# in `info usernet`.\n"
         "set -e\nRUN=$(mktemp -d)\necho \"QMP socket: $RUN/qmp.sock\" >&2\n"
-        f"exec {quoted}\n")
+        f"{prepare}exec {quoted}\n")
     os.chmod(path, 0o755)
+
+
+def _escape_comma(value: str) -> str:
+    return value.replace(",", ",,")

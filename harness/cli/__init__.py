@@ -4,7 +4,8 @@
 - common.py     shared options, RunSettings from them, progress, artifact dir
 - boot.py       boot                 topology.py   compare, where
 - migration.py  pingpong             hotplug.py    hotplug-stress
-- intx.py       intx-stress          (nightly: harness/nightly.py)
+- intx.py       intx-stress          bootstress.py boot-stress
+- (nightly: harness/nightly.py)
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import pexpect
@@ -47,6 +48,19 @@ class Console:
                                 tail=self.tail()) from None
         match = self._spawn.match
         return match.group(0) if match else ""
+
+    def expect_any(self, patterns: Sequence[str], deadline: Deadline) -> tuple[int, str]:
+        """Wait for the first of several regexes; return its index and the matched text."""
+        try:
+            index = self._spawn.expect(list(patterns), timeout=max(deadline.remaining(), 0.01))
+        except pexpect.TIMEOUT:
+            raise DeadlineExceeded(f"{deadline.describe()}: none of {list(patterns)!r} appeared "
+                                   "on the serial console", tail=self.tail()) from None
+        except pexpect.EOF:
+            raise ConsoleClosed(f"the serial console closed while waiting for {patterns!r}",
+                                tail=self.tail()) from None
+        match = self._spawn.match
+        return int(index), (match.group(0) if match else "")
 
     def send_line(self, line: str) -> None:
         self._spawn.send(line + "\n")

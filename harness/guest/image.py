@@ -28,6 +28,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -158,6 +159,20 @@ def ensure_image(name: str = "debian12", progress: Progress | None = None) -> Gu
     """Return the cached image for the recipe, building it first if needed."""
     if name in _memo:
         return _memo[name]
+    key, final, manifest = ensure_built(name, progress)
+    image = GuestImage(key=key, directory=final, vmlinux=final / "vmlinux",
+                       initrd=final / "initrd.cpio", kernel_release=manifest["kernel_release"])
+    _memo[name] = image
+    return image
+
+
+def ensure_built(name: str, progress: Progress | None = None
+                 ) -> tuple[str, Path, dict[str, Any]]:
+    """(key, directory, manifest) of the recipe's cached build, building it if needed.
+
+    Shared by every flavour: the initramfs guest here and the AHCI-root disk
+    (harness/guest/diskimage.py, recipes with `kind = "ahci-root"`).
+    """
     report = progress or _stderr_progress
     rdir = recipe_dir(name)
     recipe = tomllib.loads((rdir / "recipe.toml").read_text())
@@ -170,11 +185,7 @@ def ensure_image(name: str = "debian12", progress: Progress | None = None) -> Gu
         with FileLock(str(images / f"{name}-{key}.lock")):
             if not (final / "manifest.json").is_file():
                 _build(rdir, recipe, versions, final, report)
-    manifest = json.loads((final / "manifest.json").read_text())
-    image = GuestImage(key=key, directory=final, vmlinux=final / "vmlinux",
-                       initrd=final / "initrd.cpio", kernel_release=manifest["kernel_release"])
-    _memo[name] = image
-    return image
+    return key, final, json.loads((final / "manifest.json").read_text())
 
 
 def _build(rdir: Path, recipe: dict[str, object], versions: dict[str, str], final: Path,
@@ -189,18 +200,23 @@ def _build(rdir: Path, recipe: dict[str, object], versions: dict[str, str], fina
         staging = work / "staging"
         for deb in sorted(debs.glob("*.deb")):
             _run(["dpkg", "-x", str(deb), str(staging)])
-        report("unpacked; extracting vmlinux from the bzImage")
         vmlinuz = next((staging / "boot").glob("vmlinuz-*"))
         release = vmlinuz.name.removeprefix("vmlinuz-")
         out = work / "out"
         out.mkdir()
-        (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
-        root = work / "initramfs"
-        _assemble_initramfs(rdir, recipe, staging, root, release, report)
-        report("writing initramfs")
-        _write_cpio(root, out / "initrd.cpio")
-        manifest = {"kernel_release": release, "packages": versions,
-                    "built_s": round(time.monotonic() - started, 1)}
+        manifest: dict[str, Any] = {"kernel_release": release, "packages": versions}
+        if recipe.get("kind") == "ahci-root":
+            from harness.guest.diskimage import build_disk
+
+            manifest.update(build_disk(rdir, recipe, staging, work, out, release, report))
+        else:
+            report("unpacked; extracting vmlinux from the bzImage")
+            (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
+            root = work / "initramfs"
+            _assemble_initramfs(rdir, recipe, staging, root, release, report)
+            report("writing initramfs")
+            _write_cpio(root, out / "initrd.cpio")
+        manifest["built_s"] = round(time.monotonic() - started, 1)
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         os.replace(out, final)
         report(f"image {final.name} built in {manifest['built_s']} s")
@@ -351,11 +367,13 @@ def _assemble_initramfs(rdir: Path, recipe: dict[str, object], staging: Path, ro
     (root / "etc/passwd").write_text("root:*:0:0:root:/root:/bin/sh\n")  # '*': '!' locks the key too
     (root / "etc/group").write_text("root:x:0:\n")
     (root / "etc/shells").write_text("/bin/sh\n")
-    (root / "etc/profile").write_text("export PATH=/sbin:/bin:/usr/sbin:/usr/bin PS1='guest# '\n"
-                                      ". /etc/harness-restored.sh\n")
+    profile = "export PATH=/sbin:/bin:/usr/sbin:/usr/bin PS1='guest# '\n"
+    if (rdir / "restored.sh").is_file():  # flavours restored from snapshots
+        profile += ". /etc/harness-restored.sh\n"
+        shutil.copy2(rdir / "restored.sh", root / "etc/harness-restored.sh")
+    (root / "etc/profile").write_text(profile)
     shutil.copy2(rdir / "init.sh", root / "init")
     os.chmod(root / "init", 0o755)
-    shutil.copy2(rdir / "restored.sh", root / "etc/harness-restored.sh")
 
 
 def _write_cpio(root: Path, target: Path) -> None:

@@ -64,7 +64,7 @@ def _builtin(topo: Topology, slot: int, fn: int, info: DriverInfo) -> PciFunctio
 
 
 def _loads_ahci(topo: Topology) -> bool:
-    return topo.ahci_disk is not None or any(
+    return topo.ahci_disk is not None or topo.boot_disk is not None or any(
         d.driver == "ich9-ahci" and d.disk is not None for d in topo.devices)
 
 

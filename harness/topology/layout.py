@@ -92,12 +92,35 @@ def validate(topology: Topology) -> None:
     for dev in topology.devices:
         _check_id(topology, dev, seen)
         seen[dev.id] = dev
+    _check_boot_disk(topology, seen)
     bus_map = buses(topology)
     for dev in topology.devices:
         _check_device(topology, dev, bus_map)
     _check_cycles(topology)
     _check_addresses(topology, bus_map)
     _check_chassis(topology)
+
+
+def _check_boot_disk(topology: Topology, devices: dict[str, Device]) -> None:
+    boot = topology.boot_disk
+    if boot is None:
+        return
+    if boot.controller is None:
+        if topology.kind != "q35":
+            raise _err(topology, None, "a boot disk on the built-in AHCI needs q35; pc has none",
+                       'add a device with driver = "ich9-ahci" and name it as the controller')
+        if topology.ahci_disk is not None:
+            raise _err(topology, None, "ahci_disk and the boot disk both want the built-in "
+                       "AHCI's port 0", "drop ahci_disk or put the boot disk on an ich9-ahci")
+        return
+    ctrl = devices.get(boot.controller)
+    if ctrl is None or ctrl.driver != "ich9-ahci":
+        raise _err(topology, None, f"boot disk controller {boot.controller!r} is not an "
+                   "ich9-ahci device of this topology",
+                   'add a device with driver = "ich9-ahci" and that id')
+    if ctrl.disk is not None:
+        raise _err(topology, ctrl, "has a disk= and is the boot disk's controller: both want "
+                   "port 0", "drop its disk=")
 
 
 def _check_id(topology: Topology, dev: Device, seen: dict[str, Device]) -> None:

@@ -130,6 +130,21 @@ class Device:
 
 
 @dataclass(frozen=True)
+class BootDisk:
+    """A disk the firmware boots from, read-only to the harness.
+
+    Each guest gets its own qcow2 overlay over `image` (render.py names it, the
+    launcher creates it), so booting never writes the image.  `controller` is
+    the id of an `ich9-ahci` device of the topology, or None for the machine's
+    built-in AHCI (q35 00:1f.2).
+    """
+
+    image: str
+    format: str = "raw"
+    controller: str | None = None
+
+
+@dataclass(frozen=True)
 class Topology:
     machine: str = "q35"
     memory: int = 512 * 1024 * 1024  # bytes
@@ -138,6 +153,7 @@ class Topology:
     # ACPI PCI hotplug of bridges (the machine default).  False turns it off with a
     # -global so that root ports use native PCIe hotplug and PCI bridges use SHPC.
     acpi_hotplug: bool = True
+    boot_disk: BootDisk | None = None  # firmware boots this disk (no -kernel); see BootDisk
     source: str | None = field(default=None, compare=False)  # file it came from, for messages
 
     @property
@@ -183,5 +199,8 @@ class Topology:
             "devices": [[d.id, d.driver, d.bus, str(d.addr) if d.addr else None,
                          [[k, v] for k, v in d.props], d.disk] for d in self.devices],
         }
+        if self.boot_disk is not None:  # only then: keys of other topologies stay as they were
+            data["boot_disk"] = [self.boot_disk.image, self.boot_disk.format,
+                                 self.boot_disk.controller]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -39,6 +39,10 @@ class ScratchDisk:
     size_bytes: int
     node_name: str
     format: str = "qcow2"
+    # An overlay over this image (qemu-img create -b BACKING -F BACKING_FORMAT);
+    # then size_bytes is 0 and the overlay takes the backing image's size.
+    backing: Path | None = None
+    backing_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ def render(topology: Topology, *, scratch_dir: Path, mgmt_mac: str) -> RenderedM
                  device_arg("ide-hd", [("id", f"{AHCI_DISK_ID}.hd"), ("bus", "ide.0"),
                                        ("drive", disk.node_name)])]
         modules += _DISK_MODULES["ide"]
+    if topo.boot_disk is not None:
+        argv += _boot_disk(topo, scratch_dir, disks, modules)
     mgmt = mgmt_device(topo)
     argv += ["-netdev", MGMT_NETDEV, "-device",
              device_arg(mgmt.driver, [("id", MGMT_ID), ("netdev", MGMT_ID), ("mac", mgmt_mac),
@@ -98,6 +104,28 @@ def render(topology: Topology, *, scratch_dir: Path, mgmt_mac: str) -> RenderedM
                                       *mgmt.props])]
     return RenderedMachine(argv=tuple(argv), scratch_disks=tuple(disks),
                            guest_modules=tuple(dict.fromkeys(modules)))
+
+
+BOOT_DISK_ID = "boot"  # ids derived from it: node "boot.disk", device "boot.hd"
+
+
+def _boot_disk(topo: Topology, scratch_dir: Path, disks: list[ScratchDisk],
+               modules: list[str]) -> list[str]:
+    """The firmware's only boot device: an ide-hd on AHCI port 0 over a fresh overlay.
+
+    `-boot strict=on`: SeaBIOS tries nothing but the bootindex'ed disk, so a
+    disk it cannot boot ends at once in "No bootable device" in its log.
+    """
+    boot = topo.boot_disk
+    assert boot is not None
+    disk = ScratchDisk(scratch_dir / f"{BOOT_DISK_ID}.qcow2", 0, node_name(BOOT_DISK_ID),
+                       backing=Path(boot.image), backing_format=boot.format)
+    disks.append(disk)
+    modules += _DISK_MODULES["ide"]
+    bus = f"{boot.controller}.0" if boot.controller else "ide.0"
+    return ["-boot", "strict=on", "-blockdev", _blockdev(disk),
+            "-device", device_arg("ide-hd", [("id", f"{BOOT_DISK_ID}.hd"), ("bus", bus),
+                                             ("drive", disk.node_name), ("bootindex", 0)])]
 
 
 def _memory(size: int) -> str:

@@ -1,0 +1,69 @@
+#!/bin/sh
+# Stage 2: /init on the ext4 root of the AHCI guest (the initramfs mounted it
+# read-write and moved /dev, /proc and /sys here).  Arguments come from QEMU's
+# fw_cfg file opt/harness/cmdline, since the kernel command line is fixed in
+# syslinux.cfg on the disk:
+#   harness.modules=a,b,c   modules this topology needs (modprobe resolves deps)
+#   harness.mac=MAC         the management NIC: gets 10.0.2.15/24 via slirp
+# The SSH key is fw_cfg file opt/harness/authorized_keys, as on the debian12 guest.
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+mkdir -p /dev/pts /tmp /run /var/log
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+exec </dev/console >/dev/console 2>&1
+read -r up _ </proc/uptime
+echo "HARNESS-INIT $up"
+
+# Proof the root takes writes (the overlay the harness made for this boot).
+echo "$up" >/var/log/harness-boot || echo "HARNESS-ERROR the root file system refuses writes"
+
+modprobe qemu_fw_cfg
+args=$(cat /proc/cmdline /sys/firmware/qemu_fw_cfg/by_name/opt/harness/cmdline/raw 2>/dev/null)
+mods=
+mac=
+for arg in $args; do
+    case "$arg" in
+        harness.modules=*) mods="${arg#harness.modules=}" ;;
+        harness.mac=*) mac="${arg#harness.mac=}" ;;
+    esac
+done
+echo /sbin/modprobe >/proc/sys/kernel/modprobe
+[ -n "$mods" ] && modprobe -a $(echo "$mods" | tr , ' ')
+
+ip link set lo up
+ifc=
+if [ -n "$mac" ]; then
+    for d in /sys/class/net/*; do
+        [ "$(cat "$d/address")" = "$mac" ] && ifc="${d##*/}"
+    done
+fi
+if [ -n "$ifc" ]; then
+    echo "$ifc" >/run/harness.ifc
+    ip link set "$ifc" up
+    ip addr add 10.0.2.15/24 dev "$ifc"
+    ip route add default via 10.0.2.2
+else
+    echo "HARNESS-ERROR no interface with MAC $mac"
+fi
+
+mkdir -p /root/.ssh
+chmod 700 /root /root/.ssh
+ln -sf /sys/firmware/qemu_fw_cfg/by_name/opt/harness/authorized_keys/raw /root/.ssh/authorized_keys
+# No udev here (and the Debian kernel has no uevent helper): busybox's
+# `uevent` listens on netlink and runs /sbin/hotplug per event, so a
+# hot-plugged device gets its driver loaded by modalias.  Started after the
+# boot-time modules: coldplug is what harness.modules= is for.
+printf '#!/bin/sh\n[ "$ACTION" = add ] && [ -n "$MODALIAS" ] && exec modprobe -q "$MODALIAS"\n' >/sbin/hotplug
+chmod 755 /sbin/hotplug
+uevent /sbin/hotplug </dev/null >/dev/null 2>&1 &
+
+# dropbear binds its socket before it daemonizes, so READY means "listening".
+dropbear -r /etc/dropbear/hostkey -p 22 -s -E 2>>/var/log/dropbear.log
+read -r up _ </proc/uptime
+echo "HARNESS-READY $up"
+
+# A root shell on the serial console, for pexpect and for people.
+while true; do
+    setsid cttyhack sh -l
+done

@@ -1,0 +1,188 @@
+"""What one cold boot from AHCI went through, read from the firmware log and the console.
+
+Pure parsing and arithmetic (no QEMU): the boot-stress scenario feeds it the
+text it saw, the unit tests feed it recorded and broken logs.
+
+The firmware phase is judged from SeaBIOS's debug console (I/O port 0x402):
+SeaBIOS prints "AHCI/0: registering: ..." for each disk its AHCI driver
+found, "Booting from Hard Disk..." when it tries one, then either "Booting
+from 0000:7c00" (it read the boot sector and jumps to it) or "Boot failed:
+..." and, with nothing left to try, "No bootable device." -- after which it
+waits and retries forever.  The serial console stays silent in that case, so
+only this log can say within seconds that a boot is lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.stats import latency
+
+_AHCI_DISK = re.compile(r"^AHCI/\d+: registering: \"?(.*?)\"?$", re.MULTILINE)
+_HANDOFF = re.compile(r"^Booting from 0000:7c00", re.MULTILINE)
+_BOOT_FAILED = re.compile(r"^(Boot failed: .*|No bootable device\.?.*)$", re.MULTILINE)
+_NO_DEVICE = re.compile(r"^No bootable device", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class FirmwareView:
+    """What SeaBIOS's log says so far."""
+
+    ahci_disks: tuple[str, ...]   # "AHCI/0: QEMU HARDDISK ATA-7 Hard-Disk (97 MiBytes)"
+    handed_off: bool              # the boot sector was read and jumped to
+    failures: tuple[str, ...]     # "Boot failed: not a bootable disk", "No bootable device."
+    gave_up: bool                 # "No bootable device": SeaBIOS retries forever from here
+
+    def stopped(self) -> str | None:
+        """Why the firmware will not boot this disk, or None while it still might."""
+        if not self.gave_up:
+            return None
+        found = ("it found " + "; ".join(self.ahci_disks)) if self.ahci_disks \
+            else "it found no AHCI disk at all"
+        return f"the firmware could not boot the disk ({'; '.join(self.failures)}); {found}"
+
+
+def read_firmware_log(text: str) -> FirmwareView:
+    # Only the last boot attempt counts: after a reset SeaBIOS logs from the top.
+    return FirmwareView(
+        ahci_disks=tuple(m.group(1).strip() for m in _AHCI_DISK.finditer(text)),
+        handed_off=bool(_HANDOFF.search(text)),
+        failures=tuple(dict.fromkeys(m.group(1).strip() for m in _BOOT_FAILED.finditer(text))),
+        gave_up=bool(_NO_DEVICE.search(text)))
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of a boot: its name, what reaching its end proves, and the console
+    marker that ends it (None: judged elsewhere, from the firmware log or SSH)."""
+
+    name: str
+    proves: str
+    marker: str | None
+    seconds: float  # deadline, TCG seconds (scaled by the run's timeout factor)
+
+
+#: The AHCI-root guest (guest-images/debian12-ahci): markers its syslinux.cfg,
+#: initrd.sh and init.sh print.
+AHCI_ROOT_PHASES: tuple[Phase, ...] = (
+    Phase("firmware", "the firmware found the AHCI disk and started its boot sector", None, 20),
+    Phase("bootloader", "syslinux runs (read from the FAT partition through the BIOS)",
+          r"SYSLINUX \d\S*", 20),
+    Phase("load", "syslinux read the kernel and the initramfs (BIOS disk calls on AHCI)",
+          r"Loading /initrd\.img\.\.\. ?ok", 60),
+    Phase("kernel", "the kernel decompressed itself, booted and runs the initramfs",
+          r"HARNESS-KERNEL [\d.]+", 40),
+    Phase("fsck", "e2fsck -f -n of the root partition finished",
+          r"HARNESS-FSCK -?\d+ [\d.]+", 40),
+    Phase("root", "the root file system is mounted", r"HARNESS-ROOT \S+ [\d.]+", 20),
+    Phase("userspace", "init on the root ran and sshd listens", r"HARNESS-READY [\d.]+", 40),
+    Phase("ssh", "SSH answers and / is mounted read-write and takes writes", None, 40),
+)
+
+
+def user_disk_phases(ready: str, ready_seconds: float) -> tuple[Phase, ...]:
+    """A user's own disk: the firmware, then the console matching their regex."""
+    return (AHCI_ROOT_PHASES[0],
+            Phase("ready", f"the serial console matched {ready!r}", ready, ready_seconds))
+
+
+#: Whole console lines that end a boot on the spot whatever phase it is in:
+#: the guest's own error marker, kernel trouble, libata errors on the AHCI
+#: disk, syslinux failing to read its files.  The line end is part of the
+#: pattern so that a match carries the whole line, not its first word.
+STOP_LINE = re.compile(
+    r"(?:HARNESS-ERROR |Kernel panic|BUG: |Oops: |general protection fault|"
+    r"ata\d+(?:\.\d+)?: (?:failed command|exception|COMRESET failed|hard resetting link)|"
+    r"I/O error|Boot error|Could not find kernel image|Loading \S+\.\.\. ?failed)"
+    r"[^\r\n]*\r?\n")
+
+
+def check_marker(phase: str, text: str) -> str | None:
+    """The problem a phase's marker reports, or None when it is fine."""
+    fields = text.split()
+    if phase == "fsck" and len(fields) >= 2 and fields[1] != "0":
+        return f"e2fsck -f -n of the root partition exited with status {fields[1]}"
+    if phase == "root" and len(fields) >= 2 and "rw" not in fields[1].split(","):
+        return f"the root file system is mounted {fields[1]!r}, not read-write"
+    return None
+
+
+def root_mount_problem(proc_mounts: str) -> str | None:
+    """From the guest's /proc/mounts: None when / is mounted read-write."""
+    for line in proc_mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "/" and fields[0] != "rootfs":
+            if "rw" in fields[3].split(","):
+                return None
+            return f"/ is mounted {fields[3]!r} ({fields[0]}), not read-write"
+    return "/proc/mounts has no entry for / "
+
+
+@dataclass
+class BootRecord:
+    """One boot: when each phase ended (seconds since QEMU was spawned)."""
+
+    number: int
+    ended_at: dict[str, float] = field(default_factory=dict)
+    stopped_in: str | None = None
+    reason: str | None = None
+    console_tail: str | None = None
+    firmware_tail: str | None = None
+    artifacts: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped_in is None
+
+    def durations(self) -> dict[str, float]:
+        """Seconds each finished phase took (its end minus the previous end)."""
+        out: dict[str, float] = {}
+        previous = 0.0
+        for name, at in self.ended_at.items():
+            out[name] = round(at - previous, 3)
+            previous = at
+        return out
+
+    def total(self) -> float | None:
+        return round(max(self.ended_at.values()), 3) if self.ok and self.ended_at else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"boot": self.number, "ok": self.ok, "phases": self.durations(),
+                "total_s": self.total(), "stopped_in": self.stopped_in, "reason": self.reason,
+                "console_tail": self.console_tail, "firmware_tail": self.firmware_tail,
+                "artifacts": self.artifacts}
+
+    def describe_failure(self) -> str:
+        where = f"; artifacts in {self.artifacts}" if self.artifacts else ""
+        return f"boot {self.number} stopped in the {self.stopped_in} phase: {self.reason}{where}"
+
+
+def phase_latencies(records: Sequence[BootRecord], phases: Sequence[Phase]
+                    ) -> dict[str, dict[str, float | None]]:
+    """Per phase {"p50": s, "p95": s} over the boots that completed."""
+    done = [r.durations() for r in records if r.ok]
+    return {p.name: latency([d[p.name] for d in done if p.name in d], 3) for p in phases}
+
+
+def summary(records: Sequence[BootRecord], phases: Sequence[Phase],
+            extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The boot-stress result object (--json prints it; the nightly stores it).
+
+    `boots` counts completed boots (an integer); the per-boot records are under
+    `boot_records`; `failures` is always a list of one-paragraph strings.
+    """
+    completed = [r for r in records if r.ok]
+    failed = [r for r in records if not r.ok]
+    return {
+        "ok": not failed and bool(completed),
+        "boots": len(completed),
+        "attempted": len(records),
+        **extra,
+        "phases": phase_latencies(records, phases),
+        "total_s": latency([t for r in completed if (t := r.total()) is not None], 3),
+        "failures": [r.describe_failure() for r in failed],
+        "boot_records": [r.as_dict() for r in records],
+    }

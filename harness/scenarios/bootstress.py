@@ -1,0 +1,267 @@
+"""Cold-boot a guest from AHCI again and again, timing and checking every phase.
+
+Each boot is a fresh QEMU (never a snapshot) whose only boot device is an
+ide-hd on an AHCI port, over a qcow2 overlay of its own, so the disk image is
+never written.  The firmware phase is read from SeaBIOS's debug console
+(bootphases.py), so a disk the firmware cannot boot is a verdict within
+seconds; the later phases end at console markers (the AHCI-root guest) or at
+the user's --ready regex (their own disk).
+
+A stopped boot keeps its directory: console.log, firmware.log, qemu.cmdline,
+qemu.stderr and a reproduce.sh that makes a fresh overlay of the same image
+and boots it with the same command line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.deadline import Deadline
+from harness.errors import DeadlineExceeded, HarnessError, QemuExited, UserError
+from harness.machine import FIRMWARE_LOG, Guest, LaunchPlan
+from harness.scenarios.bootphases import (
+    STOP_LINE,
+    BootRecord,
+    Phase,
+    check_marker,
+    read_firmware_log,
+    root_mount_problem,
+)
+from harness.topology import Device, Topology, machine_kind, validate
+from harness.topology.model import BootDisk
+
+Progress = Callable[[str], None]
+
+#: How often the firmware log is read while waiting: the firmware verdict
+#: (and "the boot loader gave up") is at most this late.
+POLL_S = 0.05
+
+
+class BootStopped(HarnessError):
+    """This boot cannot go on; the message says why."""
+
+
+def boot_topology(machine: str, image: Path, image_format: str,
+                  behind_bridge: bool = False) -> Topology:
+    """The boot-stress machine: the disk on AHCI port 0 as the only boot device.
+
+    q35 uses its built-in AHCI (00:1f.2); pc has none, so it gets an
+    `ich9-ahci` function.  --behind-bridge puts an `ich9-ahci` behind a
+    pci-bridge (pc) or a pcie-root-port (q35): the firmware then has to
+    number the secondary bus and open the bridge's windows before it can read
+    the disk.
+    """
+    kind = machine_kind(machine)
+    devices: tuple[Device, ...] = ()
+    controller: str | None = None
+    if behind_bridge:
+        bridge = (Device(id="br0", driver="pci-bridge", props=(("chassis_nr", 1),))
+                  if kind == "pc" else Device(id="rp0", driver="pcie-root-port"))
+        devices = (bridge, Device(id="sata0", driver="ich9-ahci", bus=bridge.id))
+        controller = "sata0"
+    elif kind == "pc":
+        devices = (Device(id="sata0", driver="ich9-ahci"),)
+        controller = "sata0"
+    where = " behind a bridge" if behind_bridge else ""
+    topology = Topology(machine=machine, devices=devices,
+                        boot_disk=BootDisk(str(image), image_format, controller),
+                        source=f"boot-stress --machine {machine}{where}")
+    validate(topology)
+    return topology
+
+
+def image_format(path: Path) -> str:
+    """The format qemu-img sees in a user's disk image (raw, qcow2, vmdk...)."""
+    if not path.is_file():
+        raise UserError(f"disk image {path} does not exist or is not a file",
+                        fix="pass the path of a bootable disk image to --disk")
+    proc = subprocess.run(["qemu-img", "info", "--output=json", str(path)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise UserError(f"qemu-img cannot read {path}: {proc.stderr.strip()}",
+                        fix="pass a disk image qemu-img understands (raw, qcow2, vmdk, ...)")
+    return str(json.loads(proc.stdout)["format"])
+
+
+@dataclass(frozen=True)
+class BootStressOptions:
+    phases: tuple[Phase, ...]
+    boots: int | None = 1           # None: until a boot fails (or max_time_s)
+    max_time_s: float | None = None
+    keep_going: bool = False        # go on after a failed boot (each keeps its artifacts)
+    keep_artifacts: bool = False    # keep the directories of boots that passed, too
+
+
+@dataclass
+class BootStressRun:
+    records: list[BootRecord] = field(default_factory=list)
+    stopped_by: str = "boots"       # boots | failure | max-time | interrupted
+    elapsed_s: float = 0.0
+
+
+class BootStress:
+    def __init__(self, plan: LaunchPlan, artifacts: Path, options: BootStressOptions,
+                 progress: Progress):
+        if plan.topology.boot_disk is None or not plan.firmware_log:
+            raise HarnessError("boot-stress needs a boot disk and the firmware log in its plan")
+        self.plan = plan
+        self.artifacts = artifacts
+        self.options = options
+        self.progress = progress
+
+    def run(self) -> BootStressRun:
+        """Boot until the count, the time limit, a failure or Ctrl-C (the run so far)."""
+        run = BootStressRun()
+        started = time.monotonic()
+        opts = self.options
+        try:
+            while True:
+                if opts.boots is not None and len(run.records) >= opts.boots:
+                    run.stopped_by = "boots"
+                    break
+                if opts.max_time_s is not None and time.monotonic() - started >= opts.max_time_s:
+                    run.stopped_by = "max-time"
+                    break
+                record = self.boot_once(len(run.records) + 1)
+                run.records.append(record)
+                self._show(record)
+                if not record.ok and not opts.keep_going:
+                    run.stopped_by = "failure"
+                    break
+        except KeyboardInterrupt:
+            run.stopped_by = "interrupted"  # the boot in flight is shut down and not counted
+        run.elapsed_s = time.monotonic() - started
+        return run
+
+    def boot_once(self, number: int) -> BootRecord:
+        """One cold boot, every phase checked; never raises for a boot that stops."""
+        directory = self.artifacts / f"boot-{number:04d}"
+        record = BootRecord(number)
+        guest = Guest(self.plan, directory, name=f"boot{number}")
+        current = self.options.phases[0].name
+        try:
+            guest.launch(wait_for_boot=False)
+            for phase in self.options.phases:
+                current = phase.name
+                deadline = Deadline(phase.seconds, f"the {phase.name} phase of boot {number}")
+                self._run_phase(guest, phase, deadline)
+                record.ended_at[phase.name] = time.monotonic() - guest.started_at
+        except HarnessError as exc:
+            if isinstance(exc, UserError) or (isinstance(exc, QemuExited) and guest.qmp is None):
+                raise  # QEMU refused the command line: no boot happened at all
+            record.stopped_in = current
+            record.reason = exc.message
+        except KeyboardInterrupt:
+            guest.shutdown()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        finally:
+            guest.shutdown()
+        if not record.ok:
+            record.console_tail = _tail(directory / "console.log", 25) or \
+                "(the serial console printed nothing)"
+            record.firmware_tail = _tail(directory / FIRMWARE_LOG, 12)
+            record.artifacts = str(directory)
+        elif not self.options.keep_artifacts:
+            shutil.rmtree(directory, ignore_errors=True)
+        return record
+
+    # ---- phases --------------------------------------------------------
+    def _run_phase(self, guest: Guest, phase: Phase, deadline: Deadline) -> None:
+        if phase.name == "firmware":
+            self._wait_firmware(guest, deadline)
+        elif phase.marker is not None:
+            text = self._wait_console(guest, phase, deadline)
+            problem = check_marker(phase.name, text)
+            if problem:
+                raise BootStopped(problem)
+        elif phase.name == "ssh":
+            self._check_ssh(guest, deadline)
+        else:
+            raise HarnessError(f"phase {phase.name!r} has no marker and no check")
+
+    def _wait_firmware(self, guest: Guest, deadline: Deadline) -> None:
+        log = guest.artifacts / FIRMWARE_LOG
+        assert guest.process is not None
+        while True:
+            view = read_firmware_log(_read(log))
+            if view.handed_off:
+                if not view.ahci_disks:
+                    raise BootStopped("the firmware started a boot sector, but its log names "
+                                      "no AHCI disk: it did not boot through AHCI")
+                return
+            reason = view.stopped()
+            if reason:
+                raise BootStopped(reason)
+            if not guest.process.alive():
+                raise guest.process.exited_error("the firmware phase")
+            if deadline.expired():
+                raise BootStopped(f"{deadline.describe()}: the firmware never started a boot "
+                                  "sector (no \"Booting from 0000:7c00\" in its log)")
+            time.sleep(POLL_S)
+
+    def _wait_console(self, guest: Guest, phase: Phase, deadline: Deadline) -> str:
+        """The phase's marker, or BootStopped as soon as the console or the
+        firmware log says this boot is lost."""
+        assert guest.console is not None and guest.process is not None and phase.marker
+        patterns = [phase.marker, STOP_LINE.pattern]
+        firmware = guest.artifacts / FIRMWARE_LOG
+        while True:
+            slice_s = max(0.01, min(0.5, deadline.remaining()))
+            try:
+                index, text = guest.console.expect_any(
+                    patterns, Deadline(slice_s, phase.name, scaled=False))
+            except DeadlineExceeded:
+                # The boot loader can hand control back to the firmware, which
+                # then says so only in its own log.
+                view = read_firmware_log(_read(firmware))
+                if view.gave_up:
+                    raise BootStopped(f"the firmware gave up after the boot sector started: "
+                                      f"{'; '.join(view.failures)}") from None
+                if deadline.expired():
+                    raise BootStopped(f"{deadline.describe()}: {phase.marker!r} never appeared "
+                                      "on the serial console") from None
+                continue
+            if index == 1:
+                raise BootStopped(f"the serial console says: {text.strip()}")
+            return text
+
+    def _check_ssh(self, guest: Guest, deadline: Deadline) -> None:
+        guest.connect(deadline)
+        problem = root_mount_problem(guest.succeed("cat /proc/mounts", timeout=deadline.remaining()))
+        if problem:
+            raise BootStopped(problem)
+        # The root takes a write and a sync (the boot's own overlay gets it).
+        guest.succeed("echo $$ >/root/harness-write-check && sync && "
+                      "test -s /root/harness-write-check", timeout=deadline.remaining())
+
+    def _show(self, record: BootRecord) -> None:
+        limit = f"/{self.options.boots}" if self.options.boots is not None else ""
+        if record.ok:
+            phases = " ".join(f"{k} {v:.2f}" for k, v in record.durations().items())
+            self.progress(f"boot {record.number}{limit}: ok in {record.total():.2f} s ({phases})")
+        else:
+            self.progress(f"boot {record.number}{limit}: STOPPED in the {record.stopped_in} "
+                          f"phase: {record.reason}")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _tail(path: Path, lines: int) -> str | None:
+    text = _read(path).replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:]) or None
+
+
+def phase_names(phases: Sequence[Phase]) -> list[str]:
+    return [p.name for p in phases]
