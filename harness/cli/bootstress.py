@@ -19,7 +19,7 @@ import json
 import re
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
 from harness.errors import UserError
@@ -159,6 +159,7 @@ def _sigterm_as_interrupt(signum: int, _frame: object) -> None:
 
 def _report(result: dict[str, Any], records: list[BootRecord], as_json: bool) -> None:
     if as_json:
+        _report_failures(records, sys.stderr)  # stdout ends with the JSON object alone
         print(json.dumps(result))
         return
     print(f"boot-stress {result['machine']}{' behind a bridge' if result['behind_bridge'] else ''}"
@@ -170,12 +171,16 @@ def _report(result: dict[str, Any], records: list[BootRecord], as_json: bool) ->
     total = result["total_s"]
     if total["p50"] is not None:
         print(f"  {'total':<11} p50 {total['p50']:6.2f} s   p95 {total['p95']:6.2f} s")
+    _report_failures(records, sys.stdout)
+
+
+def _report_failures(records: list[BootRecord], out: TextIO) -> None:
     for record in records:
         if not record.ok:
-            print(f"FAILED: {record.describe_failure()}")
-            print(f"  reproduce: {record.artifacts}/reproduce.sh")
+            print(f"FAILED: {record.describe_failure()}", file=out)
+            print(f"  reproduce: {record.artifacts}/reproduce.sh", file=out)
             if record.firmware_tail:
-                print("  --- firmware log (tail) ---")
-                print("  " + record.firmware_tail.replace("\n", "\n  "))
-            print("  --- console (tail) ---")
-            print("  " + (record.console_tail or "").replace("\n", "\n  "))
+                print("  --- firmware log (tail) ---", file=out)
+                print("  " + record.firmware_tail.replace("\n", "\n  "), file=out)
+            print("  --- console (tail) ---", file=out)
+            print("  " + (record.console_tail or "").replace("\n", "\n  "), file=out)

@@ -121,6 +121,30 @@ def root_mount_problem(proc_mounts: str) -> str | None:
     return "/proc/mounts has no entry for / "
 
 
+_PCI_FUNCTION = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def root_controller(sysfs_path: str) -> str | None:
+    """The PCI function (0000:00:1f.2) a block device hangs off, from its
+    resolved /sys/class/block path: the last PCI address before `ata`."""
+    found = None
+    for part in sysfs_path.split("/"):
+        if _PCI_FUNCTION.match(part):
+            found = part
+    return found
+
+
+def root_on_ahci_problem(sysfs_path: str, driver: str) -> str | None:
+    """None when the root's block device sits on a function bound to `ahci`."""
+    function = root_controller(sysfs_path)
+    if function is None:
+        return f"the root's block device {sysfs_path} is on no PCI function"
+    if "/ata" not in sysfs_path or driver != "ahci":
+        return (f"the root's block device sits on {function} (driver {driver or 'none'!r}, "
+                f"{sysfs_path}), not on an AHCI port")
+    return None
+
+
 @dataclass
 class BootRecord:
     """One boot: when each phase ended (seconds since QEMU was spawned)."""

@@ -31,7 +31,9 @@ from harness.scenarios.bootphases import (
     Phase,
     check_marker,
     read_firmware_log,
+    root_controller,
     root_mount_problem,
+    root_on_ahci_problem,
 )
 from harness.topology import Device, Topology, machine_kind, validate
 from harness.topology.model import BootDisk
@@ -240,6 +242,18 @@ class BootStress:
         # The root takes a write and a sync (the boot's own overlay gets it).
         guest.succeed("echo $$ >/root/harness-write-check && sync && "
                       "test -s /root/harness-write-check", timeout=deadline.remaining())
+        # ... and it is the AHCI disk: the partition's device path and the
+        # driver of the PCI function it hangs off.
+        dev = guest.succeed("awk '$2 == \"/\" && $1 != \"rootfs\" { print $1 }' /proc/mounts",
+                            timeout=deadline.remaining()).strip()
+        path = guest.succeed(f"readlink -f /sys/class/block/{dev.removeprefix('/dev/')}",
+                             timeout=deadline.remaining()).strip()
+        function = root_controller(path)
+        _, driver = guest.execute(f"basename $(readlink /sys/bus/pci/devices/{function}/driver)",
+                                  timeout=deadline.remaining()) if function else (1, "")
+        problem = root_on_ahci_problem(path, driver.strip())
+        if problem:
+            raise BootStopped(problem)
 
     def _show(self, record: BootRecord) -> None:
         limit = f"/{self.options.boots}" if self.options.boots is not None else ""

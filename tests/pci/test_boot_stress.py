@@ -1,0 +1,114 @@
+"""Booting from AHCI (seed item "ahci-stability", the boot half).
+
+The AHCI-root guest (guest-images/debian12-ahci) is cold-booted by SeaBIOS
+through QEMU's AHCI on q35 (the built-in 00:1f.2), on pc (an ich9-ahci
+function) and on pc behind a pci-bridge; every phase must pass, and the
+firmware log must show SeaBIOS's AHCI driver at the PCI address the topology
+gives the controller.  A disk with a zeroed boot sector must be reported as
+stopped in the firmware phase within seconds, by the CLI a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.factory import GuestFactory, RunSettings
+from harness.guest.diskimage import ensure_disk_image
+from harness.machine import FIRMWARE_LOG
+from harness.scenarios.bootphases import AHCI_ROOT_PHASES
+from harness.scenarios.bootstress import BootStress, BootStressOptions, boot_topology
+from harness.topology import resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _controller_address(machine: str, behind_bridge: bool) -> str:
+    """Where SeaBIOS should find the AHCI controller ("bus:slot.fn"), from the
+    topology's own layout: q35's built-in one is 00:1f.2; an added ich9-ahci
+    sits where layout put it, on bus 01 when it is behind the (only) bridge."""
+    topo = resolve(boot_topology(machine, Path("/unused"), "raw", behind_bridge))
+    if topo.boot_disk is None or topo.boot_disk.controller is None:
+        return "00:1f.2"
+    ctrl = topo.device(topo.boot_disk.controller)
+    assert ctrl.addr is not None
+    bus = 1 if behind_bridge else 0
+    return f"{bus:02x}:{ctrl.addr.slot:02x}.{ctrl.addr.function}"
+
+
+@pytest.mark.seed("ahci-stability")
+@pytest.mark.parametrize(("machine", "behind_bridge"), [("q35", False), ("pc", False),
+                                                        ("pc", True)],
+                         ids=["q35", "pc", "pc-behind-bridge"])
+def test_boot_from_ahci(harness_factory: GuestFactory, artifacts: Path, machine: str,
+                        behind_bridge: bool) -> None:
+    disk = ensure_disk_image()
+    topology = boot_topology(machine, disk.disk, "raw", behind_bridge)
+    plan = harness_factory.plan(topology, firmware_log=True)
+    stress = BootStress(plan, artifacts, BootStressOptions(phases=AHCI_ROOT_PHASES, boots=1,
+                                                           keep_artifacts=True), print)
+    run = stress.run()
+    [record] = run.records
+    assert record.ok, record.describe_failure() + "\n" + (record.console_tail or "")
+    assert list(record.ended_at) == [p.name for p in AHCI_ROOT_PHASES]
+    durations = record.durations()
+    assert all(d > 0 for d in durations.values()), durations
+    firmware = (artifacts / "boot-0001" / FIRMWARE_LOG).read_text()
+    expected = _controller_address(machine, behind_bridge)
+    assert f"AHCI controller at {expected}" in firmware, (expected, [
+        line for line in firmware.splitlines() if "AHCI" in line])
+
+
+def _zeroed_boot_sector(tmp_path: Path) -> Path:
+    """An overlay of the AHCI-root disk whose sector 0 reads as zeros."""
+    base = ensure_disk_image().disk
+    damaged = tmp_path / "damaged.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
+                    str(damaged)], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -z 0 512", str(damaged)], check=True,
+                   capture_output=True)
+    return damaged
+
+
+@pytest.mark.smoke
+@pytest.mark.seed("ahci-stability")
+def test_zeroed_boot_sector_stops_in_the_firmware_phase(
+        tmp_path: Path, harness_factory: GuestFactory, harness_settings: RunSettings) -> None:
+    damaged = _zeroed_boot_sector(tmp_path)
+    before = damaged.read_bytes()
+    env = dict(os.environ, PCI_HARNESS_ARTIFACTS=str(tmp_path / "artifacts"))
+    # The --ready deadline is far away on purpose: the verdict must come from
+    # the firmware log, not from waiting for the console.
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "boot-stress", "--machine", "q35", "--boots", "3",
+         "--disk", str(damaged), "--ready", "HARNESS-READY", "--ready-timeout", "600",
+         "--qemu-binary", str(harness_factory.binary.path), "--accel", "tcg",
+         "--timeout-multiplier", str(harness_settings.timeout_multiplier), "--json"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT, check=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["boots"] == 0 and result["attempted"] == 1, result
+    assert result["stopped_by"] == "failure"
+    [record] = result["boot_records"]
+    assert record["stopped_in"] == "firmware", record
+    assert "not a bootable disk" in record["reason"], record["reason"]
+    assert len(result["failures"]) == 1 and "firmware phase" in result["failures"][0]
+    # Within seconds: SeaBIOS gives up at once; only QEMU start-up and the
+    # firmware's own run count (generous for a loaded host).
+    assert result["elapsed_s"] < 20 * harness_settings.timeout_multiplier, result["elapsed_s"]
+    kept = Path(record["artifacts"])
+    for name in ("firmware.log", "console.log", "qemu.cmdline", "reproduce.sh"):
+        assert (kept / name).is_file(), (name, sorted(p.name for p in kept.iterdir()))
+    assert "No bootable device" in (kept / "firmware.log").read_text()
+    assert "FAILED: boot 1 stopped in the firmware phase" in proc.stderr, proc.stderr
+    # Nothing left running, and the disk given was not written.
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True,
+                              check=False)
+    assert leftover.stdout == "", leftover.stdout
+    assert damaged.read_bytes() == before
