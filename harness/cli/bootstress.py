@@ -18,6 +18,7 @@ import argparse
 import json
 import re
 import signal
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 

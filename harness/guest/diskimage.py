@@ -26,8 +26,16 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.errors import ImageBuildError
+from harness.guest.image import (
+    _assemble_initramfs,
+    _copy_with_libs,
+    _module_closure,
+    _write_cpio,
+    ensure_built,
+)
 
 Progress = Callable[[str], None]
 
@@ -129,19 +137,17 @@ def busybox_links(staging: Path, root: Path) -> None:
         link.symlink_to(os.path.relpath("/bin/busybox", "/" + str(Path(applet).parent)))
 
 
-def build_stage1(rdir: Path, recipe: dict[str, object], staging: Path, root: Path,
+def build_stage1(rdir: Path, recipe: dict[str, Any], staging: Path, root: Path,
                  release: str, report: Progress) -> None:
     """The initramfs: busybox, e2fsck and the modules that reach the root."""
-    from harness.guest.image import _copy_with_libs, _module_closure
-
     for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "newroot"):
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(staging / "bin/busybox", root / "bin/busybox")
     busybox_links(staging, root)
-    for binary in recipe.get("initrd_binaries", []):  # type: ignore[attr-defined]
+    for binary in recipe.get("initrd_binaries", []):
         _copy_with_libs(staging, root, str(binary))
     moddir = staging / "lib/modules" / release
-    wanted = [str(m) for m in recipe["initrd_modules"]]  # type: ignore[attr-defined]
+    wanted = [str(m) for m in recipe["initrd_modules"]]
     modules = _module_closure(moddir, wanted)
     report(f"initramfs: {len(modules)} kernel modules to reach the root")
     for ko in modules:
@@ -205,11 +211,9 @@ def assemble_disk(target: Path, mbr_code: bytes, boot: Path, root: Path) -> list
     return parts
 
 
-def build_disk(rdir: Path, recipe: dict[str, object], staging: Path, work: Path, out: Path,
-               release: str, report: Progress) -> dict[str, object]:
+def build_disk(rdir: Path, recipe: dict[str, Any], staging: Path, work: Path, out: Path,
+               release: str, report: Progress) -> dict[str, Any]:
     """Build out/disk.raw; returns what the manifest records about it."""
-    from harness.guest.image import _assemble_initramfs, _write_cpio
-
     tree = work / "rootfs"
     _assemble_initramfs(rdir, recipe, staging, tree, release, report)
     busybox_links(staging, tree)
@@ -220,9 +224,9 @@ def build_disk(rdir: Path, recipe: dict[str, object], staging: Path, work: Path,
     vmlinuz = staging / "boot" / f"vmlinuz-{release}"
     report("making the FAT boot partition (syslinux) and the ext4 root (mke2fs -d)")
     boot = _make_boot_partition(rdir, staging, work, {"vmlinuz": vmlinuz, "initrd.img": initrd},
-                                int(recipe.get("boot_partition_mib", 32)))  # type: ignore[call-overload]
+                                int(recipe.get("boot_partition_mib", 32)))
     root = _make_root_partition(staging, work, tree,
-                                int(recipe.get("root_partition_min_mib", 64)))  # type: ignore[call-overload]
+                                int(recipe.get("root_partition_min_mib", 64)))
     mbr_code = (staging / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()[:440]
     parts = assemble_disk(out / "disk.raw", mbr_code, boot, root)
     return {"disk": "disk.raw", "root_partition": "/dev/sda2",
@@ -236,11 +240,9 @@ _memo: dict[str, DiskImage] = {}
 
 def ensure_disk_image(name: str = DEFAULT_FLAVOUR, progress: Progress | None = None) -> DiskImage:
     """The cached AHCI-root disk of recipe `name`, built first if needed."""
-    from harness.guest.image import ensure_built
-
     if name in _memo:
         return _memo[name]
-    key, final, manifest = ensure_built(name, progress)
+    key, final, manifest = ensure_built(name, progress, builder=build_disk)
     if "disk" not in manifest:
         raise ImageBuildError(f"guest recipe {name!r} does not build a disk",
                               fix='use a recipe with kind = "ahci-root", such as '

@@ -166,16 +166,29 @@ def ensure_image(name: str = "debian12", progress: Progress | None = None) -> Gu
     return image
 
 
-def ensure_built(name: str, progress: Progress | None = None
-                 ) -> tuple[str, Path, dict[str, Any]]:
+#: Builds a flavour's files into `out` from the unpacked packages:
+#: (recipe dir, recipe, staging, work dir, out, kernel release, progress) -> manifest entries.
+FlavourBuilder = Callable[[Path, dict[str, Any], Path, Path, Path, str, Progress],
+                          dict[str, Any]]
+
+
+def ensure_built(name: str, progress: Progress | None = None,
+                 builder: FlavourBuilder | None = None) -> tuple[str, Path, dict[str, Any]]:
     """(key, directory, manifest) of the recipe's cached build, building it if needed.
 
-    Shared by every flavour: the initramfs guest here and the AHCI-root disk
-    (harness/guest/diskimage.py, recipes with `kind = "ahci-root"`).
+    Shared by every flavour: the initramfs guest (the default builder, here)
+    and the AHCI-root disk (harness/guest/diskimage.py passes its own builder
+    for recipes with `kind = "ahci-root"`).
     """
     report = progress or _stderr_progress
     rdir = recipe_dir(name)
     recipe = tomllib.loads((rdir / "recipe.toml").read_text())
+    kind = recipe.get("kind", "initramfs")
+    if (kind == "initramfs") != (builder is None):
+        raise ImageBuildError(f"guest recipe {name!r} is of kind {kind!r}, which this "
+                              "caller cannot use",
+                              fix="boot-stress uses the ahci-root flavours, guests the "
+                                  "initramfs ones")
     images = cache_root() / "images"
     images.mkdir(parents=True, exist_ok=True)
     versions = _cached_versions(recipe, images / f"{name}-resolved.json")
@@ -184,12 +197,12 @@ def ensure_built(name: str, progress: Progress | None = None
     if not (final / "manifest.json").is_file():
         with FileLock(str(images / f"{name}-{key}.lock")):
             if not (final / "manifest.json").is_file():
-                _build(rdir, recipe, versions, final, report)
+                _build(rdir, recipe, versions, final, report, builder or _build_initramfs)
     return key, final, json.loads((final / "manifest.json").read_text())
 
 
-def _build(rdir: Path, recipe: dict[str, object], versions: dict[str, str], final: Path,
-           report: Progress) -> None:
+def _build(rdir: Path, recipe: dict[str, Any], versions: dict[str, str], final: Path,
+           report: Progress, builder: FlavourBuilder) -> None:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
@@ -205,23 +218,26 @@ def _build(rdir: Path, recipe: dict[str, object], versions: dict[str, str], fina
         out = work / "out"
         out.mkdir()
         manifest: dict[str, Any] = {"kernel_release": release, "packages": versions}
-        if recipe.get("kind") == "ahci-root":
-            from harness.guest.diskimage import build_disk
-
-            manifest.update(build_disk(rdir, recipe, staging, work, out, release, report))
-        else:
-            report("unpacked; extracting vmlinux from the bzImage")
-            (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
-            root = work / "initramfs"
-            _assemble_initramfs(rdir, recipe, staging, root, release, report)
-            report("writing initramfs")
-            _write_cpio(root, out / "initrd.cpio")
+        manifest.update(builder(rdir, recipe, staging, work, out, release, report))
         manifest["built_s"] = round(time.monotonic() - started, 1)
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         os.replace(out, final)
         report(f"image {final.name} built in {manifest['built_s']} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_initramfs(rdir: Path, recipe: dict[str, Any], staging: Path, work: Path, out: Path,
+                     release: str, report: Progress) -> dict[str, Any]:
+    """The debian12 flavour: the ELF vmlinux and an uncompressed initramfs."""
+    report("unpacked; extracting vmlinux from the bzImage")
+    vmlinuz = staging / "boot" / f"vmlinuz-{release}"
+    (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
+    root = work / "initramfs"
+    _assemble_initramfs(rdir, recipe, staging, root, release, report)
+    report("writing initramfs")
+    _write_cpio(root, out / "initrd.cpio")
+    return {}
 
 
 def extract_vmlinux(bzimage: bytes) -> bytes:
