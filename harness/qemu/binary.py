@@ -1,16 +1,26 @@
-"""A QEMU binary: where it is, its version, the machine types it knows."""
+"""A QEMU binary: where it is, how it runs, its version, the machine types it knows.
+
+`find_qemu` accepts an installed binary, one unpacked under any prefix and a
+build directory's binary (harness/qemu/layout.py finds their firmware and
+modules); one the harness wires that way is started once with `-S` and must
+answer qom-list-types before it is trusted (verdict cached on disk).
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.errors import QemuNotFound, UserError
+from harness.paths import cache_root
+from harness.qemu import layout as qemu_layout
 
 DEFAULT_NAME = "qemu-system-x86_64"
 
@@ -22,6 +32,10 @@ class QemuBinary:
     full_version: str       # first line of -version
     machines: frozenset[str]  # every name and alias from -machine help
     aliases: tuple[tuple[str, str], ...] = ()  # ("q35", "pc-q35-7.2"): what an alias means here
+    # The binary the user named when `path` is a launcher that wires its
+    # firmware and modules (harness/qemu/layout.py); None when `path` is it.
+    given: Path | None = None
+    layout: str = "installed"  # installed, prefix, build or as-given
 
     def resolve_machine(self, machine: str) -> str:
         """The versioned machine type an alias stands for on this binary ("q35" ->
@@ -35,10 +49,19 @@ class QemuBinary:
                 f"unknown machine type {machine!r} for {self.path} (QEMU {self.version})",
                 fix=f"use pc, q35 or a versioned type such as {', '.join(close) or 'pc-q35-7.2'}")
 
+    @property
+    def real_path(self) -> Path:
+        """The QEMU executable itself (not its launcher)."""
+        return self.given or self.path
+
     def identity(self) -> str:
-        """Changes when the binary is replaced: for cache keys."""
+        """Changes when the binary (or its launcher) is replaced: for cache keys."""
         st = self.path.stat()
-        return f"{self.path}:{st.st_size}:{st.st_mtime_ns}:{self.version}"
+        ident = f"{self.path}:{st.st_size}:{st.st_mtime_ns}:{self.version}"
+        if self.given is not None:
+            real = self.given.stat()
+            ident += f"|{self.given}:{real.st_size}:{real.st_mtime_ns}"
+        return ident
 
 
 def _run(path: str, *args: str) -> str:
@@ -71,7 +94,12 @@ def _inspect(path: str) -> QemuBinary:
 
 
 def find_qemu(explicit: str | os.PathLike[str] | None = None) -> QemuBinary:
-    """--qemu-binary, else $PCI_HARNESS_QEMU, else qemu-system-x86_64 on PATH."""
+    """--qemu-binary, else $PCI_HARNESS_QEMU, else qemu-system-x86_64 on PATH.
+
+    A binary unpacked under a prefix or in a build directory runs through a
+    launcher with its own firmware and modules, and must start and answer
+    qom-list-types first.
+    """
     wanted = str(explicit) if explicit else os.environ.get("PCI_HARNESS_QEMU") or DEFAULT_NAME
     resolved = shutil.which(wanted)
     if resolved is None:
@@ -81,4 +109,99 @@ def find_qemu(explicit: str | os.PathLike[str] | None = None) -> QemuBinary:
         raise QemuNotFound("no qemu-system-x86_64 on PATH",
                            fix="install it with `apt-get install qemu-system-x86` "
                                "(bin/pci-harness does this as root) or pass --qemu-binary PATH")
-    return _inspect(str(Path(resolved).resolve()))
+    return _find(str(Path(resolved).resolve()))
+
+
+@functools.cache
+def _find(real: str) -> QemuBinary:
+    found = qemu_layout.detect(Path(real))
+    if found.needs_launcher:
+        launcher = qemu_layout.cached_launcher(found)
+        binary = replace(_inspect(str(launcher)), given=Path(real), layout=found.kind)
+    else:
+        binary = replace(_inspect(real), layout=found.kind)
+    if found.needs_launcher:  # wired by us: prove it works before any guest relies on it
+        _checked_start(binary, found)
+    return binary
+
+
+#: How long a paused QEMU may take to start and list its types (unscaled: once per binary).
+START_CHECK_S = 60.0
+
+_QMP_CHECK = (b'{"execute": "qmp_capabilities"}\n{"execute": "qom-list-types"}\n'
+              b'{"execute": "quit"}\n')
+
+
+def check_starts(path: Path, what: str | None = None) -> int:
+    """Start QEMU paused on q35 (firmware loads at machine creation) and list
+    its QOM types (every module loads then); the number of types, or a
+    QemuNotFound that says why it failed."""
+    argv = [str(path), "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none",
+            "-S", "-qmp", "stdio"]
+    name = what or str(path)
+    try:
+        proc = subprocess.run(argv, input=_QMP_CHECK, capture_output=True,
+                              timeout=START_CHECK_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise QemuNotFound(f"{name} did not answer qom-list-types within {START_CHECK_S:.0f} s",
+                           fix="run it by hand with -S -qmp stdio to see where it hangs") from None
+    except OSError as exc:
+        raise QemuNotFound(f"{name} cannot be started: {exc.strerror}",
+                           fix="pass an executable qemu-system-x86_64 with --qemu-binary") from None
+    stderr = proc.stderr.decode(errors="replace")
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(reply, dict) and isinstance(reply.get("return"), list):
+            return len(reply["return"])
+    raise start_failure(name, proc.returncode, stderr)
+
+
+def start_failure(name: str, returncode: int, stderr: str) -> QemuNotFound:
+    """Why a QEMU failed to start, in words a user can act on."""
+    text = stderr.strip()
+    last = text.splitlines()[-1] if text else f"exit status {returncode}, no output"
+    glibc = re.search(r"version `GLIBC_([\d.]+)' not found", text)
+    if glibc:
+        return QemuNotFound(
+            f"{name} needs glibc {glibc.group(1)} or newer, and this host's C library is "
+            f"older ({os.confstr('CS_GNU_LIBC_VERSION') or 'unknown'})",
+            fix="use a QEMU built for this release (for Debian 12: bookworm-backports) or "
+                "build QEMU from source here", tail=text[-1500:])
+    library = re.search(r"error while loading shared libraries: ([^:]+)", text)
+    if library:
+        return QemuNotFound(
+            f"{name} needs the library {library.group(1)}, which this host lacks",
+            fix="install the package that provides it, or use a QEMU built for this release",
+            tail=text[-1500:])
+    if "Only modules from the same build" in text:
+        module = re.findall(r"(/\S+\.so)", text)
+        return QemuNotFound(
+            f"{name} loaded a QEMU module of another build"
+            + (f" ({module[-1]})" if module else "") + " and aborted: QEMU searches the "
+            "system's module directory for any module missing from its own",
+            fix="unpack that QEMU's module packages of the same version next to it "
+                "(qemu-system-modules-opengl, qemu-system-modules-spice, qemu-block-extra, "
+                "qemu-system-gui), or fetch it whole with `pci-harness qemu-get SUITE`",
+            tail=text[-1500:])
+    if "could not load PC BIOS" in text or "failed to find romfile" in text:
+        return QemuNotFound(
+            f"{name} does not find its firmware ({last})",
+            fix=f"give it a firmware directory with {qemu_layout.BIOS}: unpack its seabios "
+                "next to it, or pass a wrapper script that runs it with -L DIR",
+            tail=text[-1500:])
+    return QemuNotFound(f"{name} did not start and answer qom-list-types ({last[:300]})",
+                        fix="run it by hand with -S -qmp stdio to see why", tail=text[-1500:])
+
+
+def _checked_start(binary: QemuBinary, found: qemu_layout.Layout) -> None:
+    """check_starts once per binary identity (a verdict file in the cache)."""
+    key = hashlib.sha256(binary.identity().encode()).hexdigest()[:24]
+    mark = cache_root() / "qemu" / "checked" / key
+    if mark.exists():
+        return
+    check_starts(binary.path, f"QEMU {binary.real_path} ({found.describe()})")
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text(binary.identity() + "\n")

@@ -1,0 +1,170 @@
+"""Any QEMU by path: layouts of unpacked prefixes and build trees (fake trees,
+no QEMU started), the launcher, and the words for a QEMU that fails to start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import QemuNotFound
+from harness.qemu import layout
+from harness.qemu.binary import QemuBinary, start_failure
+
+ELF = b"\x7fELF fake"
+
+
+def _file(path: Path, data: bytes = b"") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _prefix(root: Path, modules: bool = True, seabios: bool = True) -> Path:
+    binary = _file(root / "usr" / "bin" / "qemu-system-x86_64", ELF)
+    _file(root / "usr" / "share" / "qemu" / "pvh.bin")
+    if seabios:
+        _file(root / "usr" / "share" / "seabios" / "bios-256k.bin")
+    if modules:
+        _file(root / "usr" / "lib" / "x86_64-linux-gnu" / "qemu" / "hw-display-qxl.so")
+    return binary
+
+
+def test_a_debian_package_unpacked_under_a_prefix(tmp_path):
+    binary = _prefix(tmp_path / "bpo")
+    found = layout.detect(binary)
+    usr = tmp_path / "bpo" / "usr"
+    assert found == layout.Layout("prefix", binary, (usr / "share/qemu", usr / "share/seabios"),
+                                  usr / "lib/x86_64-linux-gnu/qemu")
+    assert found.needs_launcher
+
+
+def test_a_prefix_without_modules_gets_no_module_dir(tmp_path):
+    binary = _prefix(tmp_path / "p", modules=False, seabios=False)
+    (tmp_path / "p" / "usr" / "lib" / "x86_64-linux-gnu" / "qemu").mkdir(parents=True)
+    found = layout.detect(binary)
+    assert (found.kind, found.module_dir) == ("prefix", None)
+    assert found.firmware_dirs == (tmp_path / "p" / "usr" / "share" / "qemu",)
+
+
+def test_make_install_prefix_layout(tmp_path):
+    binary = _file(tmp_path / "opt" / "bin" / "qemu-system-x86_64", ELF)
+    _file(tmp_path / "opt" / "share" / "qemu" / "bios-256k.bin")
+    _file(tmp_path / "opt" / "lib64" / "qemu" / "ui-gtk.so")
+    found = layout.detect(binary)
+    assert found.firmware_dirs == (tmp_path / "opt" / "share" / "qemu",)
+    assert found.module_dir == tmp_path / "opt" / "lib64" / "qemu"
+
+
+def test_the_system_binary_is_installed_and_needs_nothing():
+    system = Path("/usr/bin/qemu-system-x86_64")
+    assert layout.detect(system) == layout.Layout("installed", system)
+
+
+def test_a_lone_binary_and_a_wrapper_script_run_as_given(tmp_path):
+    lone = _file(tmp_path / "somewhere" / "qemu-system-x86_64", ELF)
+    assert layout.detect(lone).kind == "as-given"
+    script = _file(tmp_path / "bin" / "qemu-system-x86_64", b"#!/bin/sh\nexec qemu \"$@\"\n")
+    _file(tmp_path / "share" / "qemu" / "bios-256k.bin")
+    assert layout.detect(script) == layout.Layout("as-given", script)
+
+
+def _build_tree(root: Path, firmware_in: str | None, meson_info: bool = True) -> Path:
+    source, build = root / "qemu", root / "qemu" / "build"
+    _file(source / "configure", b"#!/bin/sh\n")
+    binary = _file(build / "qemu-system-x86_64", ELF)
+    _file(build / "build.ninja")
+    _file(build / "hw-usb-host.so")
+    if meson_info:
+        _file(build / "meson-info" / "meson-info.json",
+              json.dumps({"directories": {"source": str(source), "build": str(build)}}).encode())
+    if firmware_in == "source":
+        _file(source / "pc-bios" / "bios-256k.bin")
+    elif firmware_in == "build":
+        _file(build / "pc-bios" / "bios-256k.bin")
+    return binary
+
+
+def test_a_build_directory_uses_the_source_trees_firmware_and_its_own_modules(tmp_path):
+    binary = _build_tree(tmp_path, "source")
+    found = layout.detect(binary)
+    assert found == layout.Layout("build", binary, (tmp_path / "qemu" / "pc-bios",),
+                                  tmp_path / "qemu" / "build")
+
+
+def test_a_build_directorys_own_pc_bios_comes_first(tmp_path):
+    binary = _build_tree(tmp_path, "build", meson_info=False)
+    _file(tmp_path / "qemu" / "pc-bios" / "bios-256k.bin")
+    assert layout.detect(binary).firmware_dirs == (tmp_path / "qemu" / "build" / "pc-bios",)
+
+
+def test_a_build_directory_without_firmware_says_which_L_it_needs(tmp_path):
+    binary = _build_tree(tmp_path, None)
+    with pytest.raises(QemuNotFound) as caught:
+        layout.detect(binary)
+    text = caught.value.describe()
+    assert f"searched {tmp_path}/qemu/build/pc-bios, {tmp_path}/qemu/pc-bios" in text, text
+    assert "-L DIR" in text and "bios-256k.bin" in text
+
+
+def test_launcher_sets_module_dir_and_firmware_and_passes_arguments(tmp_path):
+    binary = _prefix(tmp_path / "with space")
+    found = layout.detect(binary)
+    path = layout.write_launcher(found, tmp_path / "l" / "qemu-system-x86_64", "test")
+    text = path.read_text()
+    assert path.stat().st_mode & 0o111
+    assert f"QEMU_MODULE_DIR='{tmp_path}/with space/usr/lib/x86_64-linux-gnu/qemu'" in text
+    assert text.splitlines()[-1] == (
+        f"exec '{binary}' -L '{tmp_path}/with space/usr/share/qemu' "
+        f"-L '{tmp_path}/with space/usr/share/seabios' \"$@\"")
+    before = path.stat().st_mtime_ns
+    layout.write_launcher(found, path, "test")
+    assert path.stat().st_mtime_ns == before  # unchanged: caches keyed on it stay valid
+
+
+def test_cached_launcher_lives_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCI_HARNESS_CACHE", str(tmp_path / "cache"))
+    path = layout.cached_launcher(layout.detect(_prefix(tmp_path / "p")))
+    assert path.is_relative_to(tmp_path / "cache" / "qemu" / "launchers")
+
+
+def test_identity_follows_the_real_binary_behind_a_launcher(tmp_path):
+    launcher = _file(tmp_path / "launcher", b"#!/bin/sh\n")
+    real = _file(tmp_path / "real", ELF)
+    binary = QemuBinary(launcher, "10.0.2", "QEMU 10.0.2", frozenset(), given=real)
+    before = binary.identity()
+    real.write_bytes(ELF + b" rebuilt")
+    assert binary.identity() != before
+    assert binary.real_path == real
+    plain = QemuBinary(real, "10.0.2", "QEMU 10.0.2", frozenset())
+    assert plain.identity().count("|") == 0 and plain.real_path == real
+
+
+# What QEMU and the loader print (captured on this machine).
+MODULE_ABORT = """\
+failed to open module: /usr/lib/x86_64-linux-gnu/qemu/hw-usb-host.so: undefined symbol: device_class_set_props
+failed to initialize module: /usr/lib/x86_64-linux-gnu/qemu/chardev-baum.so
+Only modules from the same build can be loaded.
+qemu-system-x86_64: util/module.c:165: module_load_dso: Assertion `QTAILQ_EMPTY(&dso_init_list)' failed.
+"""
+GLIBC = ("/q/qemu-system-x86_64: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.38' "
+         "not found (required by /q/qemu-system-x86_64)\n")
+LIBRARY = ("/q/qemu-system-x86_64: error while loading shared libraries: libfdt.so.2: "
+           "cannot open shared object file: No such file or directory\n")
+BIOS = "qemu-system-x86_64: could not load PC BIOS 'bios-256k.bin'\n"
+
+
+@pytest.mark.parametrize("stderr,expected", [
+    (MODULE_ABORT, ("loaded a QEMU module of another build "
+                    "(/usr/lib/x86_64-linux-gnu/qemu/chardev-baum.so) and aborted")),
+    (GLIBC, "needs glibc 2.38 or newer"),
+    (LIBRARY, "needs the library libfdt.so.2, which this host lacks"),
+    (BIOS, "does not find its firmware (qemu-system-x86_64: could not load PC BIOS"),
+    ("something else\n", "did not start and answer qom-list-types (something else)"),
+    ("", "did not start and answer qom-list-types (exit status 1, no output)"),
+])
+def test_start_failures_say_why(stderr, expected):
+    error = start_failure("QEMU X", 1 if not stderr else -6, stderr)
+    assert expected in error.message, error.message
+    assert error.fix
