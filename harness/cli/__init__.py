@@ -5,7 +5,7 @@
 - boot.py       boot                 topology.py   compare, where
 - migration.py  pingpong             hotplug.py    hotplug-stress
 - intx.py       intx-stress          bootstress.py boot-stress
-- (nightly: harness/nightly.py)
+- qemu.py       qemu-get             (nightly: harness/nightly.py)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import time
 from typing import Any, Protocol
 
 from harness import nightly
-from harness.cli import boot, bootstress, hotplug, intx, migration, topology
+from harness.cli import boot, bootstress, hotplug, intx, migration, qemu, topology
 from harness.errors import HarnessError
 from harness.qemu.process import kill_all_live
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Modules that add verbs, in `--help` order: each has `register(subparsers)`
 #: and takes its shared helpers from harness.cli.common.
 VERB_MODULES: tuple[VerbModule, ...] = (boot, topology, migration, hotplug, nightly, intx,
-                                         bootstress)
+                                         bootstress, qemu)
 
 
 def _on_signal(signum: int, _frame: object) -> None:
