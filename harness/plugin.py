@@ -50,6 +50,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "smoke: the real-QEMU subset bin/test runs")
     config.addinivalue_line("markers", "seed(item_id): the KVM PCI TODO item this test checks")
     config.addinivalue_line("markers", "qemu: the test starts real QEMU")
+    # A failure whose traceback pytest cannot format still gets a report
+    # (CPython 3.11.2's ast race killed xdist workers): harness/failure_report.py.
+    from harness.failure_report import FailureReportGuard
+
+    if not config.pluginmanager.has_plugin("pci-harness-failure-report"):
+        config.pluginmanager.register(FailureReportGuard(), "pci-harness-failure-report")
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         base = Path(workerinput["pci_harness_artifacts"])
