@@ -55,6 +55,15 @@ printf '#!/bin/sh\n[ "$ACTION" = add ] && [ -n "$MODALIAS" ] && exec modprobe -q
 chmod 755 /sbin/hotplug
 uevent /sbin/hotplug </dev/null >/dev/null 2>&1 &
 
+# The kernel prints warnings and worse on the console itself (loglevel=5), even
+# when user space is stuck.  A user process killed by a fault is reported at
+# info level only ("traps: sh[42] general protection fault ...", "sh[42]:
+# segfault at ..."): forward those kernel records (facility 0, levels 5-7) from
+# /dev/kmsg, so the console scan names a crashed guest program too.
+# awk, not sed: it flushes each line (fflush), the moment the kernel reports it.
+cat /dev/kmsg </dev/null 2>/dev/null | awk '/^[5-7],/ && /general protection fault|segfault at|trap invalid opcode|trap divide error/ {
+    sub(/^[^;]*;/, "kmsg: "); print; fflush() }' >/dev/console 2>&1 &
+
 # dropbear binds its socket before it daemonizes, so READY means "listening".
 dropbear -r /etc/dropbear/hostkey -p 22 -s -E 2>>/var/log/dropbear.log
 read -r up _ </proc/uptime

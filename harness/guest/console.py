@@ -18,11 +18,47 @@ from pexpect.fdpexpect import fdspawn
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError
 
-#: Lines that mean the guest kernel is in trouble, whatever the test does.
-KERNEL_TROUBLE = re.compile(
-    r"(Kernel panic|Oops:|BUG:|general protection fault|"
-    r"INFO: task .* blocked for more than|nobody cared|Disabling IRQ #|"
-    r"I/O error|Call Trace:)")
+#: Kinds of kernel trouble, each with the console/dmesg text that shows it.  The
+#: first kind that matches names a line ("BUG: unable to handle page fault" is
+#: an oops, "BUG: soft lockup" a BUG).  The guest's console gets every kernel
+#: message at warning level and worse (image.py: loglevel=5) plus the info-level
+#: reports of user processes killed by a fault (init.sh forwards them).
+TROUBLE_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern)) for kind, pattern in (
+        ("kernel panic", r"Kernel panic"),
+        ("oops", r"Oops:|BUG: unable to handle|BUG: kernel NULL pointer"),
+        ("general protection fault", r"general protection fault"),
+        ("hung task", r"INFO: task .* blocked for more than"),
+        ("RCU stall", r"rcu: INFO: .*detected stalls?|rcu_\w+ (self-)?detected stall"),
+        ("BUG", r"BUG:"),
+        ("I/O error", r"I/O error"),
+        ("IRQ nobody cared", r"nobody cared|Disabling IRQ #"),
+        ("user process fault", r"segfault at|trap invalid opcode|trap divide error"),
+        ("kernel warning", r"WARNING: CPU: \d+ PID: \d+"),
+        ("call trace", r"Call Trace:"),
+    ))
+
+#: Any line of kernel trouble (one regex, for callers that scan dmesg themselves).
+KERNEL_TROUBLE = re.compile("|".join(f"(?:{p.pattern})" for _, p in TROUBLE_KINDS))
+
+
+def trouble_kind(line: str) -> str | None:
+    """The kind of kernel trouble a line reports, None for an ordinary line."""
+    for kind, pattern in TROUBLE_KINDS:
+        if pattern.search(line):
+            return kind
+    return None
+
+
+def kernel_trouble(text: str) -> list[str]:
+    """Every line of TEXT (console log, dmesg) that reports kernel trouble, as
+    "KIND: line" so a verdict names what happened and shows the kernel's words."""
+    found = []
+    for line in text.replace("\r", "").splitlines():
+        kind = trouble_kind(line)
+        if kind is not None:
+            found.append(f"{kind}: {line.strip()}")
+    return found
 
 
 class ConsoleClosed(HarnessError):
@@ -73,12 +109,13 @@ class Console:
         return "\n".join(text.replace("\r", "").splitlines()[-lines:])
 
     def trouble(self) -> list[str]:
-        """Every console line that reports a kernel oops/panic/hang/IRQ/I-O problem."""
+        """Every console line that reports kernel trouble (oops, GPF, BUG, hung task,
+        I/O error, IRQ nobody cared, RCU stall, ...), as "KIND: line"."""
         try:
             text = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return []
-        return [line for line in text.replace("\r", "").splitlines() if KERNEL_TROUBLE.search(line)]
+        return kernel_trouble(text)
 
     def close(self) -> None:
         try:

@@ -233,6 +233,9 @@ def checked_cycle(guest: Guest, hp: Hotplugger, spec: PlugSpec, seed: int,
     """
     before = before or _snap(guest, hp, book)
     failures: list[CycleFailure] = []
+    # Kernel trouble during the cycle (oops, I/O error, IRQ nobody cared, ...) is a
+    # failure of the cycle; what the console showed before it is not this cycle's.
+    seen = len(guest.console.trouble()) if guest.console is not None else 0
 
     def fail(step: str, what: str) -> None:
         failures.append(CycleFailure(cycle, step, what))
@@ -263,4 +266,7 @@ def checked_cycle(guest: Guest, hp: Hotplugger, spec: PlugSpec, seed: int,
         if not host_block_ok(plugged.image, spec.id, seed):
             fail("host-data", f"{plugged.image}: block 1 is not the pattern the guest wrote")
         plugged.image.unlink(missing_ok=True)
+    if guest.console is not None:
+        for line in guest.console.trouble()[seen:]:
+            fail("console", f"guest kernel trouble: {line}")
     return CycleReport(plugged, unplugged, tuple(failures), before, after, gone)

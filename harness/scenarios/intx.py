@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, Self
 
 from harness.errors import HarnessError, UserError
-from harness.guest.console import KERNEL_TROUBLE
+from harness.guest.console import kernel_trouble
 from harness.qemu.facts import machine_facts
 from harness.scenarios.guestio import GuestFunction, config_read, functions_by_path
 from harness.topology.layout import path_of, resolve
@@ -547,10 +547,9 @@ class IntxStress:
 
     def trouble(self) -> list[str]:
         """Kernel complaints (nobody cared, Disabling IRQ, I/O error...) from the
-        console log and from dmesg (the console only shows the worst levels)."""
-        dmesg = self.guest.succeed("dmesg")
-        lines = [f"dmesg: {line}" for line in dmesg.splitlines() if KERNEL_TROUBLE.search(line)]
-        return lines + [f"console: {line}" for line in self.guest.console.trouble()]
+        console log, and from dmesg for what happened before the guest was up."""
+        lines = [f"dmesg: {t}" for t in kernel_trouble(self.guest.succeed("dmesg"))]
+        return lines + [f"console: {t}" for t in self.guest.console.trouble()]
 
 
 def run_stress(guest: Guest, layout: StressLayout, server: PayloadServer,
