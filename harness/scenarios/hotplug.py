@@ -541,15 +541,33 @@ def _keyed(changes: list[Change], before: PciView, after: PciView) -> dict[tuple
     return {(names.get(c.device, c.device), c.field): c for c in changes}
 
 
+def _knows(view: PciView, where: str, field_name: str) -> bool:
+    """Can VIEW show FIELD of the function at path WHERE?  (QEMU's view has no link
+    fields, for example: a predicted link change cannot be looked for there.)"""
+    if field_name == "present":
+        return True
+    if where == "root bus":
+        return view.root_bus_hotplug is not None
+    f = view.by_path().get(tuple(where.split("/")))
+    if f is None:
+        return True  # the function itself is missing: the change did not happen
+    if field_name.startswith("bars["):
+        return f.bars is not None
+    return getattr(f, field_name, None) is not None
+
+
 def step_problems(before: ThreeViews, after: ThreeViews, path: tuple[str, ...],
                   added: bool) -> list[str]:
     """What is wrong with one hotplug step, [] when it is right.
 
     The expectation is the model's own before/after diff (the topology plus or
     minus the device): it holds the device's presence and whatever the rules
-    derive from it (a port's link status).  QEMU's and the guest's diffs must
-    show the presence change and nothing the model did not predict; after a
-    plug, the three views must agree on the new function itself.
+    derive from it (a port's link status, a slot's state).  Checked both ways in
+    QEMU's and the guest's diffs: every predicted change must have happened, to
+    the predicted value, in each view that can show that field; and no change
+    the model did not predict may appear.  After the step the three views must
+    agree on the whole machine as far as they agreed before it (a plug must not
+    make anything else disagree); after a plug, on the new function entirely.
     """
     where = "/".join(path)
     diff = changes(before, after)
@@ -568,10 +586,25 @@ def step_problems(before: ThreeViews, after: ThreeViews, path: tuple[str, ...],
             if key not in expected:
                 problems.append(f"{name} view: unexpected change {key[0]}: {ch.field}: "
                                 f"{ch.before!r} -> {ch.after!r} (the model predicts none)")
-    if added:
-        for d in after.differences():
-            f = next((fn for v in (after.model, after.qemu, after.guest) for fn in v.functions
-                      if fn.name == d.device), None)
-            if f is not None and f.path == path:
-                problems.append(f"three views disagree on the new function: {d}")
+        if name == "model":
+            continue
+        for key, want in sorted(expected.items()):
+            if key == (where, "present") or not _knows(a, *key):
+                continue
+            got = keyed.get(key)
+            if got is None or got.after != want.after:
+                shown = (f"{got.before!r} -> {got.after!r}" if got is not None
+                         else "no change")
+                problems.append(f"{name} view: predicted change {key[0]}: {key[1]}: "
+                                f"{want.before!r} -> {want.after!r} did not happen "
+                                f"(the view shows {shown})")
+    already = {str(d) for d in before.differences()}
+    for d in after.differences():
+        f = next((fn for v in (after.model, after.qemu, after.guest) for fn in v.functions
+                  if fn.name == d.device), None)
+        if added and f is not None and f.path == path:
+            problems.append(f"three views disagree on the new function: {d}")
+        elif str(d) not in already:
+            problems.append(f"three views disagree after the {'plug' if added else 'unplug'}"
+                            f": {d}")
     return problems

@@ -21,10 +21,11 @@ from harness.scenarios.hotplug import (
     Hotplugger,
     PlugRefused,
     PlugSpec,
+    step_problems,
 )
 from harness.scenarios.hotplug_stress import CycleReport, checked_cycle
 from harness.topology import topology_from_dict
-from harness.views.threeview import snapshot
+from harness.views.threeview import ThreeViews, changes, snapshot
 
 pytestmark = pytest.mark.seed("q35-hotplug")
 SEED = 7
@@ -50,6 +51,27 @@ def _record(request: pytest.FixtureRequest, key: str, value: object) -> None:
 
 def _assert_clean(report: CycleReport) -> None:
     assert report.failures == (), "\n".join(f"{f.step}: {f.what}" for f in report.failures)
+
+
+@pytest.mark.smoke
+def test_plug_into_an_empty_root_port_brings_its_link_up(make_guest, artifacts: Path):
+    """The step check is two-way: the model predicts the port's link going from
+    the port's own maximum to the endpoint's, and that change must happen."""
+    guest = make_guest(topology_from_dict({"machine": "q35", "device": [
+        {"id": "rp1", "driver": "pcie-root-port", "addr": "2.0"}]}))
+    hp = Hotplugger(guest, artifacts / "hotplug")
+    report = checked_cycle(guest, hp, PlugSpec("hd1", "virtio-blk-pci", "rp1", 0), SEED)
+    _assert_clean(report)
+    predicted = {(c.device, c.field) for c in changes(report.before, report.after_plug).model}
+    assert {("rp1", "link_speed"), ("hd1", "present")} <= predicted, predicted
+    # Fed a plug that did not happen (the views QEMU and the guest showed before
+    # it, against the model after it), the check names each missing change.
+    nothing = ThreeViews(model=report.after_plug.model, qemu=report.before.qemu,
+                         guest=report.before.guest)
+    problems = step_problems(report.before, nothing, report.plugged.path, added=True)
+    assert any(p.startswith("guest view: predicted change 02.0: link_speed: ")
+               and "did not happen (the view shows no change)" in p for p in problems), problems
+    assert any(p.startswith("qemu view: 02.0/00.0 should be added") for p in problems), problems
 
 
 def test_acpi_hotplug_on_root_ports_and_behind_pcie_pci_bridge(make_guest, artifacts: Path,

@@ -1,69 +1,107 @@
-"""step_problems: a hotplug step must change the views by exactly what the model derives."""
+"""step_problems: a hotplug step must change the views by exactly what the model derives.
+
+The views are what a real QEMU 7.2 and a real guest showed around one hotplug
+(tests/unit/data/hotplug-q35-rp1.json, recorded by record_hotplug.py: a
+virtio-blk-pci plugged into an empty root port and unplugged again).  Only the
+model is computed here; each bad case changes a real view the way a broken
+QEMU or guest would.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
-from harness.scenarios.hotplug import PlugSpec, step_problems
+from harness.scenarios.hotplug import step_problems
 from harness.stats import latency as percentiles
-from harness.topology import expected_view, topology_from_dict
-from harness.views import PciFunction, PciView, diff_snapshots
+from harness.views import PciFunction, PciView
 from harness.views.threeview import ThreeViews
 
-TOPO = topology_from_dict({"machine": "q35", "device": [
-    {"id": "rp1", "driver": "pcie-root-port", "addr": "2.0"},
-]})
-NEW = PlugSpec("hd1", "virtio-blk-pci", "rp1", 0)
-PATH = ("02.0", "00.0")
+RECORDING = json.loads((Path(__file__).parent / "data" / "hotplug-q35-rp1.json").read_text())
+PATH = tuple(RECORDING["path"])
+PORT = ("02.0",)
 
 
-def _views(model: PciView, *, guest_extra: PciFunction | None = None,
-           qemu_drop: tuple[str, ...] | None = None) -> ThreeViews:
-    """QEMU and guest views made from the model (ids kept for QEMU, dropped for the guest)."""
-    qemu = PciView("qemu", tuple(f for f in model.functions if f.path != qemu_drop))
-    guest_funcs = tuple(replace(f, id=None) for f in model.functions)
-    if guest_extra is not None:
-        guest_funcs += (guest_extra,)
-    return ThreeViews(model=model, qemu=qemu, guest=PciView("guest", guest_funcs))
+def recorded(step: str) -> ThreeViews:
+    return ThreeViews.from_dict(RECORDING[step])
 
 
-def _after_model() -> PciView:
-    return expected_view(replace(TOPO, devices=TOPO.devices + (NEW.device(),)))
+def with_function(views: ThreeViews, which: str, path: tuple[str, ...], **values: object
+                  ) -> ThreeViews:
+    """VIEWS with the function at PATH in view WHICH ("qemu"/"guest") changed."""
+    view: PciView = getattr(views, which)
+    funcs = tuple(replace(f, **values) if f.path == path else f  # type: ignore[arg-type]
+                  for f in view.functions)
+    return replace(views, **{which: replace(view, functions=funcs)})
 
 
-def test_a_plug_that_adds_exactly_the_device_and_the_port_link_is_clean():
-    before, after = _views(expected_view(TOPO)), _views(_after_model())
-    model_changes = {(c.device, c.field) for c in diff_snapshots(before.model, after.model)}
-    # The model itself predicts the port's link status change along with the device.
-    assert ("hd1", "present") in model_changes
-    assert any(dev == "rp1" and field.startswith("link") for dev, field in model_changes)
-    assert step_problems(before, after, PATH, added=True) == []
-    assert step_problems(after, before, PATH, added=False) == []
+def test_the_recorded_plug_and_unplug_are_clean() -> None:
+    before, plugged, unplugged = recorded("before"), recorded("plugged"), recorded("unplugged")
+    # The model predicts the port's link going from its own maximum to the
+    # endpoint's 2.5 GT/s x1, and the real guest showed exactly that.
+    guest_port = (plugged.guest.by_path()[PORT].link_speed, before.guest.by_path()[PORT].link_speed)
+    assert guest_port == (2.5, 16.0), guest_port
+    assert step_problems(before, plugged, PATH, added=True) == []
+    assert step_problems(plugged, unplugged, PATH, added=False) == []
 
 
-def test_a_view_that_misses_the_new_device_is_reported():
-    before = _views(expected_view(TOPO))
-    after = _views(_after_model(), qemu_drop=PATH)
-    problems = step_problems(before, after, PATH, added=True)
+def test_a_predicted_link_change_that_did_not_happen_is_reported() -> None:
+    before, plugged = recorded("before"), recorded("plugged")
+    port = before.guest.by_path()[PORT]
+    stuck = with_function(plugged, "guest", PORT, link_speed=port.link_speed,
+                          link_width=port.link_width)
+    problems = step_problems(before, stuck, PATH, added=True)
+    assert ("guest view: predicted change 02.0: link_speed: 16.0 -> 2.5 did not happen "
+            "(the view shows no change)") in problems, problems
+    assert ("guest view: predicted change 02.0: link_width: 32 -> 1 did not happen "
+            "(the view shows no change)") in problems, problems
+
+
+def test_a_predicted_change_to_another_value_is_reported_and_views_disagree() -> None:
+    before, plugged = recorded("before"), recorded("plugged")
+    wrong = with_function(plugged, "guest", PORT, link_speed=5.0)
+    problems = step_problems(before, wrong, PATH, added=True)
+    assert ("guest view: predicted change 02.0: link_speed: 16.0 -> 2.5 did not happen "
+            "(the view shows 16.0 -> 5.0)") in problems, problems
+    assert ("three views disagree after the plug: rp1: link_speed: model=2.5 qemu=None "
+            "guest=5.0") in problems, problems
+
+
+def test_an_unplug_that_leaves_the_link_up_is_reported() -> None:
+    plugged, unplugged = recorded("plugged"), recorded("unplugged")
+    up = plugged.guest.by_path()[PORT]
+    stuck = with_function(unplugged, "guest", PORT, link_speed=up.link_speed,
+                          link_width=up.link_width)
+    problems = step_problems(plugged, stuck, PATH, added=False)
+    assert ("guest view: predicted change 02.0: link_speed: 2.5 -> 16.0 did not happen "
+            "(the view shows no change)") in problems, problems
+
+
+def test_a_view_that_misses_the_new_device_is_reported() -> None:
+    before, plugged = recorded("before"), recorded("plugged")
+    missing = replace(plugged, qemu=replace(plugged.qemu, functions=tuple(
+        f for f in plugged.qemu.functions if f.path != PATH)))
+    problems = step_problems(before, missing, PATH, added=True)
     assert any(p.startswith("qemu view: 02.0/00.0 should be added") for p in problems), problems
 
 
-def test_an_unpredicted_change_elsewhere_is_reported():
-    before = _views(expected_view(TOPO))
+def test_an_unpredicted_change_elsewhere_is_reported() -> None:
+    before, plugged = recorded("before"), recorded("plugged")
     stray = PciFunction(path=("05.0",), vendor=0x8086, device=0x10D3)
-    after = _views(_after_model(), guest_extra=stray)
-    problems = step_problems(before, after, PATH, added=True)
-    assert problems == [("guest view: unexpected change 05.0: present: False -> True "
-                         "(the model predicts none)")], problems
+    extra = replace(plugged, guest=replace(plugged.guest,
+                                           functions=plugged.guest.functions + (stray,)))
+    problems = step_problems(before, extra, PATH, added=True)
+    assert problems == [
+        "guest view: unexpected change 05.0: present: False -> True (the model predicts none)",
+        "three views disagree after the plug: 05.0: present: model=False qemu=False guest=True",
+    ], problems
 
 
-def test_views_that_disagree_on_the_new_function_are_reported():
-    before = _views(expected_view(TOPO))
-    after = _views(_after_model())
-    wrong = tuple(replace(f, device=0x1001) if f.path == PATH else f
-                  for f in after.guest.functions)
-    after = replace(after, guest=PciView("guest", wrong))
-    problems = step_problems(before, after, PATH, added=True)
+def test_views_that_disagree_on_the_new_function_are_reported() -> None:
+    before, plugged = recorded("before"), recorded("plugged")
+    wrong = with_function(plugged, "guest", PATH, device=0x1001)
+    problems = step_problems(before, wrong, PATH, added=True)
     assert any("disagree on the new function" in p and "device" in p for p in problems), problems
 
 
