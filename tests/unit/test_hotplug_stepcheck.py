@@ -1,7 +1,7 @@
 """step_problems: a hotplug step must change the views by exactly what the model derives.
 
 The views are what a real QEMU 7.2 and a real guest showed around one hotplug
-(tests/unit/data/hotplug-q35-rp1.json, recorded by record_hotplug.py: a
+(tests/unit/data/hotplug/q35-rp1.json, recorded by record_hotplug.py: a
 virtio-blk-pci plugged into an empty root port and unplugged again).  Only the
 model is computed here; each bad case changes a real view the way a broken
 QEMU or guest would.
@@ -18,7 +18,7 @@ from harness.stats import latency as percentiles
 from harness.views import PciFunction, PciView
 from harness.views.threeview import ThreeViews
 
-RECORDING = json.loads((Path(__file__).parent / "data" / "hotplug-q35-rp1.json").read_text())
+RECORDING = json.loads((Path(__file__).parent / "data" / "hotplug" / "q35-rp1.json").read_text())
 PATH = tuple(RECORDING["path"])
 PORT = ("02.0",)
 

@@ -4,7 +4,7 @@
 
 Boots a q35 guest with two empty root ports, takes the three views, plugs a
 virtio-blk-pci into rp1 slot 0, takes them again, unplugs it and takes them a
-third time; writes tests/unit/data/hotplug-q35-rp1.json: {"topology", "spec",
+third time; writes tests/unit/data/hotplug/q35-rp1.json: {"topology", "spec",
 "path", "before", "plugged", "unplugged"}.  test_hotplug_stepcheck.py replays
 it: the step check must pass on what a real QEMU 7.2 and guest did, and must
 fail when a view is changed to miss what the model predicts.
@@ -19,10 +19,10 @@ from pathlib import Path
 
 from harness.factory import GuestFactory, RunSettings
 from harness.scenarios.hotplug import Hotplugger, PlugSpec
-from harness.views.threeview import snapshot
 from harness.topology import topology_from_dict
+from harness.views.threeview import snapshot
 
-OUT = Path(__file__).parent / "hotplug-q35-rp1.json"
+OUT = Path(__file__).parent / "hotplug" / "q35-rp1.json"
 TOPOLOGY = {"machine": "q35", "device": [
     {"id": "rp1", "driver": "pcie-root-port", "addr": "2.0"},
     {"id": "rp2", "driver": "pcie-root-port", "addr": "3.0"},
