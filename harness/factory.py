@@ -8,30 +8,22 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.deadline import set_timeout_scale
+from harness.errors import QemuExited
 from harness.guest.image import GuestImage, ensure_image
 from harness.machine import Guest, LaunchPlan
+from harness.options import RunSettings
 from harness.qemu.accel import Accel, ProbeBoot, announce, resolve_accel
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.snapshot import SnapshotCache
+from harness.topology.refusal import attribute_refusal
+
+__all__ = ["GuestFactory", "RunSettings", "probe_boot"]
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """The options every CLI verb and the pytest plugin share."""
-
-    qemu_binary: str | None = None
-    accel: str = "auto"
-    timeout_multiplier: float = 1.0
-    keep_artifacts: bool = False
-    snapshot: bool = True
-    firmware: str = "seabios"  # see harness.machine.FIRMWARE
 
 
 def probe_boot(image: GuestImage) -> ProbeBoot:
@@ -70,9 +62,15 @@ class GuestFactory:
         """A ready guest (SSH works): restored from a snapshot when the settings
         allow and one exists, else booted cold.  The caller shuts it down."""
         plan = self.plan(topology, **overrides)
-        if self.snapshots is None:
-            return Guest(plan, artifacts, name=name).launch()
-        return self.snapshots.launch(plan, artifacts, name)
+        try:
+            if self.snapshots is None:
+                return Guest(plan, artifacts, name=name).launch()
+            return self.snapshots.launch(plan, artifacts, name)
+        except QemuExited as exc:
+            refused = attribute_refusal(topology, exc)  # in the topology's words
+            if refused is exc:
+                raise
+            raise refused from exc
 
     @contextlib.contextmanager
     def guest(self, topology: Any, artifacts: Path, name: str = "guest",

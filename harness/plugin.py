@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from harness.artifacts import settle_artifacts
 from harness.errors import HarnessError
-from harness.options import add_shared_options
+from harness.options import RunSettings, add_shared_options, run_settings
 from harness.report.figures import record_figure
 from harness.seed import SEED_ITEMS
 
 if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
-    from harness.factory import GuestFactory, RunSettings
+    from harness.factory import GuestFactory
     from harness.machine import Guest
 
 _OUTCOME = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -64,9 +64,14 @@ def pytest_configure(config: pytest.Config) -> None:
         run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         base = Path(given) if given else Path(str(config.rootpath)) / "artifacts" / run
     config.stash[_ARTIFACT_BASE] = base
+    try:  # a bad shared option is a usage error before any test runs
+        config.stash[_SETTINGS] = settings_from_config(config)
+    except HarnessError as exc:
+        raise pytest.UsageError(exc.describe()) from None
 
 
 _ARTIFACT_BASE = pytest.StashKey[Path]()
+_SETTINGS = pytest.StashKey[RunSettings]()
 
 
 def pytest_configure_node(node: Any) -> None:  # xdist hook, controller side
@@ -91,18 +96,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def settings_from_config(config: pytest.Config) -> RunSettings:
-    from harness.factory import RunSettings
-
-    return RunSettings(qemu_binary=config.getoption("--qemu-binary"),
-                       accel=config.getoption("--accel"),
-                       timeout_multiplier=config.getoption("--timeout-multiplier"),
-                       keep_artifacts=config.getoption("--keep-artifacts"),
-                       snapshot=not config.getoption("--no-snapshot"))
+    """The run's settings, built by the same builder as the CLI's (harness.options)."""
+    return run_settings(config.getoption)
 
 
 @pytest.fixture(scope="session")
 def harness_settings(pytestconfig: pytest.Config) -> RunSettings:
-    return settings_from_config(pytestconfig)
+    return pytestconfig.stash[_SETTINGS]
 
 
 @pytest.fixture(scope="session")
@@ -136,8 +136,7 @@ def artifacts(request: pytest.FixtureRequest) -> Iterator[Path]:
     failed = any(r.failed for r in reports.values())
     if failed:
         request.node.user_properties.append(("artifacts", str(path)))
-    elif not request.config.getoption("--keep-artifacts"):
-        shutil.rmtree(path, ignore_errors=True)
+    settle_artifacts(path, ok=not failed, keep=request.config.getoption("--keep-artifacts"))
 
 
 @pytest.fixture

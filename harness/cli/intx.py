@@ -11,12 +11,11 @@ kernel-counted I/O per second per device.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
+from harness.cli.common import add_common_options
+from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
-from harness.factory import GuestFactory
 
 
 def cmd_intx_stress(args: argparse.Namespace) -> int:
@@ -25,25 +24,19 @@ def cmd_intx_stress(args: argparse.Namespace) -> int:
     if args.devices < 1 or args.seconds < 1:
         raise UserError("--devices and --seconds must be at least 1")
     layout = shared_line_layout(args.machine, [args.depth] * args.devices)
-    settings = settings_from(args)
-    factory = GuestFactory(settings, progress=progress)
-    artifacts = ArtifactDir("intx-stress", settings.keep_artifacts)
-    ok = False
-    try:
+
+    def body(run: VerbRun) -> Result:
         progress(f"{args.machine}: {args.devices} device(s) {args.depth} bridge(s) deep on "
-                  f"one INT#x line, {args.seconds} s of load")
-        with PayloadServer() as server, factory.guest(layout.topology, artifacts.path,
-                                                      extra_args=layout.extra_args) as guest:
-            report: dict[str, Any] = run_stress(guest, layout, server, args.seconds)
+                 f"one INT#x line, {args.seconds} s of load")
+        with PayloadServer() as server, run.factory.guest(
+                layout.topology, run.artifacts, extra_args=layout.extra_args) as guest:
+            report: Result = run_stress(guest, layout, server, args.seconds)
         report["depth"] = args.depth
-        ok = bool(report["ok"])
-    finally:
-        artifacts.finish(ok)
-    if args.json:
-        print(json.dumps(report))
-    else:
+        return report
+
+    def show(report: Result) -> None:
         print(f"intx-stress {args.machine} depth {args.depth}: "
-              f"{'ok' if ok else 'FAILED'}, {report['link']}, {report['seconds']} s, "
+              f"{'ok' if report['ok'] else 'FAILED'}, {report['link']}, {report['seconds']} s, "
               f"{report['interrupts_per_s']} interrupts/s, {report['io_per_s']} I/O/s")
         for dev in report["devices"]:
             print(f"  {dev['device']:8} {dev['path']:20} IRQ {dev['irq']:3} "
@@ -51,7 +44,8 @@ def cmd_intx_stress(args: argparse.Namespace) -> int:
                   f"{dev['mib_per_s']} MiB/s verified")
         for failure in report["failures"]:
             print(f"  FAILURE: {failure}")
-    return 0 if ok else 1
+
+    return run_verb(args, "intx-stress", body, show)
 
 
 def register(subparsers: Any) -> None:

@@ -9,14 +9,14 @@ made at all (bad options, no QEMU, a guest that never booted).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
+from harness.cli.common import add_common_options
+from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
 from harness.paths import project_root
 from harness.qemu.facts import machine_facts
@@ -92,10 +92,8 @@ def _reproduce_argv(args: argparse.Namespace, seed: int, topology_copy: Path | N
 
 
 def cmd_pingpong(args: argparse.Namespace) -> int:
-    from harness.factory import GuestFactory
     from harness.qemu.binary import find_qemu
 
-    settings = settings_from(args)
     if args.hops < 1 or (args.max_hops is not None and args.max_hops < 1):
         raise UserError("--hops and --max-hops must be at least 1")
     topology = load_topology(args.topology) if args.topology else build_topology(args.machine,
@@ -108,35 +106,34 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
                             "ahci_disk on q35, or use --load none")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
     hops = (args.max_hops or 1000) if args.until_fail else args.hops
-    factory = GuestFactory(settings, progress=progress)
-    dst_binary = find_qemu(args.dst_qemu) if args.dst_qemu else None
-    artifacts = ArtifactDir("pingpong", settings.keep_artifacts)
-    topology_copy = None
-    if args.topology:
-        topology_copy = artifacts.path / "topology.toml"
-        shutil.copyfile(args.topology, topology_copy)
-    options = PingPongOptions(hops=hops, seed=seed, load=args.load, transport=args.transport,
-                              disks=targets, dst_binary=dst_binary, until_fail=args.until_fail,
-                              max_time_s=args.max_time)
-    progress(f"pingpong on {topology.machine} ({factory.accel.name}), seed {seed}, "
-              f"{'until the first failure' if args.until_fail else f'{hops} hops'}; "
-              f"artifacts in {artifacts.path}")
-    runner = PingPong(factory.plan(topology), artifacts.path, options, progress=progress)
-    result = runner.run()
-    failed_at = result.failure.hop if result.failure else len(result.records)
-    write_reproduce(artifacts.path / "reproduce.sh",
-                    _reproduce_argv(args, seed, topology_copy, max(failed_at, 1)), project_root())
-    artifacts.finish(result.ok)
-    report = summary(result, seed)
-    if result.failure is not None:
-        print(f"pci-harness pingpong: FAILED at {result.failure.describe()}\n"
-              f"Artifacts (both command lines, QMP transcripts, console logs, reproduce.sh): "
-              f"{result.artifacts}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print_table(report)
-    return 0 if result.ok else 1
+
+    def body(run: VerbRun) -> Result:
+        factory = run.factory
+        dst_binary = find_qemu(args.dst_qemu) if args.dst_qemu else None
+        topology_copy = None
+        if args.topology:
+            topology_copy = run.artifacts / "topology.toml"
+            shutil.copyfile(args.topology, topology_copy)
+        options = PingPongOptions(hops=hops, seed=seed, load=args.load,
+                                  transport=args.transport, disks=targets,
+                                  dst_binary=dst_binary, until_fail=args.until_fail,
+                                  max_time_s=args.max_time)
+        progress(f"pingpong on {topology.machine} ({factory.accel.name}), seed {seed}, "
+                 f"{'until the first failure' if args.until_fail else f'{hops} hops'}; "
+                 f"artifacts in {run.artifacts}")
+        pingpong = PingPong(factory.plan(topology), run.artifacts, options, progress=progress)
+        result = pingpong.run()
+        failed_at = result.failure.hop if result.failure else len(result.records)
+        write_reproduce(run.artifacts / "reproduce.sh",
+                        _reproduce_argv(args, seed, topology_copy, max(failed_at, 1)),
+                        project_root())
+        if result.failure is not None:
+            print(f"pci-harness pingpong: FAILED at {result.failure.describe()}\n"
+                  f"Artifacts (both command lines, QMP transcripts, console logs, "
+                  f"reproduce.sh): {result.artifacts}", file=sys.stderr)
+        return summary(result, seed)
+
+    return run_verb(args, "pingpong", body, _print_table)
 
 
 def _print_table(report: dict[str, Any]) -> None:

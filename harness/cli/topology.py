@@ -13,19 +13,19 @@ where DRIVER      starts QEMU paused (-S, no guest) and asks the connectivity
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
-from harness.errors import HarnessError, QemuExited, QemuRefused, UserError
+from harness.cli.common import add_common_options
+from harness.cli.runner import Result, VerbRun, progress, run_verb
+from harness.errors import QemuExited, UserError
 from harness.factory import GuestFactory
 from harness.machine import Guest
 from harness.scenarios.where import WhereAnswer, where
 from harness.topology import Topology, default_topology, load_topology, validate
 from harness.topology.model import machine_kind
+from harness.topology.refusal import attribute_refusal
 from harness.views import Difference
 from harness.views.compare import format_value
 from harness.views.threeview import ThreeViews, snapshot
@@ -38,33 +38,6 @@ def topology_argument(text: str) -> Topology:
     if text in DEFAULT_MACHINES and not Path(text).exists():
         return default_topology(text)
     return load_topology(text)
-
-
-# QEMU names the option it refuses: "qemu-system-x86_64: -device e1000,id=nic1,...: why".
-_REFUSED_DEVICE = re.compile(r"-device\s+([^\s,]+)[^:]*?\bid=([^,:\s]+)[^:]*:\s*(.+)")
-
-
-def attribute_refusal(topology: Topology, exc: QemuExited) -> HarnessError:
-    """QEMU exited at start-up: say which topology device its message names.
-
-    Returns a QemuRefused (a UserError: the topology asked for something QEMU
-    will not build) naming the device, or `exc` itself when stderr names none.
-    """
-    for line in exc.stderr.splitlines():
-        m = _REFUSED_DEVICE.search(line)
-        if not m:
-            continue
-        driver, dev_id, why = m.groups()
-        known = {d.id for d in topology.devices}
-        name = dev_id.split(".")[0]  # "disk1.hd" is the disk of device "disk1"
-        if name not in known:
-            continue
-        where_text = topology.where(topology.device(name))
-        return QemuRefused(f"QEMU refused {where_text} ({driver}): {why.strip()}",
-                           fix="change that device's driver, bus, addr or properties; "
-                               "`pci-harness where DRIVER --topology FILE` lists the buses "
-                               "where a driver can go", tail=exc.stderr[-2000:])
-    return exc
 
 
 # --------------------------------------------------------------------------- compare
@@ -96,17 +69,17 @@ def compare_result(views: ThreeViews, trouble: list[str]) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
     topology = topology_argument(args.topology)  # TopologyError (status 2) before QEMU
     started = time.monotonic()
-    factory = GuestFactory(settings, progress=progress)
-    artifacts = ArtifactDir("compare", settings.keep_artifacts)
-    ok = False
-    try:
+    taken: list[ThreeViews] = []
+
+    def body(run: VerbRun) -> Result:
+        factory = run.factory
         progress(f"booting the {topology.machine} guest of {args.topology} "
-                  f"({factory.accel.name})")
+                 f"({factory.accel.name})")
         t0 = time.monotonic()
-        guest = _launch(factory, topology, artifacts.path)
+        # A command line QEMU refuses comes back naming the topology's device.
+        guest = factory.launch(topology, run.artifacts)
         try:
             boot_s = time.monotonic() - t0
             t1 = time.monotonic()
@@ -116,30 +89,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
             trouble = guest.console.trouble()
         finally:
             guest.shutdown()
-        views.save(artifacts.path)
+        views.save(run.artifacts)
+        taken.append(views)
         result = compare_result(views, trouble)
-        ok = bool(result["ok"])
-    finally:
-        artifacts.finish(ok)
-    result.update(topology=args.topology, machine=topology.machine, accel=factory.accel.name,
-                  qemu_version=factory.binary.version,
-                  timings={"boot_s": round(boot_s, 3), "snapshot_s": round(snapshot_s, 3),
-                           "total_s": round(time.monotonic() - started, 3),
-                           **{f"{k}_s": round(v, 3) for k, v in views.seconds.items()}})
-    if not ok:
-        result["artifacts"] = str(artifacts.path)
-    if args.json:
-        print(json.dumps(result, default=format_value))
-    else:
-        _print_compare(result, views)
-    return 0 if ok else 1
+        result.update(topology=args.topology, machine=topology.machine,
+                      accel=factory.accel.name, qemu_version=factory.binary.version,
+                      timings={"boot_s": round(boot_s, 3), "snapshot_s": round(snapshot_s, 3),
+                               "total_s": round(time.monotonic() - started, 3),
+                               **{f"{k}_s": round(v, 3) for k, v in views.seconds.items()}})
+        return result
 
-
-def _launch(factory: GuestFactory, topology: Topology, artifacts: Path) -> Guest:
-    try:
-        return factory.launch(topology, artifacts)
-    except QemuExited as exc:
-        raise attribute_refusal(topology, exc) from None
+    return run_verb(args, "compare", body, lambda result: _print_compare(result, taken[0]),
+                    json_default=format_value)
 
 
 def _print_compare(result: dict[str, Any], views: ThreeViews) -> None:
@@ -224,23 +185,16 @@ def _print_where(answer: dict[str, Any], topology: Topology, hotplug: bool) -> N
 
 
 def cmd_where(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
     topology = where_topology(args)  # bad input fails before QEMU starts
-    factory = GuestFactory(settings, progress=progress)
-    artifacts = ArtifactDir("where", settings.keep_artifacts)
-    ok = False
-    try:
-        answer = ask_where(factory, topology, args.driver, artifacts.path,
+
+    def body(run: VerbRun) -> Result:
+        answer = ask_where(run.factory, topology, args.driver, run.artifacts,
                            hotplug=args.hotplug, device_id=args.id).to_dict()
-        ok = True
-    finally:
-        artifacts.finish(ok)
-    if args.json:
-        print(json.dumps({**answer, "ok": True, "machine": topology.machine,
-                          "hotplug_only": args.hotplug, "failures": []}))
-    else:
-        _print_where(answer, topology, args.hotplug)
-    return 0
+        return {**answer, "ok": True, "machine": topology.machine,
+                "hotplug_only": args.hotplug, "failures": []}
+
+    return run_verb(args, "where", body, lambda answer: _print_where(answer, topology,
+                                                                     args.hotplug))
 
 
 def register(subparsers: Any) -> None:

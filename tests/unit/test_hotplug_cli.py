@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from harness import cli
-from harness.cli import hotplug as cli_hotplug
+from harness.cli import runner
 from harness.scenarios import hotplug_stress
 from harness.scenarios.hotplug_stress import CycleFailure, StressResult
 
@@ -28,7 +28,7 @@ class FakeFactory:
 def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, result: StressResult,
          capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:
     monkeypatch.setenv("PCI_HARNESS_ARTIFACTS", str(tmp_path))
-    monkeypatch.setattr(cli_hotplug, "GuestFactory", FakeFactory)
+    monkeypatch.setattr(runner, "GuestFactory", FakeFactory)
     seen: dict[str, Any] = {}
 
     def fake_run(guest: Any, cycles: int, seed: int, artifacts: Path, progress: Any) -> Any:
