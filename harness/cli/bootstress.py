@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.cli.common import ArtifactDir, add_common_options, progress, settings_from
+from harness.cli.common import add_common_options
+from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
-from harness.factory import GuestFactory
 from harness.guest.diskimage import DEFAULT_FLAVOUR, ensure_disk_image
 from harness.scenarios.bootphases import AHCI_ROOT_PHASES, BootRecord, summary, user_disk_phases
 from harness.scenarios.bootstress import (
@@ -103,7 +103,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def cmd_boot_stress(args: argparse.Namespace) -> int:
     _check_args(args)
-    settings = settings_from(args)
     if args.disk is not None:
         disk = args.disk.resolve()
         fmt = image_format(disk)
@@ -112,44 +111,49 @@ def cmd_boot_stress(args: argparse.Namespace) -> int:
         disk, fmt, phases = None, "raw", AHCI_ROOT_PHASES
     # Bad machine names fail here, before any image or QEMU work.
     boot_topology(args.machine, disk or Path("/dev/null"), fmt, args.behind_bridge)
-    factory = GuestFactory(settings, progress=progress)
-    if disk is None:
-        disk = ensure_disk_image(DEFAULT_FLAVOUR, progress=lambda m: progress(f"image: {m}")).disk
-    topology = boot_topology(args.machine, disk, fmt, args.behind_bridge)
-    plan = factory.plan(topology, firmware_log=True)
-    options = BootStressOptions(
-        phases=phases, boots=None if args.until_fail else (args.boots or 10),
-        max_time_s=args.max_time, keep_going=args.keep_going,
-        keep_artifacts=settings.keep_artifacts)
-    artifacts = ArtifactDir("boot-stress", settings.keep_artifacts)
-    where = " behind a bridge" if args.behind_bridge else ""
-    what = f"{disk}" if args.disk else f"the AHCI-root guest ({disk.name})"
-    limit = ("until a boot fails" + (f" or {args.max_time:.0f} s" if args.max_time else "")
-             if args.until_fail else f"{options.boots} times")
-    progress(f"cold-booting {what} from AHCI{where} on {args.machine}, {limit} "
-              f"({factory.accel.name}, QEMU {factory.binary.version})")
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    run = BootStressRun()
-    try:
-        run = BootStress(plan, artifacts.path, options, progress).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finished: list[BootStressRun] = []
+
+    def body(verb: VerbRun) -> Result:
+        factory = verb.factory
+        image = disk or ensure_disk_image(DEFAULT_FLAVOUR,
+                                          progress=lambda m: progress(f"image: {m}")).disk
+        topology = boot_topology(args.machine, image, fmt, args.behind_bridge)
+        plan = factory.plan(topology, firmware_log=True)
+        options = BootStressOptions(
+            phases=phases, boots=None if args.until_fail else (args.boots or 10),
+            max_time_s=args.max_time, keep_going=args.keep_going,
+            keep_artifacts=verb.settings.keep_artifacts)
+        where = " behind a bridge" if args.behind_bridge else ""
+        what = f"{image}" if args.disk else f"the AHCI-root guest ({image.name})"
+        limit = ("until a boot fails" + (f" or {args.max_time:.0f} s" if args.max_time else "")
+                 if args.until_fail else f"{options.boots} times")
+        progress(f"cold-booting {what} from AHCI{where} on {args.machine}, {limit} "
+                 f"({factory.accel.name}, QEMU {factory.binary.version})")
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        try:
+            run = BootStress(plan, verb.artifacts, options, progress).run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        finished.append(run)
         result = summary(run.records, phases, {
             "machine": args.machine, "behind_bridge": args.behind_bridge,
-            "disk": str(disk), "disk_kind": "user" if args.disk else DEFAULT_FLAVOUR,
+            "disk": str(image), "disk_kind": "user" if args.disk else DEFAULT_FLAVOUR,
             "ready": args.ready, "qemu_binary": str(factory.binary.path),
             "qemu_version": factory.binary.version, "accel": factory.accel.name,
-            "stopped_by": run.stopped_by, "elapsed_s": round(run.elapsed_s, 1),
-            "artifacts": None})
-        failed = bool(result["failures"])
-        artifacts.finish(ok=not failed)
-        if failed or settings.keep_artifacts:
-            result["artifacts"] = str(artifacts.path)
-            (artifacts.path / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    _report(result, run.records, args.json)
-    if failed:
-        return 1
-    return 130 if run.stopped_by == "interrupted" else 0
+            "stopped_by": run.stopped_by, "elapsed_s": round(run.elapsed_s, 1)})
+        (verb.artifacts / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+        if args.json:
+            _report_failures(run.records, sys.stderr)  # stdout ends with the JSON object alone
+        return result
+
+    # A run fails when a boot failed; one interrupted before any boot completed
+    # is not "ok" (no figures) but not a failure either.
+    status = run_verb(args, "boot-stress", body,
+                      lambda result: _report(result, finished[0].records),
+                      passed=lambda result: not result["failures"])
+    if status == 0 and finished and finished[0].stopped_by == "interrupted":
+        return 130
+    return status
 
 
 def _sigterm_as_interrupt(signum: int, _frame: object) -> None:
@@ -158,11 +162,7 @@ def _sigterm_as_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _report(result: dict[str, Any], records: list[BootRecord], as_json: bool) -> None:
-    if as_json:
-        _report_failures(records, sys.stderr)  # stdout ends with the JSON object alone
-        print(json.dumps(result))
-        return
+def _report(result: dict[str, Any], records: list[BootRecord]) -> None:
     print(f"boot-stress {result['machine']}{' behind a bridge' if result['behind_bridge'] else ''}"
           f" on QEMU {result['qemu_version']} ({result['accel']}): {result['boots']} of "
           f"{result['attempted']} boots completed, stopped by {result['stopped_by']}")

@@ -72,17 +72,22 @@ class VerbRun:
         return self._artifacts
 
 
+def _result_ok(result: Result) -> bool:
+    return bool(result["ok"])
+
+
 def run_verb(args: argparse.Namespace, verb: str, body: Callable[[VerbRun], Result],
              show: Callable[[Result], None], *,
+             passed: Callable[[Result], bool] = _result_ok,
              json_default: Callable[[Any], Any] | None = None) -> int:
-    """Run `body` as verb `verb`: exit status 0 when its result is ok, 1 when not.
-    Errors it raises (HarnessError: status 2) go to harness.cli.app.main, after
-    the artifact directory was kept for them."""
+    """Run `body` as verb `verb`: exit status 0 when the run passed (by default:
+    its result says "ok"), 1 when not.  Errors it raises (HarnessError: status
+    2) go to harness.cli.app.main, after the artifact directory was kept."""
     run = VerbRun(verb, settings_from(args))
     ok = False
     try:
         result = body(run)
-        ok = bool(result["ok"])
+        ok = passed(result)
     finally:
         kept = run.finish(ok)
     result.setdefault("failures", [])

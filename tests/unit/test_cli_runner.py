@@ -162,6 +162,17 @@ def test_text_mode_shows_the_result_and_prints_no_json(
     assert shown == [{"ok": True, "answer": 7, "failures": [], "artifacts": None}]
 
 
+def test_a_verb_can_say_what_passing_means(fake: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # boot-stress: an interrupted run with no figures is not "ok", yet no failure.
+    status = run_verb(_args("--json"), "demo", lambda run: {"ok": False, "failures": []},
+                      print, passed=lambda result: not result["failures"])
+    assert status == 0 and _last_json(capsys.readouterr().out)["ok"] is False
+    status = run_verb(_args("--json"), "demo", lambda run: {"ok": True, "failures": ["x"]},
+                      print, passed=lambda result: not result["failures"])
+    assert status == 1
+
+
 def test_the_cli_reports_a_body_error_as_status_2(
         fake: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def body(run: VerbRun) -> Result:
