@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from harness.cli.common import progress
+from harness.cli.runner import progress
 
 
 def cmd_qemu_get(args: argparse.Namespace) -> int:
