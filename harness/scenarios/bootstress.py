@@ -25,6 +25,7 @@ from pathlib import Path
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, QemuExited, UserError
 from harness.machine import FIRMWARE_LOG, Guest, LaunchPlan
+from harness.qemu.facts import machine_facts
 from harness.scenarios.bootphases import (
     STOP_LINE,
     BootRecord,
@@ -35,7 +36,7 @@ from harness.scenarios.bootphases import (
     root_mount_problem,
     root_on_ahci_problem,
 )
-from harness.topology import Device, Topology, machine_kind, validate
+from harness.topology import Device, Topology, validate
 from harness.topology.model import BootDisk
 
 Progress = Callable[[str], None]
@@ -59,15 +60,15 @@ def boot_topology(machine: str, image: Path, image_format: str,
     number the secondary bus and open the bridge's windows before it can read
     the disk.
     """
-    kind = machine_kind(machine)
+    facts = machine_facts(machine)
     devices: tuple[Device, ...] = ()
     controller: str | None = None
     if behind_bridge:
-        bridge = (Device(id="br0", driver="pci-bridge", props=(("chassis_nr", 1),))
-                  if kind == "pc" else Device(id="rp0", driver="pcie-root-port"))
+        bridge = (Device(id="rp0", driver="pcie-root-port") if facts.root_ports
+                  else Device(id="br0", driver="pci-bridge", props=(("chassis_nr", 1),)))
         devices = (bridge, Device(id="sata0", driver="ich9-ahci", bus=bridge.id))
         controller = "sata0"
-    elif kind == "pc":
+    elif facts.builtin_ahci_bus is None:
         devices = (Device(id="sata0", driver="ich9-ahci"),)
         controller = "sata0"
     where = " behind a bridge" if behind_bridge else ""

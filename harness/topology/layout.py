@@ -106,8 +106,9 @@ def _check_boot_disk(topology: Topology, devices: dict[str, Device]) -> None:
     if boot is None:
         return
     if boot.controller is None:
-        if topology.kind != "q35":
-            raise _err(topology, None, "a boot disk on the built-in AHCI needs q35; pc has none",
+        if topology.facts.builtin_ahci_bus is None:
+            raise _err(topology, None, "a boot disk on the built-in AHCI needs q35; "
+                       f"{topology.facts.kind} has none",
                        'add a device with driver = "ich9-ahci" and name it as the controller')
         if topology.ahci_disk is not None:
             raise _err(topology, None, "ahci_disk and the boot disk both want the built-in "

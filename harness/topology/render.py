@@ -122,7 +122,8 @@ def _boot_disk(topo: Topology, scratch_dir: Path, disks: list[ScratchDisk],
                        backing=Path(boot.image), backing_format=boot.format)
     disks.append(disk)
     modules += _DISK_MODULES["ide"]
-    bus = f"{boot.controller}.0" if boot.controller else "ide.0"
+    bus = f"{boot.controller}.0" if boot.controller else topo.facts.builtin_ahci_bus
+    assert bus is not None  # layout.validate refused a built-in boot disk on a machine without
     return ["-boot", "strict=on", "-blockdev", _blockdev(disk),
             "-device", device_arg("ide-hd", [("id", f"{BOOT_DISK_ID}.hd"), ("bus", bus),
                                              ("drive", disk.node_name), ("bootindex", 0)])]
