@@ -11,7 +11,9 @@ module merges the runs and writes into the report directory:
 
 Exit status: 0 when every test passed or is a known failure (strict xfail),
 1 on any failure, error, unexpected pass, regression against the baseline,
-failed crash hunt or an empty selection (pytest's 5), 2 for bad input.
+failed crash hunt or boot-stress run, or an empty selection (pytest's 5), 2 for
+bad input.  After the suite, each QEMU cold-boots the AHCI-root guest a few
+times per machine (`--boot-stress-boots`, `pci-harness boot-stress`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from harness.paths import project_root
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
 from harness.report.baseline import compare, find_previous, load_baseline
+from harness.report.bootstress import boot_stress_figures
 from harness.report.document import HuntResult, NightlyReport, RunInfo
 from harness.report.figures import hunt_figures, run_figures
 from harness.report.history import load_history, slowdowns
@@ -81,6 +84,9 @@ def register(subparsers: Any) -> None:
          help="compare with this earlier run (default: the previous run next to --output)")
     _add(parser, "--until-fail-minutes", type=float, default=0.0, metavar="M",
          help="after the suite, hunt ping-pong migration crashes for M minutes per QEMU")
+    _add(parser, "--boot-stress-boots", type=int, default=3, metavar="N",
+         help="after the suite, cold-boot the AHCI-root guest N times per machine and QEMU "
+              "(pci-harness boot-stress), 0 to turn off (default 3)")
     _add(parser, "--cross-version-hops", type=int, default=10, metavar="N",
          help="with two or more --qemu: ping-pong N hops between the first two QEMUs "
               "(destination of odd hops on the second), 0 to turn off (default 10)")
@@ -109,6 +115,9 @@ def _validate(args: argparse.Namespace) -> tuple[list[QemuBinary], list[str]]:
         raise UserError("--until-fail-minutes must not be negative")
     if args.cross_version_hops < 0:
         raise UserError("--cross-version-hops must not be negative")
+    if args.boot_stress_boots < 0:
+        raise UserError("--boot-stress-boots must not be negative",
+                        fix="give a number of boots, or 0 to turn boot-stress off")
     jobs = str(args.jobs)
     if jobs not in ("auto", "logical") and not (jobs.isdigit()):
         raise UserError(f"--jobs {jobs!r} is not auto, logical or a number")
@@ -252,6 +261,27 @@ def _hunt(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path
                          run_dir / "pingpong-artifacts", args.timeout_multiplier)
 
 
+#: Wall-clock budget per boot-stress boot (a cold TCG boot to SSH takes 6-7 s idle).
+BOOT_STRESS_BOOT_BUDGET_S = 30.0
+
+
+def _boot_stress(args: argparse.Namespace, binary: QemuBinary, label: str, machine: str,
+                 output: Path) -> HuntResult:
+    """A short boot-stress of the AHCI-root guest, run and reported like a crash hunt."""
+    run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    boots = args.boot_stress_boots
+    command = [sys.executable, "-m", "harness", "boot-stress", "--machine", machine,
+               "--boots", str(boots), "--json", f"--qemu-binary={binary.path}",
+               f"--accel={args.accel}", f"--timeout-multiplier={args.timeout_multiplier}"]
+    if args.keep_artifacts:
+        command.append("--keep-artifacts")
+    _say(f"boot-stress on QEMU {label}: {boots} cold boots of {machine} from AHCI")
+    return hunt.run_hunt(f"{label} {machine}", command, boots * BOOT_STRESS_BOOT_BUDGET_S,
+                         run_dir / f"boot-stress-{machine}.log",
+                         run_dir / f"boot-stress-{machine}-artifacts", args.timeout_multiplier)
+
+
 #: Wall-clock budget per cross-version hop (boot, hop, checks; TCG), before slack.
 CROSS_HOP_BUDGET_S = 10.0
 
@@ -294,6 +324,8 @@ def run_nightly(args: argparse.Namespace) -> int:
         runs.append(info)
         tests += results
         problems += trouble
+    boot_stress = [_boot_stress(args, b, l, m, output) for b, l in zip(binaries, labels)
+                   for m in machines] if args.boot_stress_boots > 0 else []
     hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)] \
         if args.until_fail_minutes > 0 else []
     if len(binaries) >= 2 and args.cross_version_hops > 0:
@@ -314,6 +346,9 @@ def run_nightly(args: argparse.Namespace) -> int:
         if baseline else None
     duration = time.monotonic() - clock
     figures = nightly_figures(runs, tests, hunts, duration)
+    for run in boot_stress:
+        if run.ok:
+            figures |= boot_stress_figures(run.run.split()[0], run.result)
     history = load_history(output.parent, output)
     report = NightlyReport(
         started=started.isoformat(timespec="seconds"),
@@ -322,7 +357,8 @@ def run_nightly(args: argparse.Namespace) -> int:
         command=tuple(["pci-harness", "nightly"] + sys.argv[2:]) if sys.argv[1:2] == ["nightly"]
         else tuple(sys.argv), pytest_args=tuple(args.pytest_args), machines=tuple(machines),
         seeds=SEED_ITEMS, runs=tuple(runs), tests=tuple(tests), items=items, baseline=diff,
-        baseline_note=note, hunts=tuple(hunts), problems=tuple(problems),
+        baseline_note=note, hunts=tuple(hunts), boot_stress=tuple(boot_stress),
+        problems=tuple(problems),
         figures=figures, slowdowns=tuple(slowdowns(history, figures)), history=tuple(history))
     return _finish(report, output, args.json)
 

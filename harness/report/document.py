@@ -70,6 +70,7 @@ class NightlyReport:
     baseline: BaselineDiff | None = None
     baseline_note: str | None = None   # why there is no comparison
     hunts: tuple[HuntResult, ...] = ()
+    boot_stress: tuple[HuntResult, ...] = ()  # `boot-stress --json` runs (report/bootstress.py)
     problems: tuple[str, ...] = field(default=())  # run-level failures (no tests, pytest crash)
     figures: Mapping[str, float] = field(default_factory=dict)  # "<qemu> <figure>" -> number
     slowdowns: tuple[Slowdown, ...] = ()   # news, not failures: the verdict ignores them
@@ -91,6 +92,11 @@ class NightlyReport:
             if not hunt.ok:
                 reasons.append(f"ping-pong crash hunt on {hunt.run}: "
                                f"{hunt.error or f'exit status {hunt.exit_status}'}")
+        for run in self.boot_stress:
+            if not run.ok:
+                failures = "; ".join(str(f) for f in (run.result or {}).get("failures") or [])
+                reasons.append(f"boot-stress on {run.run}: "
+                               f"{run.error or failures[:400] or f'exit status {run.exit_status}'}")
         return (1 if reasons else 0), reasons
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +117,9 @@ class NightlyReport:
             "baseline_note": self.baseline_note,
             "pingpong": [asdict(h) | {"ok": h.ok, "result": dict(h.result) if h.result else None}
                          for h in self.hunts],
+            "boot_stress": [asdict(h) | {"ok": h.ok,
+                                         "result": dict(h.result) if h.result else None}
+                            for h in self.boot_stress],
             "failures": [f"{t.nodeid} [{t.run}]: {t.outcome}: {t.message}"
                          for t in self.bad_tests()],
             "figures": dict(self.figures),

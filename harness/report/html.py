@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from harness.report.baseline import Change
+from harness.report.bootstress import boot_stress_html
 from harness.report.document import NightlyReport
 from harness.report.history import HISTORY_CSS, render_history_html
 from harness.report.markdown import _duration, headline, hunt_words
@@ -265,7 +266,8 @@ def _brief_json(result: Mapping[str, Any]) -> str:
 def render_html(report: NightlyReport, report_dir: Path) -> str:
     status, _ = report.verdict()
     body = (_header(report) + _matrix(report) + _baseline(report) + _failures(report, report_dir)
-            + _known(report.tests) + _hunts(report)
+            + _known(report.tests) + boot_stress_html(report.boot_stress)
+            + _hunts(report)
             + render_history_html(list(report.history) + [report.as_night(report_dir.name)],
                                   report.slowdowns)
             + _timings(report))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from harness.report.baseline import Change
+from harness.report.bootstress import boot_stress_markdown
 from harness.report.document import NightlyReport
 from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS
 from harness.report.results import counts
@@ -108,6 +109,7 @@ def render_markdown(report: NightlyReport) -> str:
         lines += ["## Slowdowns (news, not failures)", ""]
         lines += [f"- {_cell(s.words())}" for s in report.slowdowns]
         lines.append("")
+    lines += boot_stress_markdown(report.boot_stress)
     if report.hunts:
         lines += ["## Ping-pong crash hunt", ""]
         for h in report.hunts:

@@ -50,8 +50,9 @@ def test_known_failure_canary():
 
 def run_nightly(*args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess[str], dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    # The nightly's own boot-stress is tested in tests/unit/test_bootstress_report.py.
     proc = subprocess.run([sys.executable, "-m", "harness", "nightly", "--accel", "tcg", "--json",
-                           *args], capture_output=True, text=True, cwd=project_root(), env=env,
+                           "--boot-stress-boots", "0", *args], capture_output=True, text=True, cwd=project_root(), env=env,
                           timeout=timeout, check=False)
     lines = proc.stdout.strip().splitlines()
     return proc, (json.loads(lines[-1]) if lines else {})

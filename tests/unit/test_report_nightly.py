@@ -80,6 +80,8 @@ def nightly(tmp_path, *args, env=None, suite=SUITE):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "CANARY_"))}
     argv = [sys.executable, "-m", "harness", "nightly", "--qemu", str(fake_qemu(tmp_path)),
             "--json", *args]
+    if "--boot-stress-boots" not in args:  # the fake QEMU boots nothing
+        argv[argv.index("--json"):argv.index("--json")] = ["--boot-stress-boots", "0"]
     if "--" not in args:
         argv += ["--", str(tmp_path / "suite")]
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=project_root(),
