@@ -138,10 +138,13 @@ class PlugSpec:
         if self.chassis_nr is not None:
             props = (("chassis_nr", self.chassis_nr),)
         if self.kind == "bridge":
-            # A hot-added bridge is in no ACPI table (the seed: "ACPI doesn't support
-            # adding or removing bridges by hotplug"): no BSEL, QEMU leaves the bridge
-            # as its own (SHPC) handler, unlike the cold-plug rule of expect.py.
-            expect = (("bus_hotplug", "shpc"),)
+            # The spec names no mechanism for a hot-added bridge's bus, only that
+            # devices plugged behind it work (the cold-plug rule of expect.py, ACPI
+            # BSEL, does not apply: no ACPI table describes a hot-added bridge).
+            # The model leaves it open (None: not compared); the behaviour is
+            # judged by test_device_behind_a_hot_added_bridge_is_seen, the one
+            # place QEMU 7.2's gap (its own SHPC, never driven) is stated.
+            expect = (("bus_hotplug", None),)
         return Device(id=self.id, driver=self.driver, bus=self.bus,
                       addr=Address(self.slot, 0), props=props, expect=expect)
 

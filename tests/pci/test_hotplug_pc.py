@@ -1,10 +1,12 @@
 """pc: ACPI (BSEL) hotplug behind cold-plugged bridges up to three deep, and bridges themselves.
 
 Seed item "Hotplug for devices behind PCI bridges": every bridge bus gets its
-own BSEL number, devices plug and unplug behind bridges and on the root bus;
-bridges described by ACPI are never removed, and a hot-added bridge is not
-described by ACPI at all ("ACPI doesn't support adding or removing bridges by
-hotplug"), so what is plugged behind it stays invisible to the guest.
+own BSEL number, devices plug and unplug behind bridges and on the root bus.
+The seed also says removal of bridges by hotplug is prevented unless they were
+added by hotplug: a cold-plugged bridge survives device_del (and the request
+should be refused), a hot-added one can be removed, and devices plugged behind
+a hot-added bridge work.  Expectations are the seed's; where QEMU 7.2 does
+otherwise it is a strict known failure, stated once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded
+from harness.qemu.qmp import QmpCommandError
 from harness.report.figures import record_figure
 from harness.scenarios.hotplug import (
     Hotplugger,
@@ -94,18 +97,23 @@ def test_bridges_three_deep_and_root_bus(make_guest, artifacts: Path, request):
     assert guest.console is not None and guest.console.trouble() == []
 
 
-def test_cold_plugged_bridge_is_not_removed(make_guest, artifacts: Path):
+def test_cold_plugged_bridge_survives_device_del(make_guest, artifacts: Path):
+    """Whatever QEMU answers to device_del of a bridge ACPI describes, the bridge
+    and the disk behind it stay (the seed: removal must be prevented)."""
     topo = topology_from_dict(ONE_BRIDGE)
     guest = make_guest(topo)
     hp = Hotplugger(guest, artifacts / "hotplug")
     assert guest.qmp is not None
     before = snapshot(guest, topo, lspci=False)
-    assert guest.qmp.execute("device_del", {"id": "br2"}) == {}
-    # No DEVICE_DELETED for the bridge within a deadline: ACPI describes it, the
-    # guest does not eject it.
+    try:
+        guest.qmp.execute("device_del", {"id": "br2"})
+    except QmpCommandError:
+        pass  # refused: what the spec asks (test_device_del_of_a_cold_plugged_bridge_is_refused)
+    # No DEVICE_DELETED for the bridge within a deadline ...
     with pytest.raises(DeadlineExceeded):
         guest.qmp.wait_event("DEVICE_DELETED", Deadline(8, "bridge removal (must not happen)"),
                              match=lambda e: e.get("data", {}).get("device") == "br2")
+    # ... and, positively, it is still there for QEMU and the guest, unchanged.
     after = snapshot(guest, topo, lspci=False)
     diff = changes(before, after)
     assert not diff, f"views changed after device_del of a cold-plugged bridge: {diff.all()}"
@@ -121,9 +129,24 @@ def test_cold_plugged_bridge_is_not_removed(make_guest, artifacts: Path):
         f"iflag=fullblock oflag=direct 2>/dev/null && dd if=/dev/{disk} bs=65536 skip=2 "
         "count=1 iflag=direct 2>/dev/null | md5sum")
     assert out.split()[0] == block_md5("disk1", SEED, 2, 0), out
+    assert guest.console is not None and guest.console.trouble() == []
 
 
-def test_hot_added_bridge_is_accepted(make_guest, artifacts: Path):
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "bridge-hotplug-acpi-bsel: QEMU 7.2 answers device_del of a cold-plugged bridge with {} "
+    "and then does nothing (no DEVICE_DELETED, the bridge stays) instead of refusing it"))
+def test_device_del_of_a_cold_plugged_bridge_is_refused(make_guest, artifacts: Path):
+    """The seed: removal of bridges by hotplug is prevented, unless they were added
+    by hotplug; a request that will never be carried out must be refused."""
+    guest = make_guest(topology_from_dict(ONE_BRIDGE))
+    assert guest.qmp is not None
+    with pytest.raises(QmpCommandError):
+        guest.qmp.execute("device_del", {"id": "br2"})
+
+
+def test_hot_added_bridge_is_accepted_and_removed(make_guest, artifacts: Path):
+    """A bridge hot-added into an ACPI slot appears in all three views and, having
+    been added by hotplug, can be removed again (the seed)."""
     topo = topology_from_dict(ONE_BRIDGE)
     guest = make_guest(topo)
     hp = Hotplugger(guest, artifacts / "hotplug")
@@ -132,12 +155,10 @@ def test_hot_added_bridge_is_accepted(make_guest, artifacts: Path):
     after = snapshot(guest, hp.topology, lspci=False)
     assert plugged.path in after.guest.by_path(), "the guest does not see the hot-added bridge"
     assert step_problems(before, after, plugged.path, added=True) == []
-    # What QEMU makes of it: not ACPI.  The new bus has no BSEL number and the
-    # bridge is its own hotplug handler (SHPC), which the guest does not drive.
-    bus = hp.buses()["hbr"]
-    assert (bus.hotplug, bus.handler_path) == ("shpc", "/machine/peripheral/hbr"), bus
-    props = {p["name"] for p in guest.qmp.execute("qom-list", {"path": bus.path})}
-    assert "acpi-pcihp-bsel" not in props, sorted(props)
+    hp.unplug("hbr", Deadline(30, "unplug of the hot-added bridge"))
+    gone = snapshot(guest, hp.topology, lspci=False)
+    assert step_problems(after, gone, plugged.path, added=False) == []
+    assert guest.console is not None and guest.console.trouble() == []
 
 
 @pytest.mark.xfail(strict=True, raises=NotSeenByGuest, reason=(
@@ -148,5 +169,8 @@ def test_device_behind_a_hot_added_bridge_is_seen(make_guest, artifacts: Path):
     guest = make_guest(topology_from_dict(ONE_BRIDGE))
     hp = Hotplugger(guest, artifacts / "hotplug")
     hp.plug(PlugSpec("hbr", "pci-bridge", "pci.0", 9, chassis_nr=9))
+    before = snapshot(guest, hp.topology, lspci=False)
     behind = hp.plug(PlugSpec("hnic", "e1000", "hbr", 3, mac="52:54:01:00:00:03"), wait=False)
     hp.wait_seen(behind, Deadline(10, "guest sees the device behind the hot-added bridge"))
+    after = snapshot(guest, hp.topology, lspci=False)
+    assert step_problems(before, after, behind.path, added=True) == []
