@@ -2,10 +2,17 @@
 
 Behind PCIe ports virtio-net/blk/scsi are modern-only (no I/O BAR, device id
 0x1040 + type); on pcie.0 and on pc they stay transitional (legacy I/O BAR0).
-Whatever the mode, the guest driver must bind and do verified I/O with I/O
-Space decoding switched OFF in COMMAND (setpci): disks write and read back a
-random 1 MiB through O_DIRECT, the NIC downloads a payload from the host and
-checks its md5.  (BAR-by-BAR three-view checks live in test_compare.py.)
+
+- Modern-only: the driver is unbound, I/O Space decoding is switched OFF in
+  COMMAND (setpci), and the driver is bound again: it must bind with I/O
+  decoding off (COMMAND still has it off afterwards) and do verified I/O.
+- Transitional: binding turns I/O decoding on (Linux enables every BAR kind
+  the function has), so what is checked is that the bound driver keeps
+  working, through its memory BARs, after I/O decoding is switched off.
+
+Verified I/O: disks write and read back a random 1 MiB through O_DIRECT, the
+NIC downloads a payload from the host and checks its md5.  (BAR-by-BAR
+three-view checks live in test_compare.py.)
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from harness.views import GUEST_DUMP_SCRIPT, parse_guest_view
 
 COMMAND, IO_SPACE = 0x04, 0x0001
 VIRTIO_TYPE = {"virtio-net-pci": 1, "virtio-blk-pci": 2, "virtio-scsi-pci": 8}
+# What the driver creates below the function once it has bound (and probed).
+BOUND_CHILD = {"virtio-net-pci": "virtio*/net/*", "virtio-blk-pci": "virtio*/block/*",
+               "virtio-scsi-pci": "virtio*/host*/target*/*/block/*"}
 DISK_CHECK = ("dd if=/dev/urandom of=/tmp/vm.pat bs=65536 count=16 2>/dev/null && "
               "dd if=/tmp/vm.pat of={dev} bs=4096 oflag=direct conv=notrunc 2>/dev/null && "
               "[ \"$(md5sum < /tmp/vm.pat | cut -d' ' -f1)\" = \"$(dd if={dev} bs=4096 count=256 "
@@ -76,11 +86,23 @@ def test_virtio_works_with_io_decoding_off(machine, make_guest):
             if mem != want_mem:
                 problems.append(f"{dev.id}: memory BARs {mem}, model {want_mem}")
             fn = function_of(guest, topology, dev.id)
+            driver_dir = "/sys/bus/pci/drivers/virtio-pci"
+            if behind_port:
+                guest.succeed(f"echo {fn.bdf} > {driver_dir}/unbind")
             command = config_read(guest, fn.bdf, COMMAND)
             config_write(guest, fn.bdf, COMMAND, command & ~IO_SPACE)
             now = config_read(guest, fn.bdf, COMMAND)
             if now & IO_SPACE:
                 problems.append(f"{dev.id}: COMMAND still {now:#06x} after clearing I/O Space")
+            if behind_port:
+                guest.succeed(f"echo {fn.bdf} > {driver_dir}/bind")
+                guest.wait_until_succeeds(
+                    f"ls -d /sys/bus/pci/devices/{fn.bdf}/{BOUND_CHILD[dev.driver]}", timeout=30)
+                fn = function_of(guest, topology, dev.id)
+                now = config_read(guest, fn.bdf, COMMAND)
+                if now & IO_SPACE:
+                    problems.append(f"{dev.id}: binding the driver turned I/O decoding back "
+                                    f"on (COMMAND {now:#06x}) on a function without I/O BARs")
             if dev.driver == "virtio-net-pci":
                 guest.succeed(f"ip link set {fn.net} up && ip addr replace {net_ip}/24 dev {fn.net}")
                 status, out = guest.execute(f"timeout 60 nc {host_ip} {server.port} | md5sum",
