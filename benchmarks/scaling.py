@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Eleven guest tests, 3-30 s each under TCG (boots, seed items with a known
 #: failure and a pass), which two workers can split evenly; override with
 #: arguments after `--`.
-DEFAULT_SELECTION = ["tests/pci/test_boot.py", "tests/pci/test_seed_virtio_memory_bars.py",
-                     "tests/pci/test_seed_subtractive_decode.py",
-                     "tests/pci/test_seed_intx_active_low.py"]
+DEFAULT_SELECTION = ["tests/pci/test_boot.py", "tests/pci/seed/test_virtio_pcie_memory_bars.py",
+                     "tests/pci/seed/test_subtractive_decode.py",
+                     "tests/pci/seed/test_intx_active_low.py"]
 TARGET = 1.7
 
 

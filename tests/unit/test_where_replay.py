@@ -86,7 +86,7 @@ def test_mechanisms_come_from_the_handler_type() -> None:
 
 def test_shpc_bus_never_offers_slot_zero() -> None:
     # QEMU refuses slot 0 of an SHPC bus even for cold-plug (checked live in
-    # tests/pci/test_where.py); with ACPI hotplug the same bridge's slot 0 is fine.
+    # tests/pci/seed/test_pci_connectivity.py); with ACPI hotplug the same bridge's slot 0 is fine.
     cold = buses(answer("q35-native-hotplug", "virtio-net-pci"))
     hot = buses(answer("q35-native-hotplug", "virtio-net-pci", hotplug=True))
     assert cold["ppb"]["hotplug"] == "shpc"
@@ -151,7 +151,7 @@ def test_answer_to_json_round_trips() -> None:
 def test_occupied_port_refuses_hot_add_at_any_slot() -> None:
     # Cold-plug takes slots 1-31 below a port (spec-only exclusion), device_add
     # does not: QEMU checks "function 0" (slot 0) first.  Checked live in
-    # tests/pci/test_where.py.
+    # tests/pci/seed/test_pci_connectivity.py.
     cold = {e["bus"]: e for e in answer("q35-pcie-to-pci", "e1000e")["excluded"]}
     hot = {e["bus"]: e for e in answer("q35-pcie-to-pci", "e1000e", hotplug=True)["excluded"]}
     assert cold["rp1"]["refused_by"] == "spec" and "slots 1-31" in cold["rp1"]["reason"]

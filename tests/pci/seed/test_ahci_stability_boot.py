@@ -26,7 +26,7 @@ from harness.scenarios.bootphases import AHCI_ROOT_PHASES
 from harness.scenarios.bootstress import BootStress, BootStressOptions, boot_topology
 from harness.topology import resolve
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _controller_address(machine: str, behind_bridge: bool) -> str:

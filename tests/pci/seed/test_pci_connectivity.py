@@ -46,7 +46,7 @@ from harness.views import Qmp, qom_pci_buses
 from harness.views.threeview import snapshot
 
 pytestmark = pytest.mark.seed("pci-connectivity")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HOT_ADD_SECONDS = 20.0  # SHPC waits out its 5 s attention-button delay
 
 
