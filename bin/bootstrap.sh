@@ -9,7 +9,8 @@ PCI_HARNESS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # (mkfs.fat, mcopy, and syslinux/mke2fs from the recipe's own packages).
 PCI_HARNESS_DEBS=(qemu-system-x86 qemu-utils acpica-tools cpio python3-venv python3-pip
                   apt dpkg xz-utils ca-certificates
-                  dosfstools mtools e2fsprogs syslinux syslinux-common)
+                  dosfstools mtools e2fsprogs syslinux syslinux-common
+                  dropbear-bin openssh-client iproute2)  # the nightly's two-host self-test
 
 _say() { echo "pci-harness setup: $*" >&2; }
 

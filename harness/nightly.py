@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.lab import LostHost, check_gateways, parse_gateway, surviving
 from harness.paths import project_root
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
@@ -48,7 +49,8 @@ from harness.seed import SEED_ITEMS
 
 #: Tests of the nightly itself: each starts nightlies of its own, which would fight the
 #: outer run for the cores.  A nightly deselects them unless --self-tests is given.
-SELF_TESTS = ("tests/pci/test_nightly.py", "tests/unit/test_report_nightly.py")
+SELF_TESTS = ("tests/pci/test_nightly.py", "tests/pci/test_nightly_ssh.py",
+              "tests/unit/test_report_nightly.py")
 DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "worksteal", "each", "no")
 _PYTEST_MEANING = {2: "pytest was interrupted", 3: "pytest hit an internal error",
                    5: "no tests were collected"}
@@ -179,6 +181,10 @@ def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_di
         argv += ["-n", str(args.jobs)]
     for spec in tx:
         argv += ["--tx", spec]
+    if any(parse_gateway(spec).remote for spec in tx):
+        # xdist would try to restart a lost host's worker on the same dead host (an
+        # INTERNALERROR that loses most results); we re-run its tests elsewhere instead.
+        argv.append("--max-worker-restart=0")
     dist = getattr(args, "dist", None)
     if dist or tx:
         argv += ["--dist", dist or "load"]
@@ -232,20 +238,76 @@ def _run_one(args: argparse.Namespace, binary: QemuBinary, label: str, output: P
         raise UserError("pytest rejected the arguments", tail=tail,
                         fix="check the arguments after `--`")
     tests, data = _load_results(run_dir / "results.json")
-    problems = []
+    tests, lost = _recover_lost_hosts(args, binary, label, run_dir, machines, tests, data)
+    problems = [f"QEMU {label}: host lost: {host.words()}" for host in lost]
     if not data:
         problems.append(f"QEMU {label}: pytest exit {status} and no results were recorded "
                         f"(see {run_dir / 'pytest.log'})")
     elif status in _PYTEST_MEANING:
         problems.append(f"QEMU {label}: {_PYTEST_MEANING[status]} (pytest exit {status})")
-    elif status == 1 and not any(t.bad for t in tests):
+    elif status == 1 and not lost and not any(t.bad for t in tests):
         problems.append(f"QEMU {label}: pytest exit 1 without a failing test recorded")
     accel = (data.get("qemu") or {}).get("accel")
     info = RunInfo(label=label, qemu_binary=str(binary.path), qemu_version=binary.version,
                    accel=accel, pytest_exit=status, duration_s=round(elapsed, 3),
                    directory=str(run_dir.relative_to(output)),
-                   workers=tuple(data.get("workers") or ()))
+                   workers=tuple(data.get("workers") or ()),
+                   lost_hosts=tuple(host.to_dict() for host in lost))
     return info, tests, problems
+
+
+def _recover_lost_hosts(args: argparse.Namespace, binary: QemuBinary, label: str,
+                        run_dir: Path, machines: Sequence[str], tests: list[TestResult],
+                        data: dict[str, Any]) -> tuple[list[TestResult], list[LostHost]]:
+    """Every collected test gets an outcome even when a host went away mid-run.
+
+    xdist (with --max-worker-restart=0) stops the whole run when a worker is
+    lost: the test that worker ran is failed as a crash, and every test not yet
+    handed out gets no report at all.  Those are run again on the hosts that are
+    left; with none left they are errors that name the lost host.
+    """
+    lost_workers = [w for w in data.get("lost_workers") or [] if isinstance(w, dict)]
+    if not lost_workers:
+        return tests, []
+    crashed = {str(w["running"]) for w in lost_workers if w.get("running")}
+    have = {t.nodeid for t in tests if t.nodeid not in crashed}
+    missing = [n for n in data.get("collected") or [] if n not in have]
+    missing += sorted(crashed - set(missing))
+    survivors = surviving(list(getattr(args, "tx", None) or []),
+                          [str(w["spec"]) for w in lost_workers])
+    rerun: dict[str, TestResult] = {}
+    if survivors and missing:
+        _say(f"QEMU {label}: {len(missing)} test(s) of a lost host run again on "
+             f"{', '.join(survivors)}")
+        rerun_dir = run_dir / "rerun"
+        rerun_dir.mkdir(parents=True, exist_ok=True)
+        (rerun_dir / "nodeids.txt").write_text("\n".join(missing) + "\n")
+        again = argparse.Namespace(**vars(args))
+        again.tx = survivors
+        argv = pytest_argv(again, binary, label, rerun_dir, machines)
+        argv.append(f"--report-only-nodeids={rerun_dir / 'nodeids.txt'}")
+        _run_pytest(argv, rerun_dir / "pytest.log")
+        rerun = {t.nodeid: t for t in _load_results(rerun_dir / "results.json")[0]}
+    words = "; ".join(f"{w['worker']} ({w['spec']})" for w in lost_workers)
+    kept = [t for t in tests if t.nodeid not in missing]
+    for nodeid in missing:
+        if nodeid in rerun:
+            kept.append(rerun[nodeid])
+        else:
+            kept.append(TestResult(nodeid=nodeid, outcome="error", duration=0.0, run=label,
+                                   qemu_version=binary.version, qemu_binary=str(binary.path),
+                                   message=f"host lost before this test had an outcome: {words}"
+                                   + ("" if survivors else " (no other host left to run it)")))
+    hosts = []
+    for w in lost_workers:
+        running = (str(w["running"]),) if w.get("running") else ()
+        hosts.append(LostHost(worker=str(w["worker"]), spec=str(w["spec"]),
+                              error=str(w.get("error") or ""), running=running,
+                              not_run=tuple(n for n in missing if n not in running),
+                              rerun_on=tuple(survivors) if rerun else (),
+                              outcomes={n: (rerun[n].outcome if n in rerun else "error")
+                                        for n in missing}))
+    return kept, hosts
 
 
 def _hunt(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path) -> HuntResult:
@@ -309,6 +371,9 @@ def _cross_version(args: argparse.Namespace, src: QemuBinary, dst: QemuBinary,
 
 def run_nightly(args: argparse.Namespace) -> int:
     binaries, machines = _validate(args)
+    if getattr(args, "tx", None):
+        for binary in binaries:  # every host ready for every QEMU, before any test runs
+            check_gateways(args.tx, str(binary.path), progress=_say)
     if args.until_fail_minutes > 0:
         hunt.check_available()
     baseline = load_baseline(Path(args.baseline)) if args.baseline else None

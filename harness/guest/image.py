@@ -205,6 +205,22 @@ def ensure_built(name: str, progress: Progress | None = None,
     return key, final, json.loads((final / "manifest.json").read_text())
 
 
+def cached_image(name: str = "debian12") -> GuestImage | None:
+    """The image ensure_image would return, if it is already built; never builds."""
+    rdir = recipe_dir(name)
+    recipe = tomllib.loads((rdir / "recipe.toml").read_text())
+    images = cache_root() / "images"
+    if not images.is_dir():
+        return None
+    key = image_key(rdir, _cached_versions(recipe, images / f"{name}-resolved.json"))
+    final = images / f"{name}-{key}"
+    if not (final / "manifest.json").is_file():
+        return None
+    manifest = json.loads((final / "manifest.json").read_text())
+    return GuestImage(key=key, directory=final, vmlinux=final / "vmlinux",
+                      initrd=final / "initrd.cpio", kernel_release=manifest["kernel_release"])
+
+
 def _build(rdir: Path, recipe: dict[str, Any], versions: dict[str, str], final: Path,
            report: Progress, builder: FlavourBuilder) -> None:
     started = time.monotonic()

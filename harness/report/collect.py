@@ -50,6 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="comma-separated machine kinds to run (pc,q35); others are deselected")
     group.addoption("--report-label", metavar="LABEL", default=None,
                     help="name of this run in the results (default: the QEMU version)")
+    group.addoption("--report-only-nodeids", metavar="FILE", default=None,
+                    help="run only the tests whose node ids FILE lists, one per line (the "
+                         "nightly's re-run of a lost host's tests; xdist refuses test paths)")
 
 
 def machine_kind_of(machine: str | None) -> str | None:
@@ -101,6 +104,13 @@ def machine_after_setup(item: pytest.Item) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = config.getoption("--report-only-nodeids")
+    if only:
+        ids = set(Path(str(only)).read_text().split())
+        unwanted = [item for item in items if item.nodeid not in ids]
+        if unwanted:
+            config.hook.pytest_deselected(items=unwanted)
+            items[:] = [item for item in items if item.nodeid in ids]
     wanted = config.getoption("--report-machines")
     if not wanted:
         return
@@ -202,6 +212,9 @@ class _Collector:
         self.phases: dict[str, list[Any]] = {}
         self.workers: dict[str, str | None] = {}
         self.nodes: list[dict[str, Any]] = []
+        self.collected: set[str] = set()
+        self.lost: list[dict[str, Any]] = []
+        self.crashed: dict[str, str] = {}   # worker id -> the test it was running
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.phases.setdefault(report.nodeid, []).append(report)
@@ -221,6 +234,28 @@ class _Collector:
                            "executable": info.get("executable"), "cwd": info.get("cwd"),
                            "platform": info.get("platform")})
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.collected.update(ids)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not hasattr(self.config, "workerinput"):  # plain pytest: the items are the tests
+            self.collected.update(item.nodeid for item in session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:  # xdist hook
+        if error:
+            gateway = getattr(node, "gateway", None)
+            info = dict(getattr(node, "workerinfo", {}) or {})
+            self.lost.append({"worker": str(getattr(gateway, "id", info.get("id", "?"))),
+                              "spec": str(getattr(gateway, "spec", info.get("spec", "?"))),
+                              "error": str(error).strip()[-500:]})
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        gateway = getattr(getattr(report, "node", None), "gateway", None)
+        self.crashed[str(getattr(gateway, "id", "?"))] = crashitem
+
     def results(self, run: str, qemu: dict[str, Any]) -> list[TestResult]:
         return [result_from_reports(nodeid, reports, run=run, qemu_version=qemu.get("version"),
                                     qemu_binary=qemu.get("binary"),
@@ -237,6 +272,8 @@ class _Collector:
             "label": label, "qemu": qemu, "pytest_exit": int(exitstatus),
             "started": self.started, "duration_s": round(time.time() - self.started, 3),
             "workers": self.nodes,
+            "collected": sorted(self.collected),
+            "lost_workers": [w | {"running": self.crashed.get(w["worker"])} for w in self.lost],
             "tests": [r.to_dict() for r in self.results(label, qemu)],
         }
         path = Path(str(target))

@@ -33,6 +33,7 @@ class RunInfo:
     duration_s: float
     directory: str              # relative to the report dir: runs/<label>
     workers: tuple[Mapping[str, Any], ...] = ()
+    lost_hosts: tuple[Mapping[str, Any], ...] = ()   # harness.lab.LostHost.to_dict()
 
     def ref(self) -> RunRef:
         return RunRef(self.label, self.qemu_binary)
@@ -109,7 +110,9 @@ class NightlyReport:
             "command": list(self.command), "pytest_args": list(self.pytest_args),
             "machines": list(self.machines),
             "counts": counts(self.tests),
-            "runs": [asdict(r) | {"workers": [dict(w) for w in r.workers]} for r in self.runs],
+            "runs": [asdict(r) | {"workers": [dict(w) for w in r.workers],
+                                  "lost_hosts": [dict(h) for h in r.lost_hosts]}
+                     for r in self.runs],
             "tests": [t.to_dict() for t in self.tests],
             "items": self.items,
             "item_titles": dict(self.seeds),
