@@ -89,9 +89,10 @@ def register(subparsers: Any) -> None:
     _add(parser, "--boot-stress-boots", type=int, default=3, metavar="N",
          help="after the suite, cold-boot the AHCI-root guest N times per machine and QEMU "
               "(pci-harness boot-stress), 0 to turn off (default 3)")
-    _add(parser, "--cross-version-hops", type=int, default=10, metavar="N",
-         help="with two or more --qemu: ping-pong N hops between the first two QEMUs "
-              "(destination of odd hops on the second), 0 to turn off (default 10)")
+    _add(parser, "--cross-version-hops", type=int, default=6, metavar="N",
+         help="with two or more --qemu: ping-pong N hops between the first two QEMUs each "
+              "way (a guest booted on the first, then one booted on the second), on what "
+              "q35 means on the older; 0 to turn off (default 6)")
     _add(parser, "--tx", action="append", default=[], metavar="SPEC",
          help="pytest-xdist gateway, repeatable: ssh=HOST//python=PATH/.venv/bin/python"
               "//chdir=PATH (replaces -n unless --jobs is given too)")
@@ -348,29 +349,62 @@ def _boot_stress(args: argparse.Namespace, binary: QemuBinary, label: str, machi
 CROSS_HOP_BUDGET_S = 10.0
 
 
+def _version_key(binary: QemuBinary) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", binary.version)[:3])
+
+
+def cross_version_machine(a: QemuBinary, b: QemuBinary) -> str:
+    """The machine type both QEMUs migrate on: what `q35` means on the older one
+    (each alias names its own binary's newest type, and a stream between
+    pc-q35-7.2 and pc-q35-10.0 does not load).  Checked before any test runs."""
+    older, newer = sorted((a, b), key=_version_key)
+    pinned = older.resolve_machine("q35")
+    if pinned not in newer.machines:
+        raise UserError(
+            f"QEMU {newer.version} ({newer.path}) has no machine type {pinned}, what q35 "
+            f"means on QEMU {older.version}, so the two cannot migrate to each other",
+            fix="give two QEMUs that share a q35 machine type, or --cross-version-hops 0")
+    return pinned
+
+
 def _cross_version(args: argparse.Namespace, src: QemuBinary, dst: QemuBinary,
-                   labels: tuple[str, str], output: Path) -> HuntResult:
-    """Ping-pong between two QEMUs: the source's machine alias is pinned to its
-    versioned type, odd hops load on `dst`, even hops come back to `src`."""
+                   labels: tuple[str, str], machine: str, output: Path) -> HuntResult:
+    """One direction of the cross-version ping-pong: the guest boots on `src`,
+    odd hops load it on `dst`, even hops bring it back (the verb's JSON counts
+    the hops of each way under `directions`)."""
     hops = args.cross_version_hops
-    label = f"{labels[0]} <-> {labels[1]} (cross-version)"
-    run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"cross-{labels[0]}-{labels[1]}")
+    label = f"{labels[0]} -> {labels[1]} (cross-version, {machine})"
+    run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_",
+                                       f"cross-{labels[0]}-to-{labels[1]}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "harness", "pingpong", "--machine", "q35",
+    command = [sys.executable, "-m", "harness", "pingpong", "--machine", machine,
                "--hops", str(hops), "--json", f"--qemu-binary={src.path}",
                f"--dst-qemu={dst.path}", f"--accel={args.accel}",
                f"--timeout-multiplier={args.timeout_multiplier}"]
     if args.keep_artifacts:
         command.append("--keep-artifacts")
-    _say(f"cross-version ping-pong, {hops} hops: QEMU {labels[0]} <-> {labels[1]}")
+    _say(f"cross-version ping-pong, {hops} hops on {machine}: boots on QEMU {labels[0]}, "
+         f"odd hops to {labels[1]}")
     return hunt.run_hunt(label, command, hops * CROSS_HOP_BUDGET_S, run_dir / "pingpong.log",
                          run_dir / "pingpong-artifacts", args.timeout_multiplier)
+
+
+def cross_version_both_ways(args: argparse.Namespace, binaries: Sequence[QemuBinary],
+                            labels: Sequence[str], machine: str,
+                            output: Path) -> list[HuntResult]:
+    """old -> new and new -> old (in --qemu order, then reversed), each its own
+    verdict: a guest born on either QEMU must survive the move to the other."""
+    a, b = binaries[0], binaries[1]
+    return [_cross_version(args, a, b, (labels[0], labels[1]), machine, output),
+            _cross_version(args, b, a, (labels[1], labels[0]), machine, output)]
 
 
 # ---- the whole run ----
 
 def run_nightly(args: argparse.Namespace) -> int:
     binaries, machines = _validate(args)
+    cross = len(binaries) >= 2 and args.cross_version_hops > 0
+    cross_machine = cross_version_machine(binaries[0], binaries[1]) if cross else ""
     if getattr(args, "tx", None):
         for binary in binaries:  # every host ready for every QEMU, before any test runs
             check_gateways(args.tx, str(binary.path), progress=_say)
@@ -393,9 +427,8 @@ def run_nightly(args: argparse.Namespace) -> int:
                    for m in machines] if args.boot_stress_boots > 0 else []
     hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)] \
         if args.until_fail_minutes > 0 else []
-    if len(binaries) >= 2 and args.cross_version_hops > 0:
-        hunts.append(_cross_version(args, binaries[0], binaries[1], (labels[0], labels[1]),
-                                    output))
+    if cross:
+        hunts += cross_version_both_ways(args, binaries, labels, cross_machine, output)
     merge_junit([(r.label, output / r.directory / "junit.xml") for r in runs],
                 output / "junit.xml")
     items = build_items(tests, SEED_ITEMS, machines, labels)

@@ -72,6 +72,19 @@ def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
     return out
 
 
+def directions(result: PingPongResult, src: str, dst: str) -> dict[str, dict[str, Any]]:
+    """Cross-version hops per direction: odd hops load on the destination QEMU
+    (`src -> dst`), even hops come back (`dst -> src`).  `failed` names the
+    direction of the hop that failed, so a verdict says which way broke."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, parity in ((f"{src} -> {dst}", 1), (f"{dst} -> {src}", 0)):
+        done = [r for r in result.records if r.stats.hop % 2 == parity]
+        failed = result.failure is not None and result.failure.hop % 2 == parity
+        out[name] = {"hops": len(done), "failed": failed,
+                     "hop_s": latency([r.stats.total_s for r in done], 3)}
+    return out
+
+
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -131,7 +144,12 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
             print(f"pci-harness pingpong: FAILED at {result.failure.describe()}\n"
                   f"Artifacts (both command lines, QMP transcripts, console logs, "
                   f"reproduce.sh): {result.artifacts}", file=sys.stderr)
-        return summary(result, seed)
+        report = summary(result, seed)
+        if dst_binary is not None:
+            report["machine"] = pingpong.plan.topology.machine
+            report["directions"] = directions(result, factory.binary.version,
+                                              dst_binary.version)
+        return report
 
     return run_verb(args, "pingpong", body, _print_table)
 
@@ -144,6 +162,9 @@ def _print_table(report: dict[str, Any]) -> None:
           f"seed {report['seed']}")
     for name, count in report["verified_blocks"].items():
         print(f"  {name}: {report['writes'].get(name)} writes, {count} blocks verified")
+    for name, way in report.get("directions", {}).items():
+        print(f"  {name} on {report['machine']}: {way['hops']} hops"
+              f"{', FAILED' if way['failed'] else ' ok'}, hop p50 {way['hop_s']['p50']} s")
 
 
 def _positive(text: str) -> float:

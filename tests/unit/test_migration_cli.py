@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from harness.cli import build_parser
-from harness.cli.migration import build_topology, summary
+from harness.cli.migration import build_topology, directions, summary
 from harness.scenarios.loads import LoadState
 from harness.scenarios.migration import HopFailure, HopStats
 from harness.scenarios.pingpong import HopRecord, PingPongResult, disk_targets, write_reproduce
@@ -49,6 +49,22 @@ def test_summary_json_shape_on_failure(tmp_path):
     assert out["downtime_ms"] == {"p50": 20.0, "max": 30.0}
     assert out["failure"] == {"hop": 4, "kind": "qemu-died",
                               "detail": "source g03: killed by SIGKILL", "artifacts": str(tmp_path)}
+
+
+def test_cross_version_hops_are_counted_per_direction(tmp_path):
+    records = [HopRecord(_stats(i, float(i), 1.0), 0.1, {}) for i in (1, 2, 3, 4, 5)]
+    failure = HopFailure("device-state", 6, "destination exited: Bad config data")
+    result = PingPongResult(ok=False, records=records, failure=failure, artifacts=tmp_path)
+    ways = directions(result, "10.0.2", "7.2.22")
+    assert list(ways) == ["10.0.2 -> 7.2.22", "7.2.22 -> 10.0.2"]
+    assert ways["10.0.2 -> 7.2.22"] == {"hops": 3, "failed": False,
+                                        "hop_s": {"p50": 3.0, "p95": 5.0}}
+    # hop 6 is even: it was on its way back, from the destination QEMU to the source's
+    assert ways["7.2.22 -> 10.0.2"] == {"hops": 2, "failed": True,
+                                        "hop_s": {"p50": 3.0, "p95": 4.0}}
+    clean = directions(PingPongResult(True, records[:1], None, tmp_path), "a", "b")
+    assert clean["a -> b"]["hops"] == 1 and clean["b -> a"] == {
+        "hops": 0, "failed": False, "hop_s": {"p50": None, "p95": None}}
 
 
 def test_verb_options_parse_and_reproduce_script(tmp_path: Path):

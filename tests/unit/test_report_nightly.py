@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -238,29 +239,55 @@ def test_hunt_that_dies_without_a_verdict_says_why(tmp_path):
     assert "HopFailure" in (tmp_path / "a.log").read_text()
 
 
-def test_two_qemus_get_a_cross_version_pingpong(tmp_path, monkeypatch):
+def _qemus():
+    from harness.qemu.binary import QemuBinary
+
+    old = QemuBinary(Path("/opt/a/qemu"), "7.2.22", "QEMU 7.2.22",
+                     frozenset({"q35", "pc-q35-7.2"}), (("q35", "pc-q35-7.2"),))
+    new = QemuBinary(Path("/opt/b/qemu"), "10.0.2", "QEMU 10.0.2",
+                     frozenset({"q35", "pc-q35-10.0", "pc-q35-7.2"}), (("q35", "pc-q35-10.0"),))
+    return old, new
+
+
+def test_two_qemus_get_a_cross_version_pingpong_each_way(tmp_path, monkeypatch):
     import argparse
 
     from harness import nightly as nightly_module
-    from harness.qemu.binary import QemuBinary
 
-    seen = {}
+    seen = []
 
     def run_hunt(label, command, seconds, log_path, artifacts, multiplier=1.0):
-        seen.update(label=label, command=command, seconds=seconds, log=log_path)
-        return "verdict"
+        seen.append({"label": label, "command": command, "seconds": seconds, "log": log_path})
+        return f"verdict {len(seen)}"
 
     monkeypatch.setattr(nightly_module.hunt, "run_hunt", run_hunt)
-    old = QemuBinary(Path("/opt/a/qemu"), "7.2.22", "QEMU 7.2.22", frozenset({"q35"}))
-    new = QemuBinary(Path("/opt/b/qemu"), "10.0.2", "QEMU 10.0.2", frozenset({"q35"}))
+    old, new = _qemus()
     args = argparse.Namespace(cross_version_hops=6, accel="tcg", timeout_multiplier=2.0,
                               keep_artifacts=False)
-    assert nightly_module._cross_version(args, old, new, ("7.2.22", "10.0.2"),
-                                         tmp_path) == "verdict"
-    assert seen["label"] == "7.2.22 <-> 10.0.2 (cross-version)"
-    command = seen["command"]
-    assert command[command.index("--hops") + 1] == "6"
-    assert "--qemu-binary=/opt/a/qemu" in command and "--dst-qemu=/opt/b/qemu" in command
-    assert "--json" in command and "--accel=tcg" in command
-    assert seen["seconds"] == 6 * nightly_module.CROSS_HOP_BUDGET_S
-    assert seen["log"].parent.is_dir()
+    # --qemu NEW --qemu OLD: the machine is still what q35 means on the older QEMU.
+    machine = nightly_module.cross_version_machine(new, old)
+    assert machine == "pc-q35-7.2"
+    verdicts = nightly_module.cross_version_both_ways(args, [new, old], ["10.0.2", "7.2.22"],
+                                                      machine, tmp_path)
+    assert verdicts == ["verdict 1", "verdict 2"]
+    assert [s["label"] for s in seen] == ["10.0.2 -> 7.2.22 (cross-version, pc-q35-7.2)",
+                                          "7.2.22 -> 10.0.2 (cross-version, pc-q35-7.2)"]
+    for run, (src, dst) in zip(seen, [(new, old), (old, new)]):
+        command = run["command"]
+        assert command[command.index("--hops") + 1] == "6"
+        assert command[command.index("--machine") + 1] == "pc-q35-7.2"
+        assert f"--qemu-binary={src.path}" in command and f"--dst-qemu={dst.path}" in command
+        assert "--json" in command and "--accel=tcg" in command
+        assert run["seconds"] == 6 * nightly_module.CROSS_HOP_BUDGET_S
+        assert run["log"].parent.is_dir()
+    assert seen[0]["log"].parent != seen[1]["log"].parent
+
+
+def test_two_qemus_without_a_shared_machine_type_are_refused_up_front():
+    from harness import nightly as nightly_module
+
+    old, new = _qemus()
+    new = replace(new, machines=frozenset({"q35", "pc-q35-10.0"}))
+    with pytest.raises(UserError, match="QEMU 10.0.2 .* has no machine type pc-q35-7.2, what "
+                                        "q35 means on QEMU 7.2.22"):
+        nightly_module.cross_version_machine(old, new)
