@@ -4,7 +4,7 @@
         --qemu "$(bin/pci-harness qemu-get bookworm-backports)"
 
 stdout holds only the path (or, with --json, one object {"path", "version",
-"suite", "package_version"}); progress goes to stderr.  Exit 2 for a suite
+"suite", "package_version", "ok", "failures"}); progress goes to stderr.  Exit 2 for a suite
 that does not exist, has no QEMU for this architecture or needs a newer C
 library than this host has.
 """
@@ -26,7 +26,7 @@ def cmd_qemu_get(args: argparse.Namespace) -> int:
     fetched = fetcher.get(refresh=args.refresh)
     progress(f"QEMU {fetched.version} ({fetched.package_version}) from {fetched.suite}")
     if args.json:
-        print(json.dumps(asdict(fetched)))
+        print(json.dumps({**asdict(fetched), "ok": True, "failures": []}))
     else:
         print(fetched.path)
     return 0
@@ -45,6 +45,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--refresh", action="store_true",
                    help="read the suite's package list again and fetch a newer build if any")
     p.add_argument("--json", action="store_true",
-                   help='print {"path", "version", "suite", "package_version"} as the last '
-                        "thing on stdout")
+                   help='print {"path", "version", "suite", "package_version", "ok", '
+                        '"failures"} as the last thing on stdout')
     p.set_defaults(func=cmd_qemu_get)

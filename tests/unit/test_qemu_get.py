@@ -271,7 +271,8 @@ def test_cli_prints_only_the_path_on_stdout(tmp_path, monkeypatch, capsys):
     assert cli.main(["qemu-get", "bookworm-backports", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert out == {"path": "/c/qemu-system-x86_64", "version": "10.0.2",
-                   "package_version": V, "suite": "bookworm-backports"}
+                   "package_version": V, "suite": "bookworm-backports", "ok": True,
+                   "failures": []}
 
 
 def test_cli_error_is_one_paragraph_and_exit_2(capsys):
