@@ -252,7 +252,7 @@ def _qemus():
 def test_two_qemus_get_a_cross_version_pingpong_each_way(tmp_path, monkeypatch):
     import argparse
 
-    from harness import nightly as nightly_module
+    from harness import cross_version
 
     seen = []
 
@@ -260,14 +260,14 @@ def test_two_qemus_get_a_cross_version_pingpong_each_way(tmp_path, monkeypatch):
         seen.append({"label": label, "command": command, "seconds": seconds, "log": log_path})
         return f"verdict {len(seen)}"
 
-    monkeypatch.setattr(nightly_module.hunt, "run_hunt", run_hunt)
+    monkeypatch.setattr(cross_version.hunt, "run_hunt", run_hunt)
     old, new = _qemus()
     args = argparse.Namespace(cross_version_hops=6, accel="tcg", timeout_multiplier=2.0,
                               keep_artifacts=False)
     # --qemu NEW --qemu OLD: the machine is still what q35 means on the older QEMU.
-    machine = nightly_module.cross_version_machine(new, old)
+    machine = cross_version.cross_version_machine(new, old)
     assert machine == "pc-q35-7.2"
-    verdicts = nightly_module.cross_version_both_ways(args, [new, old], ["10.0.2", "7.2.22"],
+    verdicts = cross_version.cross_version_both_ways(args, [new, old], ["10.0.2", "7.2.22"],
                                                       machine, tmp_path)
     assert verdicts == ["verdict 1", "verdict 2"]
     assert [s["label"] for s in seen] == ["10.0.2 -> 7.2.22 (cross-version, pc-q35-7.2)",
@@ -278,16 +278,16 @@ def test_two_qemus_get_a_cross_version_pingpong_each_way(tmp_path, monkeypatch):
         assert command[command.index("--machine") + 1] == "pc-q35-7.2"
         assert f"--qemu-binary={src.path}" in command and f"--dst-qemu={dst.path}" in command
         assert "--json" in command and "--accel=tcg" in command
-        assert run["seconds"] == 6 * nightly_module.CROSS_HOP_BUDGET_S
+        assert run["seconds"] == 6 * cross_version.CROSS_HOP_BUDGET_S
         assert run["log"].parent.is_dir()
     assert seen[0]["log"].parent != seen[1]["log"].parent
 
 
 def test_two_qemus_without_a_shared_machine_type_are_refused_up_front():
-    from harness import nightly as nightly_module
+    from harness import cross_version
 
     old, new = _qemus()
     new = replace(new, machines=frozenset({"q35", "pc-q35-10.0"}))
     with pytest.raises(UserError, match="QEMU 10.0.2 .* has no machine type pc-q35-7.2, what "
                                         "q35 means on QEMU 7.2.22"):
-        nightly_module.cross_version_machine(old, new)
+        cross_version.cross_version_machine(old, new)
