@@ -50,6 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "smoke: the real-QEMU subset bin/test runs")
     config.addinivalue_line("markers", "seed(item_id): the KVM PCI TODO item this test checks")
     config.addinivalue_line("markers", "qemu: the test starts real QEMU")
+    config.addinivalue_line("markers", "known_gap(gap_id, raises=AssertionError): a strict xfail "
+                            "on the QEMU versions the gap holds for (harness/qemu/known.py)")
     # A failure whose traceback pytest cannot format still gets a report
     # (CPython 3.11.2's ast race killed xdist workers): harness/failure_report.py.
     from harness.failure_report import FailureReportGuard
@@ -86,6 +88,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     f"{item.nodeid}: unknown seed item {mark.args[:1]}; known ids: "
                     f"{', '.join(SEED_ITEMS)}")
             item.user_properties.append(("seed", mark.args[0]))
+    _mark_known_gaps(config, [i for i in items if i.get_closest_marker("known_gap")])
+
+
+def _mark_known_gaps(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Strict xfails for the known gaps that hold on the QEMU under test (its version
+    from the binary the run's guests use: the same find_qemu as the factory)."""
+    if not items:
+        return
+    from harness.knownfail import mark_known_failures
+    from harness.qemu.binary import find_qemu
+    from harness.qemu.known import parse_version
+    from harness.report.collect import machine_at_collection
+
+    try:
+        binary = find_qemu(config.getoption("--qemu-binary"))
+    except HarnessError:
+        return  # no QEMU to judge by: harness_factory says why at the first guest
+
+    def machine_of(item: pytest.Item) -> str | None:
+        machine = machine_at_collection(item)
+        return binary.resolve_machine(machine) if machine else None
+
+    try:
+        mark_known_failures(items, parse_version(binary.version), machine_of)
+    except HarnessError as exc:
+        raise pytest.UsageError(exc.describe()) from None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -182,6 +210,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         for key, value in report.user_properties:
             if key == "artifacts":
                 report.sections.append(("pci-harness artifacts", str(value)))
+            elif key == "known_gap_outside":
+                report.sections.append(("pci-harness known gap", str(value)))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

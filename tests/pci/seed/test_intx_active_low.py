@@ -17,9 +17,7 @@ MIN_LINKS = {"pc": 4, "q35": 16}
 
 
 @pytest.mark.seed("intx-active-low")
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="intx-active-low: QEMU declares every PCI interrupt link "
-                          "`Level, ActiveHigh, Shared` and drives INT#x active-high")
+@pytest.mark.known_gap("intx-declared-active-high")
 @pytest.mark.parametrize("machine", ["pc", "q35"])
 def test_pci_interrupt_links_are_active_low(machine, guest, artifacts):
     dsl = decompile(fetch_table(guest, "DSDT"), artifacts)

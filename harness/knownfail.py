@@ -1,0 +1,112 @@
+"""The known-gap table (harness.qemu.known) as strict xfails, per QEMU under test.
+
+A test names its gap with `@pytest.mark.known_gap("<gap id>")` (optionally
+`raises=` the exception the gap shows as; AssertionError by default, so a
+failed precondition stays a real failure).  At collection, with the version of
+the QEMU the run uses, `mark_known_failures` gives each such test:
+
+- inside the gap's range: `xfail(strict=True, raises=..., reason=gap.reason)`,
+  so the known failure is expected and a pass fails the run loudly (XPASS);
+- outside it: nothing, a plain test, plus a note that a failure report shows
+  ("not the known gap on this QEMU: it holds for QEMU before 10.0").
+
+The reason comes from the table only: tests never repeat it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from harness.errors import UserError
+from harness.qemu.known import KNOWN_GAPS, KnownGap, Version, show_version
+
+MARKER = "known_gap"
+#: user_properties key: the gap this run expects the test to show (inside the range).
+EXPECTED = "known_gap"
+#: user_properties key: a gap the test is tied to that this QEMU is outside of.
+OUTSIDE = "known_gap_outside"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the plugin did with one known_gap marker of one test."""
+
+    nodeid: str
+    gap: KnownGap
+    holds: bool
+    raises: type[BaseException]
+
+
+def gap_by_id(gap_id: object) -> KnownGap:
+    gap = next((g for g in KNOWN_GAPS if g.id == gap_id), None)
+    if gap is None:
+        raise UserError(f"unknown known gap {gap_id!r}",
+                        fix="use one of the ids in harness/qemu/known.py: "
+                            + ", ".join(g.id for g in KNOWN_GAPS))
+    return gap
+
+
+def _seed_of(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("seed")
+    return str(mark.args[0]) if mark is not None and mark.args else None
+
+
+def decide(item: pytest.Item, qemu_version: Version,
+           machine_of: Callable[[pytest.Item], str | None]) -> list[Decision]:
+    """The known_gap markers of `item` judged for QEMU `qemu_version`.
+
+    `machine_of` gives the versioned machine type the test runs (None when the
+    test does not say at collection); it is asked only for gaps that depend on
+    the machine.  A marker that names no gap, or a gap of another seed item than
+    the test's, is a UserError naming the test.
+    """
+    decisions: list[Decision] = []
+    for mark in item.iter_markers(MARKER):
+        try:
+            if len(mark.args) != 1:
+                raise UserError(f"known_gap takes one gap id, got {mark.args!r}",
+                                fix='write @pytest.mark.known_gap("<gap id>")')
+            gap = gap_by_id(mark.args[0])
+            seed = _seed_of(item)
+            if seed != gap.seed:
+                raise UserError(f"known gap {gap.id} belongs to seed item {gap.seed!r}, the "
+                                f"test is marked seed({seed!r})",
+                                fix=f'mark the test @pytest.mark.seed("{gap.seed}") or name '
+                                    "a gap of its own seed item")
+            machine = machine_of(item) if gap.machines or gap.compat_property else None
+            holds = gap.holds(qemu_version, machine)
+        except UserError as exc:
+            raise UserError(f"{item.nodeid}: {exc.message}", fix=exc.fix) from None
+        raises = mark.kwargs.get("raises", AssertionError)
+        decisions.append(Decision(item.nodeid, gap, holds, raises))
+    return decisions
+
+
+def apply(item: pytest.Item, decisions: list[Decision], qemu_version: Version) -> None:
+    """Turn the decisions into markers and the notes the reports read."""
+    for decision in decisions:
+        gap = decision.gap
+        if decision.holds:
+            item.add_marker(pytest.mark.xfail(strict=True, raises=decision.raises,
+                                              reason=gap.reason))
+            item.user_properties.append((EXPECTED, gap.id))
+        else:
+            item.user_properties.append((OUTSIDE, (
+                f"known gap {gap.id} ({gap.reason}) holds for {gap.scope()}; this QEMU "
+                f"{show_version(qemu_version)} is outside that range, so a failure here is "
+                "not that known gap (if it is, widen the range in harness/qemu/known.py "
+                "with the measurement)")))
+
+
+def mark_known_failures(items: list[pytest.Item], qemu_version: Version,
+                        machine_of: Callable[[pytest.Item], str | None]) -> list[Decision]:
+    """Mark every item that carries known_gap for this QEMU; the decisions made."""
+    made: list[Decision] = []
+    for item in items:
+        decisions = decide(item, qemu_version, machine_of)
+        apply(item, decisions, qemu_version)
+        made += decisions
+    return made

@@ -1,0 +1,298 @@
+"""Known QEMU gaps: where QEMU does not do what the KVM "PCI" TODO page asks.
+
+Each gap names its seed item, the QEMU versions it holds for (and the machine
+types, where a compat property decides it), the tests that show it and what
+QEMU does instead.  The pytest plugin turns an entry into a strict xfail for a
+test that carries `@pytest.mark.known_gap("<id>")` only when the QEMU under
+test is inside the range, so a multi-QEMU nightly judges every binary by its
+own version: a gap fixed in one binary is a plain pass there and still a known
+failure in the other.
+
+How a range is drawn (`versions`, half open: introduced <= v < fixed), no
+wider than the evidence (every measurement is kept in `evidence`, and
+tests/unit/test_known_gaps.py checks each range against it):
+- `introduced` is the release series of the oldest version measured with the
+  gap (7.2: nothing older has been run), so an older QEMU runs the test plain.
+- `fixed` is the release series of the first version measured without it
+  (10.0 when 10.0.2 passes and 7.2.22 fails).  It may stay open (None) only
+  while the newest measured version still has the gap: QEMU 10.1 or master is
+  then expected to have it too, and cannot hide a fix, because the xfail is
+  strict: a pass fails the run (XPASS) and names the bound to move.
+
+Nothing else decides which QEMU versions miss what (architecture note); the
+facts of what a version does right live in qemu/facts.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from harness.errors import UserError
+
+#: (major, minor) or (major, minor, micro): compared as tuples, so (10, 0, 2) >= (10, 0).
+Version = tuple[int, ...]
+
+FAILS = "fails"
+PASSES = "passes"
+
+
+def parse_version(text: str) -> Version:
+    """(7, 2, 22) from "7.2.22" (also "v7.2.22", "10.0.2 (Debian 1:10.0.2+ds-1)")."""
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    if not match:
+        raise UserError(f"{text!r} is not a QEMU version",
+                        fix="give a version such as 7.2.22 or 10.0.2")
+    return tuple(int(part) for part in match.groups() if part is not None)
+
+
+def show_version(version: Version) -> str:
+    return ".".join(str(part) for part in version)
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """introduced <= version < fixed; None leaves that end open."""
+
+    introduced: Version | None = None
+    fixed: Version | None = None
+
+    def __contains__(self, version: Version) -> bool:
+        return ((self.introduced is None or version >= self.introduced)
+                and (self.fixed is None or version < self.fixed))
+
+    def __str__(self) -> str:
+        if self.introduced is None and self.fixed is None:
+            return "every version"
+        if self.introduced is None:
+            return f"before {show_version(self.fixed or ())}"
+        if self.fixed is None:
+            return f"{show_version(self.introduced)} and later"
+        return f"{show_version(self.introduced)} to before {show_version(self.fixed)}"
+
+
+#: Every QEMU version.
+ALWAYS = VersionRange()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One run of a gap's tests on one QEMU: the evidence a range rests on."""
+
+    qemu: str                  # full version of the binary measured, "7.2.22"
+    outcome: str               # FAILS (the gap holds) or PASSES
+    machines: tuple[str, ...]  # machine types it ran ("pc", "q35", "pc-q35-7.2")
+    note: str = ""             # what was seen, when the reason does not say it
+
+
+_MACHINE_TYPE = re.compile(r"^(?:pc|q35|pc-(?:i440fx|q35)-(\d+)\.(\d+))$")
+
+
+def machine_kind(machine: str) -> str:
+    """"pc" or "q35" of a machine type (the table's `machines` are kinds)."""
+    return "q35" if "q35" in machine else "pc"
+
+
+def machine_type_version(machine: str) -> Version | None:
+    """(8, 0) for pc-q35-8.0; None for an alias such as q35 (resolve it first)."""
+    match = _MACHINE_TYPE.match(machine)
+    if not match or match.group(1) is None:
+        return None
+    return (int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True)
+class KnownGap:
+    """One way QEMU misses a seed item, for the versions it holds for."""
+
+    id: str
+    seed: str                          # harness.seed id; the reason starts with it
+    does_instead: str                  # what QEMU does instead of the spec behaviour
+    spec: str                          # the behaviour it misses (and where it is written)
+    versions: VersionRange
+    tests: tuple[str, ...]             # test functions under tests/pci that show it
+    evidence: tuple[Measurement, ...]
+    machines: frozenset[str] = frozenset()   # machine kinds; empty: every machine
+    #: A compat property makes the machine type decide (the same binary shows
+    #: different config space for pc-q35-7.2 and q35): the gap holds for the
+    #: versioned machine types in `machine_types` only.
+    compat_property: str | None = None
+    machine_types: VersionRange = field(default=ALWAYS)
+
+    @property
+    def reason(self) -> str:
+        """The xfail reason: "<item-id>: what QEMU does instead"."""
+        return f"{self.seed}: {self.does_instead}"
+
+    def holds(self, qemu_version: Version, machine: str | None = None) -> bool:
+        """True when QEMU `qemu_version` running `machine` (a versioned type, or
+        None when the test does not say) shows the gap.
+
+        A gap limited to machine kinds or machine types needs the machine: without
+        it the answer would be a guess, so that is a UsageError for the caller.
+        """
+        if qemu_version not in self.versions:
+            return False
+        if not self.machines and self.compat_property is None:
+            return True
+        if machine is None:
+            raise UserError(f"known gap {self.id} depends on the machine type, and the test "
+                            "does not say which it runs",
+                            fix="parametrize the test's `machine` (or `topology`) so the "
+                                "machine is known at collection")
+        if self.machines and machine_kind(machine) not in self.machines:
+            return False
+        if self.compat_property is None:
+            return True
+        type_version = machine_type_version(machine)
+        if type_version is None:
+            raise UserError(f"known gap {self.id} depends on the machine type's version "
+                            f"({self.compat_property}), and {machine!r} is an alias",
+                            fix="resolve the alias with the binary under test first "
+                                "(QemuBinary.resolve_machine)")
+        return type_version in self.machine_types
+
+    def scope(self) -> str:
+        """Where it holds, in words: "QEMU before 10.0, q35"."""
+        parts = [f"QEMU {self.versions}"]
+        if self.machines:
+            parts.append("/".join(sorted(self.machines)))
+        if self.compat_property is not None:
+            parts.append(f"machine types {self.machine_types} ({self.compat_property})")
+        return ", ".join(parts)
+
+
+def _series(version: Version) -> Version:
+    return version[:2]
+
+
+def evidence_problems(gap: KnownGap) -> list[str]:
+    """Where `gap.versions` says more or less than its measurements ([] when it agrees).
+
+    Every version measured failing is inside, every version measured passing is
+    outside; `introduced` is the series of the oldest failing measurement and
+    `fixed` the series of a passing one (no bound without a measurement); an
+    open `fixed` needs the newest measurement to be a failure.
+    """
+    problems: list[str] = []
+    measured = sorted((parse_version(m.qemu), m.outcome) for m in gap.evidence)
+    failing = [v for v, outcome in measured if outcome == FAILS]
+    passing = [v for v, outcome in measured if outcome == PASSES]
+    if not failing:
+        return [f"{gap.id}: no measurement shows the gap"]
+    problems += [f"{gap.id}: measured failing on {show_version(v)}, outside {gap.versions}"
+                 for v in failing if v not in gap.versions]
+    problems += [f"{gap.id}: measured passing on {show_version(v)}, inside {gap.versions}"
+                 for v in passing if v in gap.versions]
+    if gap.versions.introduced != _series(failing[0]):
+        problems.append(f"{gap.id}: introduced {gap.versions.introduced} is not the series of "
+                        f"the oldest failing measurement {show_version(failing[0])}")
+    fixed = gap.versions.fixed
+    if fixed is None and measured[-1][1] != FAILS:
+        problems.append(f"{gap.id}: open-ended, but the newest measurement "
+                        f"{show_version(measured[-1][0])} passes")
+    if fixed is not None and fixed not in {_series(v) for v in passing}:
+        problems.append(f"{gap.id}: fixed {show_version(fixed)} is not the series of a "
+                        "version measured passing")
+    return problems
+
+
+# ---------------------------------------------------------------------------- the table
+# Measured on this project's host under TCG: Debian 12's QEMU 7.2.22 and
+# bookworm-backports' 10.0.2.  A new measurement goes into `evidence`; a range
+# moves only with one (tests/unit/test_known_gaps.py checks that).
+
+_BOTH = ("pc", "q35")
+#: The oldest QEMU measured: no gap is claimed below the evidence.
+SINCE_7_2 = VersionRange((7, 2))
+
+KNOWN_GAPS: tuple[KnownGap, ...] = (
+    KnownGap(
+        id="ahci-bus-master-cleared-migration",
+        seed="ahci-stability",
+        does_instead="with Bus Master Enable cleared while the FIS receive engine is on, the "
+                     "migration destination exits with status 1: 'AHCI: Failed to start FIS "
+                     "receive engine'",
+        spec="the destination loads the AHCI state of a function whose driver cleared Bus "
+             "Master Enable (PCI COMMAND bit 2 is guest state like any other) and the disk "
+             "keeps its data",
+        versions=VersionRange((7, 2), fixed=(10, 0)),
+        tests=("test_bus_master_cleared_then_migrated_destination_loads_and_disk_works",),
+        evidence=(
+            Measurement("7.2.22", FAILS, ("q35",),
+                        "source says completed; destination exits 1 with the message"),
+            Measurement("10.0.2", PASSES, ("q35",), "destination runs, block 3 reads back"),
+        ),
+    ),
+    KnownGap(
+        id="hot-added-bridge-not-described",
+        seed="bridge-hotplug-acpi-bsel",
+        does_instead="QEMU accepts device_add behind a hot-added bridge, but the bridge gets no "
+                     "BSEL number (ACPI cannot describe hot-added bridges) and is its own SHPC "
+                     "handler, which the guest does not drive: the guest never sees the device",
+        spec="a device hot-plugged behind a hot-added bridge appears in the guest, as behind a "
+             "cold-plugged one (seed item: hotplug for devices behind PCI bridges)",
+        versions=SINCE_7_2,
+        tests=("test_device_behind_a_hot_added_bridge_is_seen",),
+        evidence=(
+            Measurement("7.2.22", FAILS, ("pc",)),
+            Measurement("10.0.2", FAILS, ("pc",)),
+        ),
+    ),
+    KnownGap(
+        id="intx-declared-active-high",
+        seed="intx-active-low",
+        does_instead="QEMU declares every PCI interrupt link `Level, ActiveHigh, Shared` and "
+                     "drives INT#x active-high",
+        spec="INTA#-INTD# are active-low, level-triggered, shareable (PCI Local Bus 2.2.6): "
+             "each routed link's _PRS/_CRS says Level, ActiveLow, Shared",
+        versions=SINCE_7_2,
+        tests=("test_pci_interrupt_links_are_active_low",),
+        evidence=(
+            Measurement("7.2.22", FAILS, _BOTH),
+            Measurement("10.0.2", FAILS, _BOTH),
+        ),
+    ),
+    KnownGap(
+        id="master-abort-not-emulated",
+        seed="master-abort",
+        does_instead="QEMU returns 0 for unclaimed memory reads and for a BAR with memory "
+                     "decoding off, and never sets Received Master Abort",
+        spec="a read nobody claims returns all-ones and sets the bridge's Received Master "
+             "Abort bit (PCI-to-PCI Bridge 3.2.5.1, 3.2.5.14; PCIe: Unsupported Request)",
+        versions=SINCE_7_2,
+        tests=("test_unclaimed_reads_return_all_ones_and_set_master_abort",),
+        evidence=(
+            Measurement("7.2.22", FAILS, _BOTH),
+            Measurement("10.0.2", FAILS, _BOTH),
+        ),
+    ),
+    KnownGap(
+        id="subtractive-decode-windows-only",
+        seed="subtractive-decode",
+        does_instead="QEMU's i82801b11-bridge reports prog-if 01 but forwards only inside its "
+                     "windows (outside: memory reads 0, I/O 0xff)",
+        spec="a bridge with programming interface 01 forwards every transaction nobody on the "
+             "primary side claims, not only its windows (PCI-to-PCI Bridge 1.2, 3.2.5.1)",
+        versions=SINCE_7_2,
+        tests=("test_subtractive_bridge_forwards_outside_its_windows",),
+        evidence=(
+            Measurement("7.2.22", FAILS, _BOTH),
+            Measurement("10.0.2", FAILS, _BOTH),
+        ),
+    ),
+    KnownGap(
+        id="vga-legacy-io-ignores-io-enable",
+        seed="vga-behind-bridge",
+        does_instead="QEMU's VGA answers legacy I/O (0x3c0-0x3df) even with I/O Space Enable "
+                     "cleared in its own COMMAND register",
+        spec="a VGA decodes legacy I/O only while its COMMAND I/O Space bit is set (PCI 6.2.2), "
+             "which is what lets several VGA cards coexist",
+        versions=SINCE_7_2,
+        tests=("test_vga_legacy_io_follows_the_devices_io_enable",),
+        evidence=(
+            Measurement("7.2.22", FAILS, _BOTH),
+            Measurement("10.0.2", FAILS, _BOTH),
+        ),
+    ),
+)

@@ -1,0 +1,160 @@
+"""The plugin turns the known-gap table into strict xfails per QEMU under test.
+
+pytest runs a small suite against fake QEMU binaries (shell scripts that answer
+`-version` and `-machine help`, all the plugin asks at collection): the same
+test is a known failure on 7.2.22 and a plain test on 10.0.2, where the
+table's AHCI gap is fixed.  No QEMU starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.qemu.known import KNOWN_GAPS
+
+FAKE_QEMU = """\
+#!/bin/sh
+case "$1" in
+  -version) echo "QEMU emulator version {version} (fake for tests)";;
+  -machine) printf 'Supported machines are:\\nq35  Standard PC (Q35) (alias of pc-q35-{series})\\n\
+pc-q35-{series}   Standard PC (Q35)\\npc-q35-7.2   Standard PC (Q35)\\n\
+pc   Standard PC (alias of pc-i440fx-{series})\\npc-i440fx-{series}   Standard PC\\n';;
+  *) echo "fake qemu cannot run guests" >&2; exit 1;;
+esac
+"""
+
+AHCI = next(g for g in KNOWN_GAPS if g.id == "ahci-bus-master-cleared-migration")
+
+SUITE = '''
+import pytest
+
+pytestmark = pytest.mark.seed("ahci-stability")
+
+
+@pytest.mark.known_gap("ahci-bus-master-cleared-migration")
+def test_shows_the_gap():
+    assert False, "destination exited with status 1"
+
+
+@pytest.mark.known_gap("ahci-bus-master-cleared-migration")
+def test_passes():
+    pass
+
+
+@pytest.mark.known_gap("ahci-bus-master-cleared-migration")
+def test_fails_another_way():
+    raise RuntimeError("precondition: no AHCI disk")
+
+
+def test_plain():
+    pass
+'''
+
+# A gap a compat property decides: the machine type, not the binary, says whether it holds.
+COMPAT_CONFTEST = '''
+import harness.knownfail
+from harness.qemu.known import KnownGap, Measurement, VersionRange
+
+harness.knownfail.KNOWN_GAPS += (KnownGap(
+    id="fake-uncor-mask", seed="link-speed-width", does_instead="UNCOR_MASK reads 0",
+    spec="writable", versions=VersionRange((7, 2)), tests=("test_compat",),
+    evidence=(Measurement("7.2.22", "fails", ("q35",)),), machines=frozenset({"q35"}),
+    compat_property="x-pcie-err-unc-mask", machine_types=VersionRange(fixed=(8, 0))),)
+'''
+
+COMPAT_SUITE = '''
+import pytest
+
+
+@pytest.mark.seed("link-speed-width")
+@pytest.mark.known_gap("fake-uncor-mask")
+@pytest.mark.parametrize("machine", ["q35", "pc-q35-7.2", "pc"])
+def test_compat(machine):
+    assert False, machine
+'''
+
+
+def fake_qemu(tmp_path: Path, version: str) -> Path:
+    path = tmp_path / f"qemu-{version}"
+    series = ".".join(version.split(".")[:2])
+    path.write_text(FAKE_QEMU.format(version=version, series=series))
+    path.chmod(0o755)
+    return path
+
+
+def run_suite(tmp_path: Path, version: str, suite: str = SUITE, conftest: str | None = None):
+    """(pytest process, {test name: result record}) of the suite against a fake QEMU."""
+    root = tmp_path / f"suite-{version}"
+    root.mkdir()
+    (root / "test_gaps.py").write_text(textwrap.dedent(suite))
+    if conftest:
+        (root / "conftest.py").write_text(textwrap.dedent(conftest))
+    results = root / "results.json"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+         "-p", "harness.report.collect", f"--report-results={results}", "-rA",
+         f"--qemu-binary={fake_qemu(tmp_path, version)}", f"--artifacts-dir={root / 'art'}",
+         str(root)],
+        capture_output=True, text=True, cwd=root, env=clean, timeout=120, check=False)
+    tests = json.loads(results.read_text())["tests"] if results.exists() else []
+    return proc, {t["nodeid"].split("::")[-1]: t for t in tests}
+
+
+def test_inside_the_range_a_known_failure_and_an_unexpected_pass_fails(tmp_path):
+    proc, tests = run_suite(tmp_path, "7.2.22")
+    assert {name: t["outcome"] for name, t in tests.items()} == {
+        "test_shows_the_gap": "xfailed", "test_passes": "xpassed",
+        "test_fails_another_way": "failed", "test_plain": "passed"}, proc.stdout
+    assert tests["test_shows_the_gap"]["xfail_reason"] == AHCI.reason
+    assert proc.returncode == 1, "a strict xfail that passes must fail the run"
+    assert f"[XPASS(strict)] {AHCI.reason}" in proc.stdout
+
+
+def test_outside_the_range_a_plain_test_with_a_note(tmp_path):
+    proc, tests = run_suite(tmp_path, "10.0.2")
+    assert {name: t["outcome"] for name, t in tests.items()} == {
+        "test_shows_the_gap": "failed", "test_passes": "passed",
+        "test_fails_another_way": "failed", "test_plain": "passed"}, proc.stdout
+    assert tests["test_shows_the_gap"]["xfail_reason"] is None
+    assert ("known gap ahci-bus-master-cleared-migration (ahci-stability: with Bus Master "
+            "Enable cleared") in proc.stdout
+    assert "holds for QEMU 7.2 to before 10.0; this QEMU 10.0.2 is outside that range" \
+        in proc.stdout
+
+
+@pytest.mark.parametrize("version, below", [("10.0.0", False), ("7.2.0", True)])
+def test_range_edges_on_the_binary_version(tmp_path, version, below):
+    _, tests = run_suite(tmp_path, version)
+    assert tests["test_shows_the_gap"]["outcome"] == ("xfailed" if below else "failed")
+
+
+def test_compat_property_gap_follows_the_pinned_machine_type(tmp_path):
+    # q35 is pc-q35-10.0 on this binary: outside machine types before 8.0; pc is not q35.
+    proc, tests = run_suite(tmp_path, "10.0.2", COMPAT_SUITE, COMPAT_CONFTEST)
+    assert {name: t["outcome"] for name, t in tests.items()} == {
+        "test_compat[q35]": "failed", "test_compat[pc-q35-7.2]": "xfailed",
+        "test_compat[pc]": "failed"}, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("marks, message", [
+    ('@pytest.mark.seed("ahci-stability")\n@pytest.mark.known_gap("no-such-gap")',
+     ("unknown known gap 'no-such-gap'. Use one of the ids in harness/qemu/known.py: "
+      "ahci-bus-master-cleared-migration, ")),
+    (('@pytest.mark.seed("master-abort")\n'
+      '@pytest.mark.known_gap("ahci-bus-master-cleared-migration")'),
+     ("known gap ahci-bus-master-cleared-migration belongs to seed item 'ahci-stability', "
+      "the test is marked seed('master-abort')")),
+])
+def test_a_wrong_marker_is_a_usage_error_naming_the_test(tmp_path, marks, message):
+    suite = f"import pytest\n\n{marks}\ndef test_x():\n    pass\n"
+    proc, _ = run_suite(tmp_path, "7.2.22", suite)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"test_gaps.py::test_x: {message}" in proc.stderr
