@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.report.baseline import BaselineDiff, RunRef
 from harness.report.history import Night, Slowdown
-from harness.report.matrix import Items
+from harness.report.matrix import ItemCounts, Items, build_item_counts
 from harness.report.results import TestResult, counts
 
 FORMAT = 1
@@ -77,6 +77,10 @@ class NightlyReport:
     slowdowns: tuple[Slowdown, ...] = ()   # news, not failures: the verdict ignores them
     history: tuple[Night, ...] = ()        # earlier nights next to this one, oldest first
 
+    def item_counts(self) -> ItemCounts:
+        """How many tests had each outcome, per cell of `items`."""
+        return build_item_counts(self.tests, self.items)
+
     def bad_tests(self) -> list[TestResult]:
         return [t for t in self.tests if t.bad]
 
@@ -115,6 +119,7 @@ class NightlyReport:
                      for r in self.runs],
             "tests": [t.to_dict() for t in self.tests],
             "items": self.items,
+            "item_counts": self.item_counts(),
             "item_titles": dict(self.seeds),
             "baseline": self.baseline.to_dict() if self.baseline else None,
             "baseline_note": self.baseline_note,

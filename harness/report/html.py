@@ -21,7 +21,7 @@ from harness.report.bootstress import boot_stress_html
 from harness.report.document import NightlyReport
 from harness.report.history import HISTORY_CSS, render_history_html
 from harness.report.markdown import _duration, headline, hunt_words
-from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS, cell_tests
+from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS, cell_tests, count_words
 from harness.report.results import TestResult
 
 _CSS = """
@@ -105,6 +105,7 @@ def _matrix(report: NightlyReport) -> list[str]:
     out.append("</tr><tr>" + "".join(f"<th>{_e(m)}</th>" for _ in runs for m in machines)
                + "</tr></thead><tbody>")
     # "was ..." marks cells that changed; a cell that merely gained tests is no news.
+    counts = report.item_counts()
     was = {(c.seed, c.machine, c.run): c.before
            for c in (report.baseline.cells if report.baseline else ()) if c.before != NOT_RUN}
     for seed, by_machine in report.items.items():
@@ -117,7 +118,7 @@ def _matrix(report: NightlyReport) -> list[str]:
                 tip = "; ".join(f"{t.nodeid}: {t.outcome}"
                                 + (f" ({t.xfail_reason})" if t.xfail_reason else "")
                                 for t in tests) or "no test ran"
-                word = _WORD[status] + (f" {len(tests)}" if len(tests) > 1 else "")
+                word = count_words(counts[seed][machine][run], _WORD) or _WORD[NOT_RUN]
                 bad = next((t for t in tests if t.bad), None)
                 text = (f"<a href='#{_anchor(bad)}'>{_e(word)}</a>" if bad is not None
                         else _e(word))
@@ -129,7 +130,8 @@ def _matrix(report: NightlyReport) -> list[str]:
     out.append("</tbody></table>")
     out.append("<p class='legend'>" + "".join(
         f"<span class='{s}'>{_e(_WORD[s])}</span>" for s in (PASS, KNOWN, FAIL, XPASS, NOT_RUN))
-        + " &nbsp;A cell shows the worst outcome of its tests; hover for the tests.</p>")
+        + " &nbsp;A cell counts its tests per outcome and takes the colour of the worst; "
+        "hover for the tests.</p>")
     return out
 
 

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from harness.report.baseline import Change
 from harness.report.bootstress import boot_stress_markdown
 from harness.report.document import NightlyReport
-from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS
+from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS, count_words
 from harness.report.results import counts
 
-_WORD = {PASS: "pass", KNOWN: "known-failure", FAIL: "**FAIL**", XPASS: "**XPASS**",
-         NOT_RUN: "-"}
+_WORD = {PASS: "pass", KNOWN: "known failure", FAIL: "**FAIL**", XPASS: "**XPASS**",
+         NOT_RUN: "not run"}
 
 
 def _cell(text: str) -> str:
@@ -37,14 +37,15 @@ def _duration(seconds: float) -> str:
 
 
 def matrix_lines(report: NightlyReport) -> list[str]:
+    """A column per QEMU and machine kind; a cell counts its tests per outcome."""
     runs = [r.label for r in report.runs]
     first = next(iter(report.items.values()), {})
     machines = list(first)
-    header = ["Seed item"] + [f"{m} / QEMU {r}" if len(runs) > 1 else m
-                              for r in runs for m in machines]
+    counts = report.item_counts()
+    header = ["Seed item"] + [f"QEMU {r} {m}" for r in runs for m in machines]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for seed, by_machine in report.items.items():
-        cells = [_WORD[by_machine[m][r]] for r in runs for m in machines]
+    for seed in report.items:
+        cells = [count_words(counts[seed][m][r], _WORD) or "-" for r in runs for m in machines]
         lines.append(f"| {_cell(seed)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -69,8 +70,9 @@ def render_markdown(report: NightlyReport) -> str:
                      f"{(run.accel or 'accelerator not reported').split(';')[0]}), "
                      f"{_duration(run.duration_s)}")
     lines += ["", "## Seed items", "",
-              ("pass = all tests passed; known-failure = strict xfail (known QEMU gap); "
-              "FAIL = failed; XPASS = a known failure passed; - = not run"), ""]
+              ("A cell counts the tests of each outcome: pass; known failure = strict xfail "
+               "(a known QEMU gap on that QEMU); FAIL = failed or errored; XPASS = a known "
+               "failure passed; not run = skipped; - = no test"), ""]
     lines += matrix_lines(report) + [""]
     diff = report.baseline
     if diff is not None:

@@ -1,8 +1,11 @@
-"""The conformance matrix: seed item x machine kind x QEMU run -> one status.
+"""The conformance matrix: seed item x machine kind x QEMU run -> status and counts.
 
 A cell summarises every test of one seed item on one machine kind under one
-QEMU binary.  The worst outcome wins, so a cell never hides a failure behind
-a passing sibling:
+QEMU binary twice: `items` keeps the worst outcome (report.json's
+`items[seed][machine][qemu]`, what the baseline compares), `item_counts` how
+many tests had each outcome ("6 pass · 1 known failure", what people read).
+The worst outcome wins, so a cell never hides a failure behind a passing
+sibling:
 
     fail > xpass > known-failure > pass > not-run
 
@@ -33,6 +36,8 @@ _STATUS_OF = {PASSED: PASS, XFAILED: KNOWN, XPASSED: XPASS, FAILED: FAIL, ERROR:
 
 #: items[seed][machine][run] = status
 Items = dict[str, dict[str, dict[str, str]]]
+#: item_counts[seed][machine][run] = {status: number of tests}, statuses seen only
+ItemCounts = dict[str, dict[str, dict[str, dict[str, int]]]]
 
 
 def cell_status(results: Iterable[TestResult]) -> str:
@@ -73,3 +78,29 @@ def build_items(tests: Sequence[TestResult], seeds: Mapping[str, str],
 
 def cell_tests(tests: Iterable[TestResult], seed: str, machine: str, run: str) -> list[TestResult]:
     return [t for t in tests if t.seed == seed and column_of(t) == machine and t.run == run]
+
+
+def cell_counts(results: Iterable[TestResult]) -> dict[str, int]:
+    """Tests per status, in STATUSES order, only the statuses that occur."""
+    tally: dict[str, int] = {}
+    for result in results:
+        status = _STATUS_OF.get(result.outcome, NOT_RUN)
+        tally[status] = tally.get(status, 0) + 1
+    return {status: tally[status] for status in STATUSES if status in tally}
+
+
+def build_item_counts(tests: Sequence[TestResult], items: Items) -> ItemCounts:
+    """The counts behind every cell of `items` (same seeds, machine columns, runs)."""
+    grouped: dict[tuple[str, str, str], list[TestResult]] = {}
+    for test in tests:
+        if test.seed:
+            grouped.setdefault((test.seed, column_of(test), test.run), []).append(test)
+    return {seed: {machine: {run: cell_counts(grouped.get((seed, machine, run), []))
+                             for run in by_run}
+                   for machine, by_run in by_machine.items()}
+            for seed, by_machine in items.items()}
+
+
+def count_words(counts: Mapping[str, int], words: Mapping[str, str]) -> str:
+    """"6 pass · 1 known failure" from {"pass": 6, "known-failure": 1}; "" for none."""
+    return " · ".join(f"{number} {words[status]}" for status, number in counts.items())

@@ -119,7 +119,9 @@ def test_passes_and_known_failures_exit_0_with_four_files_under_xdist(tmp_path):
                                                "q35": {"9.9.1": "known-failure"}}
     junit = ET.parse(out / "junit.xml").getroot()
     assert len(list(junit.iter("testcase"))) == 5
-    assert "| pci-connectivity | pass | pass |" in (out / "summary.md").read_text()
+    assert "| pci-connectivity | 1 pass | 1 pass |" in (out / "summary.md").read_text()
+    assert report["item_counts"]["master-abort"] == {"pc": {"9.9.1": {}},
+                                                     "q35": {"9.9.1": {"known-failure": 1}}}
     assert "no earlier run" in report["baseline_note"]
 
 

@@ -77,8 +77,9 @@ def test_summary_matrix_has_every_item_and_the_changes(tmp_path):
         tmp_path, [("failed", "q35-hotplug", "q35"), ("xfailed", "master-abort", "pc")],
         baseline=diff))
     table = [line for line in text.splitlines() if line.startswith("| ")]
-    assert table == ["| Seed item | pc | q35 |", "| master-abort | known-failure | - |",
-                     "| q35-hotplug | - | **FAIL** |"]
+    assert table == ["| Seed item | QEMU 7.2.22 pc | QEMU 7.2.22 q35 |",
+                     "| master-abort | 1 known failure | - |",
+                     "| q35-hotplug | - | 1 **FAIL** |"]
     regressions = text.split("### Regressions (1)")[1]
     assert "`tests/pci/test_x.py::test_0[q35]` (q35-hotplug, q35, QEMU 7.2.22): " \
            "passed -> failed: why 0" in regressions
@@ -116,7 +117,7 @@ def test_html_is_self_contained_and_escapes_everything(tmp_path):
     assert all(u.startswith(("#", "runs/7.2.22/artifacts/t0")) for u in page.urls), \
         page.urls
     assert "runs/7.2.22/artifacts/t0/guest/reproduce.sh" in page.urls
-    assert ("known-failure", "known failure") in page.cells and ("fail", "FAIL") in page.cells
+    assert ("known-failure", "1 known failure") in page.cells and ("fail", "1 FAIL") in page.cells
     assert page.cells.count(("not-run", "not run")) == 2
     text = "".join(page.text)
     assert "BUG: <oops> & panic" in text and "<b>why 0</b>" in text  # shown as text, not markup
@@ -168,3 +169,51 @@ def test_matrix_marks_changed_cells_but_not_new_coverage(tmp_path):
                        tmp_path)
     matrix = page.split("<table class='matrix'>")[1].split("</table>")[0]
     assert matrix.count("class='was'") == 1 and "was pass" in matrix
+
+
+def two_qemu_report(tmp_path):
+    """seed master-abort on q35: 6 pass + 1 known failure on 7.2.22, 7 pass on 10.0.2 (the
+    gap fixed there); q35-hotplug on pc: a pass and a failure on 10.0.2 only."""
+    tests = [TestResult(f"t::test_{i}[q35]", "passed", 1.0, run=run, machine="q35",
+                        machine_kind="q35", seed="master-abort")
+             for run in ("7.2.22", "10.0.2") for i in range(6)]
+    tests += [TestResult("t::test_gap[q35]", "xfailed", 1.0, run="7.2.22", machine="q35",
+                         machine_kind="q35", seed="master-abort",
+                         xfail_reason="master-abort: reads return 0"),
+              TestResult("t::test_gap[q35]", "passed", 1.0, run="10.0.2", machine="q35",
+                         machine_kind="q35", seed="master-abort"),
+              TestResult("t::test_hp[pc]", "passed", 1.0, run="10.0.2", machine="pc",
+                         machine_kind="pc", seed="q35-hotplug"),
+              TestResult("t::test_hp2[pc]", "failed", 1.0, run="10.0.2", machine="pc",
+                         machine_kind="pc", seed="q35-hotplug", message="boom"),
+              TestResult("t::test_skip[pc]", "skipped", 0.0, run="10.0.2", machine="pc",
+                         machine_kind="pc", seed="q35-hotplug")]
+    runs = tuple(RunInfo(label, f"/opt/{label}/qemu", label, "tcg", 0, 10.0, f"runs/{label}")
+                 for label in ("7.2.22", "10.0.2"))
+    return NightlyReport(
+        started="2026-11-24T02:00:00+00:00", finished="2026-11-24T02:01:01+00:00",
+        duration_s=61.0, host="ci", command=("pci-harness", "nightly"), pytest_args=(),
+        machines=("pc", "q35"), seeds=SEEDS, runs=runs, tests=tuple(tests),
+        items=build_items(tests, SEEDS, ["pc", "q35"], ["7.2.22", "10.0.2"]))
+
+
+def test_cells_count_each_outcome_per_qemu(tmp_path):
+    report = two_qemu_report(tmp_path)
+    data = report.to_dict()
+    # items keeps the worst outcome (what the baseline reads); item_counts the counts
+    assert data["items"]["master-abort"]["q35"] == {"7.2.22": "known-failure", "10.0.2": "pass"}
+    assert data["item_counts"]["master-abort"]["q35"] == {
+        "7.2.22": {"pass": 6, "known-failure": 1}, "10.0.2": {"pass": 7}}
+    assert data["item_counts"]["q35-hotplug"]["pc"] == {
+        "7.2.22": {}, "10.0.2": {"pass": 1, "fail": 1, "not-run": 1}}
+    table = [line for line in render_markdown(report).splitlines() if line.startswith("| ")]
+    assert table == [
+        "| Seed item | QEMU 7.2.22 pc | QEMU 7.2.22 q35 | QEMU 10.0.2 pc | QEMU 10.0.2 q35 |",
+        "| master-abort | - | 6 pass · 1 known failure | - | 7 pass |",
+        "| q35-hotplug | - | - | 1 pass · 1 **FAIL** · 1 not run | - |"]
+    page = _Page()
+    page.feed(render_html(report, tmp_path))
+    assert page.cells == [("not-run", "not run"), ("known-failure", "6 pass · 1 known failure"),
+                          ("not-run", "not run"), ("pass", "7 pass"),
+                          ("not-run", "not run"), ("not-run", "not run"),
+                          ("fail", "1 pass · 1 FAIL · 1 not run"), ("not-run", "not run")]
