@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import pytest
 
 from harness.errors import UserError
-from harness.qemu.known import KNOWN_GAPS, KnownGap, Version, show_version
+from harness.qemu.facts import Version, parse_version
+from harness.qemu.known import KNOWN_GAPS, KnownGap
 
 MARKER = "known_gap"
 #: user_properties key: the gap this run expects the test to show (inside the range).
@@ -85,7 +86,7 @@ def decide(item: pytest.Item, qemu_version: Version,
     return decisions
 
 
-def apply(item: pytest.Item, decisions: list[Decision], qemu_version: Version) -> None:
+def apply(item: pytest.Item, decisions: list[Decision], qemu_version: str) -> None:
     """Turn the decisions into markers and the notes the reports read."""
     for decision in decisions:
         gap = decision.gap
@@ -96,17 +97,19 @@ def apply(item: pytest.Item, decisions: list[Decision], qemu_version: Version) -
         else:
             item.user_properties.append((OUTSIDE, (
                 f"known gap {gap.id} ({gap.reason}) holds for {gap.scope()}; this QEMU "
-                f"{show_version(qemu_version)} is outside that range, so a failure here is "
+                f"{qemu_version} is outside that range, so a failure here is "
                 "not that known gap (if it is, widen the range in harness/qemu/known.py "
                 "with the measurement)")))
 
 
-def mark_known_failures(items: list[pytest.Item], qemu_version: Version,
+def mark_known_failures(items: list[pytest.Item], qemu_version: str,
                         machine_of: Callable[[pytest.Item], str | None]) -> list[Decision]:
-    """Mark every item that carries known_gap for this QEMU; the decisions made."""
+    """Mark every item that carries known_gap for QEMU `qemu_version` ("10.0.2");
+    the decisions made."""
     made: list[Decision] = []
+    version = parse_version(qemu_version)
     for item in items:
-        decisions = decide(item, qemu_version, machine_of)
+        decisions = decide(item, version, machine_of)
         apply(item, decisions, qemu_version)
         made += decisions
     return made

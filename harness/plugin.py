@@ -98,7 +98,6 @@ def _mark_known_gaps(config: pytest.Config, items: list[pytest.Item]) -> None:
         return
     from harness.knownfail import mark_known_failures
     from harness.qemu.binary import find_qemu
-    from harness.qemu.known import parse_version
     from harness.report.collect import machine_at_collection
 
     try:
@@ -111,7 +110,7 @@ def _mark_known_gaps(config: pytest.Config, items: list[pytest.Item]) -> None:
         return binary.resolve_machine(machine) if machine else None
 
     try:
-        mark_known_failures(items, parse_version(binary.version), machine_of)
+        mark_known_failures(items, binary.version, machine_of)
     except HarnessError as exc:
         raise pytest.UsageError(exc.describe()) from None
 

@@ -25,25 +25,13 @@ facts of what a version does right live in qemu/facts.py.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from harness.errors import UserError
-
-#: (major, minor) or (major, minor, micro): compared as tuples, so (10, 0, 2) >= (10, 0).
-Version = tuple[int, ...]
+from harness.qemu.facts import Version, machine_kind_of, machine_type_version, parse_version
 
 FAILS = "fails"
 PASSES = "passes"
-
-
-def parse_version(text: str) -> Version:
-    """(7, 2, 22) from "7.2.22" (also "v7.2.22", "10.0.2 (Debian 1:10.0.2+ds-1)")."""
-    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
-    if not match:
-        raise UserError(f"{text!r} is not a QEMU version",
-                        fix="give a version such as 7.2.22 or 10.0.2")
-    return tuple(int(part) for part in match.groups() if part is not None)
 
 
 def show_version(version: Version) -> str:
@@ -65,7 +53,8 @@ class VersionRange:
         if self.introduced is None and self.fixed is None:
             return "every version"
         if self.introduced is None:
-            return f"before {show_version(self.fixed or ())}"
+            assert self.fixed is not None
+            return f"before {show_version(self.fixed)}"
         if self.fixed is None:
             return f"{show_version(self.introduced)} and later"
         return f"{show_version(self.introduced)} to before {show_version(self.fixed)}"
@@ -83,22 +72,6 @@ class Measurement:
     outcome: str               # FAILS (the gap holds) or PASSES
     machines: tuple[str, ...]  # machine types it ran ("pc", "q35", "pc-q35-7.2")
     note: str = ""             # what was seen, when the reason does not say it
-
-
-_MACHINE_TYPE = re.compile(r"^(?:pc|q35|pc-(?:i440fx|q35)-(\d+)\.(\d+))$")
-
-
-def machine_kind(machine: str) -> str:
-    """"pc" or "q35" of a machine type (the table's `machines` are kinds)."""
-    return "q35" if "q35" in machine else "pc"
-
-
-def machine_type_version(machine: str) -> Version | None:
-    """(8, 0) for pc-q35-8.0; None for an alias such as q35 (resolve it first)."""
-    match = _MACHINE_TYPE.match(machine)
-    if not match or match.group(1) is None:
-        return None
-    return (int(match.group(1)), int(match.group(2)))
 
 
 @dataclass(frozen=True)
@@ -140,7 +113,7 @@ class KnownGap:
                             "does not say which it runs",
                             fix="parametrize the test's `machine` (or `topology`) so the "
                                 "machine is known at collection")
-        if self.machines and machine_kind(machine) not in self.machines:
+        if self.machines and machine_kind_of(machine) not in self.machines:
             return False
         if self.compat_property is None:
             return True
@@ -162,10 +135,6 @@ class KnownGap:
         return ", ".join(parts)
 
 
-def _series(version: Version) -> Version:
-    return version[:2]
-
-
 def evidence_problems(gap: KnownGap) -> list[str]:
     """Where `gap.versions` says more or less than its measurements ([] when it agrees).
 
@@ -175,23 +144,24 @@ def evidence_problems(gap: KnownGap) -> list[str]:
     open `fixed` needs the newest measurement to be a failure.
     """
     problems: list[str] = []
-    measured = sorted((parse_version(m.qemu), m.outcome) for m in gap.evidence)
-    failing = [v for v, outcome in measured if outcome == FAILS]
-    passing = [v for v, outcome in measured if outcome == PASSES]
+    measured = sorted(gap.evidence, key=lambda m: (parse_version(m.qemu), m.qemu))
+    failing = [m.qemu for m in measured if m.outcome == FAILS]
+    passing = [m.qemu for m in measured if m.outcome == PASSES]
     if not failing:
         return [f"{gap.id}: no measurement shows the gap"]
-    problems += [f"{gap.id}: measured failing on {show_version(v)}, outside {gap.versions}"
-                 for v in failing if v not in gap.versions]
-    problems += [f"{gap.id}: measured passing on {show_version(v)}, inside {gap.versions}"
-                 for v in passing if v in gap.versions]
-    if gap.versions.introduced != _series(failing[0]):
-        problems.append(f"{gap.id}: introduced {gap.versions.introduced} is not the series of "
-                        f"the oldest failing measurement {show_version(failing[0])}")
+    problems += [f"{gap.id}: measured failing on {v}, outside {gap.versions}"
+                 for v in failing if parse_version(v) not in gap.versions]
+    problems += [f"{gap.id}: measured passing on {v}, inside {gap.versions}"
+                 for v in passing if parse_version(v) in gap.versions]
+    introduced = gap.versions.introduced
+    if introduced != parse_version(failing[0]):
+        problems.append(f"{gap.id}: introduced {show_version(introduced) if introduced else None} "
+                        f"is not the series of the oldest failing measurement {failing[0]}")
     fixed = gap.versions.fixed
-    if fixed is None and measured[-1][1] != FAILS:
-        problems.append(f"{gap.id}: open-ended, but the newest measurement "
-                        f"{show_version(measured[-1][0])} passes")
-    if fixed is not None and fixed not in {_series(v) for v in passing}:
+    if fixed is None and measured[-1].outcome != FAILS:
+        problems.append(f"{gap.id}: open-ended, but the newest measurement {measured[-1].qemu} "
+                        "passes")
+    if fixed is not None and fixed not in {parse_version(v) for v in passing}:
         problems.append(f"{gap.id}: fixed {show_version(fixed)} is not the series of a "
                         "version measured passing")
     return problems

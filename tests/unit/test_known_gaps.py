@@ -10,6 +10,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.paths import project_root
+from harness.qemu.facts import parse_version
 from harness.qemu.known import (
     FAILS,
     KNOWN_GAPS,
@@ -18,7 +19,6 @@ from harness.qemu.known import (
     Measurement,
     VersionRange,
     evidence_problems,
-    parse_version,
 )
 from harness.seed import SEED_ITEMS
 
@@ -34,24 +34,11 @@ def gap(versions=SINCE_7_2, evidence=FAILS_ON_7_2, **fields):
                     versions=versions, tests=("test_x",), evidence=evidence, **fields)
 
 
-@pytest.mark.parametrize("text, version", [
-    ("7.2.22", (7, 2, 22)), ("10.0.2", (10, 0, 2)), ("v9.1", (9, 1)),
-    ("10.0.2 (Debian 1:10.0.2+ds-1~bpo12+1)", (10, 0, 2))])
-def test_parse_version(text, version):
-    assert parse_version(text) == version
-
-
-def test_parse_version_refuses_what_is_no_version():
-    with pytest.raises(UserError, match="'seven' is not a QEMU version"):
-        parse_version("seven")
-
-
 @pytest.mark.parametrize("version, inside", [
-    ((7, 1, 99), False), ((7, 2), True), ((7, 2, 0), True), ((7, 2, 22), True),
-    ((9, 2, 4), True), ((9, 99), True), ((10, 0), False), ((10, 0, 0), False),
-    ((10, 0, 2), False), ((11, 1), False)])
+    ("7.1.99", False), ("7.2.0", True), ("7.2.22", True), ("9.2.4", True), ("9.99", True),
+    ("10.0.0", False), ("10.0.2", False), ("11.1", False)])
 def test_range_includes_introduced_and_excludes_fixed(version, inside):
-    assert (version in VersionRange((7, 2), fixed=(10, 0))) is inside
+    assert (parse_version(version) in VersionRange((7, 2), fixed=(10, 0))) is inside
 
 
 @pytest.mark.parametrize("versions, words", [
@@ -63,27 +50,27 @@ def test_range_in_words(versions, words):
 
 
 def test_open_upper_end_holds_on_newer_qemu():
-    assert gap().holds((11, 1, 0)) and not gap().holds((6, 2, 0))
+    assert gap().holds((11, 1)) and not gap().holds((6, 2))
 
 
 def test_machine_kinds_limit_a_gap():
     pc_only = gap(machines=frozenset({"pc"}))
-    assert pc_only.holds((7, 2, 22), "pc-i440fx-7.2")
-    assert not pc_only.holds((7, 2, 22), "pc-q35-7.2")
+    assert pc_only.holds((7, 2), "pc-i440fx-7.2")
+    assert not pc_only.holds((7, 2), "pc-q35-7.2")
     assert not pc_only.holds((7, 1), "pc-i440fx-7.1"), "outside the QEMU range"
     with pytest.raises(UserError, match="depends on the machine type"):
-        pc_only.holds((7, 2, 22), None)
+        pc_only.holds((7, 2), None)
 
 
 def test_compat_property_gap_holds_for_old_machine_types_only():
     compat = gap(compat_property="x-pcie-err-unc-mask", machine_types=VersionRange(fixed=(8, 0)),
                  machines=frozenset({"q35"}))
-    assert compat.holds((10, 0, 2), "pc-q35-7.2")
-    assert not compat.holds((10, 0, 2), "pc-q35-8.0")
-    assert not compat.holds((10, 0, 2), "pc-q35-10.0")
-    assert not compat.holds((10, 0, 2), "pc-i440fx-7.2"), "q35 only"
+    assert compat.holds((10, 0), "pc-q35-7.2")
+    assert not compat.holds((10, 0), "pc-q35-8.0")
+    assert not compat.holds((10, 0), "pc-q35-10.0")
+    assert not compat.holds((10, 0), "pc-i440fx-7.2"), "q35 only"
     with pytest.raises(UserError, match="is an alias"):
-        compat.holds((10, 0, 2), "q35")
+        compat.holds((10, 0), "q35")
     assert compat.scope() == "QEMU 7.2 and later, q35, machine types before 8.0 " \
                              "(x-pcie-err-unc-mask)"
 
@@ -94,7 +81,7 @@ def test_reason_starts_with_the_seed_item():
 
 def test_ahci_bus_master_gap_is_scoped_before_10_0():
     ahci = next(g for g in KNOWN_GAPS if g.id == "ahci-bus-master-cleared-migration")
-    assert (ahci.holds((7, 2, 22)), ahci.holds((10, 0, 2))) == (True, False)
+    assert (ahci.holds((7, 2)), ahci.holds((10, 0))) == (True, False)
 
 
 @pytest.mark.parametrize("entry", KNOWN_GAPS, ids=lambda g: g.id)
