@@ -75,6 +75,21 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class Shows:
+    """How a gap shows in the three-view compare (`compare`, threeview): the model
+    states the spec, QEMU reports something else for `field` of a device of
+    `driver` (None: any device, or the root bus)."""
+
+    field: str
+    driver: str | None = None
+    qemu: object = None          # the value QEMU reports instead; None: whatever it is
+
+    def matches(self, driver: str | None, field: str, qemu_value: object) -> bool:
+        return (field == self.field and self.driver in (None, driver)
+                and (self.qemu is None or qemu_value == self.qemu))
+
+
+@dataclass(frozen=True)
 class KnownGap:
     """One way QEMU misses a seed item, for the versions it holds for."""
 
@@ -91,6 +106,8 @@ class KnownGap:
     #: versioned machine types in `machine_types` only.
     compat_property: str | None = None
     machine_types: VersionRange = field(default=ALWAYS)
+    #: Where the three-view compare meets the gap (compare --json: known_failures).
+    shows: tuple[Shows, ...] = ()
 
     @property
     def reason(self) -> str:
@@ -133,6 +150,18 @@ class KnownGap:
         if self.compat_property is not None:
             parts.append(f"machine types {self.machine_types} ({self.compat_property})")
         return ", ".join(parts)
+
+
+def gap_for_difference(driver: str | None, field: str, qemu_value: object,
+                       qemu_version: Version, machine: str,
+                       gaps: tuple[KnownGap, ...] | None = None) -> KnownGap | None:
+    """The known gap that explains a three-view difference on this QEMU and machine
+    type (versioned: resolve aliases first), or None: an unexpected difference."""
+    for gap in KNOWN_GAPS if gaps is None else gaps:
+        if any(s.matches(driver, field, qemu_value) for s in gap.shows) \
+                and gap.holds(qemu_version, machine):
+            return gap
+    return None
 
 
 def evidence_problems(gap: KnownGap) -> list[str]:
