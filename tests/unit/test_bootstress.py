@@ -348,3 +348,65 @@ def test_zero_boots_is_refused_by_the_parser(capsys):
         main(["boot-stress", "--machine", "q35", "--boots", "0"])
     assert exc.value.code == 2
     assert "not a positive number of boots" in capsys.readouterr().err
+
+
+# ---- the run loop (boots faked) ----------------------------------------------------------
+
+def _stress(monkeypatch, outcomes, **options):
+    """A BootStress whose boots end as `outcomes` says: "ok", "stop" or "interrupt"."""
+    from types import SimpleNamespace
+
+    from harness.scenarios.bootstress import BootStress, BootStressOptions
+
+    plan = SimpleNamespace(topology=boot_topology("q35", Path("/d.raw"), "raw"),
+                           firmware_log=True)
+    shown: list[str] = []
+    stress = BootStress(plan, Path("/nonexistent"),  # type: ignore[arg-type]
+                        BootStressOptions(phases=AHCI_ROOT_PHASES, **options), shown.append)
+    pending = list(outcomes)
+
+    def boot_once(number):
+        outcome = pending.pop(0)
+        if outcome == "interrupt":
+            raise KeyboardInterrupt
+        return _record(number, [0.5, 1.0], stopped_in="firmware" if outcome == "stop" else None)
+
+    monkeypatch.setattr(stress, "boot_once", boot_once)
+    return stress, shown
+
+
+def test_run_stops_at_the_count(monkeypatch):
+    stress, shown = _stress(monkeypatch, ["ok"] * 3, boots=3)
+    run = stress.run()
+    assert (len(run.records), run.stopped_by) == (3, "boots")
+    assert len(shown) == 3 and shown[0].startswith("boot 1/3: ok"), shown
+
+
+def test_run_stops_at_the_first_failure_unless_keep_going(monkeypatch):
+    stress, shown = _stress(monkeypatch, ["ok", "stop", "ok"], boots=3)
+    run = stress.run()
+    assert ([r.ok for r in run.records], run.stopped_by) == ([True, False], "failure")
+    assert "STOPPED in the firmware phase" in shown[1], shown
+    stress, _ = _stress(monkeypatch, ["ok", "stop", "ok"], boots=3, keep_going=True)
+    run = stress.run()
+    assert ([r.ok for r in run.records], run.stopped_by) == ([True, False, True], "boots")
+
+
+def test_until_fail_runs_until_a_boot_stops(monkeypatch):
+    stress, _ = _stress(monkeypatch, ["ok"] * 5 + ["stop"], boots=None)
+    run = stress.run()
+    assert (len(run.records), run.stopped_by) == (6, "failure")
+
+
+def test_ctrl_c_ends_the_run_with_the_boots_so_far(monkeypatch):
+    stress, _ = _stress(monkeypatch, ["ok", "ok", "interrupt"], boots=None)
+    run = stress.run()
+    assert (len(run.records), run.stopped_by) == (2, "interrupted")
+    result = summary(run.records, AHCI_ROOT_PHASES, {})
+    assert result["boots"] == 2 and result["failures"] == []
+
+
+def test_max_time_ends_an_until_fail_run(monkeypatch):
+    stress, _ = _stress(monkeypatch, ["ok"] * 100, boots=None, max_time_s=0.0)
+    run = stress.run()
+    assert (len(run.records), run.stopped_by) == (0, "max-time")
