@@ -33,11 +33,11 @@ from typing import Any
 from harness.cross_version import cross_version_both_ways, cross_version_machine
 from harness.errors import UserError
 from harness.lab import LostHost, check_gateways, parse_gateway, surviving
+from harness.nightly_boot_stress import boot_stress_run_figures, boot_stress_runs
 from harness.paths import project_root
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
 from harness.report.baseline import compare, find_previous, load_baseline
-from harness.report.bootstress import boot_stress_figures
 from harness.report.document import HuntResult, NightlyReport, RunInfo
 from harness.report.figures import hunt_figures, run_figures
 from harness.report.history import load_history, slowdowns
@@ -325,27 +325,6 @@ def _hunt(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path
                          run_dir / "pingpong-artifacts", args.timeout_multiplier)
 
 
-#: Wall-clock budget per boot-stress boot (a cold TCG boot to SSH takes 6-7 s idle).
-BOOT_STRESS_BOOT_BUDGET_S = 30.0
-
-
-def _boot_stress(args: argparse.Namespace, binary: QemuBinary, label: str, machine: str,
-                 output: Path) -> HuntResult:
-    """A short boot-stress of the AHCI-root guest, run and reported like a crash hunt."""
-    run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    boots = args.boot_stress_boots
-    command = [sys.executable, "-m", "harness", "boot-stress", "--machine", machine,
-               "--boots", str(boots), "--json", f"--qemu-binary={binary.path}",
-               f"--accel={args.accel}", f"--timeout-multiplier={args.timeout_multiplier}"]
-    if args.keep_artifacts:
-        command.append("--keep-artifacts")
-    _say(f"boot-stress on QEMU {label}: {boots} cold boots of {machine} from AHCI")
-    return hunt.run_hunt(f"{label} {machine}", command, boots * BOOT_STRESS_BOOT_BUDGET_S,
-                         run_dir / f"boot-stress-{machine}.log",
-                         run_dir / f"boot-stress-{machine}-artifacts", args.timeout_multiplier)
-
-
 # ---- the whole run ----
 
 def run_nightly(args: argparse.Namespace) -> int:
@@ -370,8 +349,7 @@ def run_nightly(args: argparse.Namespace) -> int:
         runs.append(info)
         tests += results
         problems += trouble
-    boot_stress = [_boot_stress(args, b, l, m, output) for b, l in zip(binaries, labels)
-                   for m in machines] if args.boot_stress_boots > 0 else []
+    boot_stress = boot_stress_runs(args, binaries, labels, machines, output)
     hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)] \
         if args.until_fail_minutes > 0 else []
     if cross:
@@ -391,9 +369,7 @@ def run_nightly(args: argparse.Namespace) -> int:
         if baseline else None
     duration = time.monotonic() - clock
     figures = nightly_figures(runs, tests, hunts, duration)
-    for run in boot_stress:
-        if run.ok:
-            figures |= boot_stress_figures(run.run.split()[0], run.result)
+    figures |= boot_stress_run_figures(boot_stress)
     history = load_history(output.parent, output)
     report = NightlyReport(
         started=started.isoformat(timespec="seconds"),
