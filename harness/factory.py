@@ -6,8 +6,7 @@ and (with issue 9) the snapshot cache.
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from harness.errors import QemuExited
 from harness.guest.image import GuestImage, ensure_image
 from harness.machine import Guest, LaunchPlan
 from harness.options import RunSettings
+from harness.progress import Progress, stderr_progress
 from harness.qemu.accel import Accel, ProbeBoot, announce, resolve_accel
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.snapshot import SnapshotCache
@@ -23,7 +23,6 @@ from harness.topology.refusal import attribute_refusal
 
 __all__ = ["GuestFactory", "RunSettings", "probe_boot"]
 
-Progress = Callable[[str], None]
 
 
 def probe_boot(image: GuestImage) -> ProbeBoot:
@@ -32,17 +31,13 @@ def probe_boot(image: GuestImage) -> ProbeBoot:
                      ready_marker="HARNESS-INIT", key=image.key)
 
 
-def _stderr(message: str) -> None:
-    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
-
-
 class GuestFactory:
     """Resolves binary, image and accelerator once; then launches guests."""
 
     def __init__(self, settings: RunSettings, progress: Progress | None = None,
                  accel: Accel | None = None, announce_accel: bool = True):
         self.settings = settings
-        self.progress = progress or _stderr
+        self.progress = progress or stderr_progress
         self.binary: QemuBinary = find_qemu(settings.qemu_binary)
         self.image: GuestImage = ensure_image(progress=lambda m: self.progress(f"image: {m}"))
         self.accel: Accel = accel or resolve_accel(settings.accel, self.binary,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -24,14 +23,12 @@ from typing import Any
 from harness.artifacts import new_run_dir, settle_artifacts
 from harness.factory import GuestFactory
 from harness.options import RunSettings, run_settings
+from harness.progress import Progress, stderr_progress
 
-Progress = Callable[[str], None]
 Result = dict[str, Any]
 
-
-def progress(message: str) -> None:
-    """Long work says what it does, on stderr (stdout is the verb's answer)."""
-    print(f"pci-harness: {message}", file=sys.stderr, flush=True)
+#: What verbs report their steps with (stderr; stdout is the verb's answer).
+progress: Progress = stderr_progress
 
 
 def settings_from(args: argparse.Namespace) -> RunSettings:
