@@ -187,8 +187,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--transport", choices=("unix", "tcp"), default="unix")
     p.add_argument("--dst-qemu", metavar="PATH",
                    help="QEMU for the destination of odd hops (cross-version migration; "
-                        "a machine alias is pinned to what it means on the source's QEMU, "
-                        "e.g. q35 -> pc-q35-7.2)")
+                        "a machine alias is pinned to a versioned type both QEMUs have: what "
+                        "it means on the source's QEMU, else on the destination's, e.g. "
+                        "q35 -> pc-q35-7.2 between 7.2 and 10.0 either way)")
     p.add_argument("--seed", type=int, help="seed of the data pattern (default: random, "
                    "printed and written to reproduce.sh)")
     p.add_argument("--until-fail", action="store_true",

@@ -222,16 +222,31 @@ def test_cross_version_pins_the_alias_to_what_the_source_means():
     assert pin_machine(versioned, dst) == versioned  # already versioned: unchanged
 
 
-def test_cross_version_to_a_qemu_without_the_machine_is_a_user_error():
+def test_cross_version_from_the_newer_qemu_pins_what_the_older_means():
+    from harness.scenarios.migration import pin_machine
+    from harness.topology import topology_from_dict
+
+    new = _binary("10.0.2", {"q35": "pc-q35-10.0"})  # offers pc-q35-7.2 too
+    old = _binary("7.2.22", {"q35": "pc-q35-7.2"})
+    plan = mock_plan(new, topology_from_dict({"machine": "q35"}))
+    assert pin_machine(plan, old).topology.machine == "pc-q35-7.2"
+
+
+def test_cross_version_without_a_shared_machine_is_a_user_error():
+    from dataclasses import replace as dc_replace
+
     from harness.errors import UserError
     from harness.scenarios.migration import pin_machine
     from harness.topology import topology_from_dict
 
-    new = _binary("10.0.2", {"q35": "pc-q35-10.0"})
+    new = dc_replace(_binary("10.0.2", {"q35": "pc-q35-10.0"}),
+                     machines=frozenset({"q35", "pc-q35-10.0", "pc-q35-8.0"}))
     old = _binary("7.2.22", {"q35": "pc-q35-7.2"})
     plan = mock_plan(new, topology_from_dict({"machine": "q35"}))
     with pytest.raises(UserError, match="has no machine type pc-q35-10.0"):
         pin_machine(plan, old)
+    with pytest.raises(UserError, match="has no machine type pc-q35-7.2"):
+        pin_machine(mock_plan(old, topology_from_dict({"machine": "q35"})), new)
 
 
 def mock_plan(binary: Any, topology: Any) -> Any:
