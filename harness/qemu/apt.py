@@ -99,6 +99,16 @@ def host_codename(os_release: Path = Path("/etc/os-release")) -> str:
                     fix="qemu-get needs a Debian host with the Debian archive in its apt sources")
 
 
+def source_for(sources: Iterable[Source], suite: str, codename: str) -> Source:
+    """The configured source that already serves `suite` (bookworm-security from
+    the security archive), else the main archive's, asked for `suite`."""
+    listed = list(sources)
+    for source in listed:
+        if "deb" in source.types and suite in source.suites and "main" in source.components:
+            return source
+    return archive_source(listed, codename)
+
+
 def archive_source(sources: Iterable[Source], codename: str) -> Source:
     """The source of the main Debian archive: the one that serves `codename`
     itself (not -security, not a third-party repository) with `main`."""

@@ -200,7 +200,7 @@ class Fetcher:
         return _run([argv[0], *self.config.options(sandbox), *argv[1:]], timeout, cwd)
 
     def _update(self) -> None:
-        source = apt.archive_source(apt.system_sources(), apt.host_codename())
+        source = apt.source_for(apt.system_sources(), self.suite, apt.host_codename())
         self.config.prepare(source, self.suite)
         self.progress(f"reading the package list of {self.suite} (private apt state in "
                       f"{self.config.root})")

@@ -92,6 +92,14 @@ def test_one_line_sources_skip_security_third_party_and_deb_src():
     assert (chosen.uri, chosen.components) == ("http://one.example/debian", ("main", "contrib"))
 
 
+def test_a_suite_the_machine_already_lists_comes_from_its_own_source():
+    sources = apt.parse_deb822(DEB822)
+    assert apt.source_for(sources, "bookworm-security", "bookworm").uri == \
+        "http://mirror.example/debian-security"
+    assert apt.source_for(sources, "bookworm-backports", "bookworm").uri == \
+        "http://mirror.example/debian"
+
+
 def test_no_archive_source_is_a_user_error():
     with pytest.raises(UserError, match="no apt source of this machine serves the Debian "
                                         "suite 'trixie-nothing'"):
