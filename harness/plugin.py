@@ -76,6 +76,7 @@ _ARTIFACT_BASE = pytest.StashKey[Path]()
 _SETTINGS = pytest.StashKey[RunSettings]()
 
 
+@pytest.hookimpl(optionalhook=True)  # `-p no:xdist` must not make it an unknown hook
 def pytest_configure_node(node: Any) -> None:  # xdist hook, controller side
     node.workerinput["pci_harness_artifacts"] = str(node.config.stash[_ARTIFACT_BASE])
 

@@ -1,7 +1,8 @@
 """The plugin turns the known-gap table into strict xfails per QEMU under test.
 
 pytest runs a small suite against fake QEMU binaries (shell scripts that answer
-`-version` and `-machine help`, all the plugin asks at collection): the same
+`-version` and `-machine help`, all the plugin asks at collection), without
+xdist (the plugin must load with `-p no:xdist` too): the same
 test is a known failure on 7.2.22 and a plain test on 10.0.2, where the
 table's AHCI gap is fixed.  No QEMU starts.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.paths import project_root
 from harness.qemu.known import KNOWN_GAPS
 
 FAKE_QEMU = """\
@@ -99,7 +101,7 @@ def run_suite(tmp_path: Path, version: str, suite: str = SUITE, conftest: str | 
     results = root / "results.json"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
          "-p", "harness.report.collect", f"--report-results={results}", "-rA",
          f"--qemu-binary={fake_qemu(tmp_path, version)}", f"--artifacts-dir={root / 'art'}",
          str(root)],
@@ -158,3 +160,48 @@ def test_a_wrong_marker_is_a_usage_error_naming_the_test(tmp_path, marks, messag
     proc, _ = run_suite(tmp_path, "7.2.22", suite)
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert f"test_gaps.py::test_x: {message}" in proc.stderr
+
+
+TWO_QEMU_SUITE = '''
+import pytest
+
+from harness.qemu.binary import find_qemu
+
+
+@pytest.mark.seed("ahci-stability")
+@pytest.mark.known_gap("ahci-bus-master-cleared-migration")
+def test_fixed_in_10(pytestconfig):
+    version = find_qemu(pytestconfig.getoption("--qemu-binary")).version
+    assert not version.startswith("7."), f"QEMU {version}: the destination exits with status 1"
+
+
+@pytest.mark.seed("ahci-stability")
+def test_plain():
+    pass
+'''
+
+
+def test_two_qemu_nightly_judges_each_binary_by_its_own_version(tmp_path):
+    """The same gap: a known failure on 7.2.22, a plain pass on 10.0.2, one report."""
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "test_two.py").write_text(TWO_QEMU_SUITE)
+    out = tmp_path / "report"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "nightly", "--qemu", str(fake_qemu(tmp_path, "7.2.22")),
+         "--qemu", str(fake_qemu(tmp_path, "10.0.2")), "--cross-version-hops", "0",
+         "--boot-stress-boots", "0", "--jobs", "0", "--output", str(out), "--json", "--",
+         str(tmp_path / "suite")],
+        capture_output=True, text=True, cwd=project_root(), env=clean, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert {(t["run"], t["nodeid"].split("::")[-1]): t["outcome"] for t in report["tests"]} == {
+        ("7.2.22", "test_fixed_in_10"): "xfailed", ("7.2.22", "test_plain"): "passed",
+        ("10.0.2", "test_fixed_in_10"): "passed", ("10.0.2", "test_plain"): "passed"}
+    assert report["items"]["ahci-stability"]["any"] == {"7.2.22": "known-failure",
+                                                        "10.0.2": "pass"}
+    assert report["item_counts"]["ahci-stability"]["any"] == {
+        "7.2.22": {"pass": 1, "known-failure": 1}, "10.0.2": {"pass": 2}}
+    summary = (out / "summary.md").read_text()
+    assert "| ahci-stability | " in summary and " | 1 pass · 1 known failure | " in summary
+    assert f"(QEMU 7.2.22): {AHCI.reason}" in summary
