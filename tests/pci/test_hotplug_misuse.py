@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,17 @@ def _record(request: pytest.FixtureRequest, key: str, value: object) -> None:
 
 
 
+def _find_id(query_pci: list[dict[str, Any]], qdev_id: str) -> dict[str, Any] | None:
+    """The query-pci entry of device QDEV_ID on any bus, behind any bridge."""
+    todo = [d for bus in query_pci for d in bus["devices"]]
+    while todo:
+        dev = todo.pop()
+        if dev.get("qdev_id") == qdev_id:
+            return dev
+        todo += dev.get("pci_bridge", {}).get("devices", [])
+    return None
+
+
 def _healthy(guest: Guest) -> None:
     assert guest.qmp is not None and guest.console is not None
     assert guest.succeed("echo alive").strip() == "alive"
@@ -103,6 +115,13 @@ def test_misuse_gets_a_clear_error(make_guest, artifacts: Path, machine, bus, oc
     with pytest.raises(DeadlineExceeded):
         guest.qmp.wait_event("DEVICE_DELETED", Deadline(2, "a duplicate DEVICE_DELETED"),
                              match=lambda e: e.get("data", {}).get("device") == "hd1")
+    # Positively: hd1 is gone and its slot is free again (no leftover request
+    # hangs on it), and an unplug there brings its DEVICE_DELETED, so the quiet
+    # 2 s above was not a deaf event stream.
+    assert _find_id(guest.qmp.execute("query-pci"), "hd1") is None, "hd1 still in query-pci"
+    again = hp.plug(PlugSpec("hd2", "virtio-blk-pci", bus, plugged.spec.slot))
+    assert again.path == plugged.path and again.guest_name, again
+    hp.unplug("hd2", Deadline(30, "unplug of hd2 in hd1's slot"))
     _healthy(guest)
 
 
@@ -136,6 +155,8 @@ def test_second_device_del_on_native_and_shpc(make_guest, artifacts: Path):
     with pytest.raises(DeadlineExceeded):
         guest.qmp.wait_event("DEVICE_DELETED", Deadline(8, "a cancelled SHPC unplug"),
                              match=lambda e: e.get("data", {}).get("device") == "hn1")
+    # Positively: the device is still there for QEMU and for the guest.
+    assert _find_id(guest.qmp.execute("query-pci"), "hn1") is not None, "hn1 left query-pci"
     guest.succeed(f"test -e /sys/class/net/{shpc.guest_name}")
     # A fresh request after the cancellation goes through.
     hp.pending.pop("hn1")
