@@ -37,7 +37,8 @@ from typing import Any, Literal, Protocol, Self
 from harness.errors import HarnessError, UserError
 from harness.guest.console import kernel_trouble
 from harness.qemu.facts import machine_facts
-from harness.scenarios.guestio import GuestFunction, config_read, functions_by_path
+from harness.scenarios.acpi import pci_interrupt_links
+from harness.scenarios.guestio import GuestFunction, functions_by_path
 from harness.topology.layout import path_of, resolve
 from harness.topology.model import Address, Device, Topology
 from harness.topology.rules import intx_slots
@@ -101,23 +102,19 @@ class Shell(Protocol):
     def succeed(self, command: str, timeout: float = 60.0) -> str: ...
 
 
-def expected_line(shell: Shell, machine: str, link: int) -> int:
-    """The interrupt line (GSI) a PIRQ link drives in APIC mode.
+def expected_line(machine: str, link: int) -> int | None:
+    """The interrupt line (GSI) a PIRQ link drives in APIC mode, when the chipset
+    fixes it: q35's ICH9 wires PIRQA-H to IO-APIC pins 16-23.
 
-    q35: ICH9 wires PIRQA-H to IO-APIC pins 16-23.  pc: PIIX3 steers PIRQA-D to
-    the ISA IRQ in its PIRQRC register (00:01.0, 0x60 + link), set by the OS
-    through ACPI _SRS; a set bit 7 means the link is disabled.
+    None on pc: PIIX3 steers PIRQA-D to whichever ISA IRQ its PIRQRC register
+    holds, and the guest's OS picks that IRQ among the link's _PRS choices and
+    programs it through ACPI _SRS.  Reading the register back would compare the
+    guest with itself, so IntxStress learns the line from the hardware side (the
+    IO-APIC pin QEMU counts while one device does I/O) and checks it against
+    the DSDT's _PRS for the link and against the guest's IRQ.
     """
-    facts = machine_facts(machine)
-    if facts.pirq_gsi_base is not None:
-        return facts.pirq_gsi_base + link
-    assert facts.pirq_steering is not None
-    function, register = facts.pirq_steering
-    value = config_read(shell, function, register + link, 8)
-    if value & 0x80:
-        raise HarnessError(f"PIIX3 PIRQRC{LINK_NAMES[link]} = {value:#04x}: the link is "
-                           "disabled although a device uses it")
-    return value & 0x0F
+    base = machine_facts(machine).pirq_gsi_base
+    return None if base is None else base + link
 
 
 # --------------------------------------------------------------------------- the topology
@@ -426,7 +423,10 @@ class IntxStress:
         self.paths = {d.id: path_of(topo, topo.device(d.id)) for d in layout.devices}
         self.routes = {d.id: intx_route(topo, d.id) for d in layout.devices}
         self.fns: dict[str, GuestFunction] = {}
+        # The line each device's INT#x must arrive on: the chipset's fixed wiring
+        # (q35), or on pc the IO-APIC pin QEMU counted in the device's solo probe.
         self.expected: dict[str, int] = {}
+        self._choices: dict[int, tuple[int, ...]] | None = None
 
     # ---- discovery and routing --------------------------------------------
     def discover(self) -> list[str]:
@@ -445,21 +445,42 @@ class IntxStress:
                                    tail="\n".join(f"{'/'.join(p)} {f}" for p, f in found.items()))
             self.fns[dev.id] = fn
             route = self.routes[dev.id]
-            self.expected[dev.id] = expected_line(self.guest, self.layout.topology.machine,
-                                                  route.link)
+            fixed = expected_line(self.layout.topology.machine, route.link)
             if fn.msi:
                 failures.append(f"{dev.id}: uses MSI/MSI-X although vectors=0")
-            if fn.irq != self.expected[dev.id]:
-                failures.append(
-                    f"{dev.id} at {'/'.join(path)}: guest routed INT#x to IRQ {fn.irq}, model "
-                    f"says {route.link_name} -> IRQ {self.expected[dev.id]} "
-                    f"(pins device->root {route.pins})")
+            if fixed is not None:
+                self.expected[dev.id] = fixed
+                if fn.irq != fixed:
+                    failures.append(
+                        f"{dev.id} at {'/'.join(path)}: guest routed INT#x to IRQ {fn.irq}, "
+                        f"model says {route.link_name} -> IRQ {fixed} "
+                        f"(pins device->root {route.pins})")
+            else:
+                choices = self._link_choices().get(route.link, ())
+                if fn.irq not in choices:
+                    failures.append(
+                        f"{dev.id} at {'/'.join(path)}: guest routed INT#x to IRQ {fn.irq}, "
+                        f"not one of the interrupts the DSDT offers for LNK"
+                        f"{LINK_NAMES[route.link]} (model: {route.link_name}, pins "
+                        f"device->root {route.pins}): {list(choices)}")
             if dev.kind == "net":
                 setup.append(f"ip link set {fn.net} up && "
                              f"ip addr replace {dev.guest_ip}/24 dev {fn.net}")
         if setup:
             self.guest.succeed(" && ".join(setup))
         return failures
+
+    def _link_choices(self) -> dict[int, tuple[int, ...]]:
+        """{PIRQ link index: the interrupts its _PRS offers} from the guest's DSDT
+        (pc: LNKA-LNKD), fetched and decompiled once."""
+        if self._choices is None:
+            links = {link.name: link for link in pci_interrupt_links(self.guest)}
+            self._choices = {}
+            for index, letter in enumerate(LINK_NAMES[:4]):
+                link = links.get(f"LNK{letter}")
+                prs = [d for d in (link.descriptors if link else ()) if d.where == "_PRS"]
+                self._choices[index] = tuple(sorted({i for d in prs for i in d.interrupts}))
+        return self._choices
 
     def _qemu_pins(self) -> dict[int, int]:
         return parse_info_irq(self.guest.qmp.hmp("info irq"))
@@ -481,14 +502,39 @@ class IntxStress:
         return ProbeResult(device_id, g1.get(fn.irq, 0) - g0.get(fn.irq, 0), _delta(q0, q1))
 
     def check_probe(self, probe: ProbeResult) -> list[str]:
-        """The line of the device counted, and QEMU's IO-APIC pin is the model's."""
-        want = self.expected[probe.device]
+        """The line of the device counted, and QEMU's IO-APIC pin is the model's
+        (pc: one of the link's _PRS choices, the guest's IRQ, and the same pin as
+        every other device on the link)."""
         failures = []
+        fn, route = self.fns[probe.device], self.routes[probe.device]
         if probe.guest_delta <= 0:
-            failures.append(f"{probe.device}: its line IRQ {self.fns[probe.device].irq} did "
+            failures.append(f"{probe.device}: its line IRQ {fn.irq} did "
                             "not count any interrupt while it alone did I/O")
         # Pins 0-15 other than PCI-routable lines carry the timer/serial/RTC edges.
         pci_pins = {p for p in probe.qemu_pins if p >= 16 or p in (5, 9, 10, 11)}
+        if probe.device not in self.expected:  # pc: the hardware says which line
+            if len(pci_pins) != 1:
+                return [*failures, (
+                    f"{probe.device}: QEMU's IO-APIC counted interrupts on pins "
+                    f"{sorted(pci_pins)} ({probe.qemu_pins}) while it alone did I/O; "
+                    f"expected exactly one, the line of {route.link_name}")]
+            pin = next(iter(pci_pins))
+            choices = self._link_choices().get(route.link, ())
+            if pin not in choices:
+                failures.append(f"{probe.device}: QEMU delivered its INT#x on IO-APIC pin "
+                                f"{pin}, not one of the DSDT's _PRS interrupts for LNK"
+                                f"{LINK_NAMES[route.link]}: {list(choices)}")
+            if fn.irq != pin:
+                failures.append(f"{probe.device}: the guest handles its INT#x as IRQ "
+                                f"{fn.irq}, QEMU delivered it on IO-APIC pin {pin}")
+            same_link = {self.expected[d] for d, r in self.routes.items()
+                         if r.link == route.link and d in self.expected}
+            if same_link and same_link != {pin}:
+                failures.append(f"{probe.device}: {route.link_name} arrived on pin {pin}, "
+                                f"other devices on the link on {sorted(same_link)}")
+            self.expected[probe.device] = pin
+            return failures
+        want = self.expected[probe.device]
         if pci_pins != {want}:
             failures.append(f"{probe.device}: QEMU's IO-APIC counted interrupts on pins "
                             f"{sorted(pci_pins)} ({probe.qemu_pins}) while it alone did I/O; "

@@ -3,7 +3,9 @@
 Route vectors were observed on QEMU 7.2 under TCG (guest sysfs irq and HMP
 `info irq`): q35 pci-bridge at root slot 4, a second one at slot 1 behind it,
 virtio-blk at slot 4 behind that -> GSI 21 (PIRQF); the same chain on pc ->
-PIRQA (PIRQRC A = IRQ 10).
+PIRQA (PIRQRC A = IRQ 10).  On pc the line is the OS's choice among the link's
+_PRS interrupts: check_probe learns it from QEMU's IO-APIC pin, not from the
+register the guest programmed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import UserError
+from harness.scenarios.guestio import GuestFunction
 from harness.scenarios.intx import (
+    IntxRoute,
+    IntxStress,
+    ProbeResult,
     _io_counts,
     intx_route,
     parse_info_irq,
@@ -117,3 +123,33 @@ def test_counter_parsers():
     assert parse_info_irq(INFO_IRQ, "isa-i8259") == {0: 1, 4: 482}
     stat = "blk vda 10 0 80 5 20 0 160 7 0 12 12 0 0 0 0\nnet eth1 30 12\n"
     assert _io_counts(stat) == {"vda": 30, "eth1": 42}
+
+
+def _pc_stress(guest_irq: int) -> IntxStress:
+    """An IntxStress for one pc device on PIRQA whose DSDT offers LNKA {5, 10, 11};
+    what a guest and QEMU would have said is set directly (no QEMU here)."""
+    stress = IntxStress.__new__(IntxStress)
+    stress.fns = {"d1": GuestFunction(("04.0",), "0000:00:04.0", guest_irq)}
+    stress.routes = {"d1": IntxRoute("d1", (1,), 4, 0)}
+    stress.expected = {}
+    stress._choices = {0: (5, 10, 11)}
+    return stress
+
+
+def test_pc_line_comes_from_the_ioapic_pin_and_matches_the_guest() -> None:
+    stress = _pc_stress(guest_irq=10)
+    assert stress.check_probe(ProbeResult("d1", 6, {2: 40, 10: 6})) == []
+    assert stress.expected == {"d1": 10}
+
+
+def test_pc_guest_irq_other_than_the_pin_qemu_delivers_on_is_reported() -> None:
+    stress = _pc_stress(guest_irq=11)
+    assert stress.check_probe(ProbeResult("d1", 6, {10: 6})) == [
+        "d1: the guest handles its INT#x as IRQ 11, QEMU delivered it on IO-APIC pin 10"]
+
+
+def test_pc_pin_outside_the_links_prs_is_reported() -> None:
+    stress = _pc_stress(guest_irq=9)
+    assert stress.check_probe(ProbeResult("d1", 6, {9: 6})) == [
+        ("d1: QEMU delivered its INT#x on IO-APIC pin 9, not one of the DSDT's _PRS "
+        "interrupts for LNKA: [5, 10, 11]")]
