@@ -196,6 +196,14 @@ class GuestShell:
                         output = b"".join(chunks).decode(errors="replace")
                         self._record(command, None, output, time.monotonic() - started)
                         raise DeadlineExceeded(deadline.describe(), tail=output[-2000:]) from None
+            # The output can end (EOF) before the exit status arrives, and a guest
+            # that freezes in between would never send it: wait to the deadline only.
+            if not channel.status_event.wait(max(deadline.remaining(), 0.1)):
+                channel.close()
+                output = b"".join(chunks).decode(errors="replace")
+                self._record(command, None, output, time.monotonic() - started)
+                raise DeadlineExceeded(f"{deadline.describe()}: the output ended but no exit "
+                                       "status came", tail=output[-2000:])
             status = channel.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             # A dead or hung guest: one named error, never a paramiko traceback.

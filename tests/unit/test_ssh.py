@@ -76,3 +76,24 @@ def test_a_login_session_cannot_follow_a_migration(tmp_path):
 
     with pytest.raises(HarnessError, match="cannot follow"):
         shell.follow(mock.Mock(), tmp_path / "other.log")
+
+
+def test_output_ended_but_no_exit_status_ends_at_the_deadline(tmp_path):
+    """A guest that freezes after closing a command's output never sends its exit
+    status: execute must give up at its deadline, not wait forever."""
+    import threading
+
+    from harness.errors import DeadlineExceeded
+
+    channel = mock.Mock()
+    channel.recv.side_effect = [b"half", b""]
+    channel.status_event = threading.Event()  # never set
+    channel.recv_exit_status.side_effect = AssertionError("would block forever")
+    transport = mock.Mock()
+    transport.is_active.return_value = True
+    transport.open_session.return_value = channel
+    shell = _shell(tmp_path, transport)
+    with pytest.raises(DeadlineExceeded, match="no exit status came") as info:
+        shell.execute("frozen", timeout=0.3)
+    assert "half" in (info.value.tail or "")
+    assert "# status TIMEOUT" in (tmp_path / "ssh.log").read_text()
