@@ -1,8 +1,11 @@
-"""Where the harness keeps things: the cache, run directories, the checkout.
+"""Where the harness keeps things: the cache, run directories, package data.
 
-No fixed paths: the cache follows XDG (or $PCI_HARNESS_CACHE), run
-directories are private mkdtemp directories, and the project root is found
-from this file.
+No fixed paths: the cache follows XDG (or $PCI_HARNESS_CACHE) and run
+directories are private mkdtemp directories.  Nothing is looked up relative
+to the installed package except its package data (guest image recipes and the
+conformance suite, found through importlib.resources, so a wheel and an
+editable install of a checkout answer alike); reports and artifacts go under
+the current directory or where an option says.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 OWNER_FILE = "owner"  # "PID STARTTIME" of the process that made a private run directory
@@ -19,8 +23,23 @@ RUN_DIR_FILES = frozenset({OWNER_FILE, "authorized_keys", "qmp.sock", "console.s
 _swept = False
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+def _package_dir(package: str) -> Path:
+    """The directory of a package shipped as plain files (never a zip)."""
+    return Path(str(resources.files(package)))
+
+
+def guest_images_root() -> Path:
+    """The guest image recipes: `guest-images/` of a checkout, or its copy in the wheel."""
+    return _package_dir("harness.guest_images")
+
+
+def suite_root() -> Path:
+    """The directory holding the conformance suite's `tests/pci` and `topologies/`.
+
+    In a wheel, the copy under the package (with a pytest.ini of its own); in
+    an editable install, the checkout (its pyproject.toml configures pytest).
+    """
+    return _package_dir("harness.suite.tests").parent
 
 
 def cache_root() -> Path:

@@ -33,7 +33,7 @@ from typing import Any
 from filelock import FileLock
 
 from harness.errors import ImageBuildError, UserError
-from harness.paths import cache_root, project_root
+from harness.paths import cache_root, guest_images_root
 
 #: Bump when the builder's output changes for the same recipe.
 BUILDER_VERSION = "3"
@@ -67,11 +67,16 @@ class GuestImage:
                 "8250.nr_uarts=1 rdinit=/init")
 
 
-def recipe_dir(name: str = "debian12") -> Path:
-    path = project_root() / "guest-images" / name
+def recipe_dir(name: str = "debian12", root: Path | None = None) -> Path:
+    """`guest-images/<name>/`, from the installed package data (or `root`)."""
+    root = root or guest_images_root()
+    path = root / name
     if not (path / "recipe.toml").is_file():
-        raise UserError(f"guest image recipe {path}/recipe.toml not found",
-                        fix="run from a checkout of pci-harness or pass a valid recipe name")
+        known = sorted(p.parent.name for p in root.glob("*/recipe.toml")) if root.is_dir() else []
+        raise UserError(f"guest image recipe {name!r} not found: no {path}/recipe.toml "
+                        f"(recipes there: {', '.join(known) or 'none'})",
+                        fix="pass one of those recipe names; if there are none, reinstall "
+                            "pci-harness from a wheel or checkout that ships guest-images/")
     return path
 
 
