@@ -13,6 +13,10 @@ Fixtures
 - `guest` (function): a booted guest of `topology`.
 - `make_guest` (function): boot more guests in one test; all are shut down
   at teardown.
+
+Everything a test file needs comes from here, so a test in any directory works
+with no conftest of ours: markers, options, the `pci_harness_artifacts_dir`
+ini key, and assertion rewriting of the harness's comparison helpers.
 """
 
 from __future__ import annotations
@@ -36,14 +40,41 @@ if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
     from harness.factory import GuestFactory
     from harness.machine import Guest
 
+# Before any test module imports them: their asserts show both sides.
+pytest.register_assert_rewrite("harness.topology.compare", "harness.views")
+
 _OUTCOME = pytest.StashKey[dict[str, pytest.TestReport]]()
+ARTIFACTS_INI = "pci_harness_artifacts_dir"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pci-harness")
     add_shared_options(group.addoption)
     group.addoption("--artifacts-dir", metavar="DIR", default=None,
-                    help="where per-test artifact directories go (default: <rootdir>/artifacts/<run>)")
+                    help=f"where per-test artifact directories go (default: the {ARTIFACTS_INI} "
+                         "ini key, else artifacts/<run> under the rootdir when run from "
+                         "inside it, else under the current directory)")
+    parser.addini(ARTIFACTS_INI, "directory for per-test artifact directories (relative to "
+                  "the rootdir); --artifacts-dir overrides it", default="")
+
+
+def artifact_base(config: pytest.Config, run: str) -> Path:
+    """Where this run's artifact directories go: never into the installed package.
+
+    --artifacts-dir, else the ini key, else `artifacts/<run>` under the rootdir
+    when pytest runs from inside it (a checkout: unchanged), else under the
+    current directory (a rootdir elsewhere, e.g. an installed suite).
+    """
+    given = config.getoption("--artifacts-dir")
+    if given:
+        return Path(given).absolute()
+    ini = str(config.getini(ARTIFACTS_INI) or "")
+    if ini:
+        return (config.rootpath / ini) / run
+    here = config.invocation_params.dir
+    root = config.rootpath
+    base = root if here == root or root in here.parents else here
+    return base / "artifacts" / run
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -62,9 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None:
         base = Path(workerinput["pci_harness_artifacts"])
     else:
-        given = config.getoption("--artifacts-dir")
-        run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        base = Path(given) if given else Path(str(config.rootpath)) / "artifacts" / run
+        base = artifact_base(config, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     config.stash[_ARTIFACT_BASE] = base
     try:  # a bad shared option is a usage error before any test runs
         config.stash[_SETTINGS] = settings_from_config(config)
