@@ -1,7 +1,8 @@
 """`pci-harness nightly`: the whole suite per QEMU binary, then the reports.
 
 For each QEMU binary (`--qemu`, repeatable; default the one on PATH) the suite
-runs once under pytest-xdist (`-n auto`, or the gateways given with `--tx`,
+(the conformance suite the package ships, or `--suite DIR`; pytest runs in
+that directory, so its configuration and test ids apply) runs once under pytest-xdist (`-n auto`, or the gateways given with `--tx`,
 which is how a run spreads over several KVM hosts: no scheduler of our own).
 The collector plugin (`-p harness.report.collect`) records every test; this
 module merges the runs and writes into the report directory:
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import socket
 import subprocess
@@ -34,7 +36,7 @@ from harness.cross_version import cross_version_both_ways, cross_version_machine
 from harness.errors import UserError
 from harness.lab import LostHost, check_gateways, parse_gateway, surviving
 from harness.nightly_boot_stress import boot_stress_run_figures, boot_stress_runs
-from harness.paths import project_root
+from harness.paths import suite_root
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
 from harness.report.baseline import compare, find_previous, load_baseline
@@ -51,6 +53,7 @@ from harness.seed import SEED_ITEMS
 #: Tests of the nightly itself: each starts nightlies of its own, which would fight the
 #: outer run for the cores.  A nightly deselects them unless --self-tests is given.
 SELF_TESTS = ("tests/pci/test_nightly.py", "tests/pci/test_nightly_ssh.py",
+              "tests/pci/test_wheel_install.py",
               "tests/unit/test_report_nightly.py")
 DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "worksteal", "each", "no")
 _PYTEST_MEANING = {2: "pytest was interrupted", 3: "pytest hit an internal error",
@@ -78,7 +81,13 @@ def register(subparsers: Any) -> None:
     fresh = parser is None
     if fresh:
         parser = subparsers.add_parser("nightly", help="run the whole suite and write reports")
-    _add(parser, "--output", metavar="DIR", help="report directory (default reports/<date-time>/)")
+    _add(parser, "--output", metavar="DIR",
+         help="report directory (default <report-dir>/<date-time>/)")
+    _add(parser, "--report-dir", metavar="DIR", default="reports",
+         help="where dated report directories go and earlier runs are found as baselines "
+              "(default ./reports)")
+    _add(parser, "--suite", metavar="DIR", default=None,
+         help="run the tests in DIR instead of the conformance suite the package ships")
     _add(parser, "--qemu", action="append", metavar="PATH", default=[],
          help="run the suite once per QEMU binary (repeatable)")
     _add(parser, "--machines", default="pc,q35", help="machine kinds to run (comma-separated)")
@@ -152,7 +161,7 @@ def _output_dir(args: argparse.Namespace) -> Path:
             raise UserError(f"{out} already holds a nightly report",
                             fix="choose a new --output directory (old runs are baselines)")
         return out
-    base = project_root() / "reports"
+    base = Path(args.report_dir).absolute()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out, n = base / stamp, 1
     while out.exists():
@@ -199,12 +208,25 @@ def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_di
     return argv + list(args.pytest_args)
 
 
-def _run_pytest(argv: Sequence[str], log_path: Path) -> int:
-    """Run pytest with its per-test progress on our stderr and in pytest.log."""
+def suite_dir(args: argparse.Namespace) -> Path:
+    """The directory pytest runs in: --suite, else the shipped conformance suite."""
+    if getattr(args, "suite", None) is None:
+        return suite_root()
+    path = Path(args.suite).absolute()
+    if not path.is_dir():
+        raise UserError(f"--suite {args.suite}: no such directory",
+                        fix="give the directory that holds the tests to run")
+    return path
+
+
+def _run_pytest(argv: Sequence[str], log_path: Path, cwd: Path) -> int:
+    """Run pytest in the suite's directory, with its per-test progress on our stderr
+    and in pytest.log.  No bytecode is written: the suite may be an installed package."""
     with log_path.open("w") as log:
-        log.write("$ " + " ".join(argv) + "\n")
+        log.write(f"$ cd {cwd} && " + " ".join(argv) + "\n")
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, cwd=project_root(), stdin=subprocess.DEVNULL)
+                                text=True, cwd=cwd, stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
         assert proc.stdout is not None
         try:
             hunt.pump(proc.stdout, [sys.stderr, log]).join()
@@ -233,7 +255,7 @@ def _run_one(args: argparse.Namespace, binary: QemuBinary, label: str, output: P
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = pytest_argv(args, binary, label, run_dir, machines)
     started = time.monotonic()
-    status = _run_pytest(argv, run_dir / "pytest.log")
+    status = _run_pytest(argv, run_dir / "pytest.log", suite_dir(args))
     elapsed = time.monotonic() - started
     if status == 4:
         tail = "".join((run_dir / "pytest.log").read_text().splitlines(True)[-8:])
@@ -288,7 +310,7 @@ def _recover_lost_hosts(args: argparse.Namespace, binary: QemuBinary, label: str
         again.tx = survivors
         argv = pytest_argv(again, binary, label, rerun_dir, machines)
         argv.append(f"--report-only-nodeids={rerun_dir / 'nodeids.txt'}")
-        _run_pytest(argv, rerun_dir / "pytest.log")
+        _run_pytest(argv, rerun_dir / "pytest.log", suite_dir(args))
         rerun = {t.nodeid: t for t in _load_results(rerun_dir / "results.json")[0]}
     words = "; ".join(f"{w['worker']} ({w['spec']})" for w in lost_workers)
     kept = [t for t in tests if t.nodeid not in missing]
@@ -329,6 +351,7 @@ def _hunt(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path
 
 def run_nightly(args: argparse.Namespace) -> int:
     binaries, machines = _validate(args)
+    suite_dir(args)  # a missing --suite is bad input: say so before anything runs
     cross = len(binaries) >= 2 and args.cross_version_hops > 0
     cross_machine = cross_version_machine(binaries[0], binaries[1]) if cross else ""
     if getattr(args, "tx", None):

@@ -18,7 +18,6 @@ from typing import Any
 from harness.cli.common import add_common_options
 from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
-from harness.paths import project_root
 from harness.qemu.facts import machine_facts
 from harness.scenarios.pingpong import (
     PingPong,
@@ -139,7 +138,7 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
         failed_at = result.failure.hop if result.failure else len(result.records)
         write_reproduce(run.artifacts / "reproduce.sh",
                         _reproduce_argv(args, seed, topology_copy, max(failed_at, 1)),
-                        project_root())
+                        Path.cwd())
         if result.failure is not None:
             print(f"pci-harness pingpong: FAILED at {result.failure.describe()}\n"
                   f"Artifacts (both command lines, QMP transcripts, console logs, "

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import IO
 
 from harness.errors import UserError
-from harness.paths import project_root
 from harness.report.document import HuntResult
 
 #: The options the nightly needs from the verb.
@@ -35,12 +34,12 @@ SLACK_S = 300.0
 def check_available() -> None:
     """UserError unless `pci-harness pingpong` with the needed flags is there."""
     proc = subprocess.run([sys.executable, "-m", "harness", "pingpong", "--help"],
-                          capture_output=True, text=True, timeout=60, cwd=project_root(),
+                          capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, check=False)
     missing = [f for f in REQUIRED_FLAGS if f not in proc.stdout]
     if proc.returncode != 0 or missing:
         why = (f"lacks {', '.join(missing)}" if proc.returncode == 0
-               else "does not exist in this checkout")
+               else "does not exist in this installation")
         raise UserError(f"--until-fail-minutes needs `pci-harness pingpong --until-fail "
                         f"--max-time S --json`, and the pingpong verb {why}",
                         fix="update the checkout (harness/cli/migration.py) or run without "
@@ -81,7 +80,7 @@ def run_hunt(run: str, command: Sequence[str], seconds: float, log_path: Path,
     limit = seconds + SLACK_S * timeout_multiplier
     with log_path.open("w") as log:
         proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=project_root(), env=env,
+                                text=True, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         assert proc.stdout is not None and proc.stderr is not None
         last: collections.deque[str] = collections.deque(maxlen=40)

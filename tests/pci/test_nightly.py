@@ -14,10 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from harness.paths import project_root
 from harness.qemu.binary import find_qemu
 from harness.seed import SEED_ITEMS
 
+CHECKOUT = Path(__file__).resolve().parents[2]
 SELECTION = "test_verbs_execute_succeed_wait or test_console_is_readable_and_logged"
 
 CANARY = '''
@@ -52,7 +52,8 @@ def run_nightly(*args: str, timeout: float = 900) -> tuple[subprocess.CompletedP
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     # The nightly's own boot-stress is tested in tests/unit/test_bootstress_report.py.
     proc = subprocess.run([sys.executable, "-m", "harness", "nightly", "--accel", "tcg", "--json",
-                           "--boot-stress-boots", "0", *args], capture_output=True, text=True, cwd=project_root(), env=env,
+                           "--boot-stress-boots", "0", *args], capture_output=True, text=True,
+                          cwd=CHECKOUT, env=env,
                           timeout=timeout, check=False)
     lines = proc.stdout.strip().splitlines()
     return proc, (json.loads(lines[-1]) if lines else {})
@@ -64,7 +65,7 @@ def fake_remote_checkout(tmp_path: Path) -> Path:
     remote = tmp_path / "remote-checkout"
     remote.mkdir()
     for name in ("pyproject.toml", "tests", "harness", ".venv"):
-        (remote / name).symlink_to(project_root() / name)
+        (remote / name).symlink_to(CHECKOUT / name)
     return remote
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.paths import project_root
 from harness.report import hunt
 
 FAKE_QEMU = """\
@@ -85,7 +84,7 @@ def nightly(tmp_path, *args, env=None, suite=SUITE):
         argv[argv.index("--json"):argv.index("--json")] = ["--boot-stress-boots", "0"]
     if "--" not in args:
         argv += ["--", str(tmp_path / "suite")]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=project_root(),
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path,
                           env=clean | (env or {}), timeout=180, check=False)
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
     return proc, json.loads(last)
@@ -180,11 +179,30 @@ def test_machines_deselects_other_kinds(tmp_path):
     (["--baseline", "/nonexistent"], "baseline /nonexistent has no report.json"),
     (["--qemu", "/nonexistent/qemu"], "does not exist"),
     (["--", "--no-such-pytest-option"], "pytest rejected the arguments"),
+    (["--suite", "/nonexistent"], "--suite /nonexistent: no such directory"),
 ])
 def test_bad_input_exits_2(tmp_path, args, message):
     proc, verdict = nightly(tmp_path, "--output", str(tmp_path / "r"), *args)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert message in verdict["error"] + proc.stderr
+
+
+@pytest.mark.parametrize("where", [None, "elsewhere"])
+def test_suite_runs_in_its_directory_and_reports_go_under_the_current_one(tmp_path, where):
+    """--suite DIR: pytest runs in DIR with no path given (its own configuration and
+    test ids); without --output the report goes to ./reports/<date-time>/ of the
+    directory nightly runs in, or under --report-dir."""
+    extra = ["--report-dir", str(tmp_path / where)] if where else []
+    proc, verdict = nightly(tmp_path, "--jobs", "0", "--suite", str(tmp_path / "suite"), *extra,
+                            "--", "-k", "test_param")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = Path(verdict["output"])
+    assert output.parent == tmp_path / (where or "reports"), output
+    report = json.loads((output / "report.json").read_text())
+    assert sorted(t["nodeid"] for t in report["tests"]) == \
+        ["test_canary.py::test_param[pc]", "test_canary.py::test_param[q35]"]
+    log = (output / "runs" / "9.9.1" / "pytest.log").read_text()
+    assert log.startswith(f"$ cd {tmp_path / 'suite'} && "), log.splitlines()[0]
 
 
 def test_an_existing_report_is_never_overwritten(tmp_path):
@@ -218,7 +236,7 @@ def test_hunt_result_is_the_last_json_line_and_a_hang_is_killed(tmp_path, monkey
 
 def test_tx_gateways_pass_through_to_xdist(tmp_path):
     """Two gateways given with --tx (the remote-execution story on one machine)."""
-    venv_python = project_root() / ".venv" / "bin" / "python"
+    venv_python = sys.executable  # this venv's python, wherever it lives (tox, .venv)
     proc, _ = nightly(tmp_path, "--output", str(tmp_path / "r"),
                       "--tx", "popen", "--tx", f"popen//python={venv_python}")
     assert proc.returncode == 0, proc.stderr[-3000:]
