@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
     from harness.machine import Guest
 
 # Before any test module imports them: their asserts show both sides.
-pytest.register_assert_rewrite("harness.topology.compare", "harness.views")
+pytest.register_assert_rewrite("harness.views")
 
 _OUTCOME = pytest.StashKey[dict[str, pytest.TestReport]]()
 ARTIFACTS_INI = "pci_harness_artifacts_dir"
