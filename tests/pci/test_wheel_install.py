@@ -7,7 +7,8 @@ a new venv under a temporary directory (pip's cache is reused).  Then:
   `pytest -n 2`, with no conftest of ours; artifacts and reports land there;
 - `pci-harness nightly` from that venv, run in an empty directory, runs the
   shipped conformance suite (a -k selection: the lead runs the whole suite)
-  and writes its reports there.
+  and one boot-stress boot of the shipped AHCI-root recipe, and writes its
+  reports there.
 Neither writes into the installed package (bytecode caches aside).
 
 A nightly self-test (harness.nightly.SELF_TESTS): it builds, installs and
@@ -192,6 +193,7 @@ def test_nightly_from_the_wheel_writes_reports_in_an_empty_directory(
     selection = "test_the_example_topologies_cover_the_issue or test_verbs_execute_succeed_wait"
     argv: list[object] = [installed.venv / "bin" / "pci-harness", "nightly", "--json",
                           "--machines", "q35", "--jobs", "2",
+                          "--boot-stress-boots", "1",  # boots the shipped AHCI recipe once
                           f"--timeout-multiplier={pytestconfig.getoption('--timeout-multiplier')}",
                           f"--accel={pytestconfig.getoption('--accel')}"]
     if pytestconfig.getoption("--qemu-binary"):
