@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 
 from harness.lab import parse_gateway
-from harness.paths import project_root
+
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -111,7 +112,7 @@ def second_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecondHost
 
         # Its own checkout and venv, at another path than ours.
         checkout = root / "srv" / "pci-harness"
-        shutil.copytree(project_root(), checkout, ignore=_COPY_IGNORE, symlinks=True)
+        shutil.copytree(CHECKOUT, checkout, ignore=_COPY_IGNORE, symlinks=True)
         home = root / "home"
         (home / ".ssh").mkdir(parents=True, mode=0o700)
         env = dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
@@ -189,7 +190,7 @@ def test_two_hosts_one_report(second_host: SecondHost, tmp_path: Path) -> None:
     argv = _nightly(output, "--tx", second_host.tx, "--tx", "popen//python=" + sys.executable,
                     "--", "-k", SELECTION)
     started = time.monotonic()
-    done = _run(*argv, check=False, cwd=project_root(), timeout=1200)
+    done = _run(*argv, check=False, cwd=CHECKOUT, timeout=1200)
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-4000:]
     report = _report(output)
@@ -206,7 +207,7 @@ def test_two_hosts_one_report(second_host: SecondHost, tmp_path: Path) -> None:
     one = tmp_path / "reports" / "one-host"
     started = time.monotonic()
     alone = _run(*_nightly(one, "--jobs", "2", "--", "-k", SELECTION), check=False,
-                 cwd=project_root(), timeout=1200)
+                 cwd=CHECKOUT, timeout=1200)
     one_s = time.monotonic() - started
     assert alone.returncode == 0, alone.stderr[-4000:]
     assert len(_report(one)["tests"]) == len(tests)
@@ -222,7 +223,7 @@ def test_a_host_that_is_not_ready_is_named_before_any_test(second_host: SecondHo
     try:
         output = tmp_path / "reports" / "not-ready"
         done = _run(*_nightly(output, "--tx", second_host.tx, "--", "-k", SELECTION),
-                    check=False, cwd=project_root(), timeout=300)
+                    check=False, cwd=CHECKOUT, timeout=300)
     finally:
         marker.write_text(original)
     assert done.returncode == 2, done.stderr[-3000:]
@@ -236,7 +237,7 @@ def test_a_host_lost_mid_run_is_named_and_its_tests_rerun(second_host: SecondHos
     output = tmp_path / "reports" / "lost"
     argv = _nightly(output, "--tx", second_host.tx, "--tx", "popen//python=" + sys.executable,
                     "--", "-k", SELECTION)
-    proc = subprocess.Popen(argv, cwd=project_root(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(argv, cwd=CHECKOUT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     log = output / "runs" / "7.2.22" / "pytest.log"
     deadline = time.monotonic() + 600
