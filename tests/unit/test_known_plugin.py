@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.paths import project_root
 from harness.qemu.known import KNOWN_GAPS
 
 FAKE_QEMU = """\
@@ -192,7 +191,7 @@ def test_two_qemu_nightly_judges_each_binary_by_its_own_version(tmp_path):
          "--qemu", str(fake_qemu(tmp_path, "10.0.2")), "--cross-version-hops", "0",
          "--boot-stress-boots", "0", "--jobs", "0", "--output", str(out), "--json", "--",
          str(tmp_path / "suite")],
-        capture_output=True, text=True, cwd=project_root(), env=clean, timeout=180, check=False)
+        capture_output=True, text=True, cwd=tmp_path, env=clean, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert {(t["run"], t["nodeid"].split("::")[-1]): t["outcome"] for t in report["tests"]} == {
