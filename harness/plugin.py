@@ -131,7 +131,7 @@ def _mark_known_gaps(config: pytest.Config, items: list[pytest.Item]) -> None:
     from harness.report.collect import machine_at_collection
 
     try:
-        binary = find_qemu(config.getoption("--qemu-binary"))
+        binary = find_qemu(config.stash[_SETTINGS].qemu_binary)  # as GuestFactory does
     except HarnessError:
         return  # no QEMU to judge by: harness_factory says why at the first guest
 
