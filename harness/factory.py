@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from harness.options import RunSettings
 from harness.progress import Progress, stderr_progress
 from harness.qemu.accel import Accel, ProbeBoot, announce, resolve_accel
 from harness.qemu.binary import QemuBinary, find_qemu
+from harness.qemu.probe import ProbedFacts, probed_facts
 from harness.snapshot import SnapshotCache
 from harness.topology.refusal import attribute_refusal
 
@@ -29,6 +31,16 @@ def probe_boot(image: GuestImage) -> ProbeBoot:
     """The guest's own kernel, handed to the KVM probe (harness.qemu knows no guests)."""
     return ProbeBoot(kernel=image.vmlinux, initrd=image.initrd, cmdline=image.cmdline_base,
                      ready_marker="HARNESS-INIT", key=image.key)
+
+
+def pin_alias(topology: Any, facts: ProbedFacts) -> Any:
+    """TOPOLOGY with its machine alias ("q35", "pc") replaced by the versioned type
+    it stands for on this binary (query-machines): the model then applies that
+    type's compat rules (the same 10.0 binary builds pc-q35-7.2 and pc-q35-10.0
+    differently), the snapshot key names it, and a migration destination of
+    another QEMU version gets the very machine the source ran."""
+    pinned = facts.resolve_alias(topology.machine)
+    return topology if pinned == topology.machine else replace(topology, machine=pinned)
 
 
 class GuestFactory:
@@ -48,9 +60,11 @@ class GuestFactory:
         self.snapshots = SnapshotCache(self.progress) if settings.snapshot else None
 
     def plan(self, topology: Any, **overrides: Any) -> LaunchPlan:
+        """The launch plan of TOPOLOGY on this binary, its machine alias pinned."""
         self.binary.check_machine(topology.machine)
         return LaunchPlan(binary=self.binary, accel=self.accel, image=self.image,
-                          topology=topology, firmware=self.settings.firmware, **overrides)
+                          topology=pin_alias(topology, probed_facts(self.binary)),
+                          firmware=self.settings.firmware, **overrides)
 
     def launch(self, topology: Any, artifacts: Path, name: str = "guest",
                **overrides: Any) -> Guest:

@@ -31,6 +31,7 @@ from harness.guest.ssh import GuestShell, SshKey
 from harness.paths import private_dir
 from harness.qemu.accel import Accel
 from harness.qemu.binary import QemuBinary
+from harness.qemu.probe import root_bus_hotplug
 from harness.qemu.process import QemuProcess
 from harness.qemu.qmp import Qmp
 
@@ -416,6 +417,12 @@ class Guest:
         if self.qmp is None:
             raise HarnessError("QMP is not connected")
         return self.qmp.execute(command, arguments)
+
+    def root_bus_hotplug(self) -> bool | None:
+        """Whether this QEMU takes device_add on the guest's root bus: probed by
+        behaviour once per binary, because the QOM handler link says otherwise on
+        10.0 (see harness/qemu/probe.py)."""
+        return root_bus_hotplug(self.plan.binary, self.plan.topology.machine)
 
     def check_alive(self, during: str) -> None:
         if self.process is not None and not self.process.alive():

@@ -189,7 +189,8 @@ def ask_where(factory: GuestFactory, topology: Topology, driver: str, artifacts:
         except QemuExited as exc:
             raise attribute_refusal(topology, exc) from None
         assert guest.qmp is not None
-        return where(guest.qmp, driver, hotplug_only=hotplug, device_id=device_id)
+        return where(guest.qmp, driver, hotplug_only=hotplug, device_id=device_id,
+                     root_hotplug=guest.root_bus_hotplug())
     finally:
         guest.shutdown()
 

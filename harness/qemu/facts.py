@@ -87,6 +87,10 @@ class VersionedFact(Generic[T]):
                 value = change.value
         return value
 
+    def latest(self) -> T:
+        """The newest value: what an unversioned alias means on a current QEMU."""
+        return self.history[-1].value
+
     def changed_in(self) -> Version | None:
         """The version of the latest change (None when it never changed)."""
         return self.history[-1].since if len(self.history) > 1 else None
@@ -106,7 +110,8 @@ NATIVE_SECOND_UNPLUG_REFUSAL: VersionedFact[str] = VersionedFact(
     "QEMU's error text for a second device_del under native PCIe hotplug",
     (Change(_BASE, "already in the process of unplug", MEASURED + " (7.2.22)"),
      Change((8, 0), "guest is busy (power indicator blinking)",
-            MEASURED + " (10.0.2); 8.0 changed pciehp's power indicator handling")))
+            MEASURED + " (10.0.2); release not pinned: 8.0 changed pciehp's power "
+            "indicator handling")))
 
 #: `file:` migration URIs (migrate / migrate-incoming).  Probed too.
 FILE_MIGRATION_URI: VersionedFact[bool] = VersionedFact(
@@ -129,6 +134,31 @@ PORT_LINK_SPEEDS: VersionedFact[tuple[str, ...]] = VersionedFact(
     (Change(_BASE, ("2_5", "5", "8", "16"), MEASURED + ' (description "2_5/5/8/16")'),
      Change((9, 0), ("2_5", "5", "8", "16", "32", "64"),
             "9.0 added 32 and 64 GT/s; 10.0.2 describes 2_5/5/8/16/32/64 (measured)")))
+
+#: QOM `hotplug-handler` of q35's pcie.0 with ACPI on.  Documentation of the
+#: trap only: device_add is refused on both, so behaviour decides (probe.py).
+Q35_ROOT_BUS_QOM_HANDLER: VersionedFact[str] = VersionedFact(
+    "q35-root-bus-qom-handler", "qemu", "QOM hotplug-handler of q35's pcie.0 (ACPI on)",
+    (Change(_BASE, "", MEASURED + " (7.2.22: none)"),
+     Change((8, 0), "ICH9-LPC", MEASURED + " (10.0.2, also with pc-q35-7.2); release not "
+            "pinned: 8.0 described non-hotpluggable root-bus devices in ACPI (acpi-index)")))
+
+#: QOM `hotplug-handler` of a `pcie-root-port,hotplug=off` bus with ACPI on.
+HOTPLUG_OFF_PORT_QOM_HANDLER: VersionedFact[str] = VersionedFact(
+    "hotplug-off-port-qom-handler", "qemu",
+    "QOM hotplug-handler of a hotplug=off root port's bus (q35, ACPI on)",
+    (Change(_BASE, "", MEASURED + " (7.2.22: none)"),
+     Change((8, 0), "ICH9-LPC", MEASURED + " (10.0.2); release not pinned: 8.0 reworked "
+            "the ACPI description of hotplug=off ports (PCNT)")))
+
+#: device_add refused on a hotplug=off root port when ACPI bridge hotplug is off.
+HOTPLUG_OFF_PORT_REFUSAL: VersionedFact[str] = VersionedFact(
+    "hotplug-off-port-refusal", "qemu",
+    "QEMU's text refusing device_add on a hotplug=off port, ACPI bridge hotplug off",
+    (Change(_BASE, "Hot-plug failed: unsupported by the port device '{bus}'",
+            MEASURED + " (7.2.22)"),
+     Change((8, 0), "Bus '{bus}' does not support hotplugging",
+            MEASURED + " (10.0.2); release not pinned")))
 
 # Compat properties: a function of the *machine type*, whatever the binary.
 Q35_ACPI_BRIDGE_HOTPLUG: VersionedFact[bool] = VersionedFact(
@@ -170,6 +200,7 @@ DEVCAP_EXT_TAG: VersionedFact[bool] = VersionedFact(
 
 VERSIONED_FACTS: tuple[VersionedFact[object], ...] = (  # type: ignore[assignment]
     NATIVE_SECOND_UNPLUG_REFUSAL, FILE_MIGRATION_URI, NATIVE_HOTPLUG_PROPERTY, PORT_LINK_SPEEDS,
+    Q35_ROOT_BUS_QOM_HANDLER, HOTPLUG_OFF_PORT_QOM_HANDLER, HOTPLUG_OFF_PORT_REFUSAL,
     Q35_ACPI_BRIDGE_HOTPLUG, ROOT_PORT_DEFAULT_LINK, AER_UNCOR_MASK_WRITABLE, ARI_NEXTFN_1,
     SLOT_IMPLEMENTED_READ_ONLY, VIRTIO_PM_NO_SOFT_RESET, DEVCAP_EXT_TAG)
 

@@ -40,7 +40,7 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError
 from harness.paths import cache_root, private_dir
 from harness.qemu.binary import QemuBinary
-from harness.qemu.facts import MACHINES, MachineKind
+from harness.qemu.facts import MACHINES, MachineKind, machine_kind_of
 from harness.qemu.process import QemuProcess
 from harness.qemu.qmp import Qmp, QmpCommandError
 
@@ -259,3 +259,10 @@ def probed_facts(binary: QemuBinary) -> ProbedFacts:
                                tail=exc.tail) from None
         path.write_text(json.dumps({"key": key, "facts": json.loads(facts.to_json())}))
         return facts
+
+
+def root_bus_hotplug(binary: QemuBinary, machine: str) -> bool | None:
+    """Whether BINARY takes device_add on MACHINE's root bus (probed by behaviour);
+    None for a machine type the harness does not model."""
+    kind = machine_kind_of(machine)
+    return None if kind is None else probed_facts(binary).hotplug_accepted(kind, "root")

@@ -239,7 +239,8 @@ class Hotplugger:
         assert self.guest.qmp is not None
         t = time.monotonic()
         try:
-            return {b.name: b for b in qom_pci_buses(self.guest.qmp)}
+            return {b.name: b for b in qom_pci_buses(self.guest.qmp,
+                                                     self.guest.root_bus_hotplug())}
         finally:
             self._tick("qmp", t)
 

@@ -120,7 +120,8 @@ def candidate_slots(guest: Guest, root_bus: str) -> dict[str, list[tuple[str, in
     out: dict[str, list[tuple[str, int, str]]] = {}
     machine = next(m for m in MACHINES.values() if m.root_bus == root_bus)
     for driver in (DISK_DRIVER, *nic_drivers(machine)):
-        answer = where(guest.qmp, driver, hotplug_only=True)
+        answer = where(guest.qmp, driver, hotplug_only=True,
+                       root_hotplug=guest.root_bus_hotplug())
         out[driver] = [(b.bus, s, b.hotplug or "none") for b in answer.buses
                        if b.bus != root_bus for s in b.free_slots]
         if not out[driver]:

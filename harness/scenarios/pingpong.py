@@ -186,7 +186,7 @@ class PingPong:
 
     def _start_loads(self, guest: Guest) -> None:
         assert guest.qmp is not None
-        qemu = views.collect_qemu_view(guest.qmp)
+        qemu = views.collect_qemu_view(guest.qmp, guest.root_bus_hotplug())
         topology: Topology = self.plan.topology
         mode: LoadMode = "mixed" if self.options.load == "mixed" else "write"
         for target in self.options.disks:

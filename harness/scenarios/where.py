@@ -144,16 +144,18 @@ def _suggest_id(driver: str, taken: set[str]) -> str:
 
 
 def where(qmp: Qmp, driver: str, *, hotplug_only: bool = False,
-          device_id: str | None = None) -> WhereAnswer:
+          device_id: str | None = None, root_hotplug: bool | None = None) -> WhereAnswer:
     """Every bus of the machine behind `qmp` where DRIVER can be connected.
 
     `device_id`: the id you will give the device; a bridge's secondary bus takes
     that name (by default a free id is suggested).  With `hotplug_only`, only
     buses that accept device_add are listed, with the slots hot-add can use.
+    `root_hotplug`: whether this QEMU takes device_add on the root bus, probed by
+    behaviour (Guest.root_bus_hotplug); the QOM handler link alone misleads on 10.0.
     """
     types = _Types(qmp)
     facts = _driver_facts(qmp, driver, types)
-    buses = qom_pci_buses(qmp)
+    buses = qom_pci_buses(qmp, root_hotplug)
     hosts = types("pci-host-bridge")
     slots = types("pcie-slot")
     upstream = types("pcie-port") - slots
@@ -170,8 +172,7 @@ def where(qmp: Qmp, driver: str, *, hotplug_only: bool = False,
             continue
         hotplug = None if bus.hotplug == "none" else bus.hotplug
         if hotplug_only and hotplug is None:
-            excluded.append(Excluded(bus.name, "the bus has no hotplug handler (device_add "
-                                               "refuses it)", "qemu"))
+            excluded.append(Excluded(bus.name, _no_hotplug_reason(bus, role), "qemu"))
             continue
         used = {devfn >> 3 for devfn, _, _ in bus.devices}
         free = [s for s in range(32) if s not in used]
@@ -209,6 +210,16 @@ def where(qmp: Qmp, driver: str, *, hotplug_only: bool = False,
                                  secondary_bus_name=secondary,
                                  qemu_also_accepts=tuple(lenient), note=note))
     return WhereAnswer(driver=driver, buses=tuple(answers), excluded=tuple(excluded))
+
+
+def _no_hotplug_reason(bus: QomBus, role: BusRole) -> str:
+    """Why device_add refuses BUS, in the terms QEMU itself would use."""
+    if not bus.handler_path:
+        return "the bus has no hotplug handler (device_add refuses it)"
+    if role == "root":
+        return (f"QEMU refuses device_add on its root bus (probed), although QOM names "
+                f"{bus.handler_type} its hotplug handler")
+    return "the port was created with hotplug=off (device_add refuses it)"
 
 
 def _join(a: str | None, b: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from harness.qemu.facts import ROOT_PORT_DEFAULT_LINK
 from harness.topology.drivers import BUILTIN, BarSpec, DriverInfo, driver_info
 from harness.topology.layout import buses, mgmt_device, path_of, resolve
 from harness.topology.model import Device, Topology, machine_version
@@ -169,7 +170,8 @@ def port_link_cap(topo: Topology, dev: Device) -> tuple[float, int]:
     """A root port's LnkCap: x-speed/x-width, default 16 GT/s x32 (machine types >= 4.0;
     older ones keep the 2.5 GT/s x1 that QEMU advertised before these properties)."""
     version = machine_version(topo.machine)
-    default = (2.5, 1) if version is not None and version < (4, 0) else (16.0, 32)
+    default = (ROOT_PORT_DEFAULT_LINK.at(version) if version is not None
+               else ROOT_PORT_DEFAULT_LINK.latest())
     speed = dev.prop("x-speed")
     width = dev.prop("x-width")
     return (PORT_SPEEDS[str(speed)] if speed is not None else default[0],

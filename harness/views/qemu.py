@@ -135,11 +135,16 @@ def hotplug_mechanism(handler_type: str, handler_path: str, bus_parent_path: str
     return f"other:{handler_type}"
 
 
-def qom_pci_buses(qmp: Qmp) -> tuple[QomBus, ...]:
+def qom_pci_buses(qmp: Qmp, root_hotplug: bool | None = None) -> tuple[QomBus, ...]:
     """Every PCI bus reachable from the machine's PCI host bridges, via QOM only.
 
     Works on a paused machine: buses are child<PCI*> properties of the host bridge
     and of each bridge; devices hang on a bus as its child[N] links.
+
+    `root_hotplug`: whether this QEMU takes device_add on the root bus, as probed
+    by behaviour (harness/qemu/probe.py).  False overrides the QOM link: 10.0
+    names ICH9-LPC as pcie.0's hotplug handler and still refuses device_add
+    there.  None trusts the link (replayed recordings).
     """
     pci_bus_types = _types(qmp, "PCI")
     pcie_bus_types = _types(qmp, "PCIE")
@@ -182,6 +187,8 @@ def qom_pci_buses(qmp: Qmp) -> tuple[QomBus, ...]:
         owner_type = qom_type(owner)
         port_hotplug = (bool(qmp.execute("qom-get", {"path": owner, "property": "hotplug"}))
                         if owner_type in slot_types else None)
+        if owner_type in host_types and root_hotplug is False:
+            port_hotplug = False  # behaviour beats the link: no hot-add on this root bus
         result.append(QomBus(
             name=name, path=path, express=btype in pcie_bus_types, parent_path=owner,
             parent_type=owner_type, handler_path=handler, handler_type=htype,
@@ -196,9 +203,11 @@ def qom_hotplug_info(buses: Iterable[QomBus]) -> dict[str, str]:
     return {b.name: b.hotplug for b in buses}
 
 
-def collect_qemu_view(qmp: Qmp) -> PciView:
-    """query-pci plus the QOM hotplug handlers of a running machine."""
-    return parse_qemu_view(qmp.execute("query-pci"), qom_hotplug_info(qom_pci_buses(qmp)))
+def collect_qemu_view(qmp: Qmp, root_hotplug: bool | None = None) -> PciView:
+    """query-pci plus the hotplug mechanism of every bus of a running machine
+    (see qom_pci_buses for `root_hotplug`)."""
+    return parse_qemu_view(qmp.execute("query-pci"),
+                           qom_hotplug_info(qom_pci_buses(qmp, root_hotplug)))
 
 
 def config_view(query_pci_result: list[dict[str, Any]], configs: Mapping[str, str]) -> PciView:

@@ -138,7 +138,7 @@ def snapshot(guest: Guest, topology: Topology | None = None, *,
     t1 = time.monotonic()
     guest_view, text = collect_guest_view(guest, deadline, lspci=lspci)
     t2 = time.monotonic()
-    qemu = collect_qemu_view(guest.qmp)
+    qemu = collect_qemu_view(guest.qmp, guest.root_bus_hotplug())
     t3 = time.monotonic()
     return ThreeViews(model=model, qemu=qemu, guest=guest_view, guest_dump=text,
                       seconds={"model": t1 - t0, "guest": t2 - t1, "qemu": t3 - t2})

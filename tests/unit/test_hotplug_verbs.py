@@ -108,10 +108,13 @@ class FakeGuest:
     def succeed(self, command: str, timeout: float = 60.0) -> str:
         return self.execute(command, timeout)[1]
 
+    def root_bus_hotplug(self) -> bool | None:
+        return False  # q35 refuses device_add on pcie.0 (probed on a real guest)
+
 
 @pytest.fixture
 def hp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Hotplugger:
-    monkeypatch.setattr(hotplug, "qom_pci_buses", lambda qmp: tuple(BUSES.values()))
+    monkeypatch.setattr(hotplug, "qom_pci_buses", lambda qmp, root_hotplug=None: tuple(BUSES.values()))
     return Hotplugger(FakeGuest(), tmp_path)  # type: ignore[arg-type]
 
 

@@ -134,3 +134,24 @@ def test_probe_runs_once_per_binary_identity(tmp_path: Path,
     probe.probed_facts(binary)
     assert calls == ["10.0.2", "10.0.2"]
     probe.probed_facts.cache_clear()
+
+
+def test_the_factory_pins_an_alias_to_the_binarys_versioned_type() -> None:
+    from harness.factory import pin_alias
+    from harness.topology import topology_from_dict
+    from harness.topology.expect import port_link_cap
+
+    probed = _probed()
+    topo = topology_from_dict({"machine": "q35", "device": [
+        {"id": "rp1", "driver": "pcie-root-port"}]})
+    pinned = pin_alias(topo, probed)
+    assert pinned.machine == "pc-q35-10.0" and pinned.devices == topo.devices
+    assert pin_alias(pinned, probed) is pinned  # a versioned type stays what it is
+    old = pin_alias(topology_from_dict({"machine": "pc-q35-7.2"}), probed)
+    assert old.machine == "pc-q35-7.2"
+    # Pinned, the machine type's compat rules apply: pc-q35-3.1 keeps 2.5 GT/s x1 ports.
+    legacy = pin_alias(topology_from_dict({"machine": "pc-q35-3.1", "device": [
+        {"id": "rp1", "driver": "pcie-root-port"}]}), probed)
+    assert port_link_cap(legacy, legacy.devices[0]) == (2.5, 1)
+    assert port_link_cap(pinned, pinned.devices[0]) == (16.0, 32)
+    assert pinned.cache_key() != topo.cache_key()  # the snapshot key names the pinned type

@@ -102,7 +102,8 @@ def ask(factory: GuestFactory, topology: Topology, driver: str, artifacts: Path,
                                 Callable[[int], tuple[tuple[str, int], ...]]]:
     with paused(factory, topology, artifacts, "where") as guest:
         assert guest.qmp is not None
-        answer = where(guest.qmp, driver, hotplug_only=hotplug)
+        answer = where(guest.qmp, driver, hotplug_only=hotplug,
+                       root_hotplug=guest.root_bus_hotplug())
         slots = bus_slots(guest.qmp)
         chassis = chassis_props(guest.qmp, driver)
     (artifacts / f"where-{driver}{'-hotplug' if hotplug else ''}.json").write_text(
