@@ -4,6 +4,11 @@ Exit status 0 when every hop and the final data verification pass, 1 at the
 first failed hop (one paragraph on stderr naming the hop and kind; the
 artifact directory is kept with reproduce.sh), 2 when the run could not be
 made at all (bad options, no QEMU, a guest that never booted).
+
+SIGINT and SIGTERM end the run like a limit reached: the current hop ends,
+the final checks run, the summary (and with --json the JSON object) is
+printed, and the status is what the checks found.  A second signal skips the
+final checks.  The QEMUs die either way.
 """
 
 from __future__ import annotations
@@ -11,14 +16,16 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from harness.cli.common import add_common_options
 from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
 from harness.qemu.facts import machine_facts
+from harness.scenarios.hoploads import needs_disks, parse_loads
 from harness.scenarios.pingpong import (
     PingPong,
     PingPongOptions,
@@ -54,6 +61,9 @@ def build_topology(machine: str, disk: str) -> Topology:
 def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
     hops = [r.stats.total_s for r in result.records]
     downs = [r.stats.downtime_ms for r in result.records if r.stats.downtime_ms is not None]
+    final_mib = sum(v.bytes for v in result.final.values()) / 2**20
+    final_files = sum(v.files for v in result.final.values())
+    kept = [k.as_dict() for k in result.kept_states]
     out: dict[str, Any] = {
         "ok": result.ok, "hops": len(result.records), "seed": seed,
         "failures": [] if result.failure is None else [result.failure.describe()],
@@ -61,8 +71,21 @@ def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
         "downtime_ms": {"p50": latency(downs, 3)["p50"], "max": _r(max(downs, default=None))},
         "boot_s": _r(result.boot_s), "login_s": _r(result.login_s), "writes": result.writes,
         "verified_blocks": result.verified_blocks,
+        # every check's read-back, after the hops and at the end
+        "verified_mib": round(sum(r.verified_mib for r in result.records) + final_mib, 2),
+        "verified_files": sum(r.verified_files for r in result.records) + final_files,
+        "verify_s": latency([r.verify_s for r in result.records], 3),
+        "final_checks": result.final_checks,
+        "final": {"verified_mib": round(final_mib, 2), "verified_files": final_files,
+                  "by_load": {k: {**v.__dict__, "seconds": round(v.seconds, 3)}
+                              for k, v in result.final.items()}},
+        "loads": result.load_summaries,
+        "injected": result.injected,
+        "stopped_by": result.stopped_by,
+        "kept_states": kept,
         "per_hop": [r.as_dict() for r in result.records],
         "notes": result.notes,
+        "artifacts": str(result.artifacts),
     }
     if result.failure is not None:
         f = result.failure
@@ -100,7 +123,48 @@ def _reproduce_argv(args: argparse.Namespace, seed: int, topology_copy: Path | N
         argv += ["--dst-qemu", args.dst_qemu]
     if args.qemu_binary:
         argv += ["--qemu-binary", args.qemu_binary]
+    argv += ["--memory-mib", str(args.memory_mib), "--memory-rate", str(args.memory_rate)]
+    for inject in args.inject or ():
+        argv += ["--inject", inject]
     return argv
+
+
+def _parse_inject(text: str) -> tuple[str, int]:
+    kind, _, hop = text.partition("@")
+    if kind not in ("write", "mixed", "memory", "fs") or not hop.isdigit() or int(hop) < 1:
+        raise UserError(f"--inject {text!r}: expected LOAD@HOP, e.g. memory@2",
+                        fix="give one of write, mixed, memory, fs and a hop number from 1")
+    return kind, int(hop)
+
+
+class _Stopper:
+    """SIGINT/SIGTERM: the first asks the run to stop after its current step, the
+    second interrupts it (KeyboardInterrupt, caught by the run)."""
+
+    def __init__(self) -> None:
+        self.runner: PingPong | None = None
+        self.count = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.runner is None:
+            raise KeyboardInterrupt(name)
+        if self.count == 1:
+            progress(f"{name}: the run stops after the current step")
+            self.runner.request_stop(name)
+            return
+        raise KeyboardInterrupt(name)
 
 
 def cmd_pingpong(args: argparse.Namespace) -> int:
@@ -110,9 +174,18 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
         raise UserError("--hops and --max-hops must be at least 1")
     topology = load_topology(args.topology) if args.topology else build_topology(args.machine,
                                                                                  args.disk)
+    loads = parse_loads(args.load)
+    injects = tuple(_parse_inject(text) for text in args.inject or ())
+    for kind, _ in injects:
+        if kind not in loads:
+            raise UserError(f"--inject {kind}@...: the {kind} load is not running",
+                            fix=f"add {kind} to --load")
+    if args.keep_states < 0 or args.memory_mib < 2 or args.memory_rate < 0:
+        raise UserError("--keep-states and --memory-rate cannot be negative, --memory-mib "
+                        "must be at least 2")
     kinds = ("ahci", "virtio-blk") if args.disk == "both" else (args.disk,)
-    targets = disk_targets(topology, kinds) if args.load != "none" else ()
-    if args.load != "none" and not targets:
+    targets = disk_targets(topology, kinds) if needs_disks(loads) else ()
+    if needs_disks(loads) and not targets:
         raise UserError(f"the topology has no {args.disk} disk to load",
                         fix="give a disk = SIZE to a virtio-blk-pci or ich9-ahci device, "
                             "ahci_disk on q35, or use --load none")
@@ -126,19 +199,27 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
         if args.topology:
             topology_copy = run.artifacts / "topology.toml"
             shutil.copyfile(args.topology, topology_copy)
-        options = PingPongOptions(hops=hops, seed=seed, load=args.load,
+        options = PingPongOptions(hops=hops, seed=seed, load=",".join(loads),
                                   transport=args.transport, disks=targets,
                                   dst_binary=dst_binary, until_fail=args.until_fail,
-                                  max_time_s=args.max_time)
+                                  max_time_s=args.max_time, memory_mib=args.memory_mib,
+                                  memory_rate_mib_s=args.memory_rate,
+                                  keep_states=args.keep_states, inject=injects)
         progress(f"pingpong on {topology.machine} ({factory.accel.name}), seed {seed}, "
                  f"{'until the first failure' if args.until_fail else f'{hops} hops'}; "
                  f"artifacts in {run.artifacts}")
-        pingpong = PingPong(factory.plan(topology), run.artifacts, options, progress=progress)
-        result = pingpong.run()
+        with _Stopper() as stopper:
+            pingpong = PingPong(factory.plan(topology), run.artifacts, options,
+                                progress=progress)
+            stopper.runner = pingpong
+            result = pingpong.run()
         failed_at = result.failure.hop if result.failure else len(result.records)
+        replay = run.artifacts / f"replay-hop{failed_at:02d}.sh"
         write_reproduce(run.artifacts / "reproduce.sh",
                         _reproduce_argv(args, seed, topology_copy, max(failed_at, 1)),
-                        Path.cwd())
+                        Path.cwd(),
+                        replay=replay if result.failure is not None and replay.exists()
+                        else None)
         if result.failure is not None:
             print(f"pci-harness pingpong: FAILED at {result.failure.describe()}\n"
                   f"Artifacts (both command lines, QMP transcripts, console logs, "
@@ -159,11 +240,21 @@ def _print_table(report: dict[str, Any]) -> None:
     print(f"pingpong {verdict}: {report['hops']} hops, hop p50 {hop_s['p50']} s "
           f"p95 {hop_s['p95']} s, downtime p50 {down['p50']} ms max {down['max']} ms, "
           f"seed {report['seed']}")
+    stopped = f", stopped by {report['stopped_by']}" if report["stopped_by"] else ""
+    print(f"  verified {report['verified_mib']} MiB and {report['verified_files']} files "
+          f"(final checks: {report['final_checks']}){stopped}; artifacts {report['artifacts']}")
     for name, count in report["verified_blocks"].items():
         print(f"  {name}: {report['writes'].get(name)} writes, {count} blocks verified")
     for name, way in report.get("directions", {}).items():
         print(f"  {name} on {report['machine']}: {way['hops']} hops"
               f"{', FAILED' if way['failed'] else ' ok'}, hop p50 {way['hop_s']['p50']} s")
+    for name, info in report["loads"].items():
+        if info:
+            print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    for kept in report["kept_states"]:
+        print(f"  state of hop {kept['hop']} kept: {kept['stream_bytes'] / 1e6:.0f} MB stream "
+              f"(written in {kept['stream_write_s']} s), {kept['disk_bytes'] / 1e6:.0f} MB "
+              f"disks (copied in {kept['disk_copy_s']} s); replay-hop{kept['hop']:02d}.sh")
 
 
 def _positive(text: str) -> float:
@@ -178,9 +269,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("--machine", default="q35", help="pc, q35 or a versioned machine type")
     p.add_argument("--hops", type=int, default=10, help="hops to run (default 10)")
     p.add_argument("--disk", choices=("ahci", "virtio-blk", "both"), default="both")
-    p.add_argument("--load", choices=("write", "mixed", "none"), default="write",
-                   help="write: seeded blocks, verified at the end; mixed: every write is "
-                        "followed by a verified re-read of an earlier block")
+    p.add_argument("--load", default="write", metavar="LOADS",
+                   help="comma list (default write): write: seeded disk blocks, each read "
+                        "back after the next hop; mixed: write plus a guest re-read after "
+                        "every write; memory: a guest program's working set, every page "
+                        "checked every sweep and after every hop; fs: ext4 on each disk, "
+                        "files fsynced and checked after every hop, fsck at the end; none")
+    p.add_argument("--memory-mib", type=int, default=256,
+                   help="memory load: working set in MiB (two regions; default 256)")
+    p.add_argument("--memory-rate", type=int, default=0, metavar="MIB_PER_S",
+                   help="memory load: cap on the pages written per second, in MiB/s "
+                        "(default 0: flat out; a hop that cannot converge is its own verdict)")
+    p.add_argument("--keep-states", type=int, default=0, metavar="K",
+                   help="keep the migration stream and disks each of the last K destinations "
+                        "was given; replay-hopNN.sh (and reproduce.sh after a failure) starts "
+                        "that destination from them")
+    p.add_argument("--inject", action="append", metavar="LOAD@HOP",
+                   help="make the LOAD lose a write just before hop HOP (memory: a page's "
+                        "writes skipped, write: a block write skipped, fs: a file corrupted "
+                        "before its fsync): shows that the checks catch and name it")
     p.add_argument("--topology", metavar="FILE", help="a topology file instead of --machine/"
                    "--disk (its virtio-blk and ich9-ahci disks get the load)")
     p.add_argument("--transport", choices=("unix", "tcp"), default="unix")

@@ -17,8 +17,14 @@ no help from the guest, what each block must hold after W writes.
   each write is followed by a direct re-read of an earlier block, verified
   in the guest against the regenerated pattern.
 - Counters live in a tmpfs file the host reads over SSH: `written`,
-  `verified`, `bad`, `first_bad`, `ioerr`.  They are guest RAM, so they
-  migrate with the guest.
+  `verified`, `bad`, `first_bad`, `ioerr`, `waits`.  They are guest RAM, so
+  they migrate with the guest.
+- Every write is read back by the host, in every mode: after each hop the
+  host verifies the writes made since its previous check (`verify_range`),
+  then acknowledges them (`ack` file).  The loop never runs more than N
+  writes past the acknowledgement (it waits, counted in `waits`), so no
+  block is overwritten before the host has read the generation it holds:
+  the checks cover every generation by construction, not by luck.
 - The disk is found by the sysfs PCI path of its controller (the topology's
   device, located in QEMU's view), never by guessing /dev/sda or /dev/vdb.
 """
@@ -91,20 +97,26 @@ class LoadPlan:
     stride: int
     offset: int
     block_size: int = BLOCK_SIZE
+    base: int = 0             # first block of the ring (a file system may sit below it)
 
     @classmethod
     def from_seed(cls, name: str, seed: int, disk_bytes: int,
-                  block_size: int = BLOCK_SIZE) -> LoadPlan:
-        blocks = max(1, min(disk_bytes // block_size, MAX_BLOCKS))
+                  block_size: int = BLOCK_SIZE, base_bytes: int = 0) -> LoadPlan:
+        base = -(-base_bytes // block_size)
+        blocks = max(1, min(disk_bytes // block_size - base, MAX_BLOCKS))
         rng = random.Random(f"{seed}:{name}")
         stride = 1
         if blocks > 2:
             choices = [s for s in range(1, blocks) if math.gcd(s, blocks) == 1]
             stride = rng.choice(choices)
-        return cls(name, seed, blocks, stride, rng.randrange(blocks), block_size)
+        return cls(name, seed, blocks, stride, rng.randrange(blocks), block_size, base)
 
     def block_of(self, write_index: int) -> int:
-        return (write_index * self.stride + self.offset) % self.blocks
+        """The disk block (counted from the start of the disk) of write `write_index`."""
+        return (write_index * self.stride + self.offset) % self.blocks + self.base
+
+    def generation_of(self, write_index: int) -> int:
+        return write_index // self.blocks
 
     def expected(self, written: int) -> dict[int, int]:
         """{block: generation} after `written` writes (blocks never written are absent)."""
@@ -160,19 +172,30 @@ def loop_script(plan: LoadPlan, device: str, mode: LoadMode) -> str:
         # Re-read the block written k writes ago (k from 1 to min(i, N)), direct I/O.
         verify = f"""
   w=$(( i < {n} ? i : {n} )); k=$(( 1 + (i * 7919) % w )); j=$(( i - k ))
-  vb=$(( (j * {plan.stride} + {plan.offset}) % {n} )); vg=$(( j / {n} ))
+  vb=$(( (j * {plan.stride} + {plan.offset}) % {n} + {plan.base} )); vg=$(( j / {n} ))
   want=$({_gen_cmd(plan, "$vb", "$vg")} | md5sum | cut -d' ' -f1)
   got=$(dd if={device} bs={bs} skip=$vb count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
   if [ "$want" = "$got" ]; then v=$((v+1)); else bad=$((bad+1)); [ -n "$fb" ] || fb="$vb:$vg:$got"; fi"""
     return f"""d={d}
 renice -n 19 -p $$ >/dev/null 2>&1
-i=0; v=0; bad=0; fb=; ioerr=0
+i=0; v=0; bad=0; fb=; ioerr=0; ack=0; waits=0; skip=-1
 rm -f $d/stop $d/stopped
 while [ ! -e $d/stop ]; do
-  b=$(( (i * {plan.stride} + {plan.offset}) % {n} )); g=$(( i / {n} ))
+  if [ $i -ge $(( ack + {n} )) ]; then
+    read ack < $d/ack 2>/dev/null || ack=0
+    if [ $i -ge $(( ack + {n} )) ]; then
+      waits=$((waits+1))
+      echo "written=$i verified=$v bad=$bad first_bad=$fb ioerr=$ioerr waits=$waits" > $d/state.new
+      mv $d/state.new $d/state; sleep 0.05; continue
+    fi
+  fi
+  if [ -e $d/skip ]; then read skip < $d/skip; rm -f $d/skip; fi
+  b=$(( (i * {plan.stride} + {plan.offset}) % {n} + {plan.base} )); g=$(( i / {n} ))
+  if [ $i != $skip ]; then
   {_gen_cmd(plan, "$b", "$g")} | dd of={device} bs={bs} seek=$b count=1 iflag=fullblock oflag=direct conv=notrunc 2>>$d/dd.err || ioerr=$((ioerr+1))
+  fi
   i=$((i+1)){verify}
-  echo "written=$i verified=$v bad=$bad first_bad=$fb ioerr=$ioerr" > $d/state.new
+  echo "written=$i verified=$v bad=$bad first_bad=$fb ioerr=$ioerr waits=$waits" > $d/state.new
   mv $d/state.new $d/state
 done
 echo stopped > $d/stopped
@@ -186,30 +209,50 @@ class LoadState:
     bad: int
     first_bad: str  # "BLOCK:GEN:GOT_MD5" of the first mismatch in mixed mode, "" if none
     ioerr: int
+    waits: int = 0  # rounds the loop waited for the host to check its writes
 
     @classmethod
     def parse(cls, line: str) -> LoadState:
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
         try:
             return cls(int(fields["written"]), int(fields["verified"]), int(fields["bad"]),
-                       fields.get("first_bad", ""), int(fields["ioerr"]))
+                       fields.get("first_bad", ""), int(fields["ioerr"]),
+                       int(fields.get("waits", "0")))
         except (KeyError, ValueError):
             raise HarnessError(f"unreadable load state line {line!r}") from None
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What one check read back and found right."""
+
+    bytes: int = 0
+    files: int = 0
+    units: int = 0          # blocks, pages or files, in the load's own unit
+    seconds: float = 0.0
 
 
 class DiskLoad:
     """One background load on one guest disk."""
 
+    kind = "write"
+
     def __init__(self, plan: LoadPlan, device: str, mode: LoadMode):
         self.plan = plan
         self.device = device
         self.mode = mode
+        self.name = plan.name
         self.dir = f"{STATE_DIR}/{plan.name}"
+        self.acked = 0      # every write below this index was read back by the host
+        # (first write index, hop) for each check: which hop interval a write belongs to
+        self._marks: list[tuple[int, int]] = [(0, 0)]
+        self.last: LoadState | None = None
 
     def start(self, shell: Shell) -> None:
         script = loop_script(self.plan, self.device, self.mode)
         shell.succeed(f"mkdir -p {self.dir} && cat > {self.dir}/run.sh <<'PCIH_EOF'\n"
                       f"{script}PCIH_EOF\n"
+                      f"echo 0 > {self.dir}/ack && "
                       f"echo 'written=0 verified=0 bad=0 first_bad= ioerr=0' > {self.dir}/state")
         # setsid + no stdio: the loop outlives the SSH session and every migration.
         # The loop renices itself to 19: dropbear and the checks get the vCPU first.
@@ -220,6 +263,7 @@ class DiskLoad:
         while True:
             state = self.state(shell)
             if state.written > 0:
+                self.last = state
                 return state
             if deadline.expired():
                 _, err = shell.execute(f"cat {self.dir}/dd.err; ps")
@@ -232,6 +276,15 @@ class DiskLoad:
 
     def state(self, shell: Shell) -> LoadState:
         return parse_states(shell.succeed(self.state_command()))[self.plan.name]
+
+    def inject(self, shell: Shell) -> str:
+        """Make the loop skip (lose) one write a few writes from now: the harness's own
+        lost write, which the next check must catch and name."""
+        state = self.state(shell)
+        index = state.written + 2
+        shell.succeed(f"echo {index} > {self.dir}/skip")
+        return (f"{self.plan.name}: write #{index} (block {self.plan.block_of(index)}, "
+                f"generation {self.plan.generation_of(index)}) skipped")
 
     def stop(self, shell: Shell, deadline: Deadline) -> LoadState:
         shell.succeed(f"touch {self.dir}/stop")
@@ -252,32 +305,104 @@ class DiskLoad:
                                f"did not verify; first bad block {block} (generation {gen}): "
                                f"md5 {got}, expected {want}", disk=self.plan.name,
                                block=int(block) if block.isdigit() else None)
+        if state.ioerr:
+            raise DataMismatch(f"{self.plan.name} ({self.device}): {state.ioerr} write(s) "
+                               f"failed with an I/O error in the guest (dd)",
+                               disk=self.plan.name, block=None)
 
-    def verify_all(self, shell: Shell, written: int) -> int:
-        """Read every written block back (direct I/O) and compare with the host's
-        own md5 of the pattern; returns the number of blocks verified."""
-        expected = self.plan.expected(written)
-        if not expected:
+    def hop_of(self, write_index: int) -> int:
+        """The hop after which write `write_index` was made (0: before the first hop)."""
+        hop = 0
+        for first, number in self._marks:
+            if write_index >= first:
+                hop = number
+        return hop
+
+    def after_hop(self, shell: Shell, hop: int, deadline: Deadline) -> Verified:
+        """After hop `hop`: the load made progress, and every write since the previous
+        check reads back right; then those writes are acknowledged."""
+        t0 = time.monotonic()
+        before = self.last.written if self.last is not None else 0
+        while True:
+            state = self.state(shell)
+            self.check(state)
+            if state.written > before:
+                break
+            if deadline.expired():
+                raise LoadStalled(f"{deadline.describe()}: the load on {self.plan.name} "
+                                  f"({self.device}) is stuck at {state.written} writes")
+            time.sleep(0.05)
+        self.last = state
+        count = self.verify_range(shell, self.acked, state.written)
+        self._acknowledge(shell, state.written, hop)
+        return Verified(bytes=count * self.plan.block_size, units=count,
+                        seconds=time.monotonic() - t0)
+
+    def finish(self, shell: Shell, hop: int, deadline: Deadline) -> Verified:
+        """Stop the loop and read back every write not checked yet."""
+        t0 = time.monotonic()
+        state = self.stop(shell, deadline)
+        self.check(state)
+        self.last = state
+        count = self.verify_range(shell, self.acked, state.written)
+        self._acknowledge(shell, state.written, hop + 1)
+        return Verified(bytes=count * self.plan.block_size, units=count,
+                        seconds=time.monotonic() - t0)
+
+    def _acknowledge(self, shell: Shell, written: int, next_hop: int) -> None:
+        self.acked = written
+        self._marks.append((written, next_hop))
+        shell.succeed(f"echo {written} > {self.dir}/ack")
+
+    def verify_range(self, shell: Shell, first: int, end: int) -> int:
+        """Read back the blocks of writes first..end-1 (direct I/O) and compare each with
+        the host's own md5 of the generation that write put there; returns the count.
+
+        Valid because the loop never runs N writes past the acknowledgement
+        (`first`): none of these blocks has been overwritten yet."""
+        if end - first > self.plan.blocks:
+            raise HarnessError(f"{self.plan.name}: {end - first} unchecked writes exceed the "
+                               f"ring of {self.plan.blocks} blocks (the loop ignored its ack)")
+        if end <= first:
             return 0
-        blocks = " ".join(str(b) for b in sorted(expected))
+        writes = {self.plan.block_of(i): i for i in range(first, end)}
+        blocks = " ".join(str(b) for b in sorted(writes))
         out = shell.succeed(
             f"for b in {blocks}; do echo \"$b $(dd if={self.device} bs={self.plan.block_size} "
             f"skip=$b count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)\"; done",
             timeout=300)
         got = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
-        for block in sorted(expected):
-            want = block_md5(self.plan.name, self.plan.seed, block, expected[block],
-                             self.plan.block_size)
+        bad = []
+        for block in sorted(writes, key=writes.__getitem__):
+            index = writes[block]
+            gen = self.plan.generation_of(index)
+            want = block_md5(self.plan.name, self.plan.seed, block, gen, self.plan.block_size)
             if got.get(str(block)) != want:
-                head = shell.execute(f"dd if={self.device} bs={self.plan.block_size} "
-                                     f"skip={block} count=1 iflag=direct 2>/dev/null | head -c 128")
-                raise DataMismatch(
-                    f"{self.plan.name} ({self.device}): first bad block {block}: md5 "
-                    f"{got.get(str(block), 'unread')}, expected {want} (generation "
-                    f"{expected[block]} of {written} writes)", disk=self.plan.name, block=block,
-                    tail=f"block {block} starts with: {head[1]!r}\nexpected: "
-                         f"{pattern_line(self.plan.name, self.plan.seed, block, expected[block])!r}")
-        return len(expected)
+                bad.append((index, block, gen, want))
+        if bad:
+            index, block, gen, want = bad[0]
+            head = shell.execute(f"dd if={self.device} bs={self.plan.block_size} "
+                                 f"skip={block} count=1 iflag=direct 2>/dev/null | head -c 63")
+            raise DataMismatch(
+                f"{self.plan.name} ({self.device}): {len(bad)} of {end - first} blocks written "
+                f"since the previous check read back wrong; first: block {block}, write "
+                f"#{index} (generation {gen}, made after hop {self.hop_of(index)}): md5 "
+                f"{got.get(str(block), 'unread')}, expected {want}; block starts with "
+                f"{head[1]!r}, expected "
+                f"{pattern_line(self.plan.name, self.plan.seed, block, gen)!r}",
+                disk=self.plan.name, block=block,
+                tail="bad writes (index block generation): "
+                     + ", ".join(f"#{i} {b} {g}" for i, b, g, _ in bad[:20]))
+        return len(writes)
+
+    def verify_all(self, shell: Shell, written: int) -> int:
+        """Read back the newest generation of every block (whatever was acknowledged)."""
+        first = max(0, written - self.plan.blocks)
+        return self.verify_range(shell, first, written)
+
+
+class LoadStalled(HarnessError):
+    """A load made no progress within the hop's deadline."""
 
 
 def parse_states(text: str) -> dict[str, LoadState]:

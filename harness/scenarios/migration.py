@@ -10,6 +10,8 @@ classified by what actually happened:
 - migration-failed         the source's query-migrate says failed (QEMU's error text)
 - destination-load-failed  the destination exited or did not run after the stream
 - ssh-dead                 the destination runs but the guest never answers SSH
+- no-convergence           the migration was still sending pages at its deadline: the
+                           guest dirties memory faster than the stream drains it
 
 The destination is `Guest.incoming_twin` (same devices, disks and MAC) started
 with `-incoming defer`, so anything a scenario changed at run time (hot-plugged
@@ -33,7 +35,7 @@ from harness.qemu.binary import QemuBinary
 Transport = Literal["unix", "tcp"]
 FailureKind = Literal["qemu-died", "migration-failed", "destination-load-failed",
                       "guest-trouble", "guest-hang", "ssh-dead", "data-mismatch",
-                      "pci-state-changed", "load-stalled"]
+                      "pci-state-changed", "load-stalled", "no-convergence"]
 FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
 
 MAX_BANDWIDTH = 10 * 1024**3  # the 128 MiB/s default alone costs ~0.5 s per hop
@@ -191,17 +193,24 @@ def _incoming_uri(dst: Guest, transport: Transport) -> str:
 
 
 def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
-            launch_started: float | None = None, connect: bool | None = None) -> HopStats:
+            launch_started: float | None = None, connect: bool | None = None,
+            wrap_uri: Callable[[str], str] | None = None,
+            before_resume: Callable[[Guest], None] | None = None) -> HopStats:
     """Stream `src` into the started destination `dst` and wait until it runs.
 
     connect: open SSH on the destination (default: when the source was running;
     a stopped VM, e.g. halted on an I/O error, stays stopped on the destination).
+    wrap_uri: gives the URI the source migrates to instead of the destination's
+    own (a relay that keeps the stream); before_resume: called once the
+    destination (started with -S) has loaded, before the harness sends `cont`.
     """
     started = launch_started if launch_started is not None else time.monotonic()
     launch_s = time.monotonic() - started if launch_started is not None else 0.0
     try:
         was_running = bool(_qmp(src, "query-status")["running"])
         uri = _incoming_uri(dst, transport)
+        if wrap_uri is not None:
+            uri = wrap_uri(uri)
         _qmp(src, "migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
         t_migrate = time.monotonic()
         _qmp(src, "migrate", {"uri": uri})
@@ -223,6 +232,10 @@ def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
         session.follow(dst.hop_sock, dst.artifacts / "ssh.log")
         dst.hop_sock, src.shell, dst.shell = None, None, session
     status = _wait_loaded(src, dst, hop, Deadline(LOAD_SECONDS, f"hop {hop} destination load"))
+    if before_resume is not None and was_running:
+        before_resume(dst)
+        _qmp(dst, "cont")
+        status = str(_qmp(dst, "query-status")["status"])
     t_loaded = time.monotonic()
     if was_running and status != "running":
         raise HopFailure("destination-load-failed", hop,
@@ -275,9 +288,18 @@ def _wait_completed(src: Guest, dst: Guest, hop: int, deadline: Deadline) -> dic
                              f"the source says {status}: "
                              f"{info.get('error-desc', 'no error-desc')}", process=src.name)
         if deadline.expired():
+            ram = info.get("ram", {})
+            if status == "active":
+                raise HopFailure("no-convergence", hop,
+                                 f"{deadline.describe()}: still sending after "
+                                 f"{ram.get('transferred', 0) / 1e6:.0f} MB; the guest "
+                                 f"dirties {ram.get('dirty-pages-rate', '?')} pages/s and "
+                                 f"{ram.get('remaining', 0) / 1e6:.0f} MB remain "
+                                 f"(iteration {ram.get('dirty-sync-count', '?')}): lower the "
+                                 "guest's dirty rate (--memory-rate)", process=src.name)
             raise HopFailure("migration-failed", hop,
                              f"{deadline.describe()} (status {status!r}, "
-                             f"ram {info.get('ram', {}).get('transferred')} bytes sent)",
+                             f"ram {ram.get('transferred')} bytes sent)",
                              process=src.name)
         time.sleep(POLL_S)
 

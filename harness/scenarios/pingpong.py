@@ -4,10 +4,12 @@ After every hop the destination must run, the guest must answer SSH (on the
 session opened at boot, which follows the guest from process to process:
 slirp migrates its TCP connection), neither
 console may show kernel trouble, the PCI state (QEMU view and guest view) must
-equal the state before the hop, and every disk load must still make progress
-with no bad re-read.  At the end the loads stop, every written block is
-read back and compared with the host's own checksum of the pattern, and a
-new SSH login to the last process must work.
+equal the state before the hop, and every load (hoploads: disk blocks,
+memory pages, ext4 files) must still make progress and read back right
+everything written since its previous check.  At the end the loads stop, the
+rest is read back, the file systems are checked, and a new SSH login to the
+last process must work.  SIGINT/SIGTERM (`request_stop`) end the run after
+the current step, with the same final checks as a limit reached.
 
 The run stops at the first failure and leaves in its artifact directory one
 sub-directory per QEMU process (g00 booted, gNN the destination of hop NN:
@@ -23,23 +25,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from harness import views
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError
 from harness.machine import Guest, LaunchPlan
 from harness.qemu.binary import QemuBinary
 from harness.qemu.process import core_dump_policy
-from harness.scenarios.loads import (
-    DataMismatch,
-    DiskLoad,
-    LoadMode,
-    LoadPlan,
-    LoadState,
-    find_disk,
-    parse_states,
+from harness.scenarios.hoploads import (
+    DiskTarget,
+    HopLoad,
+    LoadOptions,
+    build_loads,
+    parse_loads,
 )
+from harness.scenarios.keepstate import KeptState, StreamTee, copy_disks, prune, write_replay
+from harness.scenarios.loads import DataMismatch, LoadStalled, Verified
 from harness.scenarios.migration import (
     HopFailure,
     HopStats,
@@ -53,28 +54,17 @@ from harness.scenarios.migration import (
     start_destination,
 )
 from harness.topology import Topology
-from harness.topology.drivers import BUILTIN
 from harness.views.pciview import PciView
 from harness.views.threeview import ThreeViews, changes, snapshot
 
-LoadKind = Literal["write", "mixed", "none"]
 # Freed guest pages are zeroed, so migration sends them as zero pages: an idle
 # 512 MiB guest sends ~86 MB instead of ~109 MB (measured, QEMU 7.2, TCG).
 KERNEL_ARGS = ("init_on_free=1",)
-PROGRESS_SECONDS = 20.0   # the load must write one more block within this after a hop
+PROGRESS_SECONDS = 30.0   # every load must progress and be checked within this after a hop
 STOP_SECONDS = 30.0
 SESSION_SECONDS = 30.0
 Progress = Callable[[str], None]
 QmpCommand = tuple[str, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class DiskTarget:
-    """A disk to load: the topology device that owns it (None: q35's built-in AHCI)."""
-
-    name: str
-    device_id: str | None
-    size: int
 
 
 def disk_targets(topology: Topology, kinds: Sequence[str]) -> tuple[DiskTarget, ...]:
@@ -91,36 +81,49 @@ def disk_targets(topology: Topology, kinds: Sequence[str]) -> tuple[DiskTarget, 
     return tuple(out)
 
 
-def builtin_path(topology: Topology, driver: str) -> tuple[str, ...]:
-    """The root-bus path of a machine's built-in function (q35's AHCI is 1f.2)."""
-    for (slot, fn), info in BUILTIN[topology.kind].items():
-        if info.driver == driver:
-            return (f"{slot:02x}.{fn}",)
-    raise HarnessError(f"{topology.machine} has no built-in {driver}")
-
-
 @dataclass(frozen=True)
 class PingPongOptions:
     hops: int                      # hops to run; with until_fail the upper limit
     seed: int
-    load: LoadKind = "write"
+    load: str = "write"            # comma list: write|mixed, memory, fs; or none
     transport: Transport = "unix"
     disks: tuple[DiskTarget, ...] = ()
     dst_binary: QemuBinary | None = None   # odd hops run on it, even hops come back
     until_fail: bool = False
     max_time_s: float | None = None
     reproduce: tuple[str, ...] = ()        # argv that replays this run (reproduce.sh)
+    memory_mib: int = 256                  # memory load: working set (regions A + B)
+    memory_rate_mib_s: int = 0             # memory load: dirty-rate cap, 0 = flat out
+    keep_states: int = 0                   # keep the streams + disks of the last K hops
+    inject: tuple[tuple[str, int], ...] = ()   # (load kind, hop): a lost write before it
 
 
 @dataclass
 class HopRecord:
     stats: HopStats
     check_s: float
-    loads: dict[str, LoadState]
+    verified: dict[str, Verified] = field(default_factory=dict)
+    kept: KeptState | None = None
+
+    @property
+    def verified_mib(self) -> float:
+        return sum(v.bytes for v in self.verified.values()) / 2**20
+
+    @property
+    def verified_files(self) -> int:
+        return sum(v.files for v in self.verified.values())
+
+    @property
+    def verify_s(self) -> float:
+        return sum(v.seconds for v in self.verified.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(), "check_s": self.check_s,
-                "loads": {k: v.__dict__ for k, v in self.loads.items()}}
+        return {**self.stats.as_dict(), "check_s": round(self.check_s, 3),
+                "verified_mib": round(self.verified_mib, 2),
+                "verified_files": self.verified_files, "verify_s": round(self.verify_s, 3),
+                "verified": {k: {**v.__dict__, "seconds": round(v.seconds, 3)}
+                             for k, v in self.verified.items()},
+                "kept_state": self.kept.as_dict() if self.kept else None}
 
 
 @dataclass
@@ -129,17 +132,17 @@ class PingPongResult:
     records: list[HopRecord]
     failure: HopFailure | None
     artifacts: Path
-    verified_blocks: dict[str, int] = field(default_factory=dict)
+    verified_blocks: dict[str, int] = field(default_factory=dict)  # disk blocks read back
     writes: dict[str, int] = field(default_factory=dict)
+    final: dict[str, Verified] = field(default_factory=dict)   # the end-of-run checks
+    load_summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    injected: list[str] = field(default_factory=list)
+    stopped_by: str | None = None   # "SIGINT"/"SIGTERM" when a signal ended the run
+    final_checks: str = "not run"   # "done", or why not
+    kept_states: list[KeptState] = field(default_factory=list)
     boot_s: float = 0.0
     login_s: float | None = None   # the new SSH login to the last process, at the end
     notes: list[str] = field(default_factory=list)  # e.g. how two QEMU versions differ
-
-
-def _loads_state(guest: Guest, loads: Sequence[DiskLoad]) -> dict[str, LoadState]:
-    if not loads:
-        return {}
-    return parse_states(guest.succeed("\n".join(load.state_command() for load in loads)))
 
 
 class PingPong:
@@ -157,15 +160,17 @@ class PingPong:
         self.guests: list[Guest] = []        # every process started (shut down at the end)
         self.live: list[Guest] = []          # those not deliberately shut down yet
         self.current: Guest | None = None
-        self.loads: list[DiskLoad] = []
+        self.loads: list[HopLoad] = []
         self.replay: list[QmpCommand] = []   # hot-plug commands every destination repeats
         self._ref: ThreeViews | None = None
         # The QEMU view of the reference state as each QEMU binary reports it
         # (cross-version runs: two binaries may describe one state differently).
         self._qemu_refs: dict[str, PciView] = {}
         self.qemu_view_notes: list[str] = []
-        self._states: dict[str, LoadState] = {}
         self._hop = 0
+        self.stop_requested: str | None = None   # set by a signal handler: end the run
+        self.kept: list[KeptState] = []
+        self.injected: list[str] = []
         self._next: tuple[Guest, float] | None = None  # pre-spawned destination, its launch_s
 
     # ---- set-up ----------------------------------------------------------
@@ -185,23 +190,14 @@ class PingPong:
         return guest
 
     def _start_loads(self, guest: Guest) -> None:
-        assert guest.qmp is not None
-        qemu = views.collect_qemu_view(guest.qmp, guest.root_bus_hotplug())
-        topology: Topology = self.plan.topology
-        mode: LoadMode = "mixed" if self.options.load == "mixed" else "write"
-        for target in self.options.disks:
-            if target.device_id is None:
-                path = builtin_path(topology, "ich9-ahci")
-            else:
-                path = qemu.function(target.device_id).path
-            device = find_disk(guest, path, f"disk {target.name}")
-            load = DiskLoad(LoadPlan.from_seed(target.name, self.options.seed, target.size),
-                            device, mode)
-            load.start(guest)
-            load.wait_started(guest, Deadline(PROGRESS_SECONDS, f"start of the load on "
-                                                                f"{target.name}"))
-            self.loads.append(load)
-            self.progress(f"load {mode} on {target.name} ({device}, {load.plan.blocks} blocks)")
+        o = self.options
+        self.loads = build_loads(guest, LoadOptions(parse_loads(o.load), o.disks, o.seed,
+                                                    o.memory_mib, o.memory_rate_mib_s),
+                                 self.progress)
+
+    def request_stop(self, why: str) -> None:
+        """End the run after the current step (signal handlers call this)."""
+        self.stop_requested = why
 
     def refresh_reference(self) -> None:
         """Take the current PCI views as what every later hop must preserve
@@ -209,7 +205,6 @@ class PingPong:
         assert self.current is not None
         self._ref = snapshot(self.current, lspci=False)
         self._qemu_refs = {str(self.current.plan.binary.path): self._ref.qemu}
-        self._states = _loads_state(self.current, self.loads)
 
     def hotplug(self, commands: Sequence[QmpCommand]) -> None:
         """Run QMP commands on the current guest and on every later destination
@@ -240,8 +235,16 @@ class PingPong:
         assert self._next is not None
         dst, launch_s = self._next
         self._next = None
-        stats = replace(migrate(src, dst, number, transport=self.options.transport),
+        for kind, at in self.options.inject:
+            if at == number:
+                self._inject(kind)
+        kept = self._keep_hooks(number, dst)
+        stats = replace(migrate(src, dst, number, transport=self.options.transport,
+                                wrap_uri=kept[0] if kept else None,
+                                before_resume=kept[1] if kept else None),
                         launch_s=launch_s)
+        if kept:
+            kept[2]()
         self.current = dst
         if number < self.options.hops:
             # The next destination starts while this hop is checked: its ~0.1 s
@@ -252,16 +255,58 @@ class PingPong:
         if rc not in (0, None):
             raise died(src, number, "quit after a completed migration")
         t0 = time.monotonic()
-        states = self.check(number, src)
-        record = HopRecord(stats, time.monotonic() - t0, states)
+        verified = self.check(number, src)
+        record = HopRecord(stats, time.monotonic() - t0, verified,
+                           self.kept[-1] if self.kept and self.kept[-1].hop == number else None)
         with open(self.artifacts / "hops.jsonl", "a") as out:
             out.write(json.dumps(record.as_dict(), default=str) + "\n")
         return record
+
+    def _inject(self, kind: str) -> None:
+        assert self.current is not None
+        targets = [load for load in self.loads if load.kind == kind]
+        if not targets:
+            raise HarnessError(f"--inject {kind}: no {kind} load runs in this ping-pong")
+        what = targets[0].inject(self.current)
+        self.injected.append(f"before hop {self._hop}: {what}")
+        self.progress(f"injected fault before hop {self._hop}: {what}")
+
+    def _keep_hooks(self, number: int, dst: Guest) -> tuple[Any, Any, Any] | None:
+        """(wrap_uri, before_resume, done) that keep hop `number`'s stream and disks."""
+        if self.options.keep_states <= 0:
+            return None
+        kept = KeptState(number, self.artifacts / "states" / f"hop{number:02d}")
+        kept.directory.mkdir(parents=True, exist_ok=True)
+        tee: list[StreamTee] = []
+        disks = [d.path for d in dst.rendered.scratch_disks]
+
+        def wrap(uri: str) -> str:
+            tee.append(StreamTee(dst.run_dir / "tee.sock", uri, kept.directory / "stream",
+                                 kept))
+            return tee[0].uri
+
+        def before_resume(guest: Guest) -> None:
+            if tee:
+                tee[0].close()
+            copy_disks(disks, kept)
+
+        def done() -> None:
+            write_replay(self.artifacts / f"replay-hop{number:02d}.sh", kept, dst.argv,
+                         dst.run_dir, dst.artifacts, disks)
+            self.kept.append(kept)
+            for old in self.kept[:-self.options.keep_states]:
+                (self.artifacts / f"replay-hop{old.hop:02d}.sh").unlink(missing_ok=True)
+            prune(self.kept, self.options.keep_states)
+
+        return wrap, before_resume, done
 
     def _spawn(self, number: int) -> None:
         assert self.current is not None
         binary = self.options.dst_binary if number % 2 == 1 else None
         plan = destination_plan(self.current, binary) if binary else self.plan
+        if self.options.keep_states > 0:
+            # Paused after loading: the disks are copied before it writes them.
+            plan = replace(plan, extra_args=tuple(plan.extra_args) + ("-S",))
         name = f"g{number:02d}"
         started = time.monotonic()
         dst = start_destination(self.current, self.artifacts / name, name, number, plan=plan,
@@ -270,8 +315,8 @@ class PingPong:
         self.live.append(dst)
         self._next = (dst, time.monotonic() - started)
 
-    def check(self, number: int, src: Guest) -> dict[str, LoadState]:
-        """Console, PCI views and load progress after hop `number`."""
+    def check(self, number: int, src: Guest) -> dict[str, Verified]:
+        """Console, PCI views and every load's data after hop `number`."""
         dst = self.current
         assert dst is not None and dst.console is not None and self._ref is not None
         self._console_check(number, src, dst)
@@ -295,11 +340,9 @@ class PingPong:
                              "the PCI state changed across the hop: "
                              + "; ".join(f"{view} view: {c}" for view, c in diff.all()[:8]),
                              process=dst.name)
-        states = _loads_state(dst, self.loads)
-        states = self._wait_progress(number, dst, states)
+        verified = self._check_loads(number, dst, finish=False)
         self._console_check(number, src, dst)
-        self._states = states
-        return states
+        return verified
 
     def _note_qemu_view(self, number: int, dst: Guest, differences: Sequence[Any]) -> None:
         if not differences:
@@ -321,30 +364,26 @@ class PingPong:
                                  f"the console of {guest.name} shows: {trouble[0].strip()}",
                                  tail="\n".join(trouble[-20:]), process=guest.name)
 
-    def _wait_progress(self, number: int, dst: Guest,
-                       states: dict[str, LoadState]) -> dict[str, LoadState]:
-        deadline = Deadline(PROGRESS_SECONDS, f"load progress after hop {number}")
+    def _check_loads(self, number: int, dst: Guest, *, finish: bool) -> dict[str, Verified]:
+        """Each load's check after hop `number` (or its final check), as HopFailures."""
+        out: dict[str, Verified] = {}
         for load in self.loads:
-            name = load.plan.name
-            before = self._states.get(name)
-            while True:
-                state = states[name]
-                try:
-                    load.check(state)
-                except DataMismatch as exc:
-                    raise HopFailure("data-mismatch", number, exc.message,
-                                     process=dst.name) from None
-                if before is None or state.written > before.written:
-                    break
-                if deadline.expired():
-                    raise HopFailure("load-stalled", number,
-                                     f"{deadline.describe()}: the load on {name} "
-                                     f"({load.device}) is stuck at {state.written} writes",
-                                     tail=dst.console.tail() if dst.console else None,
-                                     process=dst.name)
-                time.sleep(0.05)
-                states = {**states, name: load.state(dst)}
-        return states
+            deadline = Deadline(STOP_SECONDS if finish else PROGRESS_SECONDS,
+                                f"{'final ' if finish else ''}check of the {load.kind} load "
+                                f"{load.name} after hop {number}")
+            try:
+                out[load.name] = (load.finish(dst, number, deadline) if finish
+                                  else load.after_hop(dst, number, deadline))
+            except DataMismatch as exc:
+                self._console_check(number, dst, dst)  # a crash explains a mismatch first
+                raise HopFailure("data-mismatch", number, exc.message, tail=exc.tail,
+                                 process=dst.name) from None
+            except LoadStalled as exc:
+                self._console_check(number, dst, dst)
+                raise HopFailure("load-stalled", number, exc.message,
+                                 tail=dst.console.tail() if dst.console else None,
+                                 process=dst.name) from None
+        return out
 
     # ---- the whole run -----------------------------------------------------
     def run(self) -> PingPongResult:
@@ -361,7 +400,7 @@ class PingPong:
             self.boot()
             result.boot_s = time.monotonic() - t0
             self.progress(f"booted g00 in {result.boot_s:.1f} s, seed {self.options.seed}")
-            while self._hop < self.options.hops:
+            while self._hop < self.options.hops and self.stop_requested is None:
                 if self.options.max_time_s is not None and \
                         time.monotonic() - started >= self.options.max_time_s:
                     self.progress(f"--max-time reached after {self._hop} hops")
@@ -369,31 +408,46 @@ class PingPong:
                 record = self.guarded(self.hop)
                 result.records.append(record)
                 self._show(record)
+            if self.stop_requested is not None:
+                self.progress(f"{self.stop_requested}: stopping after {self._hop} hops; "
+                              "final checks (send it again to skip them)")
             self.guarded(lambda: self._finish(result))
             result.ok = True
         except HopFailure as failure:
             result.failure = failure
             self._post_mortem(failure)
+        except KeyboardInterrupt:
+            # A second signal: no final checks, but the summary of what was done.
+            result.ok = True
+            result.final_checks = (f"skipped: {self.stop_requested or 'interrupted'} "
+                                   "during the run or its final checks")
         finally:
             for guest in self.guests:
                 guest.shutdown()
             result.notes = list(self.qemu_view_notes)
+            result.stopped_by = self.stop_requested
+            result.injected = list(self.injected)
+            result.kept_states = list(self.kept)
+            for load in self.loads:
+                summary = getattr(load, "summary", None)
+                result.load_summaries[load.name] = summary() if summary else {}
         return result
 
     def _finish(self, result: PingPongResult) -> None:
         assert self.current is not None
+        result.final = self._check_loads(self._hop, self.current, finish=True)
         for load in self.loads:
-            state = load.stop(self.current, Deadline(STOP_SECONDS, f"stopping {load.plan.name}"))
-            try:
-                load.check(state)
-                result.verified_blocks[load.plan.name] = load.verify_all(self.current,
-                                                                         state.written)
-            except DataMismatch as exc:
-                raise HopFailure("data-mismatch", self._hop, exc.message, tail=exc.tail,
-                                 process=self.current.name) from None
-            result.writes[load.plan.name] = state.written
-            self.progress(f"{load.plan.name}: {state.written} writes, "
-                          f"{result.verified_blocks[load.plan.name]} blocks verified")
+            verified = result.final[load.name]
+            last = getattr(load, "last", None)
+            if load.kind in ("write", "mixed"):
+                written = int(getattr(last, "written", 0))
+                result.writes[load.name] = written
+                # every write was read back by a check (after a hop or at the end)
+                result.verified_blocks[load.name] = written
+            self.progress(f"{load.kind} {load.name}: final check {verified.units} "
+                          f"{'files' if load.kind == 'fs' else 'units'}, "
+                          f"{verified.bytes / 2**20:.1f} MiB in {verified.seconds:.2f} s")
+        result.final_checks = "done"
         # The hops were checked over one session that followed the guest; a new
         # login (host forward, key exchange, sshd fork) must work on the last
         # process too.
@@ -444,11 +498,14 @@ class PingPong:
 
     def _show(self, record: HopRecord) -> None:
         s = record.stats
-        load = " ".join(f"{k}={v.written}" for k, v in record.loads.items())
         down = f"{s.downtime_ms:.0f} ms" if s.downtime_ms is not None else "?"
+        kept = (f"; state kept ({record.kept.stream_bytes / 1e6:.0f} MB stream, "
+                f"{record.kept.disk_bytes / 1e6:.0f} MB disks, "
+                f"{record.kept.disks_s:.2f} s disk copy)" if record.kept else "")
         self.progress(f"hop {s.hop} {s.source}->{s.destination}: {s.total_s:.2f} s "
                       f"(downtime {down}, {(s.ram_bytes or 0) / 1e6:.0f} MB), "
-                      f"checks {record.check_s:.2f} s; writes {load or '-'}")
+                      f"checks {record.check_s:.2f} s: verified {record.verified_mib:.1f} MiB, "
+                      f"{record.verified_files} files in {record.verify_s:.2f} s{kept}")
 
     def _post_mortem(self, failure: HopFailure) -> None:
         guest = self.current
@@ -482,10 +539,21 @@ class PingPong:
         (self.artifacts / "dmesg.txt").write_text(dmesg)
 
 
-def write_reproduce(path: Path, argv: Sequence[str], cwd: Path) -> None:
+def write_reproduce(path: Path, argv: Sequence[str], cwd: Path,
+                    replay: Path | None = None) -> None:
+    """reproduce.sh: reruns the same topology, seed and hops; after a failure whose
+    state was kept (--keep-states), it starts the failing hop's destination from
+    that state instead (`reproduce.sh --rerun` still reruns the whole run)."""
     import os
     import shlex
 
-    path.write_text("#!/bin/sh\n# Replays the same topology, seed and hop sequence.\n"
-                    f"cd {shlex.quote(str(cwd))}\nexec {shlex.join(argv)} \"$@\"\n")
+    text = "#!/bin/sh\n"
+    if replay is not None:
+        text += ("# Starts the destination of the failing hop from its kept state\n"
+                 f"# ({replay.name}); with --rerun, reruns the whole ping-pong.\n"
+                 f"if [ \"$1\" != --rerun ]; then exec {shlex.quote(str(replay))}; fi\n"
+                 "shift\n")
+    text += ("# Replays the same topology, seed and hop sequence.\n"
+             f"cd {shlex.quote(str(cwd))}\nexec {shlex.join(argv)} \"$@\"\n")
+    path.write_text(text)
     os.chmod(path, 0o755)

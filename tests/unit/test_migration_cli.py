@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.cli import build_parser
 from harness.cli.migration import build_topology, directions, summary
-from harness.scenarios.loads import LoadState
+from harness.scenarios.loads import Verified
 from harness.scenarios.migration import HopFailure, HopStats
 from harness.scenarios.pingpong import HopRecord, PingPongResult, disk_targets, write_reproduce
 from harness.stats import percentile
@@ -38,12 +38,20 @@ def _stats(hop: int, total: float, down: float) -> HopStats:
 
 
 def test_summary_json_shape_on_failure(tmp_path):
-    records = [HopRecord(_stats(i, 0.3 + i / 10, 10.0 * i), 0.4, {"ahci": LoadState(i, 0, 0, "", 0)})
+    records = [HopRecord(_stats(i, 0.3 + i / 10, 10.0 * i), 0.4,
+                         {"ahci": Verified(bytes=i * 2**20, units=16 * i, seconds=0.1),
+                          "fs-ahci": Verified(bytes=2**19, files=i, units=i, seconds=0.2)})
                for i in (1, 2, 3)]
     failure = HopFailure("qemu-died", 4, "source g03: killed by SIGKILL")
     result = PingPongResult(ok=False, records=records, failure=failure, artifacts=tmp_path)
     out = json.loads(json.dumps(summary(result, 99)))
     assert out["ok"] is False and out["hops"] == 3 and out["seed"] == 99
+    # MiB and files are summed over the hops' checks (1+2+3 MiB + 3 x 0.5 MiB; 1+2+3 files)
+    assert out["verified_mib"] == 7.5 and out["verified_files"] == 6
+    assert [h["verified_mib"] for h in out["per_hop"]] == [1.5, 2.5, 3.5]
+    assert [h["verified_files"] for h in out["per_hop"]] == [1, 2, 3]
+    assert [h["verify_s"] for h in out["per_hop"]] == [0.3, 0.3, 0.3]
+    assert out["final_checks"] == "not run" and out["stopped_by"] is None
     assert isinstance(out["failures"], list) and len(out["failures"]) == 1
     assert out["hop_s"] == {"p50": 0.5, "p95": 0.6}
     assert out["downtime_ms"] == {"p50": 20.0, "max": 30.0}

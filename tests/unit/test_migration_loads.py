@@ -80,23 +80,35 @@ def test_block_devices_are_found_by_pci_path():
 @pytest.mark.parametrize("mode", ["write", "mixed"])
 def test_guest_loop_runs_and_verifies_on_a_file(tmp_path, mode):
     disk = tmp_path / "disk.img"
-    disk.write_bytes(b"\0" * (8 * BLOCK_SIZE))
+    disk.write_bytes(b"\0" * (12 * BLOCK_SIZE))
     shell = HostShell(tmp_path / "state")
-    load = DiskLoad(LoadPlan.from_seed("d1", 77, 8 * BLOCK_SIZE), str(disk), mode)
+    # 8 blocks above a 4-block "file system": the ring starts at block 4
+    plan = LoadPlan.from_seed("d1", 77, 12 * BLOCK_SIZE, base_bytes=4 * BLOCK_SIZE)
+    assert (plan.blocks, plan.base) == (8, 4)
+    load = DiskLoad(plan, str(disk), mode)
     load.start(shell)
-    state = load.wait_started(shell, Deadline(20, "first write", scaled=False))
-    deadline = time.monotonic() + 20
-    while state.written < 12 and time.monotonic() < deadline:  # past one generation
+    load.wait_started(shell, Deadline(20, "first write", scaled=False))
+    # Unacknowledged, the loop stops one ring ahead: no block is overwritten unread.
+    deadline = time.monotonic() + 30
+    while (state := load.state(shell)).waits == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-        state = load.state(shell)
-    state = load.stop(shell, Deadline(20, "stop", scaled=False))
-    assert state.written >= 12 and state.ioerr == 0, state
+    assert state.waits > 0 and state.written == plan.blocks, state
+    checked = 0
+    hop = 0
+    while checked < 20:  # several generations: only possible if the checks acknowledge
+        hop += 1
+        checked += load.after_hop(shell, hop, Deadline(20, "check", scaled=False)).units
+    verified = load.finish(shell, hop, Deadline(20, "stop", scaled=False))
+    state = load.last
+    assert state is not None and state.ioerr == 0, state
+    # Every write was read back exactly once, by a check after a hop or at the end.
+    assert checked + verified.units == state.written >= 20, (checked, verified, state)
     if mode == "mixed":
         assert state.verified == state.written and state.bad == 0, state
-    load.check(state)
-    assert load.verify_all(shell, state.written) == 8
-    # Independently: the file holds exactly what the host expects, block by block.
+    # Independently: the file holds exactly what the host expects, block by block;
+    # the blocks below the ring were never touched.
     data = disk.read_bytes()
+    assert data[:4 * BLOCK_SIZE] == b"\0" * (4 * BLOCK_SIZE)
     for block, gen in load.plan.expected(state.written).items():
         chunk = data[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE]
         assert hashlib.md5(chunk).hexdigest() == block_md5("d1", 77, block, gen), block
@@ -107,7 +119,36 @@ def test_guest_loop_runs_and_verifies_on_a_file(tmp_path, mode):
         f.write(b"X")
     with pytest.raises(DataMismatch) as info:
         load.verify_all(shell, state.written)
-    assert info.value.block == victim and f"first bad block {victim}" in info.value.message
+    assert info.value.block == victim and f"block {victim}, write #{state.written - 1}" \
+        in info.value.message, info.value.message
+
+
+def test_a_lost_write_in_an_early_hop_is_caught_and_named(tmp_path):
+    """Issue 17 point 5 red: a write skipped by the loop (as if the hop lost it) is
+    caught by the next check in write mode, naming the block, write and hop."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * (16 * BLOCK_SIZE))
+    shell = HostShell(tmp_path / "state")
+    load = DiskLoad(LoadPlan.from_seed("vblk1", 5, 16 * BLOCK_SIZE), str(disk), "write")
+    load.start(shell)
+    load.wait_started(shell, Deadline(20, "first write", scaled=False))
+    load.after_hop(shell, 1, Deadline(20, "check", scaled=False))
+    checked_upto = {1: load.acked}       # hop -> writes covered by the check after it
+    what = load.inject(shell)            # before hop 2: a write a few writes ahead is lost
+    index = int(what.split("#")[1].split()[0])
+    try:
+        with pytest.raises(DataMismatch) as info:
+            for hop in range(2, 8):
+                load.after_hop(shell, hop, Deadline(20, "check", scaled=False))
+                checked_upto[hop] = load.acked
+    finally:
+        shell.succeed(f"touch {tmp_path}/state/vblk1/stop")
+    block = load.plan.block_of(index)
+    made_after = max(h for h, upto in checked_upto.items() if upto <= index)
+    message = info.value.message
+    assert info.value.block == block, message
+    assert f"block {block}, write #{index} (generation {index // 16}, made after hop " \
+        f"{made_after})" in message, message
 
 
 def test_bad_reread_in_state_raises_with_expected_md5():
