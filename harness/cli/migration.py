@@ -277,9 +277,11 @@ def register(subparsers: Any) -> None:
                         "files fsynced and checked after every hop, fsck at the end; none")
     p.add_argument("--memory-mib", type=int, default=256,
                    help="memory load: working set in MiB (two regions; default 256)")
-    p.add_argument("--memory-rate", type=int, default=0, metavar="MIB_PER_S",
+    p.add_argument("--memory-rate", type=int, default=64, metavar="MIB_PER_S",
                    help="memory load: cap on the pages written per second, in MiB/s "
-                        "(default 0: flat out; a hop that cannot converge is its own verdict)")
+                        "(default 64; 0: flat out, which under TCG dirties memory faster "
+                        "than a hop can send it: a hop that cannot converge within its "
+                        "deadline is its own verdict, no-convergence)")
     p.add_argument("--keep-states", type=int, default=0, metavar="K",
                    help="keep the migration stream and disks each of the last K destinations "
                         "was given; replay-hopNN.sh (and reproduce.sh after a failure) starts "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ class GuestShell:
             channel = transport.open_session(timeout=deadline.remaining())
             channel.set_combine_stderr(True)
             channel.settimeout(0.2)
-            channel.exec_command(command)
+            _exec_request(channel, command, deadline)
             while True:
                 try:
                     data = channel.recv(65536)
@@ -246,3 +247,37 @@ class GuestShell:
             self._session.close()
             self._session = None
         self._log.close()
+
+
+#: dropbear refuses a command longer than this (MAX_CMD_LEN), and then never
+#: answers the request: paramiko's exec_command would wait for ever.
+MAX_COMMAND_BYTES = 9000
+
+
+def _exec_request(channel: paramiko.Channel, command: str, deadline: Deadline) -> None:
+    """paramiko's `exec_command` under a deadline: its own wait for the server's
+    answer has none, so a guest that stops answering (or a refused request)
+    would hang the caller for good, out of reach of SIGINT.  The request is
+    sent from a helper thread; past the deadline the channel is closed."""
+    if len(command.encode()) > MAX_COMMAND_BYTES:
+        raise HarnessError(f"guest command of {len(command.encode())} bytes: dropbear takes "
+                           f"at most {MAX_COMMAND_BYTES}", tail=command[:200])
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            channel.exec_command(command)
+        except BaseException as exc:  # noqa: BLE001 -- re-raised by the caller
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=send, name="ssh-exec", daemon=True).start()
+    while not done.wait(0.2):
+        if deadline.expired():
+            channel.close()
+            raise DeadlineExceeded(f"{deadline.describe()}: the guest never answered the "
+                                   "request to run the command")
+    if errors:
+        raise errors[0]

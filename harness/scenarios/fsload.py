@@ -153,7 +153,9 @@ class FsLoad:
         put_file(shell, f"{self.dir}/fs.img.gz", image)
         shell.succeed(f"gunzip -c {self.dir}/fs.img.gz | dd of={self.device} bs=1M "
                       f"iflag=fullblock conv=fsync 2>/dev/null && rm {self.dir}/fs.img.gz && "
-                      f"modprobe ext4 && mount -t ext4 {self.device} {self.mount}", timeout=120)
+                      f"modprobe -a crc32c_generic ext4 && "
+                      f"{{ mount -t ext4 {self.device} {self.mount} || "
+                      f"{{ dmesg | tail -5; false; }}; }}", timeout=120)
         script = loop_script(self.disk, self.seed, self.mount)
         shell.succeed(f"cat > {self.dir}/run.sh <<'PCIH_EOF'\n{script}PCIH_EOF\n"
                       f"echo 'written=0 ioerr=0 held=0' > {self.dir}/state")
@@ -231,25 +233,29 @@ class FsLoad:
         files = " ".join(f"{self.mount}/f{k}" for k in sorted(expected))
         out = shell.succeed(f"sync; echo 3 > /proc/sys/vm/drop_caches; md5sum {files}",
                             timeout=120)
-        got = {line.split()[1]: line.split()[0] for line in out.splitlines()
-               if len(line.split()) == 2}
+        got = {line.split()[1].rsplit("/", 1)[-1]: line.split()[0]
+               for line in out.splitlines() if len(line.split()) == 2}
         size = 0
         for k in sorted(expected):
             want = file_bytes(self.disk, self.seed, k, expected[k])
             size += len(want)
-            path = f"{self.mount}/f{k}"
-            if got.get(path) != hashlib.md5(want).hexdigest():
-                raise self._mismatch(shell, path, k, expected[k], want, state.written, hop)
+            if got.get(f"f{k}") != hashlib.md5(want).hexdigest():
+                raise self._mismatch(shell, f"{self.mount}/f{k}", k, expected[k], want,
+                                     got.get(f"f{k}"), hop)
         return len(expected), size
 
     def _mismatch(self, shell: Shell, path: str, k: int, gen: int, want: bytes,
-                  written: int, hop: int) -> DataMismatch:
+                  md5: str | None, hop: int) -> DataMismatch:
         from harness.scenarios.guestio import read_file
 
         try:
             data = read_file(shell, path)
         except HarnessError as exc:
             return DataMismatch(f"{self.name}: {path} cannot be read back: {exc.message}",
+                                disk=self.name, block=None)
+        if data == want:
+            return DataMismatch(f"{self.name}: md5sum of {path} printed {md5 or 'nothing'}, "
+                                "but the file reads back right now (a read error?)",
                                 disk=self.name, block=None)
         offset = next((n for n, (a, b) in enumerate(zip(data, want)) if a != b),
                       min(len(data), len(want)))

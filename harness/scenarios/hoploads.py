@@ -77,7 +77,7 @@ class LoadOptions:
     disks: tuple[DiskTarget, ...] = ()
     seed: int = 1
     memory_mib: int = 256
-    memory_rate_mib_s: int = 0        # 0: flat out
+    memory_rate_mib_s: int = 64       # MiB/s of pages written; 0: flat out
 
 
 def needs_disks(loads: Sequence[str]) -> bool:

@@ -93,7 +93,7 @@ class PingPongOptions:
     max_time_s: float | None = None
     reproduce: tuple[str, ...] = ()        # argv that replays this run (reproduce.sh)
     memory_mib: int = 256                  # memory load: working set (regions A + B)
-    memory_rate_mib_s: int = 0             # memory load: dirty-rate cap, 0 = flat out
+    memory_rate_mib_s: int = 64            # memory load: dirty-rate cap (MiB/s), 0 = flat out
     keep_states: int = 0                   # keep the streams + disks of the last K hops
     inject: tuple[tuple[str, int], ...] = ()   # (load kind, hop): a lost write before it
 

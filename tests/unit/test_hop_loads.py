@@ -1,0 +1,158 @@
+"""The memory checker and the file-system load, run on this host without QEMU.
+
+The checker is a freestanding x86-64 Linux program: it runs here as it runs in
+the guest.  The fs load's loop is POSIX sh + awk: it runs here against a
+directory.  So each check is fed a real lost write and must name it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.deadline import Deadline
+from harness.errors import UserError
+from harness.scenarios import fsload
+from harness.scenarios.fsload import FILES, FsLoad, file_bytes
+from harness.scenarios.hoploads import parse_loads
+from harness.scenarios.loads import DataMismatch
+from harness.scenarios.memload import MemoryLoad, MemoryMismatch, MemState, build_checker
+
+
+class HostShell:
+    """Runs the loads' commands with /bin/sh on this host, as the guest would."""
+
+    def __init__(self, replace: dict[str, str]):
+        self.replace = replace
+
+    def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        for old, new in self.replace.items():
+            command = command.replace(old, new)
+        command = command.replace("echo 3 > /proc/sys/vm/drop_caches", "true")
+        proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def succeed(self, command: str, timeout: float = 60.0) -> str:
+        status, out = self.execute(command, timeout)
+        assert status == 0, (command, out)
+        return out
+
+
+def _wait_state(path: Path, ok, seconds: float = 30) -> MemState:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            state = MemState.parse(path.read_text())
+            if ok(state):
+                return state
+        time.sleep(0.02)
+    raise AssertionError(f"checker state never matched: {path.read_text()}")
+
+
+def test_memory_checker_catches_a_skipped_page_and_names_it(tmp_path):
+    binary = build_checker()
+    pages = 256
+    proc = subprocess.Popen([str(binary), str(tmp_path), str(pages), "0"])
+    try:
+        state = _wait_state(tmp_path / "state", lambda s: s.done >= 3)
+        assert state.bad == 0 and state.checked >= 3 * 2 * pages, state
+        (tmp_path / "inject").write_text("77\n")
+        state = _wait_state(tmp_path / "state", lambda s: s.bad > 0)
+    finally:
+        (tmp_path / "stop").touch()
+        proc.wait(timeout=30)
+    fields = state.first_bad_fields()
+    sweep = int(fields["sweep"])
+    injected_page, injected_sweep = state.injected.split("@")
+    assert injected_page == "77" and sweep == int(injected_sweep) + 1, state
+    # The page lost generation sweep-1 in both copies: it still holds sweep-2.
+    assert (fields["page"], fields["region"]) == ("77", "AB"), fields
+    assert int(fields["expected_gen"]) == sweep - 1, fields
+    assert int(fields["found_gen_A"]) == int(fields["found_gen_B"]) == sweep - 2, fields
+    assert int(fields["va"], 16) % 4096 == 0 and int(fields["va"], 16) > 0, fields
+    assert "pa" in fields, fields  # 0x0 when not root (pagemap hides PFNs)
+    assert state.bad == 1, state   # one bad page visit (both copies stale)
+    load = MemoryLoad(2, 0)
+    with pytest.raises(MemoryMismatch) as info:
+        load.check(state, 4)
+    message = info.value.message
+    assert f"page 77 of region AB (virtual {fields['va']}" in message, message
+    assert f"expected generation {sweep - 1}, found A={sweep - 2} B={sweep - 2}" in message
+    assert "after hop 4" in message
+
+
+def test_memory_checker_state_is_clean_without_a_fault(tmp_path):
+    binary = build_checker()
+    proc = subprocess.Popen([str(binary), str(tmp_path), "64", "2000"])
+    try:
+        state = _wait_state(tmp_path / "state", lambda s: s.done >= 2)
+    finally:
+        (tmp_path / "stop").touch()
+        proc.wait(timeout=30)
+    MemoryLoad(2, 0).check(state, 1)  # no raise
+    assert state.first_bad == "-" and state.pages == 64
+
+
+def _fs_load(tmp_path: Path) -> tuple[FsLoad, HostShell, subprocess.Popen[bytes]]:
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    state = tmp_path / "state"
+    load = FsLoad("ahci", "/dev/sdX", 42)
+    shell = HostShell({fsload.STATE_DIR: str(state), load.mount: str(mount)})
+    (state / "ahci").mkdir(parents=True)
+    script = fsload.loop_script("ahci", 42, str(mount)).replace(fsload.STATE_DIR, str(state))
+    (state / "ahci" / "run.sh").write_text(script)
+    (state / "ahci" / "state").write_text("written=0 ioerr=0 held=0\n")
+    proc = subprocess.Popen(["sh", str(state / "ahci" / "run.sh")])
+    load.wait_started(shell, Deadline(20, "fs start", scaled=False))
+    return load, shell, proc
+
+
+def test_fs_loop_writes_what_the_host_expects(tmp_path):
+    load, shell, proc = _fs_load(tmp_path)
+    try:
+        total = 0
+        for hop in (1, 2, 3):
+            time.sleep(0.3)
+            verified = load.after_hop(shell, hop, Deadline(20, "check", scaled=False))
+            total += verified.files
+            assert verified.files == min(load.last.written, FILES) > 0  # type: ignore[union-attr]
+    finally:
+        (tmp_path / "state" / "ahci" / "stop").touch()
+        proc.wait(timeout=30)
+    # Independently of the load's own check: the files are the host's bytes.
+    for k, gen in load.expected(load.last.written).items():  # type: ignore[union-attr]
+        data = (tmp_path / "mnt" / f"f{k}").read_bytes()
+        assert hashlib.md5(data).digest() == hashlib.md5(file_bytes("ahci", 42, k, gen)).digest()
+
+
+def test_fs_load_names_the_file_and_offset_of_a_corrupted_write(tmp_path):
+    load, shell, proc = _fs_load(tmp_path)
+    try:
+        load.after_hop(shell, 1, Deadline(20, "check", scaled=False))
+        what = load.inject(shell)
+        with pytest.raises(DataMismatch) as info:
+            for hop in range(2, 10):
+                time.sleep(0.2)
+                load.after_hop(shell, hop, Deadline(20, "check", scaled=False))
+    finally:
+        (tmp_path / "state" / "ahci" / "stop").touch()
+        proc.wait(timeout=30)
+    k = what.split(" file f")[1].split()[0]
+    message = info.value.message
+    assert f"file {load.mount}/f{k} " in message, message
+    assert "differs from offset 6408" in message and "LOST" in message, message
+    assert info.value.block == 6408
+
+
+def test_load_lists_parse_and_refuse_bad_input():
+    assert parse_loads("memory,fs,write") == ("memory", "fs", "write")
+    assert parse_loads(" fs , memory ") == ("fs", "memory")
+    for bad in ("disk", "none,write", "write,mixed", ""):
+        with pytest.raises(UserError):
+            parse_loads(bad)
