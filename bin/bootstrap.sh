@@ -10,7 +10,8 @@ PCI_HARNESS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PCI_HARNESS_DEBS=(qemu-system-x86 qemu-utils acpica-tools cpio python3-venv python3-pip
                   apt dpkg xz-utils ca-certificates
                   dosfstools mtools e2fsprogs syslinux syslinux-common
-                  dropbear-bin openssh-client iproute2)  # the nightly's two-host self-test
+                  dropbear-bin openssh-client iproute2  # the nightly's two-host self-test
+                  gcc libc6-dev)  # pingpong --load memory builds its guest checker
 
 _say() { echo "pci-harness setup: $*" >&2; }
 
