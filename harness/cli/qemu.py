@@ -12,11 +12,10 @@ library than this host has.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from typing import Any
 
-from harness.cli.runner import progress
+from harness.cli.runner import emit, progress
 
 
 def cmd_qemu_get(args: argparse.Namespace) -> int:
@@ -25,10 +24,7 @@ def cmd_qemu_get(args: argparse.Namespace) -> int:
     fetcher = Fetcher(args.suite, progress)
     fetched = fetcher.get(refresh=args.refresh)
     progress(f"QEMU {fetched.version} ({fetched.package_version}) from {fetched.suite}")
-    if args.json:
-        print(json.dumps({**asdict(fetched), "ok": True, "failures": []}))
-    else:
-        print(fetched.path)
+    emit({**asdict(fetched), "ok": True}, args.json, lambda result: print(result["path"]))
     return 0
 
 

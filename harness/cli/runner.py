@@ -87,10 +87,18 @@ def run_verb(args: argparse.Namespace, verb: str, body: Callable[[VerbRun], Resu
         ok = passed(result)
     finally:
         kept = run.finish(ok)
-    result.setdefault("failures", [])
     result["artifacts"] = None if kept is None else str(kept)
-    if args.json:
+    emit(result, args.json, show, json_default=json_default)
+    return 0 if ok else 1
+
+
+def emit(result: Result, as_json: bool, show: Callable[[Result], None], *,
+         json_default: Callable[[Any], Any] | None = None) -> None:
+    """A verb's answer on stdout: one JSON object (with "failures", always a
+    list) as the last line, or the verb's text.  Verbs that start no guest
+    (qemu-get, nightly) call this directly."""
+    result.setdefault("failures", [])
+    if as_json:
         print(json.dumps(result, default=json_default))
     else:
         show(result)
-    return 0 if ok else 1
