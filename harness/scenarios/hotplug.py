@@ -24,6 +24,9 @@ Disk data: the backing image is raw and created here, so the host can write a
 seeded block before the plug (the guest must read exactly it) and read back,
 after the unplug, the block the guest wrote (it must be exactly the pattern).
 Both patterns are loads.block_bytes, made independently by host and guest.
+
+Next to this module: hotplug_io.py (the guest's write loop for surprise removal,
+the host's block check) and hotplug_check.py (the three-view check of a step).
 """
 
 from __future__ import annotations
@@ -31,148 +34,44 @@ from __future__ import annotations
 import random
 import shlex
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 from harness.deadline import Deadline
-from harness.errors import DeadlineExceeded, HarnessError, UserError
+from harness.errors import DeadlineExceeded, UserError
 from harness.machine import Guest
 from harness.qemu.qmp import QmpCommandError
+from harness.scenarios.hotplug_spec import (
+    DISK_BYTES,
+    BusNotHotpluggable,
+    DiskCheck,
+    HotplugError,
+    Kind,
+    NotSeenByGuest,
+    Plugged,
+    PlugRefused,
+    PlugSpec,
+    SlotOccupied,
+    UnknownDevice,
+    Unplugged,
+    UnplugNotCompleted,
+    UnplugPending,
+    kind_of,
+)
 from harness.scenarios.loads import BLOCK_SIZE, block_bytes, block_md5
-from harness.topology import Address, Device, Topology
-from harness.topology.drivers import driver_info
-from harness.topology.model import ExpectValue
-from harness.views import Change, PciView, QomBus, parse_qemu_view, qom_pci_buses
-from harness.views.threeview import ThreeViews, changes
+from harness.topology import Topology
+from harness.views import QomBus, parse_qemu_view, qom_pci_buses
 
 __all__ = ["DISK_BYTES", "PLUG_SECONDS", "UNPLUG_SECONDS", "BusNotHotpluggable",
-           "DiskCheck", "HotplugError", "Hotplugger", "IoLoad", "IoState", "Kind",
-           "NotSeenByGuest", "PlugRefused",
+           "DiskCheck", "HotplugError", "Hotplugger", "Kind", "NotSeenByGuest", "PlugRefused",
            "PlugSpec", "Plugged", "SlotOccupied", "UnknownDevice", "UnplugNotCompleted",
-           "UnplugPending", "Unplugged", "guest_glob", "host_block_ok", "kind_of", "seeded_mac",
-           "step_problems"]
+           "UnplugPending", "Unplugged", "guest_glob", "kind_of", "seeded_mac"]
 
-Kind = Literal["disk", "nic", "bridge"]
 PLUG_SECONDS = 30.0      # device_add -> guest driver bound (native/SHPC: 5 s button wait)
 UNPLUG_SECONDS = 30.0    # device_del -> DEVICE_DELETED (pciehp ~6 s under TCG)
-DISK_BYTES = 4 * 1024 * 1024
 SEEN_CHUNK_S = 2.0       # guest-clock length of one sysfs polling command
 DISK_NODE_SUFFIX = ".disk"
 NET_SUFFIX = ".net"
-
-
-class HotplugError(HarnessError):
-    """A hot-plug or unplug request that cannot or did not work."""
-
-
-class SlotOccupied(HotplugError, UserError):
-    """The slot asked for already holds a function."""
-
-
-class BusNotHotpluggable(HotplugError, UserError):
-    """The bus has no hotplug handler (e.g. a pcie-root-port with hotplug=off)."""
-
-
-class UnknownDevice(HotplugError, UserError):
-    """device_del of an id QEMU does not know."""
-
-
-class UnplugPending(HotplugError, UserError):
-    """A second device_del while the first one has not completed."""
-
-
-class PlugRefused(HotplugError):
-    """QEMU refused device_add/blockdev-add/netdev_add; `desc` is QEMU's text."""
-
-    def __init__(self, message: str, desc: str, **kw: str | None):
-        super().__init__(message, **kw)
-        self.desc = desc
-
-
-class NotSeenByGuest(HotplugError, DeadlineExceeded):
-    """QEMU accepted the device but the guest never bound a driver to it in time."""
-
-
-class UnplugNotCompleted(HotplugError, DeadlineExceeded):
-    """No DEVICE_DELETED for the id before the deadline."""
-
-
-def kind_of(driver: str) -> Kind:
-    """disk / nic / bridge from the drivers table (its disk role, class and bridge kind)."""
-    info = driver_info(driver)
-    if info is None:
-        raise UserError(f"the harness does not know how to hot-plug {driver!r}",
-                        fix="use virtio-blk-pci, virtio-net-pci, e1000, e1000e or pci-bridge")
-    if info.bridge is not None:
-        return "bridge"
-    if info.disk == "self":
-        return "disk"
-    if info.class_code >> 16 == 0x02:
-        return "nic"
-    raise UserError(f"hot-plug of {driver!r} is not supported by this scenario",
-                    fix="use a virtio-blk-pci disk, a NIC or a pci-bridge")
-
-
-@dataclass(frozen=True)
-class PlugSpec:
-    """One device to hot-plug: `slot` on `bus` (function 0)."""
-
-    id: str
-    driver: str
-    bus: str
-    slot: int
-    mac: str | None = None           # NICs: the MAC the guest must report
-    chassis_nr: int | None = None    # pci-bridge
-    disk_bytes: int = DISK_BYTES
-
-    @property
-    def kind(self) -> Kind:
-        return kind_of(self.driver)
-
-    def device(self) -> Device:
-        """The topology Device this plug adds (the model's view of it)."""
-        props: tuple[tuple[str, str | int | bool], ...] = ()
-        expect: tuple[tuple[str, ExpectValue], ...] = ()
-        if self.chassis_nr is not None:
-            props = (("chassis_nr", self.chassis_nr),)
-        if self.kind == "bridge":
-            # The spec names no mechanism for a hot-added bridge's bus, only that
-            # devices plugged behind it work (the cold-plug rule of expect.py, ACPI
-            # BSEL, does not apply: no ACPI table describes a hot-added bridge).
-            # The model leaves it open (None: not compared); the behaviour is
-            # judged by test_device_behind_a_hot_added_bridge_is_seen, the one
-            # place QEMU 7.2's gap (its own SHPC, never driven) is stated.
-            expect = (("bus_hotplug", None),)
-        return Device(id=self.id, driver=self.driver, bus=self.bus,
-                      addr=Address(self.slot, 0), props=props, expect=expect)
-
-
-@dataclass(frozen=True)
-class Plugged:
-    spec: PlugSpec
-    path: tuple[str, ...]     # bridge-tree path of the new function (QEMU's view)
-    guest_name: str           # "vdb", "eth2", or "" for a bridge
-    mechanism: str            # the bus's hotplug mechanism (views.hotplug_mechanism)
-    seconds: float            # device_add returned -> guest driver bound
-    image: Path | None = None  # disks: the raw backing file
-
-
-@dataclass(frozen=True)
-class Unplugged:
-    id: str
-    mechanism: str
-    seconds: float            # device_del -> DEVICE_DELETED (data.device == id)
-
-
-@dataclass(frozen=True)
-class DiskCheck:
-    """Result of the data round trip on a hot-plugged disk."""
-
-    read_ok: bool    # the guest read the host's seeded block 0 exactly
-    write_ok: bool   # the guest re-read its own block 1 exactly (direct I/O)
-    detail: str
 
 
 def guest_glob(path: tuple[str, ...]) -> str:
@@ -465,150 +364,7 @@ class Hotplugger:
         return out.strip() if status == 0 else ""
 
 
-IO_DIR = "/tmp/pcih-hpio"
-
-
-@dataclass(frozen=True)
-class IoState:
-    ok: int          # completed 64 KiB synchronous writes
-    errors: int      # writes that failed (the application saw an error)
-    stopped: bool    # the loop ended on its own (after 3 errors) or was stopped
-    error_text: str  # what dd printed for the failures
-
-
-class IoLoad:
-    """Synchronous writes to a hot-plugged disk in a guest background loop, for
-    surprise removal: the loop holds the device open on fd 3 (a vanished /dev
-    node must not turn into a regular file that `dd of=` would happily create),
-    counts failures the application sees and ends by itself after three."""
-
-    def __init__(self, guest: Guest, device: str):
-        self.guest = guest
-        self.device = device
-
-    def start(self) -> None:
-        script = (f"exec 3>{shlex.quote(self.device)} || exit 1\n"
-                  "ok=0; err=0\n"
-                  f"while [ ! -e {IO_DIR}/stop ] && [ $err -lt 3 ]; do\n"
-                  f"  if dd if=/dev/zero bs=65536 count=1 conv=fsync >&3 2>>{IO_DIR}/err; "
-                  "then ok=$((ok+1)); else err=$((err+1)); fi\n"
-                  f"  echo \"ok=$ok err=$err\" > {IO_DIR}/state.new; "
-                  f"mv {IO_DIR}/state.new {IO_DIR}/state\n"
-                  "done\n"
-                  f"echo stopped > {IO_DIR}/stopped\n")
-        self.guest.succeed(f"rm -rf {IO_DIR}; mkdir -p {IO_DIR} && cat > {IO_DIR}/run.sh "
-                           f"<<'PCIH_EOF'\n{script}PCIH_EOF\n"
-                           f"echo 'ok=0 err=0' > {IO_DIR}/state")
-        self.guest.succeed(f"setsid sh {IO_DIR}/run.sh </dev/null >/dev/null 2>&1 &")
-
-    def state(self) -> IoState:
-        out = self.guest.succeed(f"cat {IO_DIR}/state; test -e {IO_DIR}/stopped && "
-                                 f"echo STOPPED; echo @@err; tail -5 {IO_DIR}/err 2>/dev/null;"
-                                 " true")
-        head, _, err = out.partition("@@err")
-        fields = dict(x.split("=", 1) for x in head.split() if "=" in x)
-        return IoState(int(fields.get("ok", 0)), int(fields.get("err", 0)),
-                       "STOPPED" in head, err.strip())
-
-    def wait(self, until: Callable[[IoState], bool], deadline: Deadline) -> IoState:
-        while True:
-            state = self.state()
-            if until(state):
-                return state
-            if deadline.expired():
-                raise DeadlineExceeded(f"{deadline.describe()}: I/O loop on {self.device} "
-                                       f"is at {state}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.guest.execute(f"touch {IO_DIR}/stop")
-
-
-def host_block_ok(image: Path, spec_id: str, seed: int) -> bool:
-    """After the unplug: does the image hold the guest's block 1 pattern exactly?"""
-    with open(image, "rb") as fh:
-        fh.seek(BLOCK_SIZE)
-        return fh.read(BLOCK_SIZE) == block_bytes(spec_id, seed, 1, 1)
-
-
 def seeded_mac(rng: random.Random) -> str:
     """A locally administered unicast MAC from the run's random stream."""
     tail = rng.getrandbits(24)
     return f"52:54:01:{tail >> 16:02x}:{(tail >> 8) & 0xff:02x}:{tail & 0xff:02x}"
-
-
-# --------------------------------------------------------------------------- three-view step check
-
-def _keyed(changes: list[Change], before: PciView, after: PciView) -> dict[tuple[str, str], Change]:
-    """{(path "04.0/01.0", field): change}: ids (QEMU, model) and paths (guest) both map."""
-    names = {f.name: "/".join(f.path) for v in (before, after) for f in v.functions}
-    return {(names.get(c.device, c.device), c.field): c for c in changes}
-
-
-def _knows(view: PciView, where: str, field_name: str) -> bool:
-    """Can VIEW show FIELD of the function at path WHERE?  (QEMU's view has no link
-    fields, for example: a predicted link change cannot be looked for there.)"""
-    if field_name == "present":
-        return True
-    if where == "root bus":
-        return view.root_bus_hotplug is not None
-    f = view.by_path().get(tuple(where.split("/")))
-    if f is None:
-        return True  # the function itself is missing: the change did not happen
-    if field_name.startswith("bars["):
-        return f.bars is not None
-    return getattr(f, field_name, None) is not None
-
-
-def step_problems(before: ThreeViews, after: ThreeViews, path: tuple[str, ...],
-                  added: bool) -> list[str]:
-    """What is wrong with one hotplug step, [] when it is right.
-
-    The expectation is the model's own before/after diff (the topology plus or
-    minus the device): it holds the device's presence and whatever the rules
-    derive from it (a port's link status, a slot's state).  Checked both ways in
-    QEMU's and the guest's diffs: every predicted change must have happened, to
-    the predicted value, in each view that can show that field; and no change
-    the model did not predict may appear.  After the step the three views must
-    agree on the whole machine as far as they agreed before it (a plug must not
-    make anything else disagree); after a plug, on the new function entirely.
-    """
-    where = "/".join(path)
-    diff = changes(before, after)
-    views = {"model": (diff.model, before.model, after.model),
-             "qemu": (diff.qemu, before.qemu, after.qemu),
-             "guest": (diff.guest, before.guest, after.guest)}
-    expected = _keyed(*views["model"])
-    problems: list[str] = []
-    for name, (chs, b, a) in views.items():
-        keyed = _keyed(chs, b, a)
-        presence = keyed.get((where, "present"))
-        if presence is None or presence.after is not added:
-            problems.append(f"{name} view: {where} should be {'added' if added else 'removed'}"
-                            f", diff shows {presence or 'no presence change'}")
-        for key, ch in sorted(keyed.items()):
-            if key not in expected:
-                problems.append(f"{name} view: unexpected change {key[0]}: {ch.field}: "
-                                f"{ch.before!r} -> {ch.after!r} (the model predicts none)")
-        if name == "model":
-            continue
-        for key, want in sorted(expected.items()):
-            if key == (where, "present") or not _knows(a, *key):
-                continue
-            got = keyed.get(key)
-            if got is None or got.after != want.after:
-                shown = (f"{got.before!r} -> {got.after!r}" if got is not None
-                         else "no change")
-                problems.append(f"{name} view: predicted change {key[0]}: {key[1]}: "
-                                f"{want.before!r} -> {want.after!r} did not happen "
-                                f"(the view shows {shown})")
-    already = {str(d) for d in before.differences()}
-    for d in after.differences():
-        f = next((fn for v in (after.model, after.qemu, after.guest) for fn in v.functions
-                  if fn.name == d.device), None)
-        if added and f is not None and f.path == path:
-            problems.append(f"three views disagree on the new function: {d}")
-        elif str(d) not in already:
-            problems.append(f"three views disagree after the {'plug' if added else 'unplug'}"
-                            f": {d}")
-    return problems

@@ -26,16 +26,9 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.machine import Guest
 from harness.qemu.facts import MACHINES, MachineFacts
-from harness.scenarios.hotplug import (
-    Hotplugger,
-    Plugged,
-    PlugSpec,
-    Unplugged,
-    host_block_ok,
-    kind_of,
-    seeded_mac,
-    step_problems,
-)
+from harness.scenarios.hotplug import Hotplugger, Plugged, PlugSpec, Unplugged, kind_of, seeded_mac
+from harness.scenarios.hotplug_check import step_problems
+from harness.scenarios.hotplug_io import host_block_ok
 from harness.scenarios.where import where
 from harness.topology import Topology, topology_from_dict
 from harness.views.threeview import ThreeViews, snapshot

@@ -35,13 +35,13 @@ from harness.qemu.facts import (
 from harness.qemu.qmp import QmpCommandError
 from harness.scenarios.hotplug import (
     Hotplugger,
-    IoLoad,
     PlugRefused,
     PlugSpec,
     SlotOccupied,
     UnknownDevice,
     UnplugPending,
 )
+from harness.scenarios.hotplug_io import IoLoad
 from harness.topology import topology_from_dict
 
 TOPOLOGIES = {

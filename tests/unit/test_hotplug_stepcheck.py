@@ -13,7 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from harness.scenarios.hotplug import step_problems
+from harness.scenarios.hotplug_check import step_problems
 from harness.stats import latency as percentiles
 from harness.views import PciFunction, PciView
 from harness.views.threeview import ThreeViews

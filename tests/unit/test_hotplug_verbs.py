@@ -23,9 +23,9 @@ from harness.scenarios.hotplug import (
     UnplugNotCompleted,
     UnplugPending,
     guest_glob,
-    host_block_ok,
     kind_of,
 )
+from harness.scenarios.hotplug_io import host_block_ok
 from harness.scenarios.loads import BLOCK_SIZE, block_bytes
 from harness.topology import topology_from_dict
 from harness.views import QomBus

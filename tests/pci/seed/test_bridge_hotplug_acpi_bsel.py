@@ -20,13 +20,8 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded
 from harness.qemu.qmp import QmpCommandError
 from harness.report.figures import record_figure
-from harness.scenarios.hotplug import (
-    Hotplugger,
-    NotSeenByGuest,
-    PlugSpec,
-    seeded_mac,
-    step_problems,
-)
+from harness.scenarios.hotplug import Hotplugger, NotSeenByGuest, PlugSpec, seeded_mac
+from harness.scenarios.hotplug_check import step_problems
 from harness.scenarios.hotplug_stress import CycleReport, checked_cycle, stress_topology
 from harness.scenarios.loads import block_md5
 from harness.topology import topology_from_dict
