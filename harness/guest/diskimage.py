@@ -32,9 +32,9 @@ from harness.errors import ImageBuildError
 from harness.guest.image import (
     _assemble_initramfs,
     _copy_with_libs,
-    _module_closure,
     _write_cpio,
     ensure_built,
+    install_modules,
 )
 
 Progress = Callable[[str], None]
@@ -146,17 +146,9 @@ def build_stage1(rdir: Path, recipe: dict[str, Any], staging: Path, root: Path,
     busybox_links(staging, root)
     for binary in recipe.get("initrd_binaries", []):
         _copy_with_libs(staging, root, str(binary))
-    moddir = staging / "lib/modules" / release
-    wanted = [str(m) for m in recipe["initrd_modules"]]
-    modules = _module_closure(moddir, wanted)
+    modules = install_modules(staging, root, release,
+                              [str(m) for m in recipe["initrd_modules"]])
     report(f"initramfs: {len(modules)} kernel modules to reach the root")
-    for ko in modules:
-        dst = root / ko.relative_to(staging)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ko, dst)
-    for extra in ("modules.builtin", "modules.order", "modules.builtin.modinfo"):
-        if (moddir / extra).exists():
-            shutil.copy2(moddir / extra, root / "lib/modules" / release / extra)
     _tool([str(staging / "bin/busybox"), "depmod", "-b", str(root), release],
           "index the initramfs modules")
     shutil.copy2(rdir / "initrd.sh", root / "init")

@@ -319,6 +319,22 @@ def _modinfo(data: bytes) -> dict[str, list[str]]:
     return info
 
 
+def install_modules(staging: Path, root: Path, release: str, wanted: list[str]) -> list[Path]:
+    """Copy the `wanted` kernel modules, with everything they depend on, from the
+    unpacked packages (`staging`) into an initramfs `root`, plus the index files
+    depmod reads there.  The copied .ko files, for the caller's report."""
+    moddir = staging / "lib/modules" / release
+    modules = _module_closure(moddir, wanted)
+    for ko in modules:
+        dst = root / ko.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ko, dst)
+    for extra in ("modules.builtin", "modules.order", "modules.builtin.modinfo"):
+        if (moddir / extra).exists():
+            shutil.copy2(moddir / extra, root / "lib/modules" / release / extra)
+    return modules
+
+
 def _module_closure(moddir: Path, wanted: list[str]) -> list[Path]:
     """The .ko files of `wanted` and everything their depends=/softdep= name."""
     index = {p.name.removesuffix(".ko").replace("-", "_"): p for p in moddir.rglob("*.ko")}
@@ -388,16 +404,9 @@ def _assemble_initramfs(rdir: Path, recipe: dict[str, object], staging: Path, ro
         src = staging / str(data).lstrip("/")
         (root / src.relative_to(staging)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src.resolve(), root / src.relative_to(staging))
-    moddir = staging / "lib/modules" / release
-    modules = _module_closure(moddir, [str(m) for m in recipe["modules"]])  # type: ignore[attr-defined]
+    modules = install_modules(staging, root, release,
+                              [str(m) for m in recipe["modules"]])  # type: ignore[attr-defined]
     report(f"{len(modules)} kernel modules (with dependencies)")
-    for ko in modules:
-        dst = root / ko.relative_to(staging)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ko, dst)
-    for extra in ("modules.builtin", "modules.order", "modules.builtin.modinfo"):
-        if (moddir / extra).exists():
-            shutil.copy2(moddir / extra, root / "lib/modules" / release / extra)
     # busybox-static is static, so its depmod runs on any x86-64 host.
     _run([str(staging / "bin/busybox"), "depmod", "-b", str(root), release])
     # A host key made at build time: generating one in the guest costs a boot.

@@ -67,6 +67,21 @@ def test_module_closure_follows_depends_and_softdeps(tmp_path):
     assert got == {"a.ko", "b.ko", "c.ko", "d.ko"}
 
 
+def test_install_modules_copies_the_closure_and_the_indexes(tmp_path):
+    staging, root = tmp_path / "staging", tmp_path / "root"
+    moddir = staging / "lib/modules/6.1"
+    _fake_ko(moddir / "kernel/a.ko", b"depends=b\0")
+    _fake_ko(moddir / "kernel/b.ko", b"depends=\0")
+    _fake_ko(moddir / "kernel/unused.ko", b"depends=\0")
+    (moddir / "modules.builtin").write_text("")
+    (moddir / "modules.order").write_text("kernel/a.ko\n")
+    copied = image.install_modules(staging, root, "6.1", ["a"])
+    assert sorted(p.name for p in copied) == ["a.ko", "b.ko"]
+    landed = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert landed == ["lib/modules/6.1/kernel/a.ko", "lib/modules/6.1/kernel/b.ko",
+                      "lib/modules/6.1/modules.builtin", "lib/modules/6.1/modules.order"]
+
+
 def test_module_closure_names_a_missing_module(tmp_path):
     moddir = tmp_path / "6.1"
     _fake_ko(moddir / "kernel/a.ko", b"depends=\0")
