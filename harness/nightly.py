@@ -60,6 +60,10 @@ _PYTEST_MEANING = {2: "pytest was interrupted", 3: "pytest hit an internal error
                    5: "no tests were collected"}
 
 
+#: The crash hunt's loads: a lost page or file write is named, not only a dead guest.
+HUNT_LOAD = "memory,fs"
+HUNT_KEEP_STATES = 2
+
 def _say(message: str) -> None:
     print(f"pci-harness nightly: {message}", file=sys.stderr, flush=True)
 
@@ -96,6 +100,12 @@ def register(subparsers: Any) -> None:
          help="compare with this earlier run (default: the previous run next to --output)")
     _add(parser, "--until-fail-minutes", type=float, default=0.0, metavar="M",
          help="after the suite, hunt ping-pong migration crashes for M minutes per QEMU")
+    _add(parser, "--hunt-load", default=HUNT_LOAD, metavar="LOADS",
+         help=f"the crash hunt's pingpong --load (default {HUNT_LOAD}: every memory page "
+              "and file checked after every hop)")
+    _add(parser, "--hunt-keep-states", type=int, default=HUNT_KEEP_STATES, metavar="K",
+         help="the crash hunt keeps the stream and disks of its last K hops, so a failure "
+              f"replays from its state (default {HUNT_KEEP_STATES}; 0 off)")
     _add(parser, "--boot-stress-boots", type=int, default=3, metavar="N",
          help="after the suite, cold-boot the AHCI-root guest N times per machine and QEMU "
               "(pci-harness boot-stress), 0 to turn off (default 3)")
@@ -339,7 +349,8 @@ def _hunt(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path
     run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
     command = [sys.executable, "-m", "harness", "pingpong", "--machine", "q35", "--until-fail",
                "--max-time", f"{seconds:g}", "--json", f"--qemu-binary={binary.path}",
-               f"--accel={args.accel}", f"--timeout-multiplier={args.timeout_multiplier}"]
+               f"--accel={args.accel}", f"--timeout-multiplier={args.timeout_multiplier}",
+               f"--load={args.hunt_load}", f"--keep-states={args.hunt_keep_states}"]
     if args.keep_artifacts:
         command.append("--keep-artifacts")
     _say(f"ping-pong crash hunt on QEMU {label} for {seconds:g} s")

@@ -74,6 +74,8 @@ def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
         # every check's read-back, after the hops and at the end
         "verified_mib": round(sum(r.verified_mib for r in result.records) + final_mib, 2),
         "verified_files": sum(r.verified_files for r in result.records) + final_files,
+        "verified_pages": sum(r.verified_pages for r in result.records)
+        + (result.final["memory"].units if "memory" in result.final else 0),
         "verify_s": latency([r.verify_s for r in result.records], 3),
         "final_checks": result.final_checks,
         "final": {"verified_mib": round(final_mib, 2), "verified_files": final_files,

@@ -26,7 +26,7 @@ from harness.errors import UserError
 from harness.report.document import HuntResult
 
 #: The options the nightly needs from the verb.
-REQUIRED_FLAGS = ("--until-fail", "--max-time", "--json")
+REQUIRED_FLAGS = ("--until-fail", "--max-time", "--json", "--load", "--keep-states")
 #: Wall-clock slack over --max-time before the hunt is killed (boot, last hop, shutdown).
 SLACK_S = 300.0
 

@@ -134,6 +134,9 @@ def hunt_words(result: object, error: str | None) -> str:
     down = result.get("downtime_ms")
     if isinstance(down, dict):
         shown.append(f"downtime p50 {down.get('p50')} ms max {down.get('max')} ms")
+    if "verified_mib" in result:
+        shown.append(f"verified {result['verified_mib']} MiB ({result.get('verified_pages', 0)} "
+                     f"page checks) and {result.get('verified_files', 0)} files")
     failures = result.get("failures") or []
     if failures:
         shown.append("failure: " + "; ".join(str(f) for f in failures)[:500])

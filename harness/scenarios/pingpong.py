@@ -114,13 +114,19 @@ class HopRecord:
         return sum(v.files for v in self.verified.values())
 
     @property
+    def verified_pages(self) -> int:
+        """Page checks the memory checker made since the previous check."""
+        return sum(v.units for name, v in self.verified.items() if name == "memory")
+
+    @property
     def verify_s(self) -> float:
         return sum(v.seconds for v in self.verified.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.stats.as_dict(), "check_s": round(self.check_s, 3),
                 "verified_mib": round(self.verified_mib, 2),
-                "verified_files": self.verified_files, "verify_s": round(self.verify_s, 3),
+                "verified_files": self.verified_files, "verified_pages": self.verified_pages,
+                "verify_s": round(self.verify_s, 3),
                 "verified": {k: {**v.__dict__, "seconds": round(v.seconds, 3)}
                              for k, v in self.verified.items()},
                 "kept_state": self.kept.as_dict() if self.kept else None}

@@ -311,3 +311,30 @@ def test_two_qemus_without_a_shared_machine_type_are_refused_up_front():
     with pytest.raises(UserError, match="QEMU 10.0.2 .* has no machine type pc-q35-7.2, what "
                                         "q35 means on QEMU 7.2.22"):
         cross_version.cross_version_machine(old, new)
+
+
+def test_crash_hunt_runs_the_memory_and_fs_loads_and_reports_what_it_verified(tmp_path,
+                                                                              monkeypatch):
+    import argparse
+
+    from harness import nightly
+    from harness.report.markdown import hunt_words
+
+    seen = []
+
+    def run_hunt(label, command, seconds, log_path, artifacts, multiplier=1.0):
+        seen.append(command)
+        return "verdict"
+
+    monkeypatch.setattr(nightly.hunt, "run_hunt", run_hunt)
+    old, _ = _qemus()
+    args = argparse.Namespace(
+        until_fail_minutes=20, accel="tcg", timeout_multiplier=1.0, keep_artifacts=False,
+        hunt_load=nightly.HUNT_LOAD, hunt_keep_states=nightly.HUNT_KEEP_STATES)
+    nightly._hunt(args, old, "7.2.22", tmp_path)
+    command = seen[0]
+    assert "--load=memory,fs" in command and "--keep-states=2" in command, command
+    assert command[command.index("--max-time") + 1] == "1200"
+    words = hunt_words({"hops": 40, "seed": 3, "verified_mib": 10240.5, "verified_pages": 9000,
+                        "verified_files": 1234, "failures": []}, None)
+    assert "verified 10240.5 MiB (9000 page checks) and 1234 files" in words, words
