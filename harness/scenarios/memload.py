@@ -128,9 +128,9 @@ class MemoryLoad:
         shell.succeed(f"mkdir -p {GUEST_DIR} && rm -f {GUEST_DIR}/stop {GUEST_DIR}/state")
         put_file(shell, f"{GUEST_DIR}/memcheck", binary.read_bytes(), "755")
         rate_pages = self.rate_mib_s * 1024 * 1024 // PAGE
-        # nice 19, like the disk loops: dropbear and the checks get the vCPU first.
-        shell.succeed(f"setsid nice -n 19 {GUEST_DIR}/memcheck {GUEST_DIR} {self.pages} "
-                      f"{rate_pages} </dev/null >{GUEST_DIR}/out 2>&1 &")
+        # (the checker sets its own nice 19, like the disk loops)
+        shell.succeed(f"setsid {GUEST_DIR}/memcheck {GUEST_DIR} {self.pages} {rate_pages} "
+                      f"</dev/null >{GUEST_DIR}/out 2>&1 & echo $! > {GUEST_DIR}/pid")
 
     def state(self, shell: Shell) -> MemState:
         status, out = shell.execute(f"cat {GUEST_DIR}/state")
@@ -149,10 +149,13 @@ class MemoryLoad:
             if state is not None and state.done >= 1:
                 self.last = state
                 return state
-            if deadline.expired():
+            gone, _ = shell.execute(f"kill -0 $(cat {GUEST_DIR}/pid)")
+            if gone != 0 or deadline.expired():
                 _, out = shell.execute(f"cat {GUEST_DIR}/out {GUEST_DIR}/state; free -m")
-                raise HarnessError(f"{deadline.describe()}: the memory checker "
-                                   f"({self.mib} MiB) never completed a sweep", tail=out)
+                why = "is not running" if gone != 0 else "never completed a sweep"
+                raise HarnessError(f"the memory checker ({self.mib} MiB) {why}"
+                                   + (f" ({deadline.describe()})" if gone == 0 else ""),
+                                   tail=out)
             time.sleep(0.1)
 
     def check(self, state: MemState, hop: int) -> None:

@@ -54,6 +54,7 @@ static s64 sys(s64 n, s64 a, s64 b, s64 c, s64 d, s64 e, s64 f)
 #define SYS_rename 82
 #define SYS_unlink 87
 #define SYS_mlock 149
+#define SYS_setpriority 141
 #define SYS_clock_gettime 228
 #define SYS_exit_group 231
 
@@ -286,6 +287,8 @@ static int run(int argc, char **argv)
 	join(path_inject, "inject");
 	pages = parse_u(argv[2]);
 	u64 rate = parse_u(argv[3]);
+	/* nice 19: dropbear and the harness's checks get the vCPU first. */
+	sys(SYS_setpriority, 0 /* PRIO_PROCESS */, 0, 19, 0, 0, 0);
 	u64 len = pages * PAGE;
 	/* MAP_PRIVATE|MAP_ANONYMOUS|MAP_POPULATE, then mlock: resident, never swapped. */
 	s64 ma = sys(SYS_mmap, 0, (s64)len, 3, 0x22 | 0x8000, -1, 0);
