@@ -320,6 +320,23 @@ KNOWN_GAPS: tuple[KnownGap, ...] = (
         ),
     ),
     KnownGap(
+        id="acpi-port-presence-detect-clear",
+        seed="q35-hotplug",
+        does_instead="with ACPI PCI hotplug (q35's default) a pcie-root-port reports Slot "
+                     "Status Presence Detect State 0 although a device sits in its slot "
+                     "(cold- or hot-plugged); only native hotplug sets it",
+        spec="a downstream port that implements a slot reports Presence Detect State 1 while "
+             "an adapter is in it (PCIe Base Spec, Slot Status register)",
+        versions=SINCE_7_2,
+        tests=("test_acpi_hotplug_port_reports_its_slot_occupied",),
+        evidence=(
+            Measurement("7.2.22", FAILS, ("q35",), "SltSta 0x0000 with a device in the slot; "
+                        "0x0040 with ACPI hotplug off"),
+            Measurement("10.0.2", FAILS, ("q35",), "SltSta 0x0000 with a device in the slot; "
+                        "0x0040 with ACPI hotplug off"),
+        ),
+    ),
+    KnownGap(
         id="vga-legacy-io-ignores-io-enable",
         seed="vga-behind-bridge",
         does_instead="QEMU's VGA answers legacy I/O (0x3c0-0x3df) even with I/O Space Enable "

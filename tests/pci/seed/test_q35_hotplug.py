@@ -45,6 +45,15 @@ def _record(request: pytest.FixtureRequest, key: str, value: object) -> None:
 
 
 
+SLTSTA_PDS = 0x0040  # PCIe Slot Status: Presence Detect State (1 = adapter present)
+
+
+def _slot_occupied(guest: Any, port_bdf: str) -> bool:
+    """Presence Detect State of a port's slot, read from its PCIe capability."""
+    return bool(int(guest.succeed(f"setpci -s {port_bdf} CAP_EXP+0x1a.w").strip(), 16)
+                & SLTSTA_PDS)
+
+
 def _assert_clean(report: CycleReport) -> None:
     assert report.failures == (), "\n".join(f"{f.step}: {f.what}" for f in report.failures)
 
@@ -105,6 +114,24 @@ def test_acpi_hotplug_on_root_ports_and_behind_pcie_pci_bridge(make_guest, artif
     assert guest.console is not None and guest.console.trouble() == []
 
 
+@pytest.mark.known_gap("acpi-port-presence-detect-clear")
+def test_acpi_hotplug_port_reports_its_slot_occupied(make_guest, artifacts: Path):
+    """A port's slot state follows the adapter in it, whichever mechanism handles
+    hotplug: occupied with a cold-plugged device, empty, then occupied after a
+    plug (the spec's Presence Detect State)."""
+    guest = make_guest(topology_from_dict({"machine": "q35", "device": [
+        {"id": "rp1", "driver": "pcie-root-port", "addr": "2.0"},
+        {"id": "d1", "driver": "virtio-blk-pci", "bus": "rp1", "disk": "8M"},
+        {"id": "rp2", "driver": "pcie-root-port", "addr": "3.0"}]}))
+    hp = Hotplugger(guest, artifacts / "hotplug")
+    assert hp.mechanism("rp2") == "acpi-pcihp"
+    assert not _slot_occupied(guest, "00:03.0"), "the empty port says its slot is occupied"
+    hp.plug(PlugSpec("hd1", "virtio-blk-pci", "rp2", 0))
+    states = {"cold-plugged rp1": _slot_occupied(guest, "00:02.0"),
+              "hot-plugged rp2": _slot_occupied(guest, "00:03.0")}
+    assert all(states.values()), f"Presence Detect State with a device in the slot: {states}"
+
+
 @pytest.mark.parametrize("how", [
     pytest.param({"acpi_hotplug": False}, id="acpi-off"),
     pytest.param({"machine": "pc-q35-6.0"}, id="pc-q35-6.0"),
@@ -132,4 +159,11 @@ def test_native_pcie_and_shpc_hotplug(make_guest, artifacts: Path, request, how)
         assert report.unplugged.seconds >= ATTENTION_BUTTON_S, (
             f"{mechanism} unplug took {report.unplugged.seconds:.2f} s, expected the "
             f"{ATTENTION_BUTTON_S:.0f} s attention-button wait")
+    # The slot state follows the adapter: empty, occupied after the plug, empty again.
+    states = [_slot_occupied(guest, "00:02.0")]
+    hp.plug(PlugSpec("slot1", "virtio-blk-pci", "rp1", 0))
+    states.append(_slot_occupied(guest, "00:02.0"))
+    hp.unplug("slot1")
+    states.append(_slot_occupied(guest, "00:02.0"))
+    assert states == [False, True, False], f"rp1 Presence Detect State empty/plugged/unplugged: {states}"
     assert guest.console is not None and guest.console.trouble() == []
