@@ -75,7 +75,8 @@ def boom(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-@pytest.mark.parametrize("jobs", [["-n", "0"], ["-n", "2"]], ids=["serial", "xdist"])
+@pytest.mark.parametrize("jobs", [["-n", "0"], ["-n", "2"], ["-p", "no:xdist"]],
+                         ids=["serial", "xdist", "without-xdist"])
 def test_every_test_gets_its_report_when_formatting_raises(boom, jobs):
     result = boom.runpytest_subprocess(*jobs, "-rfEsx", "--junitxml=junit.xml")
     out = result.stdout.str()
