@@ -17,6 +17,8 @@ from harness.errors import QemuNotFound
 from harness.qemu import binary as qemu_binary
 from harness.qemu.binary import find_qemu
 
+pytestmark = pytest.mark.smoke  # two short QEMU starts, no guest
+
 SYSTEM = Path("/usr/bin/qemu-system-x86_64")
 SEABIOS = Path("/usr/share/seabios/bios-256k.bin")
 MODULES = Path("/usr/lib/x86_64-linux-gnu/qemu")
