@@ -18,6 +18,7 @@ import random
 import shutil
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,6 +27,7 @@ from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
 from harness.qemu.facts import machine_facts
 from harness.scenarios.hoploads import needs_disks, parse_loads
+from harness.scenarios.migration import shared_machine
 from harness.scenarios.pingpong import (
     PingPong,
     PingPongOptions,
@@ -197,6 +199,10 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
     def body(run: VerbRun) -> Result:
         factory = run.factory
         dst_binary = find_qemu(args.dst_qemu) if args.dst_qemu else None
+        plan_topology = topology
+        if dst_binary is not None:  # before the factory pins the alias to its own binary
+            plan_topology = replace(topology, machine=shared_machine(
+                topology.machine, factory.binary, dst_binary))
         topology_copy = None
         if args.topology:
             topology_copy = run.artifacts / "topology.toml"
@@ -211,7 +217,7 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
                  f"{'until the first failure' if args.until_fail else f'{hops} hops'}; "
                  f"artifacts in {run.artifacts}")
         with _Stopper() as stopper:
-            pingpong = PingPong(factory.plan(topology), run.artifacts, options,
+            pingpong = PingPong(factory.plan(plan_topology), run.artifacts, options,
                                 progress=progress)
             stopper.runner = pingpong
             result = pingpong.run()

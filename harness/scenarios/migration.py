@@ -87,29 +87,33 @@ def destination_plan(src: Guest, binary: QemuBinary | None) -> LaunchPlan:
     return src.plan if binary is None else replace(src.plan, binary=binary)
 
 
-def pin_machine(plan: LaunchPlan, dst_binary: QemuBinary) -> LaunchPlan:
-    """The plan with its machine alias replaced by a versioned type both QEMUs
-    have: what it means on the source's QEMU ("q35" -> "pc-q35-7.2"), else what
-    it means on the destination's (a newer source migrating to an older QEMU:
-    "q35" -> the older's pc-q35-7.2, which the newer still offers).
+def shared_machine(machine: str, src: QemuBinary, dst: QemuBinary) -> str:
+    """A versioned machine type both QEMUs have for MACHINE: what it means on the
+    source's QEMU ("q35" -> "pc-q35-7.2"), else what it means on the
+    destination's (a newer source migrating to an older QEMU: "q35" -> the
+    older's pc-q35-7.2, which the newer still offers).
 
     Cross-version migration needs the same machine type on both sides; the
     alias means the newest type of each binary (pc-q35-7.2 here, pc-q35-10.0
     on QEMU 10), and a stream between those does not load.
     """
+    candidates = [src.resolve_machine(machine), dst.resolve_machine(machine)]
+    for candidate in candidates:
+        if candidate in dst.machines and candidate in src.machines:
+            return candidate
+    raise UserError(
+        f"the destination QEMU {dst.path} ({dst.version}) has no machine type "
+        f"{candidates[0]} (what {machine!r} means on the source's QEMU {src.version}), "
+        "and the source has none of what it means there, so neither can load the "
+        "other's stream",
+        fix="use a destination QEMU that still has that machine type, or pass a "
+            "versioned machine both QEMUs have with --machine")
+
+
+def pin_machine(plan: LaunchPlan, dst_binary: QemuBinary) -> LaunchPlan:
+    """The plan on a machine type both its QEMU and `dst_binary` have (shared_machine)."""
     topology = plan.topology
-    candidates = [plan.binary.resolve_machine(topology.machine),
-                  dst_binary.resolve_machine(topology.machine)]
-    shared = [m for m in candidates if m in dst_binary.machines and m in plan.binary.machines]
-    if not shared:
-        raise UserError(
-            f"the destination QEMU {dst_binary.path} ({dst_binary.version}) has no machine "
-            f"type {candidates[0]} (what {topology.machine!r} means on the source's QEMU "
-            f"{plan.binary.version}), and the source has none of what it means there, so "
-            "neither can load the other's stream",
-            fix="use a destination QEMU that still has that machine type, or pass a "
-                "versioned machine both QEMUs have with --machine")
-    pinned = shared[0]
+    pinned = shared_machine(topology.machine, plan.binary, dst_binary)
     if pinned == topology.machine:
         return plan
     return replace(plan, topology=replace(topology, machine=pinned))
