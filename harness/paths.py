@@ -25,7 +25,14 @@ _swept = False
 
 def _package_dir(package: str) -> Path:
     """The directory of a package shipped as plain files (never a zip)."""
-    return Path(str(resources.files(package)))
+    from harness.errors import UserError
+
+    try:
+        return Path(str(resources.files(package)))
+    except ModuleNotFoundError:
+        raise UserError(f"this installation of pci-harness lacks its package data ({package})",
+                        fix="reinstall it from a wheel or a checkout (pip install PATH); an "
+                            "editable install needs the mapped directory's __init__.py") from None
 
 
 def guest_images_root() -> Path:

@@ -66,3 +66,15 @@ def test_unknown_recipe_names_the_ones_there(tmp_path: Path) -> None:
     assert recipe_dir("debian12", tmp_path) == tmp_path / "debian12"
     with pytest.raises(UserError, match=r"recipe 'ahci' not found: .* \(recipes there: debian12\)"):
         recipe_dir("ahci", tmp_path)
+
+
+def test_missing_package_data_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a broken install (a mapped directory that does not import) says."""
+    from harness import paths
+
+    def missing(package: str) -> None:
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    monkeypatch.setattr(paths.resources, "files", missing)
+    with pytest.raises(UserError, match=r"lacks its package data \(harness.guest_images\)"):
+        guest_images_root()
