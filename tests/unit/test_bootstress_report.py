@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 
+# Sibling test modules, by the name pytest imports them under (their directory is on
+# sys.path): `tests.unit.x` would need the checkout root on sys.path, which would shadow
+# the installed package tox tests.
+from test_report_nightly import nightly
+from test_report_render import make_report
+
 from harness.report.bootstress import boot_stress_figures, boot_stress_words
 from harness.report.document import HuntResult
 from harness.report.html import render_html
 from harness.report.markdown import render_markdown
-from tests.unit.test_report_nightly import nightly
-from tests.unit.test_report_render import make_report
 
 PASSED = {"ok": True, "boots": 3, "attempted": 3, "machine": "q35", "failures": [],
           "total_s": {"p50": 6.8, "p95": 7.1},
