@@ -1,5 +1,9 @@
 """INT#x sharing stress and bridge-depth routing: build, check, load, measure.
 
+The routing model and the stress topology are in intx_layout.py, the counters
+and the host's payload server in intx_io.py; this module runs the stress in a
+guest and re-exports their public names.
+
 Why this shape:
 - The *model* of where a device's INT#x lands is derived here from the PCI
   specs, never read back from QEMU: each PCI-to-PCI bridge swizzles
@@ -24,275 +28,40 @@ Why this shape:
 
 from __future__ import annotations
 
-import hashlib
-import random
-import re
 import shlex
-import socket
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, Self
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from harness.errors import HarnessError, UserError
+from harness.errors import HarnessError
 from harness.guest.console import kernel_trouble
-from harness.qemu.facts import machine_facts
 from harness.scenarios.acpi import pci_interrupt_links
 from harness.scenarios.guestio import GuestFunction, functions_by_path
+from harness.scenarios.intx_io import (
+    CHUNK,
+    PayloadServer,
+    counter_delta,
+    parse_info_irq,
+    parse_proc_interrupts,
+)
+from harness.scenarios.intx_layout import (
+    DISK_BYTES,
+    LINK_NAMES,
+    IntxRoute,
+    Kind,
+    StressDevice,
+    StressLayout,
+    expected_line,
+    intx_route,
+    root_link,
+    shared_line_layout,
+    swizzle,
+)
 from harness.topology.layout import path_of, resolve
-from harness.topology.model import Address, Device, Topology
-from harness.topology.rules import intx_slots
 
-__all__ = ["IntxRoute", "IntxStress", "LoadResult", "StressDevice", "StressLayout",
-           "expected_line", "intx_route", "parse_info_irq", "parse_proc_interrupts",
-           "root_link", "shared_line_layout", "swizzle"]
-
-Kind = Literal["blk", "net"]
-LINK_NAMES = "ABCDEFGH"
-CHUNK = 1024 * 1024           # bytes per disk write/read-back and per network download
-DISK_BYTES = 32 * 1024 * 1024
-BRIDGE_DRIVER = "pci-bridge"
-
-
-# --------------------------------------------------------------------------- routing model
-
-def swizzle(pin: int, slot: int) -> int:
-    """The PCI-to-PCI bridge rule: INT pin (1-4) of a device at `slot` on the
-    secondary bus as it appears on the bridge's primary side."""
-    return ((pin - 1 + slot) % 4) + 1
-
-
-def root_link(machine: str, slot: int, pin: int) -> int:
-    """PIRQ link index (0 = PIRQA) of root-bus `slot`, INT pin `pin` (1-4)."""
-    facts = machine_facts(machine)
-    if slot not in facts.pirq_slots:
-        raise UserError(f"root slot {slot:#x}: ICH9 routes slots 0x18-0x1f through "
-                        "per-device D<n>IR registers; the model covers slots below "
-                        f"{facts.pirq_slots.stop:#x}")
-    return (slot + facts.pirq_slot_offset + pin - 1) % 4 + facts.pirq_first_link
-
-
-@dataclass(frozen=True)
-class IntxRoute:
-    """Where one device's INT#x goes: pin per level (device first) and the link."""
-
-    device: str
-    pins: tuple[int, ...]        # pin at the device, then after each bridge upward
-    root_slot: int
-    link: int                    # 0 = PIRQA
-
-    @property
-    def link_name(self) -> str:
-        return f"PIRQ{LINK_NAMES[self.link]}"
-
-
-def intx_route(topology: Topology, device_id: str, pin: int = 1) -> IntxRoute:
-    """Swizzle `device_id`'s pin up its bridge chain and map it to a root link."""
-    topo = resolve(topology)
-    path = path_of(topo, topo.device(device_id))
-    slots = [Address.parse(p, what=device_id).slot for p in path]
-    pins = [pin]
-    for slot in reversed(slots[1:]):
-        pins.append(swizzle(pins[-1], slot))
-    return IntxRoute(device_id, tuple(pins), slots[0], root_link(topo.machine, slots[0],
-                                                                  pins[-1]))
-
-
-class Shell(Protocol):
-    def succeed(self, command: str, timeout: float = 60.0) -> str: ...
-
-
-def expected_line(machine: str, link: int) -> int | None:
-    """The interrupt line (GSI) a PIRQ link drives in APIC mode, when the chipset
-    fixes it: q35's ICH9 wires PIRQA-H to IO-APIC pins 16-23.
-
-    None on pc: PIIX3 steers PIRQA-D to whichever ISA IRQ its PIRQRC register
-    holds, and the guest's OS picks that IRQ among the link's _PRS choices and
-    programs it through ACPI _SRS.  Reading the register back would compare the
-    guest with itself, so IntxStress learns the line from the hardware side (the
-    IO-APIC pin QEMU counts while one device does I/O) and checks it against
-    the DSDT's _PRS for the link and against the guest's IRQ.
-    """
-    base = machine_facts(machine).pirq_gsi_base
-    return None if base is None else base + link
-
-
-# --------------------------------------------------------------------------- the topology
-
-@dataclass(frozen=True)
-class StressDevice:
-    id: str
-    kind: Kind
-    depth: int
-    subnet: int | None = None     # net: 10.0.<subnet>.0/24 on its own user netdev
-
-    @property
-    def guest_ip(self) -> str:
-        return f"10.0.{self.subnet}.15"
-
-    @property
-    def host_ip(self) -> str:
-        return f"10.0.{self.subnet}.2"     # slirp's alias for the host's 127.0.0.1
-
-
-@dataclass(frozen=True)
-class StressLayout:
-    """A topology whose stress devices all share one INT#x link, plus what the
-    harness needs to drive them."""
-
-    topology: Topology
-    devices: tuple[StressDevice, ...]
-    extra_args: tuple[str, ...]   # the user-mode netdevs of the stress NICs
-    link: int
-
-    def device(self, device_id: str) -> StressDevice:
-        return next(d for d in self.devices if d.id == device_id)
-
-
-def _free_slots(machine: str, depth: int, used: set[int]) -> list[int]:
-    return [s for s in intx_slots(machine_facts(machine), depth) if s not in used]
-
-
-def shared_line_layout(machine: str, depths: Sequence[int], *,
-                       kinds: Sequence[Kind] | None = None,
-                       disk_bytes: int = DISK_BYTES) -> StressLayout:
-    """Stress devices at the given bridge depths, all routed to one PIRQ link.
-
-    A chain of pci-bridges ib1 (root slot 2) -> ib2 (slot 1) -> ... is as deep
-    as the deepest device; a device at depth d sits on ib<d>'s bus (the root bus
-    for 0) at the first free slot whose swizzled route reaches the link the
-    first device got.  Kinds alternate blk, net unless given.
-    """
-    if not depths:
-        raise UserError("an INT#x stress needs at least one device")
-    if min(depths) < 0 or max(depths) > 8:
-        raise UserError("bridge depth must be 0-8")
-    kinds = list(kinds) if kinds is not None else [
-        "blk" if i % 2 == 0 else "net" for i in range(len(depths))]
-    devices: list[Device] = []
-    for level in range(1, max(depths) + 1):
-        devices.append(Device(id=f"ib{level}", driver=BRIDGE_DRIVER,
-                              bus=None if level == 1 else f"ib{level - 1}",
-                              addr=Address(2 if level == 1 else 1, 0)))
-    used: dict[int, set[int]] = {d: {2 if d == 0 else 1} for d in range(max(depths) + 1)}
-    stress: list[StressDevice] = []
-    extra: list[str] = []
-    link: int | None = None
-    base = Topology(machine=machine, devices=tuple(devices))
-    for index, (depth, kind) in enumerate(zip(depths, kinds)):
-        dev_id = f"s{index}{kind}"
-        subnet = 10 + index if kind == "net" else None
-        props: list[tuple[str, str | int | bool]] = [("vectors", 0)]
-        if kind == "net":
-            props.append(("netdev", f"{dev_id}-nd"))
-        for slot in _free_slots(machine, depth, used[depth]):
-            candidate = Device(id=dev_id, driver="virtio-blk-pci" if kind == "blk"
-                               else "virtio-net-pci", bus=f"ib{depth}" if depth else None,
-                               addr=Address(slot, 0), props=tuple(props),
-                               disk=disk_bytes if kind == "blk" else None)
-            trial = replace(base, devices=base.devices + (candidate,))
-            route = intx_route(trial, dev_id)
-            if link is None or route.link == link:
-                link = route.link
-                base = trial
-                used[depth].add(slot)
-                break
-        else:
-            raise UserError(f"no free slot at depth {depth} reaches PIRQ{LINK_NAMES[link or 0]}",
-                            fix="use fewer devices per depth")
-        stress.append(StressDevice(dev_id, kind, depth, subnet))
-        if subnet is not None:
-            extra += ["-netdev", f"user,id={dev_id}-nd,net=10.0.{subnet}.0/24"]
-    assert link is not None
-    return StressLayout(base, tuple(stress), tuple(extra), link)
-
-
-# --------------------------------------------------------------------------- counters
-
-_PROC_IRQ = re.compile(r"^\s*(\d+):((?:\s+\d+)+)\s+(\S+)\s+(\S+)\s+(.*)$")
-
-
-def parse_proc_interrupts(text: str) -> dict[int, tuple[int, str, str]]:
-    """/proc/interrupts -> {irq: (count summed over CPUs, chip, actions)}."""
-    out = {}
-    for line in text.splitlines():
-        m = _PROC_IRQ.match(line)
-        if m:
-            out[int(m.group(1))] = (sum(int(x) for x in m.group(2).split()), m.group(3),
-                                    m.group(5).strip())
-    return out
-
-
-def parse_info_irq(text: str, controller: str = "ioapic") -> dict[int, int]:
-    """HMP `info irq` -> {pin: count} of one interrupt controller."""
-    out: dict[int, int] = {}
-    section = None
-    for line in text.splitlines():
-        head = re.match(r"IRQ statistics for (\S+):", line)
-        if head:
-            section = head.group(1)
-            continue
-        m = re.match(r"\s*(\d+):\s*(\d+)", line)
-        if m and section == controller:
-            out[int(m.group(1))] = int(m.group(2))
-    return out
-
-
-def _delta(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in after
-            if after.get(k, 0) != before.get(k, 0)}
-
-
-# --------------------------------------------------------------------------- the host side
-
-class PayloadServer:
-    """Sends a deterministic payload to every TCP connection (the NICs' load).
-
-    Guests reach it through slirp at 10.0.<subnet>.2:port (the host's loopback).
-    """
-
-    def __init__(self, size: int = CHUNK, seed: int = 7):
-        self.payload = random.Random(seed).randbytes(size)
-        self.md5 = hashlib.md5(self.payload).hexdigest()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self._sock.settimeout(0.2)
-        self.port: int = self._sock.getsockname()[1]
-        self.served = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="intx-payload", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
-
-    def _send(self, conn: socket.socket) -> None:
-        try:
-            conn.settimeout(30)
-            conn.sendall(self.payload)
-            self.served += 1
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
+__all__ = ["IntxRoute", "IntxStress", "LoadResult", "PayloadServer", "StressDevice",
+           "StressLayout", "expected_line", "intx_route", "parse_info_irq",
+           "parse_proc_interrupts", "root_link", "run_stress", "shared_line_layout", "swizzle"]
 
 # --------------------------------------------------------------------------- the guest side
 
@@ -499,7 +268,7 @@ class IntxStress:
         q0, g0 = self._qemu_pins(), self._line_counts()
         self.guest.succeed(cmd, timeout=60)
         q1, g1 = self._qemu_pins(), self._line_counts()
-        return ProbeResult(device_id, g1.get(fn.irq, 0) - g0.get(fn.irq, 0), _delta(q0, q1))
+        return ProbeResult(device_id, g1.get(fn.irq, 0) - g0.get(fn.irq, 0), counter_delta(q0, q1))
 
     def check_probe(self, probe: ProbeResult) -> list[str]:
         """The line of the device counted, and QEMU's IO-APIC pin is the model's
@@ -589,7 +358,7 @@ class IntxStress:
         for irq, delta in line_deltas.items():
             if delta <= 0:
                 failures.append(f"IRQ {irq}: /proc/interrupts did not grow under load")
-        return LoadResult(t1 - t0, tuple(loads), line_deltas, _delta(q0, q1), tuple(failures))
+        return LoadResult(t1 - t0, tuple(loads), line_deltas, counter_delta(q0, q1), tuple(failures))
 
     def trouble(self) -> list[str]:
         """Kernel complaints (nobody cared, Disabling IRQ, I/O error...) from the
