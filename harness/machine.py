@@ -5,6 +5,9 @@ for the CLI and the fixtures alike).  Launch either finishes with an SSH
 session to a ready guest or cleans up everything it started and raises a
 HarnessError that says what happened (QEMU's exit status or signal and its
 stderr, or the console tail of a guest that never became ready).
+
+What decides the command line is a LaunchPlan (harness/plan.py); the script
+that starts the same QEMU by hand is harness/reproduce.py.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -26,52 +28,21 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError
 from harness.guest.console import Console, ConsoleClosed
 from harness.guest.hopsocket import HopSocket, guest_command, guestfwd_option
-from harness.guest.image import GuestImage
 from harness.guest.ssh import GuestShell, SshKey
 from harness.paths import private_dir
-from harness.qemu.accel import Accel
-from harness.qemu.binary import QemuBinary
+from harness.plan import CPU_MODEL, FIRMWARE, FIRMWARE_LOG, LaunchPlan
 from harness.qemu.probe import root_bus_hotplug
 from harness.qemu.process import QemuProcess
 from harness.qemu.qmp import Qmp
+from harness.reproduce import write_reproduce_script
 
 if TYPE_CHECKING:
-    from harness.topology.render import RenderedMachine, ScratchDisk
+    from harness.topology.render import RenderedMachine
+
+__all__ = ["BOOT_SECONDS", "CPU_MODEL", "FIRMWARE", "FIRMWARE_LOG", "BootTimings", "Guest",
+           "LaunchPlan", "write_reproduce_script"]
 
 BOOT_SECONDS = 60.0     # TCG seconds from spawn to the READY marker
-# A named model (not `max`): the same on every QEMU version, so cross-version
-# migration works, and under TCG the kernel patches far fewer alternatives
-# (~0.6 s less boot).  RDRAND feeds the guest's entropy pool at once, so
-# dropbear's first login does not wait for randomness.
-CPU_MODEL = "qemu64,+rdrand"
-# SeaBIOS (QEMU's default) is the default: it reserves I/O and memory windows
-# on bridges, without which a device hot-plugged behind an empty bridge gets
-# no resources.  qboot boots ~0.3 s faster and suits tests without hotplug.
-FIRMWARE = {"seabios": None, "qboot": "qboot.rom"}
-FIRMWARE_LOG = "firmware.log"
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """Everything that decides the QEMU command line of one guest."""
-
-    binary: QemuBinary
-    accel: Accel
-    image: GuestImage
-    topology: Any                     # harness.topology.Topology
-    firmware: str = "seabios"
-    memory: str | None = None         # overrides the topology's memory
-    extra_args: tuple[str, ...] = ()  # e.g. ("-S",) for a paused machine
-    boot_guest: bool = True           # False: no kernel, QMP only (the where-oracle)
-    kernel_args: tuple[str, ...] = () # e.g. ("pci=nomsi",) or ("iomem=relaxed",)
-    # The guest can open an SSH session that survives live migration (see
-    # harness/guest/hopsocket.py): ping-pong checks every hop over it.
-    migrating_ssh: bool = False
-    # SeaBIOS's debug console (I/O port 0x402) to firmware.log in the artifacts:
-    # the only place that says whether the firmware found a disk to boot.
-    firmware_log: bool = False
-
-
 @dataclass
 class BootTimings:
     """Seconds since QEMU was spawned, per phase (the boot benchmark's breakdown)."""
@@ -427,42 +398,3 @@ class Guest:
     def check_alive(self, during: str) -> None:
         if self.process is not None and not self.process.alive():
             raise self.process.exited_error(during)
-
-
-def write_reproduce_script(path: Path, argv: Sequence[str], run_dir: Path,
-                           artifacts: Path, overlays: Sequence[ScratchDisk] = ()) -> None:
-    """A script that starts the same QEMU by hand: QMP and console become
-    server sockets in a fresh directory, so a person can attach to them.
-
-    Overlays over a read-only image (a boot disk) are made afresh in that
-    directory, so the script boots the same disk the same way as the run did,
-    not the disk the run left behind; so is the firmware log.
-    """
-    prepare = "".join(
-        f"qemu-img create -q -f {d.format} -b {shlex.quote(str(d.backing))} "
-        f"-F {d.backing_format} \"$RUN/{d.path.name}\"\n" for d in overlays)
-    rewritten = []
-    for arg in argv:
-        arg = arg.replace(str(run_dir / "authorized_keys"), str(artifacts / "authorized_keys"))
-        arg = arg.replace(f"path={artifacts / FIRMWARE_LOG}", f"path=$RUN/{FIRMWARE_LOG}")
-        for disk in overlays:
-            arg = arg.replace(_escape_comma(str(disk.path)), f"$RUN/{disk.path.name}")
-        if arg.startswith("socket,id=qmp,"):
-            arg = "socket,id=qmp,path=$RUN/qmp.sock,server=on,wait=off"
-        elif arg.startswith("socket,id=console,"):
-            arg = "stdio,id=console,signal=off"
-        rewritten.append(arg)
-    quoted = " ".join('"' + a.replace('"', '\\"').replace("`", "\\`") + '"' for a in rewritten)
-    path.write_text(
-        "#!/bin/sh\n"
-        "# Starts the same QEMU as the test did.  The serial console is on this\n"
-        "# terminal; QMP listens on $RUN/qmp.sock (e.g. `qmp-shell $RUN/qmp.sock`);\n"
-        f"# SSH: ssh -i {artifacts / 'id_ed25519'} -p PORT root@127.0.0.1 where PORT is\n"
-        "# in `info usernet`.\n"
-        "set -e\nRUN=$(mktemp -d)\necho \"QMP socket: $RUN/qmp.sock\" >&2\n"
-        f"{prepare}exec {quoted}\n")
-    os.chmod(path, 0o755)
-
-
-def _escape_comma(value: str) -> str:
-    return value.replace(",", ",,")

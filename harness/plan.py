@@ -1,0 +1,46 @@
+"""What decides one guest's QEMU command line: the LaunchPlan, and the CPU
+model and firmware every guest shares.  Values only; harness/machine.py's
+Guest turns a plan into a running QEMU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.guest.image import GuestImage
+from harness.qemu.accel import Accel
+from harness.qemu.binary import QemuBinary
+
+__all__ = ["CPU_MODEL", "FIRMWARE", "FIRMWARE_LOG", "LaunchPlan"]
+
+# A named model (not `max`): the same on every QEMU version, so cross-version
+# migration works, and under TCG the kernel patches far fewer alternatives
+# (~0.6 s less boot).  RDRAND feeds the guest's entropy pool at once, so
+# dropbear's first login does not wait for randomness.
+CPU_MODEL = "qemu64,+rdrand"
+# SeaBIOS (QEMU's default) is the default: it reserves I/O and memory windows
+# on bridges, without which a device hot-plugged behind an empty bridge gets
+# no resources.  qboot boots ~0.3 s faster and suits tests without hotplug.
+FIRMWARE = {"seabios": None, "qboot": "qboot.rom"}
+FIRMWARE_LOG = "firmware.log"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything that decides the QEMU command line of one guest."""
+
+    binary: QemuBinary
+    accel: Accel
+    image: GuestImage
+    topology: Any                     # harness.topology.Topology
+    firmware: str = "seabios"
+    memory: str | None = None         # overrides the topology's memory
+    extra_args: tuple[str, ...] = ()  # e.g. ("-S",) for a paused machine
+    boot_guest: bool = True           # False: no kernel, QMP only (the where-oracle)
+    kernel_args: tuple[str, ...] = () # e.g. ("pci=nomsi",) or ("iomem=relaxed",)
+    # The guest can open an SSH session that survives live migration (see
+    # harness/guest/hopsocket.py): ping-pong checks every hop over it.
+    migrating_ssh: bool = False
+    # SeaBIOS's debug console (I/O port 0x402) to firmware.log in the artifacts:
+    # the only place that says whether the firmware found a disk to boot.
+    firmware_log: bool = False
