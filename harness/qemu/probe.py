@@ -152,7 +152,15 @@ def paused_qemu(binary: QemuBinary, args: tuple[str, ...], deadline: Deadline) -
             if deadline.expired():
                 raise DeadlineExceeded(f"{deadline.describe()}: QEMU never connected QMP",
                                        tail=process.stderr_text()[-2000:])
-        qmp = Qmp(conn, run / "qmp.log", name="probe")
+        try:
+            qmp = Qmp(conn, run / "qmp.log", name="probe")
+        except Exception as exc:  # noqa: BLE001 - qemu.qmp's ConnectError and friends
+            # QEMU connected QMP, then rejected its command line (a wrapper adding a
+            # bad -device, say): its exit status and stderr, not "EOF".
+            process.wait(Deadline(3, "QEMU exit", scaled=False))
+            if not process.alive():
+                raise process.exited_error("the facts probe's start-up") from None
+            raise HarnessError(f"QMP negotiation with QEMU failed: {exc}") from None
         yield qmp
     finally:
         listener.close()
