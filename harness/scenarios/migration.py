@@ -13,6 +13,9 @@ classified by what actually happened:
 - no-convergence           the migration was still sending pages at its deadline: the
                            guest dirties memory faster than the stream drains it
 
+Telling a dead QEMU from a broken SSH session (and the failure kinds
+themselves) is harness/scenarios/hopwatch.py; this module re-exports it.
+
 The destination is `Guest.incoming_twin` (same devices, disks and MAC) started
 with `-incoming defer`, so anything a scenario changed at run time (hot-plugged
 devices) can be replayed on it over QMP before `migrate-incoming`.
@@ -20,43 +23,39 @@ devices) can be replayed on it over QMP before `migrate-incoming`.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+__all__ = ["FAILURE_KINDS", "FailureKind", "HopFailure", "HopStats", "Transport", "connect_watching",
+           "destination_plan", "died", "exits_soon", "migrate", "new_login_error", "pin_machine",
+           "ping_watching", "start_destination"]
+
 from harness.deadline import Deadline
 from harness.errors import HarnessError, UserError
 from harness.machine import Guest, LaunchPlan
 from harness.qemu.binary import QemuBinary
+from harness.qemu.process import describe_returncode
+from harness.scenarios.hopwatch import (
+    FAILURE_KINDS,
+    FailureKind,
+    HopFailure,
+    alive,
+    connect_watching,
+    died,
+    exits_soon,
+    new_login_error,
+    ping_watching,
+)
 
 Transport = Literal["unix", "tcp"]
-FailureKind = Literal["qemu-died", "migration-failed", "destination-load-failed",
-                      "guest-trouble", "guest-hang", "ssh-dead", "data-mismatch",
-                      "pci-state-changed", "load-stalled", "no-convergence"]
-FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
-
 MAX_BANDWIDTH = 10 * 1024**3  # the 128 MiB/s default alone costs ~0.5 s per hop
 MIGRATE_SECONDS = 60.0
 LOAD_SECONDS = 30.0           # source completed -> destination left "inmigrate"
 SSH_SECONDS = 30.0
 POLL_S = 0.005
-LOGIN_CHECK_SECONDS = 10.0    # the new login that tells a broken session from a dead guest
-EXIT_GRACE_S = 5.0            # a broken connection: time for a dying QEMU to finish dying
-
-
-class HopFailure(HarnessError):
-    """A hop (or the checks after it) failed; `kind` is one of FAILURE_KINDS."""
-
-    def __init__(self, kind: FailureKind, hop: int, message: str, *, tail: str | None = None,
-                 process: str | None = None):
-        super().__init__(f"hop {hop}: {kind}: {message}", tail=tail)
-        self.kind = kind
-        self.hop = hop
-        self.detail = message
-        self.process = process  # the process (guest name) the failure is about
 
 
 @dataclass(frozen=True)
@@ -154,27 +153,8 @@ def _dst_failure(src: Guest, dst: Guest, hop: int, src_status: str | None) -> Ho
                           tail=stderr[-3000:] or None, process=dst.name)
     seen = f"; the source said {src_status}" if src_status else ""
     return HopFailure("destination-load-failed", hop,
-                      f"destination {dst.name} {_rc_text(rc)} while loading the migration "
+                      f"destination {dst.name} {describe_returncode(rc)} while loading the migration "
                       f"stream{seen}: {last}", tail=stderr[-3000:] or None, process=dst.name)
-
-
-def _rc_text(rc: int | None) -> str:
-    from harness.qemu.process import describe_returncode
-
-    return describe_returncode(rc)
-
-
-def died(guest: Guest, hop: int, during: str, role: str = "source") -> HopFailure:
-    """HopFailure("qemu-died") for a process that is gone, with its status and stderr."""
-    assert guest.process is not None
-    guest.process.wait(Deadline(2, f"{role} exit", scaled=False))
-    err = guest.process.exited_error(during)
-    return HopFailure("qemu-died", hop, f"{role} {guest.name}: {err.message}",
-                      tail=err.stderr[-3000:] or None, process=guest.name)
-
-
-def _alive(guest: Guest) -> bool:
-    return guest.process is not None and guest.process.alive()
 
 
 def _qmp(guest: Guest, command: str, args: dict[str, Any] | None = None) -> Any:
@@ -219,9 +199,9 @@ def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
         t_migrate = time.monotonic()
         _qmp(src, "migrate", {"uri": uri})
     except HarnessError:
-        if not _alive(dst):
+        if not alive(dst):
             raise _dst_failure(src, dst, hop, None) from None
-        if not _alive(src):
+        if not alive(src):
             raise died(src, hop, "migration start") from None
         raise
     info = _wait_completed(src, dst, hop, Deadline(MIGRATE_SECONDS, f"hop {hop} migration"))
@@ -269,14 +249,14 @@ def _num(value: Any) -> float | None:
 def _wait_completed(src: Guest, dst: Guest, hop: int, deadline: Deadline) -> dict[str, Any]:
     """Poll the source's query-migrate, checking both processes on every round."""
     while True:
-        if not _alive(dst):
+        if not alive(dst):
             raise _dst_failure(src, dst, hop, _status_or_none(src))
-        if not _alive(src):
+        if not alive(src):
             raise died(src, hop, f"migration to {dst.name}")
         try:
             info: dict[str, Any] = _qmp(src, "query-migrate")
         except HarnessError:
-            if not _alive(src) or (src.process and src.process.wait(
+            if not alive(src) or (src.process and src.process.wait(
                     Deadline(1, "source exit", scaled=False)) is not None):
                 raise died(src, hop, f"migration to {dst.name}") from None
             raise
@@ -318,7 +298,7 @@ def _status_or_none(guest: Guest) -> str | None:
 def _wait_loaded(src: Guest, dst: Guest, hop: int, deadline: Deadline) -> str:
     """Poll the destination until it leaves "inmigrate"; its exit is a failed load."""
     while True:
-        if not _alive(dst):
+        if not alive(dst):
             raise _dst_failure(src, dst, hop, "completed")
         try:
             status = str(_qmp(dst, "query-status")["status"])
@@ -331,105 +311,3 @@ def _wait_loaded(src: Guest, dst: Guest, hop: int, deadline: Deadline) -> str:
                              f"{deadline.describe()}: destination {dst.name} is still "
                              "'inmigrate' although the source completed", process=dst.name)
         time.sleep(POLL_S)
-
-
-def connect_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
-    """Open a new SSH session to `guest` while watching the process and the console."""
-    _watching(guest, hop, deadline,
-              lambda: guest.connect(Deadline(max(deadline.remaining(), 0.1),
-                                             f"SSH to {guest.name}", scaled=False)),
-              "does not answer SSH")
-
-
-def ping_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
-    """One round trip on the SSH session that followed the guest to `guest`."""
-    assert guest.shell is not None
-    shell = guest.shell
-    _watching(guest, hop, deadline,
-              lambda: shell.ping(Deadline(max(deadline.remaining(), 0.1),
-                                          f"SSH answer from {guest.name}", scaled=False)),
-              "does not answer on its SSH session (it was open before the hop)",
-              diagnose=lambda: _new_login_verdict(guest))
-
-
-def new_login_error(guest: Guest, seconds: float) -> str | None:
-    """None when a new SSH login through the host forward runs a command, else why not."""
-    try:
-        shell = guest.login(Deadline(seconds, f"a new SSH login to {guest.name}"))
-    except HarnessError as exc:
-        return exc.message
-    try:
-        shell.succeed("true", timeout=seconds)
-    except HarnessError as exc:
-        return f"it connects but cannot run a command: {exc.message}"
-    finally:
-        shell.close()
-    return None
-
-
-def _new_login_verdict(guest: Guest) -> str:
-    """After the followed session broke: does a new login work?  Yes points at the
-    migrated TCP connection (slirp's guestfwd state), no at the guest."""
-    error = new_login_error(guest, LOGIN_CHECK_SECONDS)
-    if error is not None:
-        return f"a new SSH login fails too: {error}"
-    return ("a new SSH login works, so the session's migrated TCP connection "
-            "(slirp guestfwd state) is what broke")
-
-
-def _watching(guest: Guest, hop: int, deadline: Deadline, action: Callable[[], Any],
-              failing: str, diagnose: Callable[[], str] | None = None) -> None:
-    """Run `action` (an SSH exchange) while watching the process and the console.
-
-    The action runs in a helper thread because paramiko's handshake has no
-    deadline of its own: a guest that hangs after accepting the TCP connection
-    (a kernel oops mid-handshake) would block it for good.  This thread names a
-    dead QEMU or a console oops at once; a stuck helper ends when QEMU is shut
-    down and its socket closes.
-    """
-    outcome: dict[str, BaseException | None] = {}
-
-    def attempt() -> None:
-        try:
-            action()
-            outcome["done"] = None
-        except Exception as exc:  # noqa: BLE001 -- re-raised by the watching thread
-            outcome["done"] = exc
-
-    helper = threading.Thread(target=attempt, name=f"ssh-{guest.name}", daemon=True)
-    helper.start()
-    while "done" not in outcome:
-        helper.join(0.05)
-        if "done" in outcome:
-            break
-        if not _alive(guest):
-            raise died(guest, hop, "SSH", "destination")
-        trouble = guest.console.trouble() if guest.console is not None else []
-        if trouble:
-            raise HopFailure("guest-trouble", hop, f"the console of {guest.name} shows: "
-                             f"{trouble[0].strip()}", tail="\n".join(trouble[-20:]),
-                             process=guest.name)
-        if deadline.expired() and helper.is_alive():
-            break
-    error = outcome.get("done")
-    if "done" in outcome and error is None:
-        return
-    if not _alive(guest) or ("done" in outcome and exits_soon(guest)):
-        raise died(guest, hop, "SSH", "destination")
-    reason = error.message if isinstance(error, HarnessError) else repr(error)
-    when = f"{deadline.describe()}: " if "done" not in outcome else ""
-    verdict = f"; {diagnose()}" if diagnose is not None else ""
-    raise HopFailure("ssh-dead", hop, f"{when}the guest on {guest.name} is "
-                     f"running but {failing} ({reason if error else 'no answer'}){verdict}",
-                     tail=guest.console.tail() if guest.console else None, process=guest.name)
-
-
-def exits_soon(guest: Guest, seconds: float = EXIT_GRACE_S) -> bool:
-    """Whether a QEMU that still looks alive exits within `seconds`.
-
-    A connection that breaks at once usually means QEMU is going away: a
-    process that aborts is still alive while the kernel writes its core, so
-    "alive" alone would blame SSH for a crash.
-    """
-    return guest.process is not None and guest.process.wait(
-        Deadline(seconds, f"{guest.name} exit", scaled=False)) is not None

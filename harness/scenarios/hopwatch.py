@@ -1,0 +1,154 @@
+"""What broke in a migration hop: the failure kinds, a QEMU that died (its
+status and stderr), and SSH exchanges run while the process and the console are
+watched, so a dead QEMU or a kernel oops is named at once instead of showing up
+as an SSH timeout.  A broken session is told from a dead guest by a new login.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+from harness.deadline import Deadline
+from harness.errors import HarnessError
+from harness.machine import Guest
+
+__all__ = ["EXIT_GRACE_S", "FAILURE_KINDS", "LOGIN_CHECK_SECONDS", "FailureKind", "HopFailure",
+           "alive", "connect_watching", "died", "exits_soon", "new_login_error",
+           "ping_watching"]
+
+FailureKind = Literal["qemu-died", "migration-failed", "destination-load-failed",
+                      "guest-trouble", "guest-hang", "ssh-dead", "data-mismatch",
+                      "pci-state-changed", "load-stalled", "no-convergence"]
+FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
+LOGIN_CHECK_SECONDS = 10.0    # the new login that tells a broken session from a dead guest
+EXIT_GRACE_S = 5.0            # a broken connection: time for a dying QEMU to finish dying
+
+
+class HopFailure(HarnessError):
+    """A hop (or the checks after it) failed; `kind` is one of FAILURE_KINDS."""
+
+    def __init__(self, kind: FailureKind, hop: int, message: str, *, tail: str | None = None,
+                 process: str | None = None):
+        super().__init__(f"hop {hop}: {kind}: {message}", tail=tail)
+        self.kind = kind
+        self.hop = hop
+        self.detail = message
+        self.process = process  # the process (guest name) the failure is about
+
+
+def died(guest: Guest, hop: int, during: str, role: str = "source") -> HopFailure:
+    """HopFailure("qemu-died") for a process that is gone, with its status and stderr."""
+    assert guest.process is not None
+    guest.process.wait(Deadline(2, f"{role} exit", scaled=False))
+    err = guest.process.exited_error(during)
+    return HopFailure("qemu-died", hop, f"{role} {guest.name}: {err.message}",
+                      tail=err.stderr[-3000:] or None, process=guest.name)
+
+
+def alive(guest: Guest) -> bool:
+    """The guest's QEMU process is running."""
+    return guest.process is not None and guest.process.alive()
+
+
+def connect_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
+    """Open a new SSH session to `guest` while watching the process and the console."""
+    _watching(guest, hop, deadline,
+              lambda: guest.connect(Deadline(max(deadline.remaining(), 0.1),
+                                             f"SSH to {guest.name}", scaled=False)),
+              "does not answer SSH")
+
+
+def ping_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
+    """One round trip on the SSH session that followed the guest to `guest`."""
+    assert guest.shell is not None
+    shell = guest.shell
+    _watching(guest, hop, deadline,
+              lambda: shell.ping(Deadline(max(deadline.remaining(), 0.1),
+                                          f"SSH answer from {guest.name}", scaled=False)),
+              "does not answer on its SSH session (it was open before the hop)",
+              diagnose=lambda: _new_login_verdict(guest))
+
+
+def new_login_error(guest: Guest, seconds: float) -> str | None:
+    """None when a new SSH login through the host forward runs a command, else why not."""
+    try:
+        shell = guest.login(Deadline(seconds, f"a new SSH login to {guest.name}"))
+    except HarnessError as exc:
+        return exc.message
+    try:
+        shell.succeed("true", timeout=seconds)
+    except HarnessError as exc:
+        return f"it connects but cannot run a command: {exc.message}"
+    finally:
+        shell.close()
+    return None
+
+
+def _new_login_verdict(guest: Guest) -> str:
+    """After the followed session broke: does a new login work?  Yes points at the
+    migrated TCP connection (slirp's guestfwd state), no at the guest."""
+    error = new_login_error(guest, LOGIN_CHECK_SECONDS)
+    if error is not None:
+        return f"a new SSH login fails too: {error}"
+    return ("a new SSH login works, so the session's migrated TCP connection "
+            "(slirp guestfwd state) is what broke")
+
+
+def _watching(guest: Guest, hop: int, deadline: Deadline, action: Callable[[], Any],
+              failing: str, diagnose: Callable[[], str] | None = None) -> None:
+    """Run `action` (an SSH exchange) while watching the process and the console.
+
+    The action runs in a helper thread because paramiko's handshake has no
+    deadline of its own: a guest that hangs after accepting the TCP connection
+    (a kernel oops mid-handshake) would block it for good.  This thread names a
+    dead QEMU or a console oops at once; a stuck helper ends when QEMU is shut
+    down and its socket closes.
+    """
+    outcome: dict[str, BaseException | None] = {}
+
+    def attempt() -> None:
+        try:
+            action()
+            outcome["done"] = None
+        except Exception as exc:  # noqa: BLE001 -- re-raised by the watching thread
+            outcome["done"] = exc
+
+    helper = threading.Thread(target=attempt, name=f"ssh-{guest.name}", daemon=True)
+    helper.start()
+    while "done" not in outcome:
+        helper.join(0.05)
+        if "done" in outcome:
+            break
+        if not alive(guest):
+            raise died(guest, hop, "SSH", "destination")
+        trouble = guest.console.trouble() if guest.console is not None else []
+        if trouble:
+            raise HopFailure("guest-trouble", hop, f"the console of {guest.name} shows: "
+                             f"{trouble[0].strip()}", tail="\n".join(trouble[-20:]),
+                             process=guest.name)
+        if deadline.expired() and helper.is_alive():
+            break
+    error = outcome.get("done")
+    if "done" in outcome and error is None:
+        return
+    if not alive(guest) or ("done" in outcome and exits_soon(guest)):
+        raise died(guest, hop, "SSH", "destination")
+    reason = error.message if isinstance(error, HarnessError) else repr(error)
+    when = f"{deadline.describe()}: " if "done" not in outcome else ""
+    verdict = f"; {diagnose()}" if diagnose is not None else ""
+    raise HopFailure("ssh-dead", hop, f"{when}the guest on {guest.name} is "
+                     f"running but {failing} ({reason if error else 'no answer'}){verdict}",
+                     tail=guest.console.tail() if guest.console else None, process=guest.name)
+
+
+def exits_soon(guest: Guest, seconds: float = EXIT_GRACE_S) -> bool:
+    """Whether a QEMU that still looks alive exits within `seconds`.
+
+    A connection that breaks at once usually means QEMU is going away: a
+    process that aborts is still alive while the kernel writes its core, so
+    "alive" alone would blame SSH for a crash.
+    """
+    return guest.process is not None and guest.process.wait(
+        Deadline(seconds, f"{guest.name} exit", scaled=False)) is not None
