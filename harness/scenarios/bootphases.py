@@ -66,7 +66,9 @@ class Phase:
 
 
 #: The AHCI-root guest (guest-images/debian12-ahci): markers its syslinux.cfg,
-#: initrd.sh and init.sh print.
+#: initrd.sh and init.sh print.  Markers that carry numbers include the line
+#: end: pexpect matches as early as it can, so without it "HARNESS-FSCK 0 4"
+#: could be taken from the first half of "HARNESS-FSCK 0 4.77".
 AHCI_ROOT_PHASES: tuple[Phase, ...] = (
     Phase("firmware", "the firmware found the AHCI disk and started its boot sector", None, 20),
     Phase("bootloader", "syslinux runs (read from the FAT partition through the BIOS)",
@@ -74,11 +76,11 @@ AHCI_ROOT_PHASES: tuple[Phase, ...] = (
     Phase("load", "syslinux read the kernel and the initramfs (BIOS disk calls on AHCI)",
           r"Loading /initrd\.img\.\.\. ?ok", 60),
     Phase("kernel", "the kernel decompressed itself, booted and runs the initramfs",
-          r"HARNESS-KERNEL [\d.]+", 40),
+          r"HARNESS-KERNEL [\d.]+\r?\n", 40),
     Phase("fsck", "e2fsck -f -n of the root partition finished",
-          r"HARNESS-FSCK -?\d+ [\d.]+", 40),
-    Phase("root", "the root file system is mounted", r"HARNESS-ROOT \S+ [\d.]+", 20),
-    Phase("userspace", "init on the root ran and sshd listens", r"HARNESS-READY [\d.]+", 40),
+          r"HARNESS-FSCK -?\d+ [\d.]+\r?\n", 40),
+    Phase("root", "the root file system is mounted", r"HARNESS-ROOT \S+ [\d.]+\r?\n", 20),
+    Phase("userspace", "init on the root ran and sshd listens", r"HARNESS-READY [\d.]+\r?\n", 40),
     Phase("ssh", "SSH answers and / is mounted read-write and takes writes", None, 40),
 )
 
@@ -108,6 +110,20 @@ def check_marker(phase: str, text: str) -> str | None:
     if phase == "root" and len(fields) >= 2 and "rw" not in fields[1].split(","):
         return f"the root file system is mounted {fields[1]!r}, not read-write"
     return None
+
+
+_TRAILING_SECONDS = re.compile(r"\s([\d]+\.[\d]+)\s*$")
+
+
+def guest_uptime(marker_text: str) -> float | None:
+    """The guest's /proc/uptime a HARNESS-* marker ends with, None for other markers.
+
+    Next to the host's phase times it splits a phase: the guest clock starts
+    with the kernel, so the host time at `kernel` minus the guest's uptime
+    there is what came before (firmware, boot loader, decompression).
+    """
+    match = _TRAILING_SECONDS.search(marker_text)
+    return float(match.group(1)) if match and marker_text.startswith("HARNESS-") else None
 
 
 def root_mount_problem(proc_mounts: str) -> str | None:
@@ -151,6 +167,7 @@ class BootRecord:
 
     number: int
     ended_at: dict[str, float] = field(default_factory=dict)
+    guest_uptime: dict[str, float] = field(default_factory=dict)  # phase -> guest clock at its end
     stopped_in: str | None = None
     reason: str | None = None
     console_tail: str | None = None
@@ -175,7 +192,8 @@ class BootRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {"boot": self.number, "ok": self.ok, "phases": self.durations(),
-                "total_s": self.total(), "stopped_in": self.stopped_in, "reason": self.reason,
+                "total_s": self.total(), "guest_uptime_s": dict(self.guest_uptime),
+                "stopped_in": self.stopped_in, "reason": self.reason,
                 "console_tail": self.console_tail, "firmware_tail": self.firmware_tail,
                 "artifacts": self.artifacts}
 

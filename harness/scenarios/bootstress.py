@@ -31,6 +31,7 @@ from harness.scenarios.bootphases import (
     BootRecord,
     Phase,
     check_marker,
+    guest_uptime,
     read_firmware_log,
     root_controller,
     root_mount_problem,
@@ -153,8 +154,11 @@ class BootStress:
             for phase in self.options.phases:
                 current = phase.name
                 deadline = Deadline(phase.seconds, f"the {phase.name} phase of boot {number}")
-                self._run_phase(guest, phase, deadline)
+                marker = self._run_phase(guest, phase, deadline)
                 record.ended_at[phase.name] = time.monotonic() - guest.started_at
+                uptime = guest_uptime(marker) if marker else None
+                if uptime is not None:
+                    record.guest_uptime[phase.name] = uptime
         except HarnessError as exc:
             if isinstance(exc, UserError) or (isinstance(exc, QemuExited) and guest.qmp is None):
                 raise  # QEMU refused the command line: no boot happened at all
@@ -176,18 +180,21 @@ class BootStress:
         return record
 
     # ---- phases --------------------------------------------------------
-    def _run_phase(self, guest: Guest, phase: Phase, deadline: Deadline) -> None:
+    def _run_phase(self, guest: Guest, phase: Phase, deadline: Deadline) -> str | None:
+        """Wait for the phase's end and check it; the console marker it ended at."""
         if phase.name == "firmware":
             self._wait_firmware(guest, deadline)
-        elif phase.marker is not None:
+            return None
+        if phase.marker is not None:
             text = self._wait_console(guest, phase, deadline)
             problem = check_marker(phase.name, text)
             if problem:
                 raise BootStopped(problem)
-        elif phase.name == "ssh":
+            return text
+        if phase.name == "ssh":
             self._check_ssh(guest, deadline)
-        else:
-            raise HarnessError(f"phase {phase.name!r} has no marker and no check")
+            return None
+        raise HarnessError(f"phase {phase.name!r} has no marker and no check")
 
     def _wait_firmware(self, guest: Guest, deadline: Deadline) -> None:
         log = guest.artifacts / FIRMWARE_LOG

@@ -29,6 +29,7 @@ from harness.scenarios.bootphases import (
     STOP_LINE,
     BootRecord,
     check_marker,
+    guest_uptime,
     read_firmware_log,
     root_controller,
     root_mount_problem,
@@ -173,6 +174,16 @@ def _record(number: int, ends: list[float], stopped_in: str | None = None) -> Bo
         record.stopped_in, record.reason = stopped_in, "because"
         record.artifacts = f"/tmp/a/boot-{number:04d}"
     return record
+
+
+@pytest.mark.parametrize(("text", "uptime"), [
+    ("HARNESS-KERNEL 2.46", 2.46), ("HARNESS-FSCK 0 4.77", 4.77),
+    ("HARNESS-ROOT rw,relatime 4.94", 4.94), ("HARNESS-READY 7.07\r", 7.07),
+    ("SYSLINUX 6.04 20210613 Copyright (C) 1994-2015 H. Peter Anvin et al", None),
+    ("Loading /initrd.img...ok", None), ("login: 3.5", None),
+])
+def test_guest_uptime_from_markers(text, uptime):
+    assert guest_uptime(text) == uptime
 
 
 def test_durations_are_the_differences_between_phase_ends():
