@@ -81,6 +81,21 @@ def _accept(listener: socket.socket, process: QemuProcess, deadline: Deadline,
                                    tail=process.stderr_text()[-2000:])
 
 
+def render_plan(plan: LaunchPlan, scratch_dir: Path, mgmt_mac: str,
+                run_dir: Path) -> RenderedMachine:
+    """Render PLAN's topology once, with everything else the command line needs
+    as inputs: the MAC, the scratch directory, the migrating SSH forward (a
+    socket in RUN_DIR), the memory override, no guest RAM in QEMU's core."""
+    from harness.topology.render import RenderInputs, render
+
+    hop = str(run_dir / "ssh-hop.sock")
+    return render(plan.topology, RenderInputs(
+        scratch_dir=scratch_dir, mgmt_mac=mgmt_mac,
+        mgmt_netdev_options=(guestfwd_option(hop),) if plan.migrating_ssh else (),
+        memory=plan.memory, dump_guest_core=False,
+        private_paths=(hop,) if plan.migrating_ssh else ()))
+
+
 def _random_mac() -> str:
     # Random per guest: no two workers' guests share a MAC.
     tail = os.urandom(3)
@@ -114,13 +129,9 @@ class Guest:
         # devices, disks and MAC; otherwise this guest renders its own.
         self._owns_disks = same_machine_as is None
         self.mgmt_mac: str = same_machine_as.mgmt_mac if same_machine_as else _random_mac()
-        if same_machine_as is not None:
-            self.rendered: RenderedMachine = same_machine_as.rendered
-        else:
-            from harness.topology.render import render
-
-            self.rendered = render(plan.topology, scratch_dir=artifacts / "disks",
-                                   mgmt_mac=self.mgmt_mac)
+        scratch = (same_machine_as.rendered.inputs.scratch_dir if same_machine_as
+                   else artifacts / "disks")
+        self.rendered: RenderedMachine = render_plan(plan, scratch, self.mgmt_mac, self.run_dir)
 
     def incoming_twin(self, artifacts: Path, name: str) -> Guest:
         """A not-yet-started Guest with this one's devices, disks and MAC: the
@@ -157,17 +168,7 @@ class Guest:
                      "-append", " ".join([plan.image.cmdline_base, *plan.kernel_args,
                                           f"harness.modules={modules}",
                                           f"harness.mac={self.mgmt_mac}"])]
-        rendered = list(self.rendered.argv)
-        if plan.migrating_ssh:
-            at = rendered.index("-netdev") + 1
-            rendered[at] += "," + guestfwd_option(str(self.run_dir / "ssh-hop.sock"))
-        argv += rendered
-        # A crashing QEMU's core (harness/qemu/process.py) holds QEMU's own
-        # memory, device state included, but not the guest's RAM: gigabytes
-        # on a big guest, and the guest's pages are not what a QEMU bug is in.
-        argv += ["-machine", "dump-guest-core=off"]
-        if plan.memory:
-            argv += ["-m", plan.memory]
+        argv += self.rendered.argv  # the topology and the machine: rendered once
         argv += list(plan.extra_args)
         if incoming:
             argv += ["-incoming", incoming]

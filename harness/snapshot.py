@@ -34,6 +34,7 @@ from harness.deadline import Deadline, timeout_scale
 from harness.errors import DeadlineExceeded, HarnessError
 from harness.machine import CPU_MODEL, Guest, LaunchPlan
 from harness.paths import cache_root
+from harness.topology.render import RenderedMachine
 
 #: Bump when what is saved, or how it is restored, changes.
 SNAPSHOT_FORMAT = "3"
@@ -51,8 +52,11 @@ LOCK_WAIT_SECONDS = 180.0
 Progress = Callable[[str], None]
 
 
-def snapshot_key(plan: LaunchPlan) -> str:
-    """Everything that changes the device set, firmware or guest software."""
+def snapshot_key(plan: LaunchPlan, rendered: RenderedMachine) -> str:
+    """Everything that changes the device set, firmware or guest software: the
+    plan's QEMU, accelerator, firmware and image, and what the topology rendered
+    to (RenderedMachine.key_material, per-guest parts as tokens) -- the very
+    rendering the guest runs, not a second one."""
     parts = {
         "format": SNAPSHOT_FORMAT,
         "qemu": plan.binary.identity(),
@@ -61,25 +65,13 @@ def snapshot_key(plan: LaunchPlan) -> str:
         "cpu": CPU_MODEL,
         "image": plan.image.key,
         "cmdline": plan.image.cmdline_base,
-        "topology": plan.topology.cache_key(),
-        # What the harness derives from the topology (its driver table: guest
-        # modules, device properties) can change while the topology does not.
-        "rendered": _rendered(plan),
-        "migrating_ssh": plan.migrating_ssh,
-        "memory": plan.memory,
+        # Derived from the topology (and the driver table: guest modules, device
+        # properties), with memory, migrating SSH forward and -machine options.
+        "rendered": list(rendered.key_material),
         "kernel_args": list(plan.kernel_args),
         "extra_args": list(plan.extra_args),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _rendered(plan: LaunchPlan) -> list[str]:
-    """The topology's QEMU arguments and guest modules, with the per-guest parts
-    (scratch disk directory, MAC) fixed."""
-    from harness.topology.render import render
-
-    machine = render(plan.topology, scratch_dir=Path("/scratch"), mgmt_mac="52:54:00:00:00:00")
-    return [*machine.argv, "modules=" + ",".join(machine.guest_modules)]
 
 
 @dataclass(frozen=True)
@@ -107,15 +99,16 @@ class SnapshotCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.progress = progress
 
-    def entry(self, plan: LaunchPlan) -> SnapshotFile:
-        key = snapshot_key(plan)
+    def entry(self, plan: LaunchPlan, rendered: RenderedMachine) -> SnapshotFile:
+        key = snapshot_key(plan, rendered)
         return SnapshotFile(key, self.root / f"{key}.mig", self.root / f"{key}.json")
 
     def launch(self, plan: LaunchPlan, artifacts: Path, name: str) -> Guest:
         """A ready guest: restored when a snapshot exists, else cold (saving one)."""
+        guest = Guest(plan, artifacts, name=name)  # rendered here, once
         if not plan.boot_guest:
-            return Guest(plan, artifacts, name=name).launch()
-        snap = self.entry(plan)
+            return guest.launch()
+        snap = self.entry(plan, guest.rendered)
         if not snap.usable():
             try:
                 with FileLock(str(snap.path) + ".lock",
@@ -124,14 +117,14 @@ class SnapshotCache:
                         self._build(plan, snap, artifacts.with_name(artifacts.name + ".snapshot-build"))
             except Timeout:
                 self.progress("snapshot: another worker is still building it; booting cold")
-                return Guest(plan, artifacts, name=name).launch()
+                return guest.launch()
             except HarnessError as exc:
                 # A guest that cannot be saved can still be booted: the test
                 # decides, with the cold boot's own error if that fails too.
                 self.progress(f"snapshot: could not save one ({exc.message}); booting cold")
-                return Guest(plan, artifacts, name=name).launch()
+                return guest.launch()
         try:
-            guest = restore(plan, snap, artifacts, name)
+            restore(guest, snap)
         except HarnessError as exc:
             self.progress(f"snapshot {snap.key} did not restore ({exc.message}); "
                           "discarding it and booting cold")
@@ -186,6 +179,9 @@ class SnapshotCache:
     def _build(self, plan: LaunchPlan, snap: SnapshotFile, artifacts: Path) -> None:
         self.progress(f"snapshot: cold boot to save {snap.key}")
         builder = Guest(plan, artifacts, name="snapshot-builder")
+        if snapshot_key(plan, builder.rendered) != snap.key:  # a harness bug, not a QEMU one
+            builder.shutdown()
+            raise HarnessError("the snapshot builder renders another machine than the guest")
         try:
             builder.launch(wait_for_ssh=False)
             save(builder, snap)
@@ -237,9 +233,8 @@ def save(guest: Guest, snap: SnapshotFile) -> None:
                                      "save_s": round(time.monotonic() - started, 3)}))
 
 
-def restore(plan: LaunchPlan, snap: SnapshotFile, artifacts: Path, name: str) -> Guest:
-    """Start a guest from the snapshot and make it this run's guest."""
-    guest = Guest(plan, artifacts, name=name)
+def restore(guest: Guest, snap: SnapshotFile) -> Guest:
+    """Start a not-yet-launched guest from the snapshot and make it this run's guest."""
     try:
         guest.launch(incoming="defer")
         assert guest.qmp is not None and guest.console is not None

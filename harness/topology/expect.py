@@ -29,7 +29,12 @@ PORT_SPEEDS = {"2_5": 2.5, "5": 5.0, "8": 8.0, "16": 16.0, "32": 32.0, "64": 64.
 
 def expected_view(topology: Topology) -> PciView:
     """Every PCI function the guest should see, including built-ins and the mgmt NIC."""
-    topo = resolve(topology)
+    return model_of_resolved(resolve(topology))
+
+
+def model_of_resolved(topo: Topology) -> PciView:
+    """expected_view of a topology layout.resolve() already returned (render.py
+    resolves once and derives both the arguments and this model from it)."""
     funcs = [_builtin(topo, slot, fn, info) for (slot, fn), info in
              BUILTIN[topo.kind].items()]
     devices = list(topo.devices) + [mgmt_device(topo)]

@@ -12,23 +12,31 @@ Generated ids contain a dot, which topology ids may not, so they never collide.
 Every device gets an explicit addr (layout.resolve) and every port a chassis.
 The launcher adds -accel, -kernel, -append, -serial/-chardev, -qmp, -nodefaults and
 -display; nothing here does.
+
+Render once: a topology is resolved, validated and rendered exactly once per
+guest into a frozen RenderedMachine -- the arguments, the model of what the
+guest should see, and what the snapshot key hashes.  What else must be on the
+command line (the guest's MAC and scratch directory, the migrating SSH
+forward, a memory override, dump-guest-core) is a RenderInputs field, never a
+later string edit of the result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.qemu.facts import MGMT_SLOT
 from harness.topology.drivers import BASE_MODULES, driver_info
+from harness.topology.expect import model_of_resolved
 from harness.topology.layout import mgmt_device, parents_first, resolve
 from harness.topology.model import MGMT_ID, Device, PropValue, Topology
+from harness.views.pciview import PciView
 
 MGMT_NETDEV = f"user,id={MGMT_ID},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22"
 AHCI_DISK_ID = "ahci"  # ids derived from it: node "ahci.disk", device "ahci.hd"
 _DISK_MODULES = {"ide": ("ahci", "sd_mod"), "scsi": ("sd_mod",), "self": ()}
-_ACPI_GLOBAL = {"pc": "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
-                "q35": "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"}
+_KEY_TOKENS = ("<scratch>", "<mac>")  # what per-guest inputs read as in the snapshot key
 
 
 @dataclass(frozen=True)
@@ -46,10 +54,47 @@ class ScratchDisk:
 
 
 @dataclass(frozen=True)
+class RenderInputs:
+    """What goes on QEMU's command line besides the topology, per guest."""
+
+    scratch_dir: Path
+    mgmt_mac: str
+    #: Extra `-netdev user` options of the management NIC (the migrating SSH
+    #: session's guestfwd); they change the machine, so the key includes them.
+    mgmt_netdev_options: tuple[str, ...] = ()
+    memory: str | None = None            # overrides the topology's memory ("1G")
+    dump_guest_core: bool | None = None  # None: QEMU's default
+    #: Per-guest paths inside mgmt_netdev_options (sockets in a run directory):
+    #: hashed as a token, like the scratch directory.
+    private_paths: tuple[str, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True)
 class RenderedMachine:
+    """A topology rendered once: read by the Guest (argv, disks, modules), the
+    three views (expected) and the snapshot cache (key_material)."""
+
+    topology: Topology                   # resolved: every addr and chassis explicit
+    inputs: RenderInputs
     argv: tuple[str, ...]
     scratch_disks: tuple[ScratchDisk, ...]
     guest_modules: tuple[str, ...]
+    expected: PciView                    # what the guest should see (expect.py)
+
+    @property
+    def key_material(self) -> tuple[str, ...]:
+        """The arguments and guest modules with the per-guest parts (scratch
+        directory, MAC, private sockets) as tokens: equal for every guest of the
+        same machine, so one snapshot serves them all."""
+        values = (str(self.inputs.scratch_dir), self.inputs.mgmt_mac)
+        out = []
+        for arg in (*self.argv, "modules=" + ",".join(self.guest_modules)):
+            for value, token in zip(values, _KEY_TOKENS, strict=True):
+                arg = arg.replace(value, token)
+            for n, path in enumerate(self.inputs.private_paths):
+                arg = arg.replace(path, f"<private{n}>")
+            out.append(arg)
+        return tuple(out)
 
 
 def node_name(device_id: str) -> str:
@@ -77,12 +122,24 @@ def _blockdev(disk: ScratchDisk) -> str:
             f"file.filename={_escape(str(disk.path))}")
 
 
-def render(topology: Topology, *, scratch_dir: Path, mgmt_mac: str) -> RenderedMachine:
-    """The -machine/-m/-device/-blockdev/-global/-netdev arguments of a topology."""
+def render(topology: Topology, inputs: RenderInputs | None = None, *,
+           scratch_dir: Path | None = None, mgmt_mac: str | None = None) -> RenderedMachine:
+    """The -machine/-m/-device/-blockdev/-global/-netdev arguments of a topology and
+    the model of it; `scratch_dir`/`mgmt_mac` are a short form of RenderInputs."""
+    if inputs is None:
+        if scratch_dir is None or mgmt_mac is None:
+            raise TypeError("render() needs RenderInputs or scratch_dir and mgmt_mac")
+        inputs = RenderInputs(scratch_dir=scratch_dir, mgmt_mac=mgmt_mac)
+    scratch_dir, mgmt_mac = inputs.scratch_dir, inputs.mgmt_mac
     topo = resolve(topology)
-    argv: list[str] = ["-machine", topo.machine, "-m", _memory(topo.memory)]
+    machine = topo.machine
+    if inputs.dump_guest_core is not None:
+        # A crashing QEMU's core (harness/qemu/process.py) need not hold the
+        # guest's RAM: gigabytes, and not where a QEMU bug is.
+        machine += f",dump-guest-core={'on' if inputs.dump_guest_core else 'off'}"
+    argv: list[str] = ["-machine", machine, "-m", inputs.memory or _memory(topo.memory)]
     if not topo.acpi_hotplug:
-        argv += ["-global", _ACPI_GLOBAL[topo.kind]]
+        argv += ["-global", topo.facts.bridge_acpi_global]
     disks: list[ScratchDisk] = []
     modules: list[str] = list(BASE_MODULES)
     for dev in parents_first(topo):
@@ -98,12 +155,14 @@ def render(topology: Topology, *, scratch_dir: Path, mgmt_mac: str) -> RenderedM
     if topo.boot_disk is not None:
         argv += _boot_disk(topo, scratch_dir, disks, modules)
     mgmt = mgmt_device(topo)
-    argv += ["-netdev", MGMT_NETDEV, "-device",
+    argv += ["-netdev", ",".join([MGMT_NETDEV, *inputs.mgmt_netdev_options]), "-device",
              device_arg(mgmt.driver, [("id", MGMT_ID), ("netdev", MGMT_ID), ("mac", mgmt_mac),
                                       ("bus", topo.root_bus), ("addr", f"{MGMT_SLOT:#x}"),
                                       *mgmt.props])]
-    return RenderedMachine(argv=tuple(argv), scratch_disks=tuple(disks),
-                           guest_modules=tuple(dict.fromkeys(modules)))
+    return RenderedMachine(topology=topo, inputs=inputs, argv=tuple(argv),
+                           scratch_disks=tuple(disks),
+                           guest_modules=tuple(dict.fromkeys(modules)),
+                           expected=model_of_resolved(topo))
 
 
 BOOT_DISK_ID = "boot"  # ids derived from it: node "boot.disk", device "boot.hd"

@@ -131,10 +131,11 @@ def snapshot(guest: Guest, topology: Topology | None = None, *,
     """
     if guest.qmp is None:
         raise HarnessError(f"guest {guest.name!r} has no QMP connection (not launched?)")
-    topo: Topology = topology if topology is not None else guest.plan.topology
     guest.check_alive("the three-view snapshot")
     t0 = time.monotonic()
-    model = model_view(topo)
+    # The launch topology's model was derived when the guest was rendered; a
+    # changed machine (after a hotplug) is modelled from the topology given.
+    model = guest.rendered.expected if topology is None else model_view(topology)
     t1 = time.monotonic()
     guest_view, text = collect_guest_view(guest, deadline, lspci=lspci)
     t2 = time.monotonic()

@@ -4,10 +4,10 @@ import dataclasses
 from pathlib import Path
 
 from harness.guest.image import GuestImage
-from harness.machine import LaunchPlan
+from harness.machine import LaunchPlan, render_plan
 from harness.qemu.accel import Accel
 from harness.qemu.binary import QemuBinary
-from harness.snapshot import snapshot_key
+from harness.snapshot import snapshot_key as key_of
 from harness.topology import default_topology, topology_from_dict
 
 
@@ -26,8 +26,19 @@ def _plan(**changes):
     return dataclasses.replace(plan, **changes)
 
 
+def snapshot_key(plan: LaunchPlan, n: int = 0) -> str:
+    """The key of one guest of PLAN (guest n: its own scratch directory, MAC, run dir)."""
+    rendered = render_plan(plan, Path(f"/scratch{n}"), f"52:54:00:00:00:0{n}", Path(f"/run{n}"))
+    return key_of(plan, rendered)
+
+
 def test_same_plan_same_key():
     assert snapshot_key(_plan()) == snapshot_key(_plan())
+    # Every guest of the same machine shares the snapshot: its scratch directory,
+    # MAC and private sockets are tokens in the key.
+    assert snapshot_key(_plan(), 1) == snapshot_key(_plan(), 2)
+    hop = _plan(migrating_ssh=True)
+    assert snapshot_key(hop, 1) == snapshot_key(hop, 2)
 
 
 def test_key_changes_with_every_machine_defining_input():

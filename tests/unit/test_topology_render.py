@@ -99,3 +99,41 @@ def test_every_example_renders_with_explicit_addresses(tmp_path: Path) -> None:
         assert all(",addr=" in d for d in pci), path
         recorded = Path(__file__).parent / "data" / f"{path.stem}.json"
         assert recorded.exists(), f"record {path.name} with tests/unit/data/record_qemu.py"
+
+
+def test_everything_else_on_the_command_line_is_an_input(tmp_path: Path) -> None:
+    """Render once: the migrating SSH forward, memory override and dump-guest-core
+    are inputs, so the argv holds exactly one -machine, -m and -netdev."""
+    from harness.topology.render import RenderInputs
+
+    inputs = RenderInputs(scratch_dir=tmp_path, mgmt_mac=MAC,
+                          mgmt_netdev_options=("guestfwd=tcp:10.0.2.100:2222-unix:/r/hop",),
+                          memory="1G", dump_guest_core=False, private_paths=("/r/hop",))
+    r = render(default_topology("q35"), inputs)
+    argv = list(r.argv)
+    assert [argv.count(o) for o in ("-machine", "-m", "-netdev")] == [1, 1, 1], argv
+    assert argv[argv.index("-machine") + 1] == "q35,dump-guest-core=off"
+    assert argv[argv.index("-m") + 1] == "1G"
+    assert argv[argv.index("-netdev") + 1].endswith(",guestfwd=tcp:10.0.2.100:2222-unix:/r/hop")
+    assert r.inputs == inputs
+
+
+def test_the_result_carries_the_model_and_the_resolved_topology(tmp_path: Path) -> None:
+    from harness.topology import expected_view
+
+    t = topology_from_dict({"machine": "q35", "device": [
+        {"id": "rp1", "driver": "pcie-root-port"},
+        {"id": "d1", "driver": "virtio-blk-pci", "bus": "rp1", "disk": "16M"}]})
+    r = render(t, scratch_dir=tmp_path, mgmt_mac=MAC)
+    assert all(d.addr is not None for d in r.topology.devices)  # resolved once, here
+    assert r.expected == expected_view(t)  # the same rules as the stand-alone model
+    assert r.expected.function("d1").device == 0x1042  # modern-only behind the port
+
+
+def test_key_material_hides_only_the_per_guest_parts(tmp_path: Path) -> None:
+    a = render(default_topology("q35"), scratch_dir=tmp_path / "a", mgmt_mac=MAC)
+    b = render(default_topology("q35"), scratch_dir=tmp_path / "b", mgmt_mac="52:54:00:11:22:33")
+    assert a.argv != b.argv and a.key_material == b.key_material
+    assert not any(str(tmp_path) in x or MAC in x for x in a.key_material), a.key_material
+    c = render(default_topology("pc"), scratch_dir=tmp_path / "a", mgmt_mac=MAC)
+    assert c.key_material != a.key_material
