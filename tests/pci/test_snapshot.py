@@ -84,7 +84,11 @@ def test_corrupt_or_stale_snapshot_is_rebuilt_not_fatal(cache, messages, harness
                                                          started):
     topology = topology_from_dict(BRIDGED)
     plan = harness_factory.plan(topology)
-    entry = cache.entry(plan)
+    from harness.machine import Guest
+
+    unstarted = Guest(plan, artifacts / "key", name="key")  # its rendering names the entry
+    entry = cache.entry(plan, unstarted.rendered)
+    unstarted.shutdown()
     g = _launch(cache, harness_factory, topology, artifacts, "build", started)
     assert entry.usable() and g.timings.restored
     g.shutdown()
