@@ -141,9 +141,10 @@ def prune(kept: list[KeptState], keep: int) -> None:
         shutil.rmtree(old.directory, ignore_errors=True)
 
 
-_LISTENER = ("import socket,sys,time\n"
-             "s=socket.socket(socket.AF_UNIX);s.bind(sys.argv[1]);s.listen(1)\n"
-             "c,_=s.accept();time.sleep(1e9)\n")
+# Holds the guestfwd socket while its parent (the shell, then QEMU by exec) lives.
+_LISTENER = ("import os,socket,sys,time\n"
+             "p=os.getppid();s=socket.socket(socket.AF_UNIX);s.bind(sys.argv[1]);s.listen(1)\n"
+             "while os.getppid()==p: time.sleep(0.5)\n")
 
 
 def write_replay(path: Path, kept: KeptState, argv: Sequence[str], run_dir: Path,
