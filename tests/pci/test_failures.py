@@ -15,7 +15,6 @@ import pytest
 from harness.qemu.binary import find_qemu
 
 pytestmark = pytest.mark.smoke
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def qemu_pids_mentioning(marker: str) -> list[int]:
@@ -36,8 +35,10 @@ def qemu_pids_mentioning(marker: str) -> list[int]:
 
 def cli(tmp_path, *args, timeout=120):
     env = dict(os.environ, PCI_HARNESS_ARTIFACTS=str(tmp_path))
+    # Not from the checkout: `python -m harness` there imports its harness/, not the
+    # installed package (tox installs it).
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+                          text=True, timeout=timeout, env=env, cwd=tmp_path, check=False)
 
 
 def assert_user_error(result, *fragments):

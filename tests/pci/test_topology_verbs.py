@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def cli(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PCI_HARNESS_ARTIFACTS=str(tmp_path / "artifacts"))
+    # Not from the checkout: `python -m harness` there imports its harness/, not the
+    # installed package (tox installs it).
     return subprocess.run([sys.executable, "-m", "harness", *args, "--accel", "tcg"],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path,
                           check=False)
 
 

@@ -26,8 +26,6 @@ from harness.scenarios.bootphases import AHCI_ROOT_PHASES
 from harness.scenarios.bootstress import BootStress, BootStressOptions, boot_topology
 from harness.topology import resolve
 
-ROOT = Path(__file__).resolve().parents[3]
-
 
 def _controller_address(machine: str, behind_bridge: bool) -> str:
     """Where SeaBIOS should find the AHCI controller ("bus:slot.fn"), from the
@@ -90,7 +88,7 @@ def test_zeroed_boot_sector_stops_in_the_firmware_phase(
          "--disk", str(damaged), "--ready", "HARNESS-READY", "--ready-timeout", "600",
          "--qemu-binary", str(harness_factory.binary.path), "--accel", "tcg",
          "--timeout-multiplier", str(harness_settings.timeout_multiplier), "--json"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT, check=False)
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["boots"] == 0 and result["attempted"] == 1, result
