@@ -1,4 +1,5 @@
-"""reproduce.sh: the same QEMU as a run started, by hand, from its artifacts."""
+"""reproduce.sh: the same QEMU as a run started, by hand, from its artifacts
+(`write_reproduce_script`), or the same harness run again (`write_reproduce`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from harness.plan import FIRMWARE_LOG
 if TYPE_CHECKING:
     from harness.topology.render import ScratchDisk
 
-__all__ = ["write_reproduce_script"]
+__all__ = ["write_reproduce", "write_reproduce_script"]
 
 
 def write_reproduce_script(path: Path, argv: Sequence[str], run_dir: Path,
@@ -53,3 +54,20 @@ def write_reproduce_script(path: Path, argv: Sequence[str], run_dir: Path,
 
 def _escape_comma(value: str) -> str:
     return value.replace(",", ",,")
+
+
+def write_reproduce(path: Path, argv: Sequence[str], cwd: Path,
+                    replay: Path | None = None) -> None:
+    """reproduce.sh: reruns the same topology, seed and hops; after a failure whose
+    state was kept (--keep-states), it starts the failing hop's destination from
+    that state instead (`reproduce.sh --rerun` still reruns the whole run)."""
+    text = "#!/bin/sh\n"
+    if replay is not None:
+        text += ("# Starts the destination of the failing hop from its kept state\n"
+                 f"# ({replay.name}); with --rerun, reruns the whole ping-pong.\n"
+                 f"if [ \"$1\" != --rerun ]; then exec {shlex.quote(str(replay))}; fi\n"
+                 "shift\n")
+    text += ("# Replays the same topology, seed and hop sequence.\n"
+             f"cd {shlex.quote(str(cwd))}\nexec {shlex.join(argv)} \"$@\"\n")
+    path.write_text(text)
+    os.chmod(path, 0o755)

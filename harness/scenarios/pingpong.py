@@ -16,6 +16,9 @@ sub-directory per QEMU process (g00 booted, gNN the destination of hop NN:
 command line, QMP transcript, console log, stderr, a per-process
 reproduce.sh), `hops.jsonl`, `failure.txt`, `dmesg.txt` when the guest still
 answers, and the top-level `reproduce.sh` the caller supplies.
+
+The run's values (options, hop records, result) are pingpong_data.py; naming
+a failure and the post-mortem files, pingpong_failure.py.  Both are re-exported.
 """
 
 from __future__ import annotations
@@ -23,17 +26,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from harness.deadline import Deadline
-from harness.errors import DeadlineExceeded, HarnessError
+from harness.errors import HarnessError
 from harness.machine import Guest, LaunchPlan
-from harness.qemu.binary import QemuBinary
-from harness.qemu.process import core_dump_policy
+from harness.reproduce import write_reproduce
 from harness.scenarios.hoploads import (
-    DiskTarget,
     HopLoad,
     LoadOptions,
     build_loads,
@@ -43,19 +44,20 @@ from harness.scenarios.keepstate import KeptState, StreamTee, copy_disks, prune,
 from harness.scenarios.loads import DataMismatch, LoadStalled, Verified
 from harness.scenarios.migration import (
     HopFailure,
-    HopStats,
-    Transport,
     destination_plan,
     died,
-    exits_soon,
     migrate,
     new_login_error,
     pin_machine,
     start_destination,
 )
-from harness.topology import Topology
+from harness.scenarios.pingpong_data import HopRecord, PingPongOptions, PingPongResult, disk_targets
+from harness.scenarios.pingpong_failure import classify_failure, write_post_mortem
 from harness.views.pciview import PciView
 from harness.views.threeview import ThreeViews, changes, snapshot
+
+__all__ = ["HopRecord", "PingPong", "PingPongOptions", "PingPongResult", "disk_targets",
+           "write_reproduce"]
 
 # Freed guest pages are zeroed, so migration sends them as zero pages: an idle
 # 512 MiB guest sends ~86 MB instead of ~109 MB (measured, QEMU 7.2, TCG).
@@ -65,90 +67,6 @@ STOP_SECONDS = 30.0
 SESSION_SECONDS = 30.0
 Progress = Callable[[str], None]
 QmpCommand = tuple[str, dict[str, Any]]
-
-
-def disk_targets(topology: Topology, kinds: Sequence[str]) -> tuple[DiskTarget, ...]:
-    """The topology's disks of the given kinds ("ahci", "virtio-blk")."""
-    out: list[DiskTarget] = []
-    if "ahci" in kinds and topology.ahci_disk is not None:
-        out.append(DiskTarget("ahci", None, topology.ahci_disk))
-    for dev in topology.devices:
-        if dev.disk is None:
-            continue
-        if (dev.driver == "ich9-ahci" and "ahci" in kinds) or \
-                (dev.driver == "virtio-blk-pci" and "virtio-blk" in kinds):
-            out.append(DiskTarget(dev.id, dev.id, dev.disk))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class PingPongOptions:
-    hops: int                      # hops to run; with until_fail the upper limit
-    seed: int
-    load: str = "write"            # comma list: write|mixed, memory, fs; or none
-    transport: Transport = "unix"
-    disks: tuple[DiskTarget, ...] = ()
-    dst_binary: QemuBinary | None = None   # odd hops run on it, even hops come back
-    until_fail: bool = False
-    max_time_s: float | None = None
-    reproduce: tuple[str, ...] = ()        # argv that replays this run (reproduce.sh)
-    memory_mib: int = 256                  # memory load: working set (regions A + B)
-    memory_rate_mib_s: int = 64            # memory load: dirty-rate cap (MiB/s), 0 = flat out
-    keep_states: int = 0                   # keep the streams + disks of the last K hops
-    inject: tuple[tuple[str, int], ...] = ()   # (load kind, hop): a lost write before it
-
-
-@dataclass
-class HopRecord:
-    stats: HopStats
-    check_s: float
-    verified: dict[str, Verified] = field(default_factory=dict)
-    kept: KeptState | None = None
-
-    @property
-    def verified_mib(self) -> float:
-        return sum(v.bytes for v in self.verified.values()) / 2**20
-
-    @property
-    def verified_files(self) -> int:
-        return sum(v.files for v in self.verified.values())
-
-    @property
-    def verified_pages(self) -> int:
-        """Page checks the memory checker made since the previous check."""
-        return sum(v.units for name, v in self.verified.items() if name == "memory")
-
-    @property
-    def verify_s(self) -> float:
-        return sum(v.seconds for v in self.verified.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(), "check_s": round(self.check_s, 3),
-                "verified_mib": round(self.verified_mib, 2),
-                "verified_files": self.verified_files, "verified_pages": self.verified_pages,
-                "verify_s": round(self.verify_s, 3),
-                "verified": {k: {**v.__dict__, "seconds": round(v.seconds, 3)}
-                             for k, v in self.verified.items()},
-                "kept_state": self.kept.as_dict() if self.kept else None}
-
-
-@dataclass
-class PingPongResult:
-    ok: bool
-    records: list[HopRecord]
-    failure: HopFailure | None
-    artifacts: Path
-    verified_blocks: dict[str, int] = field(default_factory=dict)  # disk blocks read back
-    writes: dict[str, int] = field(default_factory=dict)
-    final: dict[str, Verified] = field(default_factory=dict)   # the end-of-run checks
-    load_summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    injected: list[str] = field(default_factory=list)
-    stopped_by: str | None = None   # "SIGINT"/"SIGTERM" when a signal ended the run
-    final_checks: str = "not run"   # "done", or why not
-    kept_states: list[KeptState] = field(default_factory=list)
-    boot_s: float = 0.0
-    login_s: float | None = None   # the new SSH login to the last process, at the end
-    notes: list[str] = field(default_factory=list)  # e.g. how two QEMU versions differ
 
 
 class PingPong:
@@ -421,7 +339,7 @@ class PingPong:
             result.ok = True
         except HopFailure as failure:
             result.failure = failure
-            self._post_mortem(failure)
+            write_post_mortem(failure, self.artifacts, self.guests, self.current)
         except KeyboardInterrupt:
             # A second signal: no final checks, but the summary of what was done.
             result.ok = True
@@ -473,34 +391,7 @@ class PingPong:
         except HopFailure:
             raise
         except HarnessError as exc:
-            raise self._classify(exc) from None
-
-    def _classify(self, exc: HarnessError) -> HopFailure:
-        # A dead QEMU explains every other symptom (SSH EOF, QMP lost): look first,
-        # and give the current one a moment (an aborting QEMU is alive while it dumps core).
-        for guest in self.live:
-            if guest.process is not None and not guest.process.alive():
-                return died(guest, self._hop, "the checks after the hop", role="process")
-        if self.current is not None and self.current in self.live \
-                and not isinstance(exc, DeadlineExceeded) and exits_soon(self.current):
-            return died(self.current, self._hop, "the checks after the hop", role="process")
-        # A guest that oopsed or panicked (oops=panic, panic=-1: it reboots) loses
-        # SSH too; the console says why.
-        for guest in self.live:
-            trouble = guest.console.trouble() if guest.console is not None else []
-            if trouble:
-                return HopFailure("guest-trouble", self._hop,
-                                  f"the console of {guest.name} shows: {trouble[0].strip()} "
-                                  f"(then: {exc.message})", tail="\n".join(trouble[-20:]),
-                                  process=guest.name)
-        if isinstance(exc, DeadlineExceeded):
-            return HopFailure("guest-hang", self._hop, exc.message, tail=exc.tail)
-        from harness.guest.ssh import SshUnavailable
-
-        if isinstance(exc, SshUnavailable):
-            return HopFailure("ssh-dead", self._hop, exc.message, tail=exc.tail)
-        return HopFailure("guest-hang" if "timeout" in exc.message else "ssh-dead",
-                          self._hop, exc.message, tail=exc.tail)
+            raise classify_failure(exc, self._hop, self.live, self.current) from None
 
     def _show(self, record: HopRecord) -> None:
         s = record.stats
@@ -513,53 +404,3 @@ class PingPong:
                       f"checks {record.check_s:.2f} s: verified {record.verified_mib:.1f} MiB, "
                       f"{record.verified_files} files in {record.verify_s:.2f} s{kept}")
 
-    def _post_mortem(self, failure: HopFailure) -> None:
-        guest = self.current
-        if guest is not None and guest.process is not None and guest.process.alive():
-            self._save_dmesg(guest)
-        involved = self.guests[-2:]
-        cores = [str(core.relative_to(self.artifacts)) for g in self.guests
-                 if g.process is not None for core in g.process.cores()]
-        where = (", ".join(cores) if cores
-                 else f"none written; this system sends them {core_dump_policy()}")
-        (self.artifacts / "failure.txt").write_text(
-            failure.describe() + "\n\nprocesses of the failing hop: "
-            + ", ".join(f"{g.name}/ (qemu.cmdline, qmp.log, console.log, qemu.stderr)"
-                        for g in involved) + f"\ncore dumps: {where}\n")
-
-    def _save_dmesg(self, guest: Guest) -> None:
-        """dmesg.txt over the session, or over a new login when the session is gone."""
-        try:
-            _, dmesg = guest.execute("dmesg", timeout=10)
-        except HarnessError:
-            try:
-                shell = guest.login(Deadline(10, "a login for dmesg", scaled=False))
-            except HarnessError:
-                return
-            try:
-                _, dmesg = shell.execute("dmesg", timeout=10)
-            except HarnessError:
-                return
-            finally:
-                shell.close()
-        (self.artifacts / "dmesg.txt").write_text(dmesg)
-
-
-def write_reproduce(path: Path, argv: Sequence[str], cwd: Path,
-                    replay: Path | None = None) -> None:
-    """reproduce.sh: reruns the same topology, seed and hops; after a failure whose
-    state was kept (--keep-states), it starts the failing hop's destination from
-    that state instead (`reproduce.sh --rerun` still reruns the whole run)."""
-    import os
-    import shlex
-
-    text = "#!/bin/sh\n"
-    if replay is not None:
-        text += ("# Starts the destination of the failing hop from its kept state\n"
-                 f"# ({replay.name}); with --rerun, reruns the whole ping-pong.\n"
-                 f"if [ \"$1\" != --rerun ]; then exec {shlex.quote(str(replay))}; fi\n"
-                 "shift\n")
-    text += ("# Replays the same topology, seed and hop sequence.\n"
-             f"cd {shlex.quote(str(cwd))}\nexec {shlex.join(argv)} \"$@\"\n")
-    path.write_text(text)
-    os.chmod(path, 0o755)

@@ -1,0 +1,102 @@
+"""The values of a ping-pong run: what it is asked (PingPongOptions, the disks
+to load) and what it returns (a HopRecord per hop, the PingPongResult)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.qemu.binary import QemuBinary
+from harness.scenarios.hoploads import DiskTarget
+from harness.scenarios.keepstate import KeptState
+from harness.scenarios.loads import Verified
+from harness.scenarios.migration import HopFailure, HopStats, Transport
+from harness.topology import Topology
+
+__all__ = ["HopRecord", "PingPongOptions", "PingPongResult", "disk_targets"]
+
+
+def disk_targets(topology: Topology, kinds: Sequence[str]) -> tuple[DiskTarget, ...]:
+    """The topology's disks of the given kinds ("ahci", "virtio-blk")."""
+    out: list[DiskTarget] = []
+    if "ahci" in kinds and topology.ahci_disk is not None:
+        out.append(DiskTarget("ahci", None, topology.ahci_disk))
+    for dev in topology.devices:
+        if dev.disk is None:
+            continue
+        if (dev.driver == "ich9-ahci" and "ahci" in kinds) or \
+                (dev.driver == "virtio-blk-pci" and "virtio-blk" in kinds):
+            out.append(DiskTarget(dev.id, dev.id, dev.disk))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PingPongOptions:
+    hops: int                      # hops to run; with until_fail the upper limit
+    seed: int
+    load: str = "write"            # comma list: write|mixed, memory, fs; or none
+    transport: Transport = "unix"
+    disks: tuple[DiskTarget, ...] = ()
+    dst_binary: QemuBinary | None = None   # odd hops run on it, even hops come back
+    until_fail: bool = False
+    max_time_s: float | None = None
+    reproduce: tuple[str, ...] = ()        # argv that replays this run (reproduce.sh)
+    memory_mib: int = 256                  # memory load: working set (regions A + B)
+    memory_rate_mib_s: int = 64            # memory load: dirty-rate cap (MiB/s), 0 = flat out
+    keep_states: int = 0                   # keep the streams + disks of the last K hops
+    inject: tuple[tuple[str, int], ...] = ()   # (load kind, hop): a lost write before it
+
+
+@dataclass
+class HopRecord:
+    stats: HopStats
+    check_s: float
+    verified: dict[str, Verified] = field(default_factory=dict)
+    kept: KeptState | None = None
+
+    @property
+    def verified_mib(self) -> float:
+        return sum(v.bytes for v in self.verified.values()) / 2**20
+
+    @property
+    def verified_files(self) -> int:
+        return sum(v.files for v in self.verified.values())
+
+    @property
+    def verified_pages(self) -> int:
+        """Page checks the memory checker made since the previous check."""
+        return sum(v.units for name, v in self.verified.items() if name == "memory")
+
+    @property
+    def verify_s(self) -> float:
+        return sum(v.seconds for v in self.verified.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.stats.as_dict(), "check_s": round(self.check_s, 3),
+                "verified_mib": round(self.verified_mib, 2),
+                "verified_files": self.verified_files, "verified_pages": self.verified_pages,
+                "verify_s": round(self.verify_s, 3),
+                "verified": {k: {**v.__dict__, "seconds": round(v.seconds, 3)}
+                             for k, v in self.verified.items()},
+                "kept_state": self.kept.as_dict() if self.kept else None}
+
+
+@dataclass
+class PingPongResult:
+    ok: bool
+    records: list[HopRecord]
+    failure: HopFailure | None
+    artifacts: Path
+    verified_blocks: dict[str, int] = field(default_factory=dict)  # disk blocks read back
+    writes: dict[str, int] = field(default_factory=dict)
+    final: dict[str, Verified] = field(default_factory=dict)   # the end-of-run checks
+    load_summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    injected: list[str] = field(default_factory=list)
+    stopped_by: str | None = None   # "SIGINT"/"SIGTERM" when a signal ended the run
+    final_checks: str = "not run"   # "done", or why not
+    kept_states: list[KeptState] = field(default_factory=list)
+    boot_s: float = 0.0
+    login_s: float | None = None   # the new SSH login to the last process, at the end
+    notes: list[str] = field(default_factory=list)  # e.g. how two QEMU versions differ

@@ -1,0 +1,83 @@
+"""A ping-pong run's failure: which HopFailure an error during the checks stands
+for, and what is left for a person to read (failure.txt, dmesg.txt)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.deadline import Deadline
+from harness.errors import DeadlineExceeded, HarnessError
+from harness.machine import Guest
+from harness.qemu.process import core_dump_policy
+from harness.scenarios.hopwatch import HopFailure, died, exits_soon
+
+__all__ = ["classify_failure", "save_dmesg", "write_post_mortem"]
+
+
+def classify_failure(exc: HarnessError, hop: int, live: Sequence[Guest],
+                     current: Guest | None) -> HopFailure:
+    """The HopFailure a harness error during a hop's checks stands for: a dead
+    QEMU first (it explains every other symptom), then kernel trouble on a
+    console, then a hang or a dead SSH."""
+    # A dead QEMU explains every other symptom (SSH EOF, QMP lost): look first,
+    # and give the current one a moment (an aborting QEMU is alive while it dumps core).
+    for guest in live:
+        if guest.process is not None and not guest.process.alive():
+            return died(guest, hop, "the checks after the hop", role="process")
+    if current is not None and current in live \
+            and not isinstance(exc, DeadlineExceeded) and exits_soon(current):
+        return died(current, hop, "the checks after the hop", role="process")
+    # A guest that oopsed or panicked (oops=panic, panic=-1: it reboots) loses
+    # SSH too; the console says why.
+    for guest in live:
+        trouble = guest.console.trouble() if guest.console is not None else []
+        if trouble:
+            return HopFailure("guest-trouble", hop,
+                              f"the console of {guest.name} shows: {trouble[0].strip()} "
+                              f"(then: {exc.message})", tail="\n".join(trouble[-20:]),
+                              process=guest.name)
+    if isinstance(exc, DeadlineExceeded):
+        return HopFailure("guest-hang", hop, exc.message, tail=exc.tail)
+    from harness.guest.ssh import SshUnavailable
+
+    if isinstance(exc, SshUnavailable):
+        return HopFailure("ssh-dead", hop, exc.message, tail=exc.tail)
+    return HopFailure("guest-hang" if "timeout" in exc.message else "ssh-dead",
+                      hop, exc.message, tail=exc.tail)
+
+
+def write_post_mortem(failure: HopFailure, artifacts: Path, guests: Sequence[Guest],
+                      current: Guest | None) -> None:
+    """failure.txt (the verdict, the failing hop's processes, where the cores are)
+    and dmesg.txt while the current guest still runs."""
+    guest = current
+    if guest is not None and guest.process is not None and guest.process.alive():
+        save_dmesg(guest, artifacts)
+    involved = guests[-2:]
+    cores = [str(core.relative_to(artifacts)) for g in guests
+             if g.process is not None for core in g.process.cores()]
+    where = (", ".join(cores) if cores
+             else f"none written; this system sends them {core_dump_policy()}")
+    (artifacts / "failure.txt").write_text(
+        failure.describe() + "\n\nprocesses of the failing hop: "
+        + ", ".join(f"{g.name}/ (qemu.cmdline, qmp.log, console.log, qemu.stderr)"
+                    for g in involved) + f"\ncore dumps: {where}\n")
+
+
+def save_dmesg(guest: Guest, artifacts: Path) -> None:
+    """dmesg.txt over the session, or over a new login when the session is gone."""
+    try:
+        _, dmesg = guest.execute("dmesg", timeout=10)
+    except HarnessError:
+        try:
+            shell = guest.login(Deadline(10, "a login for dmesg", scaled=False))
+        except HarnessError:
+            return
+        try:
+            _, dmesg = shell.execute("dmesg", timeout=10)
+        except HarnessError:
+            return
+        finally:
+            shell.close()
+    (artifacts / "dmesg.txt").write_text(dmesg)
