@@ -187,31 +187,38 @@ ROOT_PORT_DEFAULT_LINK: VersionedFact[tuple[float, int]] = VersionedFact(
     (Change(_BASE, (2.5, 1), "machine types before 4.0 keep the old 2.5 GT/s x1"),
      Change((4, 0), (16.0, 32), MEASURED + " with q35")))
 
+# A compat property listed in hw_compat_X_Y keeps the old behaviour for machine
+# types up to X.Y, so the new one starts with the next type (measured for
+# x-pcie-ext-tag: pc-q35-9.1 without, pc-q35-9.2 with).
+_COMPAT = "not measured: hw_compat_{} lists {} (types up to it keep the old value)"
+
 AER_UNCOR_MASK_WRITABLE: VersionedFact[bool] = VersionedFact(
     "aer-uncor-mask-writable", "machine", "AER Uncorrectable Error Mask is writable",
-    (Change(_BASE, False, "x-pcie-err-unc-mask=off in older types"),
-     Change((8, 0), True, "8.0 compat property x-pcie-err-unc-mask")))
+    (Change(_BASE, False, _COMPAT.format("8_0", "x-pcie-err-unc-mask=off")),
+     Change((8, 1), True, "x-pcie-err-unc-mask defaults on (10.0.2 device-list-properties)")))
 
 ARI_NEXTFN_1: VersionedFact[bool] = VersionedFact(
-    "ari-nextfn-1", "machine", "ARI capability's Next Function is 1 (not 0)",
-    (Change(_BASE, False, "x-pcie-ari-nextfn-1=off in older types"),
-     Change((8, 0), True, "8.0 compat property x-pcie-ari-nextfn-1")))
+    "ari-nextfn-1", "machine", "ARI capability's Next Function is 1 (the old bug; 0 since)",
+    (Change(_BASE, True, _COMPAT.format("8_0", "x-pcie-ari-nextfn-1=on")),
+     Change((8, 1), False, "x-pcie-ari-nextfn-1 defaults off (10.0.2 device-list-properties)")))
 
 SLOT_IMPLEMENTED_READ_ONLY: VersionedFact[bool] = VersionedFact(
     "slot-implemented-read-only", "machine", "PCIe Slot Implemented bit is read-only",
-    (Change(_BASE, False, "x-pci-express-writeable-slt-bug=on in older types"),
-     Change((8, 1), True, "8.1 compat property x-pci-express-writeable-slt-bug")))
+    (Change(_BASE, False, _COMPAT.format("8_1", "x-pci-express-writeable-slt-bug=on")),
+     Change((8, 2), True, "x-pci-express-writeable-slt-bug defaults off (10.0.2)")))
 
 VIRTIO_PM_NO_SOFT_RESET: VersionedFact[bool] = VersionedFact(
     "virtio-pm-no-soft-reset", "machine",
     "virtio-pci behind a port sets PMCSR No_Soft_Reset",
-    (Change(_BASE, False, "x-pcie-pm-no-soft-reset=off in older types"),
-     Change((9, 0), True, "9.0 compat property x-pcie-pm-no-soft-reset")))
+    (Change(_BASE, False, "measured on 10.0.2: clear for pc-q35-7.2, 8.0, 8.1, 9.0, 9.1, 9.2 "
+            "and 10.0 (x-pcie-pm-no-soft-reset defaults off); the facts note's '9.0' is "
+            "the property's introduction, not a guest-visible change"),))
 
 DEVCAP_EXT_TAG: VersionedFact[bool] = VersionedFact(
     "devcap-ext-tag", "machine", "PCIe DevCap Extended Tag Field Supported",
-    (Change(_BASE, False, "x-pcie-ext-tag=off in older types"),
-     Change((9, 1), True, "9.1 compat property x-pcie-ext-tag")))
+    (Change(_BASE, False, "measured on 10.0.2: clear for pc-q35-7.2 to pc-q35-9.1"),
+     Change((9, 2), True, "measured on 10.0.2: set for pc-q35-9.2 and pc-q35-10.0 "
+            "(x-pcie-ext-tag, hw_compat_9_1)")))
 
 VERSIONED_FACTS: tuple[VersionedFact[object], ...] = (  # type: ignore[assignment]
     NATIVE_SECOND_UNPLUG_REFUSALS, SHPC_SECOND_UNPLUG_REFUSAL, FILE_MIGRATION_URI, NATIVE_HOTPLUG_PROPERTY, PORT_LINK_SPEEDS,
