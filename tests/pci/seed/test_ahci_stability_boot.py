@@ -5,7 +5,8 @@ through QEMU's AHCI on q35 (the built-in 00:1f.2), on pc (an ich9-ahci
 function) and on pc behind a pci-bridge; every phase must pass, and the
 firmware log must show SeaBIOS's AHCI driver at the PCI address the topology
 gives the controller.  A disk with a zeroed boot sector must be reported as
-stopped in the firmware phase within seconds, by the CLI a user runs.
+stopped in the firmware phase within seconds, by the CLI a user runs; one
+whose root file system has a zeroed superblock as stopped in the fsck phase.
 """
 
 from __future__ import annotations
@@ -110,3 +111,30 @@ def test_zeroed_boot_sector_stops_in_the_firmware_phase(
                               check=False)
     assert leftover.stdout == "", leftover.stdout
     assert damaged.read_bytes() == before
+
+
+@pytest.mark.seed("ahci-stability")
+def test_damaged_root_file_system_stops_in_the_fsck_phase(
+        tmp_path: Path, harness_factory: GuestFactory, artifacts: Path) -> None:
+    # The root's primary superblock (1 KiB into partition 2) zeroed in an
+    # overlay: the firmware, syslinux and the kernel are untouched, so the boot
+    # must get as far as the initramfs and stop at e2fsck, not earlier or later.
+    from harness.guest.diskimage import SECTOR, parse_mbr
+
+    disk = ensure_disk_image()
+    with open(disk.disk, "rb") as raw:
+        root = parse_mbr(raw.read(SECTOR))[1]
+    damaged = tmp_path / "bad-root.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk.disk), "-F", "raw",
+                    str(damaged)], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c",
+                    f"write -z {root.start_lba * SECTOR + 1024} 1024", str(damaged)],
+                   check=True, capture_output=True)
+    plan = harness_factory.plan(boot_topology("q35", damaged, "qcow2"), firmware_log=True)
+    run = BootStress(plan, artifacts, BootStressOptions(phases=AHCI_ROOT_PHASES, boots=1),
+                     print).run()
+    [record] = run.records
+    assert record.stopped_in == "fsck", (record.stopped_in, record.reason, record.console_tail)
+    assert record.reason is not None and "e2fsck" in record.reason, record.reason
+    assert list(record.ended_at) == ["firmware", "bootloader", "load", "kernel"]
+    assert run.stopped_by == "failure"
