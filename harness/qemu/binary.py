@@ -100,6 +100,12 @@ def find_qemu(explicit: str | os.PathLike[str] | None = None) -> QemuBinary:
     launcher with its own firmware and modules, and must start and answer
     qom-list-types first.
     """
+    if explicit is not None and not str(explicit).strip():
+        # `--qemu "$(pci-harness qemu-get SUITE)"` whose command failed: never fall back
+        # to the default QEMU and judge the wrong binary.
+        raise QemuNotFound("the QEMU path given is empty (did the command that prints it fail?)",
+                           fix="run that command on its own to see its error, e.g. "
+                               "`pci-harness qemu-get SUITE`")
     wanted = str(explicit) if explicit else os.environ.get("PCI_HARNESS_QEMU") or DEFAULT_NAME
     resolved = shutil.which(wanted)
     if resolved is None:

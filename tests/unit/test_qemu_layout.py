@@ -168,3 +168,11 @@ def test_start_failures_say_why(stderr, expected):
     error = start_failure("QEMU X", 1 if not stderr else -6, stderr)
     assert expected in error.message, error.message
     assert error.fix
+
+
+def test_an_empty_qemu_path_is_refused_not_replaced_by_the_default():
+    from harness.qemu.binary import find_qemu
+
+    for empty in ("", " "):
+        with pytest.raises(QemuNotFound, match="the QEMU path given is empty"):
+            find_qemu(empty)
