@@ -156,3 +156,27 @@ def test_load_lists_parse_and_refuse_bad_input():
     for bad in ("disk", "none,write", "write,mixed", ""):
         with pytest.raises(UserError):
             parse_loads(bad)
+
+
+def test_a_hop_still_sending_at_its_deadline_is_no_convergence():
+    """Red for the non-convergence verdict: QEMU says 'active' until the deadline."""
+    from unittest import mock
+
+    from harness.scenarios import migration
+
+    def guest(name):
+        g = mock.Mock()
+        g.name = name
+        g.process.alive.return_value = True
+        g.qmp.execute.return_value = {"status": "active", "ram": {
+            "transferred": 5_000_000_000, "remaining": 300_000_000,
+            "dirty-pages-rate": 120000, "dirty-sync-count": 41}}
+        return g
+
+    with pytest.raises(migration.HopFailure) as info:
+        migration._wait_completed(guest("g00"), guest("g01"), 3,
+                                  Deadline(0.2, "hop 3 migration", scaled=False))
+    failure = info.value
+    assert failure.kind == "no-convergence" and failure.hop == 3, failure.describe()
+    assert "5000 MB" in failure.detail and "120000 pages/s" in failure.detail, failure.detail
+    assert "300 MB remain" in failure.detail and "--memory-rate" in failure.detail
