@@ -34,6 +34,7 @@ from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.machine import Guest, LaunchPlan
 from harness.reproduce import write_reproduce
+from harness.scenarios import memscan
 from harness.scenarios.hoploads import (
     HopLoad,
     LoadOptions,
@@ -338,8 +339,11 @@ class PingPong:
             self.guarded(lambda: self._finish(result))
             result.ok = True
         except HopFailure as failure:
-            result.failure = failure
-            write_post_mortem(failure, self.artifacts, self.guests, self.current)
+            result.failure = write_post_mortem(
+                failure, self.artifacts, self.guests, self.current,
+                amend=lambda f: memscan.scan_after_failure(
+                    self.current, f, self.artifacts, self.plan.topology.memory,
+                    any(load.kind == "memory" for load in self.loads), self.progress))
         except KeyboardInterrupt:
             # A second signal: no final checks, but the summary of what was done.
             result.ok = True

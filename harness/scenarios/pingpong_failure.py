@@ -3,7 +3,7 @@ for, and what is left for a person to read (failure.txt, dmesg.txt)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.deadline import Deadline
@@ -48,12 +48,16 @@ def classify_failure(exc: HarnessError, hop: int, live: Sequence[Guest],
 
 
 def write_post_mortem(failure: HopFailure, artifacts: Path, guests: Sequence[Guest],
-                      current: Guest | None) -> None:
+                      current: Guest | None,
+                      amend: Callable[[HopFailure], HopFailure] | None = None) -> HopFailure:
     """failure.txt (the verdict, the failing hop's processes, where the cores are)
-    and dmesg.txt while the current guest still runs."""
+    and dmesg.txt while the current guest still runs; `amend` (after dmesg: it may
+    stop the guest) may add to the verdict, which is returned."""
     guest = current
     if guest is not None and guest.process is not None and guest.process.alive():
         save_dmesg(guest, artifacts)
+        if amend is not None:
+            failure = amend(failure)
     involved = guests[-2:]
     cores = [str(core.relative_to(artifacts)) for g in guests
              if g.process is not None for core in g.process.cores()]
@@ -63,6 +67,7 @@ def write_post_mortem(failure: HopFailure, artifacts: Path, guests: Sequence[Gue
         failure.describe() + "\n\nprocesses of the failing hop: "
         + ", ".join(f"{g.name}/ (qemu.cmdline, qmp.log, console.log, qemu.stderr)"
                     for g in involved) + f"\ncore dumps: {where}\n")
+    return failure
 
 
 def save_dmesg(guest: Guest, artifacts: Path) -> None:

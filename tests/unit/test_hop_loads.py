@@ -180,3 +180,40 @@ def test_a_hop_still_sending_at_its_deadline_is_no_convergence():
     assert failure.kind == "no-convergence" and failure.hop == 3, failure.describe()
     assert "5000 MB" in failure.detail and "120000 pages/s" in failure.detail, failure.detail
     assert "300 MB remain" in failure.detail and "--memory-rate" in failure.detail
+
+
+def _checker_page(tag: int, index: int, gen: int) -> bytes:
+    import struct
+
+    page = bytearray(4096)
+    struct.pack_into("<QQQ", page, 0, tag, index, gen)
+    struct.pack_into("<Q", page, 4088, gen ^ tag ^ index)
+    return bytes(page)
+
+
+def test_host_ram_scan_names_a_page_that_missed_writes():
+    """Red for the host-side scan: a dump where A/B[0..k) hold 9, the rest 8, and
+    page 5 of both regions still holds 6 (lost writes), among unrelated pages."""
+    from harness.scenarios.memscan import TAG_A, TAG_B, scan
+
+    pages = {}
+    for i in range(8):
+        gen = 9 if i < 3 else 8
+        if i == 5:
+            gen = 6
+        pages[("A", i)] = _checker_page(TAG_A, i, gen)
+        pages[("B", i)] = _checker_page(TAG_B, i, gen)
+    # scattered in physical memory, in no particular order, with other pages between
+    layout = [b"\1" * 4096, pages[("B", 5)], pages[("A", 0)], b"\0" * 4096]
+    layout += [pages[k] for k in sorted(pages) if k not in (("B", 5), ("A", 0))]
+    result = scan(b"".join(layout))
+    assert result.pages == 16 and result.newest_gen == 9 and result.missing == 0
+    assert [(p.region, p.index, p.expected_gen, p.found_gen) for p in result.stale] == [
+        ("A", 5, 8, 6), ("B", 5, 8, 6)], result.stale
+    b5 = next(p for p in result.stale if p.region == "B")
+    assert b5.physical == 4096, b5  # the dump offset is the guest-physical address
+    assert "2 of 16 checker pages stale" in result.describe(), result.describe()
+    # A consistent dump (the boundary page half written) is clean.
+    clean = [_checker_page(TAG_A, i, 9 if i < 3 else 8) for i in range(8)]
+    clean += [_checker_page(TAG_B, i, 9 if i < 3 else 8) for i in range(8)]
+    assert scan(b"".join(clean)).stale == ()
