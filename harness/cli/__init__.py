@@ -6,7 +6,7 @@
 - boot.py        boot                 topology.py    compare, where
 - migration.py   pingpong             hotplug.py     hotplug-stress
 - intx.py        intx-stress          bootstress.py  boot-stress
-- qemu.py        qemu-get             (nightly: harness/nightly.py registers itself)
+- qemu.py        qemu-get             nightly.py     nightly (its run: harness/nightly.py)
 
 A new verb: a module here with `register(subparsers)` whose command builds its
 result in a body run by `runner.run_verb`; add it to app.VERB_MODULES.

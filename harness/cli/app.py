@@ -17,8 +17,7 @@ import sys
 import time
 from typing import Any, Protocol
 
-from harness import nightly
-from harness.cli import boot, bootstress, hotplug, intx, migration, qemu, topology
+from harness.cli import boot, bootstress, hotplug, intx, migration, nightly, qemu, topology
 from harness.errors import HarnessError
 from harness.qemu.process import kill_all_live
 

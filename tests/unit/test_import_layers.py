@@ -25,7 +25,7 @@ RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("harness.views", ("harness.scenarios", "harness.cli", "harness.plugin", "harness.factory"),
      ()),
     ("harness.scenarios", ("harness.cli", "harness.plugin"), ()),
-    ("harness.", ("harness.cli",), ("harness.cli", "harness.nightly", "harness.__main__")),
+    ("harness.", ("harness.cli",), ("harness.cli", "harness.__main__")),
 )
 
 
