@@ -81,19 +81,21 @@ def _accept(listener: socket.socket, process: QemuProcess, deadline: Deadline,
                                    tail=process.stderr_text()[-2000:])
 
 
-def render_plan(plan: LaunchPlan, scratch_dir: Path, mgmt_mac: str,
-                run_dir: Path) -> RenderedMachine:
+def render_plan(plan: LaunchPlan, scratch_dir: Path, mgmt_mac: str, run_dir: Path,
+                artifacts: Path | None = None) -> RenderedMachine:
     """Render PLAN's topology once, with everything else the command line needs
     as inputs: the MAC, the scratch directory, the migrating SSH forward (a
-    socket in RUN_DIR), the memory override, no guest RAM in QEMU's core."""
+    socket in RUN_DIR), the memory override, no guest RAM in QEMU's core, the
+    firmware's debug console log (in ARTIFACTS)."""
     from harness.topology.render import RenderInputs, render
 
     hop = str(run_dir / "ssh-hop.sock")
+    log = (artifacts or run_dir) / FIRMWARE_LOG if plan.firmware_log else None
     return render(plan.topology, RenderInputs(
         scratch_dir=scratch_dir, mgmt_mac=mgmt_mac,
         mgmt_netdev_options=(guestfwd_option(hop),) if plan.migrating_ssh else (),
-        memory=plan.memory, dump_guest_core=False,
-        private_paths=(hop,) if plan.migrating_ssh else ()))
+        memory=plan.memory, dump_guest_core=False, firmware_log=log,
+        private_paths=((hop,) if plan.migrating_ssh else ()) + ((str(log),) if log else ())))
 
 
 def _random_mac() -> str:
@@ -131,7 +133,8 @@ class Guest:
         self.mgmt_mac: str = same_machine_as.mgmt_mac if same_machine_as else _random_mac()
         scratch = (same_machine_as.rendered.inputs.scratch_dir if same_machine_as
                    else artifacts / "disks")
-        self.rendered: RenderedMachine = render_plan(plan, scratch, self.mgmt_mac, self.run_dir)
+        self.rendered: RenderedMachine = render_plan(plan, scratch, self.mgmt_mac, self.run_dir,
+                                                     artifacts)
 
     def incoming_twin(self, artifacts: Path, name: str) -> Guest:
         """A not-yet-started Guest with this one's devices, disks and MAC: the
@@ -153,9 +156,6 @@ class Guest:
         rom = FIRMWARE.get(plan.firmware)
         if rom:
             argv += ["-bios", rom]
-        if plan.firmware_log:
-            argv += ["-chardev", f"file,id=seabios,path={self.artifacts / FIRMWARE_LOG}",
-                     "-device", "isa-debugcon,iobase=0x402,chardev=seabios"]
         if plan.boot_guest and plan.topology.boot_disk is not None:
             # The firmware boots the disk; its kernel command line is fixed on
             # the disk, so the per-run arguments reach the guest through fw_cfg.

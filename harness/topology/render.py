@@ -64,6 +64,8 @@ class RenderInputs:
     mgmt_netdev_options: tuple[str, ...] = ()
     memory: str | None = None            # overrides the topology's memory ("1G")
     dump_guest_core: bool | None = None  # None: QEMU's default
+    #: SeaBIOS's debug console (port 0x402) written to this file, None for none.
+    firmware_log: Path | None = None
     #: Per-guest paths inside mgmt_netdev_options (sockets in a run directory):
     #: hashed as a token, like the scratch directory.
     private_paths: tuple[str, ...] = field(default=(), compare=False)
@@ -140,6 +142,9 @@ def render(topology: Topology, inputs: RenderInputs | None = None, *,
     argv: list[str] = ["-machine", machine, "-m", inputs.memory or _memory(topo.memory)]
     if not topo.acpi_hotplug:
         argv += ["-global", topo.facts.bridge_acpi_global]
+    if inputs.firmware_log is not None:
+        argv += ["-chardev", f"file,id=seabios,path={_escape(str(inputs.firmware_log))}",
+                 "-device", "isa-debugcon,iobase=0x402,chardev=seabios"]
     disks: list[ScratchDisk] = []
     modules: list[str] = list(BASE_MODULES)
     for dev in parents_first(topo):

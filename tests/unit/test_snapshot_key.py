@@ -57,6 +57,7 @@ def test_key_changes_with_every_machine_defining_input():
         "memory": _plan(memory="1G"),
         "firmware": _plan(firmware="qboot"),
         "migrating_ssh": _plan(migrating_ssh=True),
+        "firmware_log": _plan(firmware_log=True),  # adds a debugcon device
     }
     keys = {name: snapshot_key(plan) for name, plan in variants.items()}
     unchanged = [name for name, key in keys.items() if key == base]
