@@ -94,7 +94,7 @@ def render_plan(plan: LaunchPlan, scratch_dir: Path, mgmt_mac: str, run_dir: Pat
     return render(plan.topology, RenderInputs(
         scratch_dir=scratch_dir, mgmt_mac=mgmt_mac,
         mgmt_netdev_options=(guestfwd_option(hop),) if plan.migrating_ssh else (),
-        memory=plan.memory, dump_guest_core=False, firmware_log=log,
+        memory=plan.memory, dump_guest_core=False, firmware_log=log, netdevs=plan.netdevs,
         private_paths=((hop,) if plan.migrating_ssh else ()) + ((str(log),) if log else ())))
 
 

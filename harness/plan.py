@@ -36,6 +36,9 @@ class LaunchPlan:
     firmware: str = "seabios"
     memory: str | None = None         # overrides the topology's memory
     extra_args: tuple[str, ...] = ()  # e.g. ("-S",) for a paused machine
+    # More -netdev values than the management NIC's ("user,id=n1-nd,..."): the
+    # backends of topology NICs (netdev=...); render.py writes them.
+    netdevs: tuple[str, ...] = ()
     boot_guest: bool = True           # False: no kernel, QMP only (the where-oracle)
     kernel_args: tuple[str, ...] = () # e.g. ("pci=nomsi",) or ("iomem=relaxed",)
     # The guest can open an SSH session that survives live migration (see

@@ -29,7 +29,7 @@ def cmd_intx_stress(args: argparse.Namespace) -> int:
         progress(f"{args.machine}: {args.devices} device(s) {args.depth} bridge(s) deep on "
                  f"one INT#x line, {args.seconds} s of load")
         with PayloadServer() as server, run.factory.guest(
-                layout.topology, run.artifacts, extra_args=layout.extra_args) as guest:
+                layout.topology, run.artifacts, netdevs=layout.netdevs) as guest:
             report: Result = run_stress(guest, layout, server, args.seconds)
         report["depth"] = args.depth
         return report

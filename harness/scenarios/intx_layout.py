@@ -113,7 +113,7 @@ class StressLayout:
 
     topology: Topology
     devices: tuple[StressDevice, ...]
-    extra_args: tuple[str, ...]   # the user-mode netdevs of the stress NICs
+    netdevs: tuple[str, ...]      # -netdev values of the stress NICs (LaunchPlan.netdevs)
     link: int
 
     def device(self, device_id: str) -> StressDevice:
@@ -173,6 +173,6 @@ def shared_line_layout(machine: str, depths: Sequence[int], *,
                             fix="use fewer devices per depth")
         stress.append(StressDevice(dev_id, kind, depth, subnet))
         if subnet is not None:
-            extra += ["-netdev", f"user,id={dev_id}-nd,net=10.0.{subnet}.0/24"]
+            extra.append(f"user,id={dev_id}-nd,net=10.0.{subnet}.0/24")
     assert link is not None
     return StressLayout(base, tuple(stress), tuple(extra), link)

@@ -64,6 +64,8 @@ class RenderInputs:
     mgmt_netdev_options: tuple[str, ...] = ()
     memory: str | None = None            # overrides the topology's memory ("1G")
     dump_guest_core: bool | None = None  # None: QEMU's default
+    #: -netdev values of other NICs' backends (the topology names them in netdev=).
+    netdevs: tuple[str, ...] = ()
     #: SeaBIOS's debug console (port 0x402) written to this file, None for none.
     firmware_log: Path | None = None
     #: Per-guest paths inside mgmt_netdev_options (sockets in a run directory):
@@ -160,6 +162,8 @@ def render(topology: Topology, inputs: RenderInputs | None = None, *,
     if topo.boot_disk is not None:
         argv += _boot_disk(topo, scratch_dir, disks, modules)
     mgmt = mgmt_device(topo)
+    for netdev in inputs.netdevs:
+        argv += ["-netdev", netdev]
     argv += ["-netdev", ",".join([MGMT_NETDEV, *inputs.mgmt_netdev_options]), "-device",
              device_arg(mgmt.driver, [("id", MGMT_ID), ("netdev", MGMT_ID), ("mac", mgmt_mac),
                                       ("bus", topo.root_bus), ("addr", f"{MGMT_SLOT:#x}"),

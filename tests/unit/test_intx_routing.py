@@ -87,7 +87,7 @@ def test_layout_puts_every_device_on_one_link(machine, depths):
     assert links == {layout.link}
     assert seen_depths == depths
     nets = [d for d in layout.devices if d.kind == "net"]
-    assert layout.extra_args.count("-netdev") == len(nets)
+    assert len(layout.netdevs) == len(nets)
     assert len({d.subnet for d in nets}) == len(nets)
 
 

@@ -24,7 +24,7 @@ SHARING_SECONDS = 6
 def test_intx_sharing_stress(machine, make_guest, artifacts):
     layout = shared_line_layout(machine, [0, 1, 2, 3])
     with PayloadServer() as server:
-        guest = make_guest(layout.topology, extra_args=layout.extra_args)
+        guest = make_guest(layout.topology, netdevs=layout.netdevs)
         report = run_stress(guest, layout, server, SHARING_SECONDS)
     (artifacts / "intx-stress.json").write_text(json.dumps(report, indent=1))
     lines = {d["irq"] for d in report["devices"]}

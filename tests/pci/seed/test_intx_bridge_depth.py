@@ -27,7 +27,7 @@ def test_intx_bridge_depth_routing_and_rates(machine, make_guest, artifacts, req
     failures: list[str] = []
     rates: dict[int, dict[str, float]] = {}
     with PayloadServer() as server:
-        guest = make_guest(layout.topology, extra_args=layout.extra_args)
+        guest = make_guest(layout.topology, netdevs=layout.netdevs)
         stress = IntxStress(guest, layout, server)
         failures += stress.discover()
         routing = {}

@@ -60,7 +60,7 @@ def test_virtio_works_with_io_decoding_off(machine, make_guest):
     topology = _topology(machine)
     net_ip, host_ip = "10.0.20.15", "10.0.20.2"
     with PayloadServer() as server:
-        guest = make_guest(topology, extra_args=("-netdev", "user,id=vmnet-nd,net=10.0.20.0/24"))
+        guest = make_guest(topology, netdevs=("user,id=vmnet-nd,net=10.0.20.0/24",))
         model = expected_view(topology)
         view = parse_guest_view(guest.succeed(GUEST_DUMP_SCRIPT)).by_path()
         bus_roles = buses(resolve(topology))
