@@ -292,14 +292,20 @@ MACHINES: Mapping[MachineKind, MachineFacts] = {
 }
 
 
-def machine_facts(machine: str) -> MachineFacts:
-    """The MachineFacts of a machine type name; UserError for one the harness cannot build."""
+def known_machine_kind(machine: str, error: type[UserError] = UserError) -> MachineKind:
+    """"pc" / "q35" for a machine type name; `error` (a UserError, such as the
+    topology's TopologyError) naming the accepted types for one the harness cannot build."""
     kind = machine_kind_of(machine)
     if kind is None:
-        raise UserError(f"unknown machine type {machine!r}",
-                        fix='use "pc", "q35" or a versioned type such as "pc-q35-7.2" '
-                            'or "pc-i440fx-7.2"')
-    return MACHINES[kind]
+        raise error(f"unknown machine type {machine!r}",
+                    fix='use "pc", "q35" or a versioned type such as "pc-q35-7.2" '
+                        'or "pc-i440fx-7.2"')
+    return kind
+
+
+def machine_facts(machine: str) -> MachineFacts:
+    """The MachineFacts of a machine type name; UserError for one the harness cannot build."""
+    return MACHINES[known_machine_kind(machine)]
 
 
 def machine_fact(fact: VersionedFact[T], machine: str, qemu: Version) -> T:

@@ -21,7 +21,7 @@ from harness.qemu.facts import (
     MACHINES,
     MachineFacts,
     MachineKind,
-    machine_kind_of,
+    known_machine_kind,
     machine_type_version,
 )
 
@@ -38,12 +38,7 @@ _ADDR_RE = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,2})(?:\.([0-7]))?$")
 
 def machine_kind(machine: str) -> MachineKind:
     """"pc" or "q35" for a machine type name; TopologyError for anything else."""
-    kind = machine_kind_of(machine)
-    if kind is None:
-        raise TopologyError(f"unknown machine type {machine!r}",
-                            fix='use "pc", "q35" or a versioned type such as "pc-q35-7.2" '
-                                'or "pc-i440fx-7.2"')
-    return kind
+    return known_machine_kind(machine, TopologyError)
 
 
 def machine_version(machine: str) -> tuple[int, int] | None:
