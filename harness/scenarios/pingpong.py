@@ -54,8 +54,8 @@ from harness.scenarios.migration import (
 )
 from harness.scenarios.pingpong_data import HopRecord, PingPongOptions, PingPongResult, disk_targets
 from harness.scenarios.pingpong_failure import classify_failure, write_post_mortem
-from harness.views.pciview import PciView
-from harness.views.threeview import ThreeViews, changes, snapshot
+from harness.scenarios.pingpong_state import PciReference
+from harness.views.threeview import snapshot
 
 __all__ = ["HopRecord", "PingPong", "PingPongOptions", "PingPongResult", "disk_targets",
            "write_reproduce"]
@@ -87,11 +87,7 @@ class PingPong:
         self.current: Guest | None = None
         self.loads: list[HopLoad] = []
         self.replay: list[QmpCommand] = []   # hot-plug commands every destination repeats
-        self._ref: ThreeViews | None = None
-        # The QEMU view of the reference state as each QEMU binary reports it
-        # (cross-version runs: two binaries may describe one state differently).
-        self._qemu_refs: dict[str, PciView] = {}
-        self.qemu_view_notes: list[str] = []
+        self.reference: PciReference | None = None   # the PCI state every hop keeps
         self._hop = 0
         self.stop_requested: str | None = None   # set by a signal handler: end the run
         self.kept: list[KeptState] = []
@@ -128,8 +124,11 @@ class PingPong:
         """Take the current PCI views as what every later hop must preserve
         (call it again after a deliberate change such as a hot-plug)."""
         assert self.current is not None
-        self._ref = snapshot(self.current, lspci=False)
-        self._qemu_refs = {str(self.current.plan.binary.path): self._ref.qemu}
+        views = snapshot(self.current, lspci=False)
+        if self.reference is None:
+            self.reference = PciReference(views, self.current, self.progress)
+        else:
+            self.reference.reset(views, self.current)
 
     def hotplug(self, commands: Sequence[QmpCommand]) -> None:
         """Run QMP commands on the current guest and on every later destination
@@ -243,41 +242,12 @@ class PingPong:
     def check(self, number: int, src: Guest) -> dict[str, Verified]:
         """Console, PCI views and every load's data after hop `number`."""
         dst = self.current
-        assert dst is not None and dst.console is not None and self._ref is not None
+        assert dst is not None and dst.console is not None and self.reference is not None
         self._console_check(number, src, dst)
-        after = snapshot(dst, lspci=False)
-        # Nothing may change across a hop: BAR addresses, bus numbers, windows,
-        # link state, bound drivers and hotplug handlers are all device state
-        # that migration carries (none of the compared fields is volatile), so
-        # no field is ignored.  The guest view is compared with the one
-        # reference; the QEMU view with what the same QEMU binary said before,
-        # because another QEMU version may describe the same machine in other
-        # words (its QOM hotplug handlers): the first hop onto a binary records
-        # how, as a note, and every later hop onto it must match.
-        binary = str(dst.plan.binary.path)
-        qemu_ref = self._qemu_refs.get(binary)
-        if qemu_ref is None:
-            self._note_qemu_view(number, dst, changes(self._ref, after).qemu)
-            self._qemu_refs[binary] = qemu_ref = after.qemu
-        diff = changes(replace(self._ref, qemu=qemu_ref), after)
-        if diff:
-            raise HopFailure("pci-state-changed", number,
-                             "the PCI state changed across the hop: "
-                             + "; ".join(f"{view} view: {c}" for view, c in diff.all()[:8]),
-                             process=dst.name)
+        self.reference.check(number, dst, snapshot(dst, lspci=False))
         verified = self._check_loads(number, dst, finish=False)
         self._console_check(number, src, dst)
         return verified
-
-    def _note_qemu_view(self, number: int, dst: Guest, differences: Sequence[Any]) -> None:
-        if not differences:
-            return
-        first = self.plan.binary
-        note = (f"QEMU {dst.plan.binary.version} ({dst.name}, hop {number}) reports the "
-                f"migrated machine ({self.plan.topology.machine}) differently from QEMU "
-                f"{first.version}: " + "; ".join(str(c) for c in differences[:8]))
-        self.qemu_view_notes.append(note)
-        self.progress(note)
 
     def _console_check(self, number: int, src: Guest, dst: Guest) -> None:
         for guest in (src, dst):
@@ -352,7 +322,7 @@ class PingPong:
         finally:
             for guest in self.guests:
                 guest.shutdown()
-            result.notes = list(self.qemu_view_notes)
+            result.notes = list(self.reference.notes) if self.reference else []
             result.stopped_by = self.stop_requested
             result.injected = list(self.injected)
             result.kept_states = list(self.kept)
