@@ -148,9 +148,11 @@ def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_di
         # xdist would try to restart a lost host's worker on the same dead host (an
         # INTERNALERROR that loses most results); we re-run its tests elsewhere instead.
         argv.append("--max-worker-restart=0")
-    dist = getattr(args, "dist", None)
-    if dist or tx:
-        argv += ["--dist", dist or "load"]
+    # worksteal: a worker that runs out of tests takes some from the other's queue.
+    # With load, the order of the suite (fast unit tests, then slow guests) left one
+    # worker finishing a long tail of guest tests alone: 10.0.2's run sat at one busy
+    # core for minutes.
+    argv += ["--dist", getattr(args, "dist", None) or "worksteal"]
     if args.keep_artifacts:
         argv.append("--keep-artifacts")
     if args.no_snapshot:

@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
          help="pytest-xdist gateway, repeatable: ssh=HOST//python=PATH/.venv/bin/python"
               "//chdir=PATH (replaces -n unless --jobs is given too)")
     _add(parser, "--dist", choices=DIST_MODES, default=None,
-         help="pytest-xdist distribution mode (default: load)")
+         help="pytest-xdist distribution mode (default: worksteal)")
     _add(parser, "--self-tests", action="store_true",
          help=f"also run the nightly's own tests ({', '.join(SELF_TESTS)})")
     _add(parser, "pytest_args", nargs="*", help="extra arguments for pytest (after --)")

@@ -56,8 +56,10 @@ def test_boot_from_ahci(harness_factory: GuestFactory, artifacts: Path, machine:
     [record] = run.records
     assert record.ok, record.describe_failure() + "\n" + (record.console_tail or "")
     assert list(record.ended_at) == [p.name for p in AHCI_ROOT_PHASES]
+    # Every phase was reached, in order (above); two markers that arrive in the same
+    # console read share a timestamp, so a phase may take 0.0 s but never less.
     durations = record.durations()
-    assert all(d > 0 for d in durations.values()), durations
+    assert all(d >= 0 for d in durations.values()), durations
     firmware = (artifacts / "boot-0001" / FIRMWARE_LOG).read_text()
     expected = _controller_address(machine, behind_bridge)
     assert f"AHCI controller at {expected}" in firmware, (expected, [
