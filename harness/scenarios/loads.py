@@ -322,7 +322,10 @@ class DiskLoad:
         """After hop `hop`: the load made progress, and every write since the previous
         check reads back right; then those writes are acknowledged."""
         t0 = time.monotonic()
-        before = self.last.written if self.last is not None else 0
+        # Progress means a write the host has not read back yet.  Not the count
+        # wait_started saw: a fast disk can fill the whole ring before that look, and
+        # the loop then waits for the very acknowledgement this check would give.
+        before = self.acked
         while True:
             state = self.state(shell)
             self.check(state)

@@ -163,3 +163,23 @@ def test_bad_reread_in_state_raises_with_expected_md5():
 def test_state_lines_parse():
     text = "noise\n@@load ahci written=5 verified=0 bad=0 first_bad= ioerr=1\n"
     assert parse_states(text) == {"ahci": LoadState(5, 0, 0, "", 1)}
+
+
+def test_a_ring_filled_before_the_first_look_is_checked_not_stalled(tmp_path):
+    """The loop can fill its whole ring before wait_started looks (a fast disk): the
+    first check must read those writes back and acknowledge them, not wait for a
+    progress the loop cannot make until it is acknowledged (it stalled at 8 writes)."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * (8 * BLOCK_SIZE))
+    shell = HostShell(tmp_path / "state")
+    plan = LoadPlan.from_seed("d1", 5, 8 * BLOCK_SIZE)
+    load = DiskLoad(plan, str(disk), "write")
+    load.start(shell)
+    deadline = time.monotonic() + 30
+    while (state := load.state(shell)).waits == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.written == plan.blocks and state.waits > 0, state
+    assert load.wait_started(shell, Deadline(5, "first write", scaled=False)).written == plan.blocks
+    checked = load.after_hop(shell, 1, Deadline(5, "check", scaled=False))
+    assert checked.units == plan.blocks, checked
+    load.finish(shell, 1, Deadline(20, "stop", scaled=False))
