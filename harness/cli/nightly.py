@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     _add(parser, "--qemu", action="append", metavar="PATH", default=[],
          help="run the suite once per QEMU binary (repeatable)")
     _add(parser, "--machines", default="pc,q35", help="machine kinds to run (comma-separated)")
-    _add(parser, "--jobs", default="auto", help="pytest-xdist -n value (auto, logical, N)")
+    _add(parser, "--jobs", default="auto", help="pytest-xdist -n value: N, logical, or auto = two workers per CPU (default)")
     _add(parser, "--baseline", metavar="DIR",
          help="compare with this earlier run (default: the previous run next to --output)")
     _add(parser, "--until-fail-minutes", type=float, default=0.0, metavar="M",
