@@ -106,7 +106,7 @@ def machine_after_setup(item: pytest.Item) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     only = config.getoption("--report-only-nodeids")
     if only:
-        ids = set(Path(str(only)).read_text().split())
+        ids = {line for line in Path(str(only)).read_text().splitlines() if line}  # ids hold spaces
         unwanted = [item for item in items if item.nodeid not in ids]
         if unwanted:
             config.hook.pytest_deselected(items=unwanted)
