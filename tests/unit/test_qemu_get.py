@@ -14,7 +14,7 @@ from harness.qemu import apt, get
 
 DEB822 = """\
 Types: deb
-# http://snapshot.debian.org/archive/debian/20250520T000000Z
+# a comment line between fields (the parser must skip it)
 URIs: http://mirror.example/debian
 Suites: bookworm bookworm-updates
 Components: main
