@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, GuestNotReady, HarnessError
-from harness.guest.console import Console, ConsoleClosed
+from harness.guest.console import Console, ConsoleClosed, ConsoleFifos
 from harness.guest.hopsocket import HopSocket, guest_command, guestfwd_option
 from harness.guest.ssh import GuestShell, SshKey
 from harness.paths import private_dir
@@ -147,11 +147,13 @@ class Guest:
         keyfile = self.run_dir / "authorized_keys"
         argv = [str(plan.binary.path), "-name", self.name, "-accel", plan.accel.name,
                 "-cpu", CPU_MODEL, "-nodefaults", "-no-user-config", "-display", "none",
-                "-chardev", f"socket,id=qmp,path={self.run_dir / 'qmp.sock'}",
-                "-mon", "chardev=qmp,mode=control",
-                "-chardev", (f"socket,id=console,path={self.run_dir / 'console.sock'},"
+                # The console first: QEMU opens chardevs in command-line order,
+                # so once QMP has connected its console FIFOs are open.
+                "-chardev", (f"pipe,id=console,path={self.run_dir / 'console'},"
                              f"logfile={self.artifacts / 'console.log'},logappend=on"),
                 "-serial", "chardev:console",
+                "-chardev", f"socket,id=qmp,path={self.run_dir / 'qmp.sock'}",
+                "-mon", "chardev=qmp,mode=control",
                 "-fw_cfg", f"name=opt/harness/authorized_keys,file={keyfile}"]
         rom = FIRMWARE.get(plan.firmware)
         if rom:
@@ -192,7 +194,7 @@ class Guest:
 
     def _write_artifacts(self) -> None:
         (self.artifacts / "qemu.cmdline").write_text(shlex.join(self.argv) + "\n")
-        for sock in ("qmp.sock", "console.sock"):
+        for sock in ("qmp.sock", "console.in", "console.out"):
             link = self.artifacts / sock
             link.unlink(missing_ok=True)  # a dangling link of an earlier run here
             link.symlink_to(self.run_dir / sock)
@@ -227,26 +229,27 @@ class Guest:
         self.argv = self.build_argv(incoming)
         self._write_artifacts()
         qmp_listener = _listen(self.run_dir / "qmp.sock")
-        con_listener = _listen(self.run_dir / "console.sock")
+        console_fifos = ConsoleFifos.make(self.run_dir / "console")
         hop_listener = _listen(self.run_dir / "ssh-hop.sock") if self.plan.migrating_ssh \
             else None
         deadline = Deadline(BOOT_SECONDS, f"boot of {self.plan.topology.machine} guest")
         started = self.started_at = time.monotonic()
         try:
             self.process = QemuProcess(self.argv, self.artifacts)
-            # QEMU creates chardevs in command-line order: QMP first, then console.
+            # QEMU creates chardevs in command-line order: console, then QMP.
             qmp_sock = _accept(qmp_listener, self.process, deadline, "QMP socket")
-            con_sock = _accept(con_listener, self.process, deadline, "serial console")
             if hop_listener is not None:
                 # Connected when QEMU creates the netdev, after the chardevs.
                 self.hop_sock = _accept(hop_listener, self.process, deadline,
                                         "guestfwd connection (migrating SSH)")
+        except BaseException:
+            console_fifos.close()
+            raise
         finally:
             qmp_listener.close()
-            con_listener.close()
             if hop_listener is not None:
                 hop_listener.close()
-        self.console = Console(con_sock, self.artifacts / "console.log")
+        self.console = Console(console_fifos, self.artifacts / "console.log")
         try:
             self.qmp = Qmp(qmp_sock, self.artifacts / "qmp.log", name=self.name)
         except Exception as exc:  # noqa: BLE001 - qemu.qmp's ConnectError and friends

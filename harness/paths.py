@@ -18,7 +18,8 @@ from pathlib import Path
 
 OWNER_FILE = "owner"  # "PID STARTTIME" of the process that made a private run directory
 # What a run directory may hold; a directory with anything else is not swept.
-RUN_DIR_FILES = frozenset({OWNER_FILE, "authorized_keys", "qmp.sock", "console.sock",
+RUN_DIR_FILES = frozenset({OWNER_FILE, "authorized_keys", "qmp.sock", "console.in",
+                           "console.out",
                            "ssh-hop.sock", "mig.sock"})
 _swept = False
 

@@ -37,7 +37,7 @@ def write_reproduce_script(path: Path, argv: Sequence[str], run_dir: Path,
             arg = arg.replace(_escape_comma(str(disk.path)), f"$RUN/{disk.path.name}")
         if arg.startswith("socket,id=qmp,"):
             arg = "socket,id=qmp,path=$RUN/qmp.sock,server=on,wait=off"
-        elif arg.startswith("socket,id=console,"):
+        elif arg.startswith("pipe,id=console,"):
             arg = "stdio,id=console,signal=off"
         rewritten.append(arg)
     quoted = " ".join('"' + a.replace('"', '\\"').replace("`", "\\`") + '"' for a in rewritten)

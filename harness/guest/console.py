@@ -1,14 +1,25 @@
 """The guest's serial console, read with pexpect.
 
-QEMU connects its serial chardev to a socket the harness accepted, and also
-writes every byte to `console.log` (chardev `logfile=`), so the artifact is
-complete whether or not a test ever reads the console.
+QEMU's serial chardev is a pair of FIFOs (`-chardev pipe`: it writes
+`console.out`, reads `console.in`) and it also writes every byte to
+`console.log` (chardev `logfile=`), but only the bytes the chardev took.  Its
+UART sends one byte per write().  A Unix socket, the obvious chardev, is full
+after ~280 such bytes (each is an skb of its own; measured), so a guest whose
+console nobody read for a moment stalled: the kernel's console writes timed
+out, a long oops never reached console.log, and under load QEMU's transmit
+retry doubled bytes ("harnness").  A FIFO merges small writes into pages and
+holds PIPE_BYTES; a thread drains it for the guest's whole life into a second
+pipe that pexpect reads.  console.log is thus complete whether or not a test
+ever waits on the console.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
-import socket
+import threading
+from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,12 +76,85 @@ class ConsoleClosed(HarnessError):
     """The console stream ended: QEMU exited."""
 
 
+#: What each pipe holds before a writer waits (1 MiB is Linux's default
+#: pipe-max-size, settable without privileges): far more than a test prints.
+PIPE_BYTES = 1 << 20
+
+
+def _grow(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # a lower pipe-max-size: the default 64 KiB still takes ~240x the socket's
+
+
+@dataclass
+class ConsoleFifos:
+    """The harness's ends of `-chardev pipe,path=BASE`: BASE.out (QEMU writes,
+    opened here non-blocking so that no QEMU is needed yet) and BASE.in."""
+
+    base: Path
+    out_fd: int
+    in_fd: int
+
+    @classmethod
+    def make(cls, base: Path) -> ConsoleFifos:
+        out, inp = Path(f"{base}.out"), Path(f"{base}.in")
+        for fifo in (out, inp):
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo, 0o600)
+        out_fd = os.open(out, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Read-write: opening a FIFO write-only waits for a reader (QEMU).
+        in_fd = os.open(inp, os.O_RDWR | os.O_CLOEXEC)
+        _grow(out_fd)
+        return cls(base, out_fd, in_fd)
+
+    def close(self) -> None:
+        for fd in (self.out_fd, self.in_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Console:
-    def __init__(self, sock: socket.socket, log_path: Path):
-        self._sock = sock
+    def __init__(self, fifos: ConsoleFifos, log_path: Path):
+        """FIFOS must already be open in QEMU (its console chardev precedes
+        QMP on the command line): from then on EOF means QEMU exited."""
+        self._fifos = fifos
         self.log_path = log_path
-        self._spawn = fdspawn(sock.fileno(), encoding="utf-8", codec_errors="replace",
+        self.dropped = 0  # bytes pexpect never saw because nobody waited for 1 MiB
+        os.set_blocking(fifos.out_fd, True)
+        read_end, self._pipe_write = os.pipe2(os.O_CLOEXEC)
+        _grow(self._pipe_write)
+        os.set_blocking(self._pipe_write, False)
+        self._read_end = read_end
+        self._closing = False
+        self._spawn = fdspawn(read_end, encoding="utf-8", codec_errors="replace",
                               timeout=None)
+        self._drain = threading.Thread(target=self._drain_fifo, daemon=True,
+                                       name=f"console drain {log_path.parent.name}")
+        self._drain.start()
+
+    def _drain_fifo(self) -> None:
+        """Copy QEMU's output into pexpect's pipe until QEMU closes it (then
+        pexpect sees EOF); drop what pexpect has not read once that pipe is full."""
+        try:
+            while not self._closing:
+                try:
+                    data = os.read(self._fifos.out_fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                try:
+                    self.dropped += len(data) - os.write(self._pipe_write, data)
+                except BlockingIOError:
+                    self.dropped += len(data)
+                except OSError:
+                    break
+        finally:
+            os.close(self._pipe_write)
 
     def expect(self, pattern: str, deadline: Deadline) -> str:
         """Wait for regex `pattern`; return the matched text."""
@@ -99,7 +183,9 @@ class Console:
         return int(index), (match.group(0) if match else "")
 
     def send_line(self, line: str) -> None:
-        self._spawn.send(line + "\n")
+        data = (line + "\n").encode()
+        while data:
+            data = data[os.write(self._fifos.in_fd, data):]
 
     def tail(self, lines: int = 25) -> str:
         try:
@@ -118,7 +204,20 @@ class Console:
         return kernel_trouble(text)
 
     def close(self) -> None:
+        """Stop draining (QEMU is gone or going) and close every end."""
+        self._closing = True
+        if self._drain.is_alive():
+            # A live QEMU still holds console.out: wake the blocked read with
+            # a byte of our own (the FIFO is open read-only here, so through its path).
+            try:
+                fd = os.open(f"{self._fifos.base}.out", os.O_WRONLY | os.O_NONBLOCK)
+                os.write(fd, b"\n")
+                os.close(fd)
+            except OSError:
+                pass
+            self._drain.join(timeout=5)
+        self._fifos.close()
         try:
-            self._sock.close()
+            os.close(self._read_end)
         except OSError:
             pass

@@ -177,9 +177,13 @@ class FsLoad:
             time.sleep(0.05)
 
     def inject(self, shell: Shell) -> str:
-        state = self.state(shell)
-        index = state.written + 1
-        shell.succeed(f"echo {index} > {self.dir}/skip")
+        # Held, the loop waits between files and reads `skip` before its next
+        # write, so that write is the one corrupted.  (Read from `state` while
+        # it ran, the index raced the loop: under load it had passed the skip
+        # check of that write already and no write was ever corrupted.)
+        state = self._hold(shell, Deadline(20, f"the fs load on {self.disk} pausing"))
+        index = state.written
+        shell.succeed(f"echo {index} > {self.dir}/skip; rm -f {self.dir}/hold")
         return (f"{self.name}: file f{index % FILES} (write #{index}) gets 'LOST' at offset "
                 f"{64 * 100 + 8} before its fsync")
 

@@ -174,7 +174,7 @@ def write_replay(path: Path, kept: KeptState, argv: Sequence[str], run_dir: Path
             arg = arg.replace(host, copy)
         if arg.startswith("socket,id=qmp,"):
             arg = "socket,id=qmp,path=$RUN/qmp.sock,server=on,wait=off"
-        elif arg.startswith("socket,id=console,"):
+        elif arg.startswith("pipe,id=console,"):
             arg = "stdio,id=console,signal=off"
         out.append(arg)
     stream = kept.directory / "stream"
