@@ -9,7 +9,11 @@ to the harness are "TCG seconds" scaled by the run's timeout factor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _scale = 1.0
 
@@ -48,3 +52,14 @@ class Deadline:
 
     def describe(self) -> str:
         return f"{self.what} did not finish within {self.seconds:.1f} s"
+
+    def poll(self, probe: Callable[[], T | None], interval: float = 0.05) -> T | None:
+        """PROBE's first answer that is not None, asked every INTERVAL; None when
+        the deadline expired first (the caller names what never happened).  The
+        probe is asked once more at expiry, so a slow probe still gets its turn."""
+        while True:
+            expired = self.expired()
+            answer = probe()
+            if answer is not None or expired:
+                return answer
+            time.sleep(min(interval, self.remaining()))

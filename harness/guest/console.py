@@ -19,8 +19,8 @@ import fcntl
 import os
 import re
 import threading
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pexpect

@@ -15,6 +15,11 @@ Three kinds of fact live here, and nowhere else decides what a QEMU does:
   tell, the probe wins over the table; the table is the fallback and the
   record of when a thing changed.
 
+The device half of the same facts -- what each `-device` driver and each
+machine's built-in functions look like to the guest (ids, BARs, capabilities,
+guest modules) -- is the table in harness/qemu/drivers.py; `MachineFacts.builtin`
+reads its built-in functions, so a built-in slot is written down once.
+
 Every entry says how it was checked.  "measured" means on this project's two
 reference binaries, 7.2.22 (Debian 12) and 10.0.2 (bookworm-backports).
 """
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 from harness.errors import UserError
+from harness.qemu.drivers import BUILTIN
 
 Version = tuple[int, int]
 T = TypeVar("T")
@@ -236,7 +242,6 @@ class MachineFacts:
     kind: MachineKind
     root_bus: str                    # the root bus's QEMU name
     express: bool                    # the root bus is PCI Express
-    builtin: Mapping[int, str]       # root-bus slots the machine itself uses -> by what
     acpi_device: str                 # QOM type of the ACPI PM function (its hotplug handler)
     acpi_mechanism: str              # hotplug mechanism name of that handler
     bridge_acpi_global: str          # -global that turns ACPI hotplug behind bridges off
@@ -260,6 +265,15 @@ class MachineFacts:
     hotplug_nics: tuple[str, ...]
     root_ports: bool = field(default=False)  # pcie-root-port and friends have a home
 
+    @property
+    def builtin(self) -> Mapping[int, str]:
+        """Root-bus slots the machine itself uses -> by what ("the PIIX3 ISA bridge,
+        piix3-ide IDE, PIIX4_PM ACPI PM"), from the one table of built-in functions."""
+        by_slot: dict[int, list[str]] = {}
+        for (slot, _), info in sorted(BUILTIN[self.kind].items()):
+            by_slot.setdefault(slot, []).append(f"{info.driver} {info.role}".strip())
+        return {slot: "the " + ", ".join(names) for slot, names in by_slot.items()}
+
     def bridge_acpi(self, machine_type_version: Version | None, requested: bool) -> bool:
         """ACPI hotplug behind bridges, as the machine type and the topology set it."""
         if self.bridge_acpi_default is not None and machine_type_version is not None \
@@ -273,7 +287,6 @@ MGMT_SLOT = 0x1E  # the harness's own management NIC: the same slot on every mac
 MACHINES: Mapping[MachineKind, MachineFacts] = {
     "pc": MachineFacts(
         kind="pc", root_bus="pci.0", express=False,
-        builtin={0: "the i440FX host bridge", 1: "the PIIX3 (ISA, IDE, PM)"},
         acpi_device="PIIX4_PM", acpi_mechanism="acpi-bsel",
         bridge_acpi_global="PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
         bridge_acpi_default=None, pirq_slots=range(32), pirq_slot_offset=-1,
@@ -282,7 +295,6 @@ MACHINES: Mapping[MachineKind, MachineFacts] = {
         hotplug_nics=("e1000",)),
     "q35": MachineFacts(
         kind="q35", root_bus="pcie.0", express=True,
-        builtin={0: "the MCH host bridge", 0x1F: "the ICH9 LPC/AHCI/SMBus functions"},
         acpi_device="ICH9-LPC", acpi_mechanism="acpi-pcihp",
         bridge_acpi_global="ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
         bridge_acpi_default=Q35_ACPI_BRIDGE_HOTPLUG, pirq_slots=range(0x18),

@@ -165,16 +165,13 @@ class FsLoad:
         return FsState.parse(shell.succeed(f"cat {self.dir}/state"))
 
     def wait_started(self, shell: Shell, deadline: Deadline) -> FsState:
-        while True:
-            state = self.state(shell)
-            if state.written > 0:
-                self.last = state
-                return state
-            if deadline.expired():
-                _, out = shell.execute(f"cat {self.dir}/out; ls -l {self.mount}")
-                raise HarnessError(f"{deadline.describe()}: the fs load on {self.disk} "
-                                   f"({self.device}) never wrote a file", tail=out)
-            time.sleep(0.05)
+        state = deadline.poll(lambda: _started(self.state(shell)))
+        if state is None:
+            _, out = shell.execute(f"cat {self.dir}/out; ls -l {self.mount}")
+            raise HarnessError(f"{deadline.describe()}: the fs load on {self.disk} "
+                               f"({self.device}) never wrote a file", tail=out)
+        self.last = state
+        return state
 
     def inject(self, shell: Shell) -> str:
         # Held, the loop waits between files and reads `skip` before its next
@@ -299,3 +296,7 @@ class FsLoad:
         return {"files_written": self.last.written if self.last else 0,
                 "fsck": "clean" if self.host_disk is not None and self.fsck is None
                 else (self.fsck or "not run")}
+
+
+def _started(state: FsState) -> FsState | None:
+    return state if state.written > 0 else None

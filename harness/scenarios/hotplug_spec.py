@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import DeadlineExceeded, HarnessError, UserError
+from harness.qemu.drivers import driver_info
 from harness.topology import Address, Device
-from harness.topology.drivers import driver_info
 from harness.topology.model import ExpectValue
 
 __all__ = ["DISK_BYTES", "BusNotHotpluggable", "DiskCheck", "HotplugError", "Kind",

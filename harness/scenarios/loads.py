@@ -260,16 +260,13 @@ class DiskLoad:
 
     def wait_started(self, shell: Shell, deadline: Deadline) -> LoadState:
         """Wait for the first completed write: a loop that cannot run fails here."""
-        while True:
-            state = self.state(shell)
-            if state.written > 0:
-                self.last = state
-                return state
-            if deadline.expired():
-                _, err = shell.execute(f"cat {self.dir}/dd.err; ps")
-                raise HarnessError(f"{deadline.describe()}: the load on {self.plan.name} "
-                                   f"({self.device}) never completed a write", tail=err)
-            time.sleep(0.05)
+        state = deadline.poll(lambda: _started(self.state(shell)))
+        if state is None:
+            _, err = shell.execute(f"cat {self.dir}/dd.err; ps")
+            raise HarnessError(f"{deadline.describe()}: the load on {self.plan.name} "
+                               f"({self.device}) never completed a write", tail=err)
+        self.last = state
+        return state
 
     def state_command(self) -> str:
         return f"echo \"@@load {self.plan.name} $(cat {self.dir}/state)\""
@@ -416,3 +413,7 @@ def parse_states(text: str) -> dict[str, LoadState]:
             _, name, rest = line.split(" ", 2)
             out[name] = LoadState.parse(rest)
     return out
+
+
+def _started(state: LoadState) -> LoadState | None:
+    return state if state.written > 0 else None

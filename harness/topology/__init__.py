@@ -3,8 +3,7 @@
 - model.py     Topology / Device / Address (frozen data), cache_key()
 - load.py      TOML or dict -> Topology, with validation (see its docstring for the format)
 - layout.py    validation rules, addresses and chassis numbers made explicit
-- drivers.py   what the harness knows about each -device driver
-- render.py    Topology -> QEMU argv (the only place that writes -device/-machine)
+- render.py    Topology -> QEMU argv (driver facts: harness.qemu.drivers) (the only place that writes -device/-machine)
 - expect.py    Topology -> the PciView the guest should see (the model view)
 
 The views themselves (their shape, QEMU's and the guest's, and the diff of all

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from harness.qemu.drivers import BUILTIN, BarSpec, DriverInfo, driver_info
 from harness.qemu.facts import ROOT_PORT_DEFAULT_LINK
-from harness.topology.drivers import BUILTIN, BarSpec, DriverInfo, driver_info
 from harness.topology.layout import buses, mgmt_device, path_of, resolve
 from harness.topology.model import Device, Topology, machine_version
 from harness.views.pciview import Bar, PciFunction, PciView, bar_expect_key

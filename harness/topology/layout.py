@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, replace
 
 from harness.errors import TopologyError
+from harness.qemu.drivers import DriverInfo, driver_info
 from harness.qemu.facts import MGMT_SLOT
-from harness.topology.drivers import DriverInfo, driver_info
 from harness.topology.model import MGMT_ID, Address, Device, Topology
 from harness.topology.rules import (
     BusRole,

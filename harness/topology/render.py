@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.qemu.drivers import BASE_MODULES, driver_info
 from harness.qemu.facts import MGMT_SLOT
-from harness.topology.drivers import BASE_MODULES, driver_info
 from harness.topology.expect import model_of_resolved
 from harness.topology.layout import mgmt_device, parents_first, resolve
 from harness.topology.model import MGMT_ID, Device, PropValue, Topology

@@ -112,11 +112,19 @@ def test_misuse_gets_a_clear_error(make_guest, artifacts: Path, machine, bus, oc
     # Second device_del while the first is pending.
     plugged = hp.plug(PlugSpec("hd1", "virtio-blk-pci", bus, 5 if machine == "pc" else 0))
     assert plugged.mechanism in ("acpi-bsel", "acpi-pcihp")
-    hp.request_unplug("hd1")
-    with pytest.raises(UnplugPending, match="already in the process of unplug"):
+    # Paused, the guest cannot eject hd1 between the requests: on 10.0.2 the
+    # ACPI unplug once finished before the raw second request went out, and
+    # QEMU rightly answered "Device 'hd1' not found".  The ACPI request itself
+    # only latches the GPE; the guest acts on it after `cont`.
+    guest.qmp.execute("stop")
+    try:
         hp.request_unplug("hd1")
-    # QEMU itself, on ACPI: the raw second request is accepted ...
-    assert guest.qmp.execute("device_del", {"id": "hd1"}) == {}
+        with pytest.raises(UnplugPending, match="already in the process of unplug"):
+            hp.request_unplug("hd1")
+        # QEMU itself, on ACPI: the raw second request is accepted ...
+        assert guest.qmp.execute("device_del", {"id": "hd1"}) == {}
+    finally:
+        guest.qmp.execute("cont")
     hp.wait_unplugged("hd1", Deadline(30, "unplug of hd1"))
     # ... and the device is deleted once: no second DEVICE_DELETED for the id.
     with pytest.raises(DeadlineExceeded):

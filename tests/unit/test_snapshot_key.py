@@ -68,7 +68,7 @@ def test_key_changes_with_every_machine_defining_input():
 def test_key_changes_when_the_driver_table_changes_what_a_topology_renders(monkeypatch):
     """Same topology, but the harness now loads another guest module for a driver
     (a snapshot saved before would lack it)."""
-    from harness.topology import drivers
+    from harness.qemu import drivers
 
     topology = topology_from_dict({"machine": "pc", "device": [
         {"id": "vga1", "driver": "VGA", "addr": "6.0"}]})

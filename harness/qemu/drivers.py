@@ -57,6 +57,7 @@ class DriverInfo:
     disk: DiskRole | None = None  # what `disk = SIZE` means for this driver
     virtio_type: int | None = None
     legacy_io_size: int | None = None  # virtio: size of the transitional I/O BAR0
+    role: str = ""  # a machine's built-in function: what it is ("host bridge")
 
 
 # QEMU's default subsystem for its own functions (PCI_SUBVENDOR_ID_REDHAT_QUMRANET,
@@ -147,20 +148,20 @@ def driver_info(driver: str) -> DriverInfo | None:
 # Built-in functions of each machine with -nodefaults: (slot, function) -> entry.
 # Checked against query-pci and the config space of QEMU 7.2.
 _PC_BUILTIN = {
-    (0, 0): DriverInfo("i440FX", 0x8086, 0x1237, 0x060000, *QEMU_SUBSYS, 0),
-    (1, 0): DriverInfo("PIIX3", 0x8086, 0x7000, 0x060100, *QEMU_SUBSYS, 0),
+    (0, 0): DriverInfo("i440FX", 0x8086, 0x1237, 0x060000, *QEMU_SUBSYS, 0, role="host bridge"),
+    (1, 0): DriverInfo("PIIX3", 0x8086, 0x7000, 0x060100, *QEMU_SUBSYS, 0, role="ISA bridge"),
     (1, 1): DriverInfo("piix3-ide", 0x8086, 0x7010, 0x010180, *QEMU_SUBSYS, 0,
-                       bars=(BarSpec(4, "io", 16),)),
-    (1, 3): DriverInfo("PIIX4_PM", 0x8086, 0x7113, 0x068000, *QEMU_SUBSYS, 1),
+                       bars=(BarSpec(4, "io", 16),), role="IDE"),
+    (1, 3): DriverInfo("PIIX4_PM", 0x8086, 0x7113, 0x068000, *QEMU_SUBSYS, 1, role="ACPI PM"),
 }
 _Q35_BUILTIN = {
-    (0, 0): DriverInfo("mch", 0x8086, 0x29C0, 0x060000, *QEMU_SUBSYS, 0),
-    (0x1F, 0): DriverInfo("ICH9-LPC", 0x8086, 0x2918, 0x060100, *QEMU_SUBSYS, 0),
+    (0, 0): DriverInfo("mch", 0x8086, 0x29C0, 0x060000, *QEMU_SUBSYS, 0, role="host bridge"),
+    (0x1F, 0): DriverInfo("ICH9-LPC", 0x8086, 0x2918, 0x060100, *QEMU_SUBSYS, 0, role="LPC"),
     (0x1F, 2): DriverInfo("ich9-ahci", 0x8086, 0x2922, 0x010601, *QEMU_SUBSYS, 1,
                           bars=(BarSpec(4, "io", 32), BarSpec(5, "mem", 4096)),
-                          capabilities=("msi", "sata"), guest_driver="ahci"),
+                          capabilities=("msi", "sata"), guest_driver="ahci", role="AHCI"),
     (0x1F, 3): DriverInfo("ICH9-SMB", 0x8086, 0x2930, 0x0C0500, *QEMU_SUBSYS, 1,
-                          bars=(BarSpec(4, "io", 64),)),
+                          bars=(BarSpec(4, "io", 64),), role="SMBus"),
 }
 BUILTIN: dict[str, dict[tuple[int, int], DriverInfo]] = {"pc": _PC_BUILTIN, "q35": _Q35_BUILTIN}
 
