@@ -213,11 +213,32 @@ def _load_results(path: Path) -> tuple[list[TestResult], dict[str, Any]]:
     return [TestResult.from_dict(t) for t in data.get("tests", [])], data
 
 
+def _previous_durations(output: Path, version: str) -> dict[str, float]:
+    """node id -> seconds on the same QEMU version in the newest earlier report
+    next to OUTPUT; empty when there is none or it cannot be read."""
+    previous = find_previous(output.parent, output)
+    if previous is None:
+        return {}
+    try:
+        data = json.loads((previous / "report.json").read_text())
+        return {str(t["nodeid"]): float(t["duration"]) for t in data.get("tests", ())
+                if t.get("qemu_version") == version and t.get("duration") is not None}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def _run_one(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path,
              machines: Sequence[str]) -> tuple[RunInfo, list[TestResult], list[str]]:
     run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = pytest_argv(args, binary, label, run_dir, machines)
+    durations = _previous_durations(output, binary.version)
+    if durations and not any(parse_gateway(spec).remote for spec in getattr(args, "tx", None)
+                             or ()):
+        # (A remote host cannot read a file of this one; every worker must sort alike.)
+        order = run_dir / "previous-durations.json"
+        order.write_text(json.dumps(durations))
+        argv.insert(argv.index("--tb=short") + 1, f"--report-order-by={order}")
     started = time.monotonic()
     status = _run_pytest(argv, run_dir / "pytest.log", suite_dir(args))
     elapsed = time.monotonic() - started

@@ -1,0 +1,38 @@
+"""The nightly starts the longest tests first, by an earlier night's durations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from harness.nightly import _previous_durations
+from harness.report.collect import longest_first
+
+
+def _items(*ids: str) -> list:
+    return [SimpleNamespace(nodeid=i) for i in ids]
+
+
+def test_longest_first_with_unknown_tests_at_the_median() -> None:
+    items = _items("unit_a", "pingpong_24", "new_test", "boot", "unit_b")
+    durations = {"unit_a": 0.01, "pingpong_24": 205.0, "boot": 60.0, "unit_b": 0.02}
+    ordered = [i.nodeid for i in longest_first(items, durations)]  # type: ignore[arg-type]
+    # median of the four known durations (sorted: .01 .02 60 205 -> index 2) is 60.
+    assert ordered == ["pingpong_24", "new_test", "boot", "unit_b", "unit_a"], ordered
+
+
+def test_previous_durations_come_from_the_same_qemu_version(tmp_path: Path) -> None:
+    old = tmp_path / "20261129-010000"
+    old.mkdir()
+    (old / "report.json").write_text(json.dumps({"started": "2026-11-29T01:00", "tests": [
+        {"nodeid": "t::a", "duration": 3.5, "qemu_version": "10.0.2"},
+        {"nodeid": "t::a", "duration": 9.0, "qemu_version": "7.2.22"},
+        {"nodeid": "t::b", "duration": None, "qemu_version": "10.0.2"}]}))
+    tonight = tmp_path / "20261130-010000"
+    tonight.mkdir()
+    assert _previous_durations(tonight, "10.0.2") == {"t::a": 3.5}
+    assert _previous_durations(tonight, "7.2.22") == {"t::a": 9.0}
+    assert _previous_durations(tonight, "9.2.0") == {}
+    (old / "report.json").write_text("{not json")
+    assert _previous_durations(tonight, "10.0.2") == {}
