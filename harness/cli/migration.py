@@ -128,6 +128,8 @@ def _reproduce_argv(args: argparse.Namespace, seed: int, topology_copy: Path | N
     if args.qemu_binary:
         argv += ["--qemu-binary", args.qemu_binary]
     argv += ["--memory-mib", str(args.memory_mib), "--memory-rate", str(args.memory_rate)]
+    if args.compare_ram is not None:
+        argv.append("--compare-ram" if args.compare_ram else "--no-compare-ram")
     for inject in args.inject or ():
         argv += ["--inject", inject]
     return argv
@@ -212,7 +214,8 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
                                   dst_binary=dst_binary, until_fail=args.until_fail,
                                   max_time_s=args.max_time, memory_mib=args.memory_mib,
                                   memory_rate_mib_s=args.memory_rate,
-                                  keep_states=args.keep_states, inject=injects)
+                                  keep_states=args.keep_states, inject=injects,
+                                  compare_ram=args.compare_ram)
         progress(f"pingpong on {topology.machine} ({factory.accel.name}), seed {seed}, "
                  f"{'until the first failure' if args.until_fail else f'{hops} hops'}; "
                  f"artifacts in {run.artifacts}")
@@ -294,6 +297,12 @@ def register(subparsers: Any) -> None:
                    help="keep the migration stream and disks each of the last K destinations "
                         "was given; replay-hopNN.sh (and reproduce.sh after a failure) starts "
                         "that destination from them")
+    p.add_argument("--compare-ram", action=argparse.BooleanOptionalAction, default=None,
+                   help="after each hop, before the destination runs, compare its RAM with "
+                        "the paused source's page by page (pmemsave of both): a page that "
+                        "differs is a write the migration lost, named by its guest-physical "
+                        "address even if the guest would crash at once (default: with the "
+                        "memory load)")
     p.add_argument("--inject", action="append", metavar="LOAD@HOP",
                    help="make the LOAD lose a write just before hop HOP (memory: a page's "
                         "writes skipped, write: a block write skipped, fs: a file corrupted "

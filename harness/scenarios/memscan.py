@@ -108,7 +108,7 @@ def scan_after_failure(guest: Guest | None, failure: HopFailure, artifacts: Path
     from harness.scenarios.hopwatch import HopFailure
 
     if not memory_load or guest is None or guest.qmp is None \
-            or failure.kind == "data-mismatch":
+            or failure.kind in ("data-mismatch", "lost-dirty-pages"):
         return failure
     if memory_bytes > 2 * 1024**3:  # RAM is contiguous from 0 only below the PCI hole
         return failure

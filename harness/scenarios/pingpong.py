@@ -55,6 +55,7 @@ from harness.scenarios.migration import (
 from harness.scenarios.pingpong_data import HopRecord, PingPongOptions, PingPongResult, disk_targets
 from harness.scenarios.pingpong_failure import classify_failure, write_post_mortem
 from harness.scenarios.pingpong_state import PciReference
+from harness.scenarios.ramdiff import compare_ram
 from harness.views.threeview import snapshot
 
 __all__ = ["HopRecord", "PingPong", "PingPongOptions", "PingPongResult", "disk_targets",
@@ -163,9 +164,18 @@ class PingPong:
             if at == number:
                 self._inject(kind)
         kept = self._keep_hooks(number, dst)
+        hooks = [kept[1]] if kept else []
+        ram_s: list[float] = []
+        if self.options.comparing_ram:
+            hooks.append(lambda loaded: ram_s.append(self._compare_ram(src, loaded, number)))
+
+        def before_resume(loaded: Guest) -> None:
+            for hook in hooks:
+                hook(loaded)
+
         stats = replace(migrate(src, dst, number, transport=self.options.transport,
                                 wrap_uri=kept[0] if kept else None,
-                                before_resume=kept[1] if kept else None),
+                                before_resume=before_resume if hooks else None),
                         launch_s=launch_s)
         if kept:
             kept[2]()
@@ -181,10 +191,20 @@ class PingPong:
         t0 = time.monotonic()
         verified = self.check(number, src)
         record = HopRecord(stats, time.monotonic() - t0, verified,
-                           self.kept[-1] if self.kept and self.kept[-1].hop == number else None)
+                           self.kept[-1] if self.kept and self.kept[-1].hop == number else None,
+                           ram_s[0] if ram_s else None)
         with open(self.artifacts / "hops.jsonl", "a") as out:
             out.write(json.dumps(record.as_dict(), default=str) + "\n")
         return record
+
+    def _compare_ram(self, src: Guest, dst: Guest, number: int) -> float:
+        """Both paused: a page that differs is a write the migration lost."""
+        diff = compare_ram(src, dst, number, self.artifacts)
+        if not diff.clean:
+            raise HopFailure("lost-dirty-pages", number, diff.describe(),
+                             tail=(self.artifacts / f"ram-diff-hop-{number}.txt").read_text(),
+                             process=dst.name)
+        return diff.seconds
 
     def _inject(self, kind: str) -> None:
         assert self.current is not None
@@ -228,8 +248,9 @@ class PingPong:
         assert self.current is not None
         binary = self.options.dst_binary if number % 2 == 1 else None
         plan = destination_plan(self.current, binary) if binary else self.plan
-        if self.options.keep_states > 0:
-            # Paused after loading: the disks are copied before it writes them.
+        if self.options.keep_states > 0 or self.options.comparing_ram:
+            # Paused after loading: the disks are copied, or its RAM is compared
+            # with the source's, before it runs.
             plan = replace(plan, extra_args=tuple(plan.extra_args) + ("-S",))
         name = f"g{number:02d}"
         started = time.monotonic()
@@ -373,8 +394,10 @@ class PingPong:
         kept = (f"; state kept ({record.kept.stream_bytes / 1e6:.0f} MB stream, "
                 f"{record.kept.disk_bytes / 1e6:.0f} MB disks, "
                 f"{record.kept.disks_s:.2f} s disk copy)" if record.kept else "")
+        ram = (f", RAM identical at the switchover ({record.ram_compare_s:.2f} s)"
+               if record.ram_compare_s is not None else "")
         self.progress(f"hop {s.hop} {s.source}->{s.destination}: {s.total_s:.2f} s "
-                      f"(downtime {down}, {(s.ram_bytes or 0) / 1e6:.0f} MB), "
+                      f"(downtime {down}, {(s.ram_bytes or 0) / 1e6:.0f} MB{ram}), "
                       f"checks {record.check_s:.2f} s: verified {record.verified_mib:.1f} MiB, "
                       f"{record.verified_files} files in {record.verify_s:.2f} s{kept}")
 

@@ -47,6 +47,14 @@ class PingPongOptions:
     memory_rate_mib_s: int = 64            # memory load: dirty-rate cap (MiB/s), 0 = flat out
     keep_states: int = 0                   # keep the streams + disks of the last K hops
     inject: tuple[tuple[str, int], ...] = ()   # (load kind, hop): a lost write before it
+    #: compare the paused source's RAM with the loaded destination's before it runs
+    #: (ramdiff.py); None: with the memory load, whose bug class it names exactly
+    compare_ram: bool | None = None
+
+    @property
+    def comparing_ram(self) -> bool:
+        return self.compare_ram if self.compare_ram is not None else \
+            "memory" in self.load.split(",")
 
 
 @dataclass
@@ -55,6 +63,7 @@ class HopRecord:
     check_s: float
     verified: dict[str, Verified] = field(default_factory=dict)
     kept: KeptState | None = None
+    ram_compare_s: float | None = None   # source/destination RAM compared (ramdiff)
 
     @property
     def verified_mib(self) -> float:
@@ -80,7 +89,9 @@ class HopRecord:
                 "verify_s": round(self.verify_s, 3),
                 "verified": {k: {**v.__dict__, "seconds": round(v.seconds, 3)}
                              for k, v in self.verified.items()},
-                "kept_state": self.kept.as_dict() if self.kept else None}
+                "kept_state": self.kept.as_dict() if self.kept else None,
+                "ram_compare_s": None if self.ram_compare_s is None
+                else round(self.ram_compare_s, 3)}
 
 
 @dataclass

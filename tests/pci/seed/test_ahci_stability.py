@@ -256,19 +256,29 @@ def test_a_broken_session_is_told_apart_from_a_dead_guest(harness_factory, artif
 # The lost dirty page of TCG migration on 7.2.22 (facts page; issue 19): a
 # strict known failure where harness/qemu/known.py scopes it, a pass elsewhere.
 MEMORY_HOPS = 24
+# Where the gap holds, the same check runs until it fails, up to this many hops:
+# it is intermittent (with the RAM comparison, 7.2.22 lost pages at hops 1, 1,
+# 6, 9, 11 and 41 and not in runs of 24 and 6 hops: 6 in 99 hops), and a strict
+# known failure must not pass by luck: 100 clean hops at that rate is ~0.2 %.
+MEMORY_HOPS_WHERE_KNOWN = 100
 
 
 @pytest.mark.known_gap("tcg-migration-loses-dirty-pages")
 def test_q35_pingpong_memory_load_keeps_every_page(harness_factory, artifacts, request):
     """Every page of a 256 MiB working set, written continuously by the guest's
     checker, holds its last write after each of MEMORY_HOPS hops (a sweep that
-    started after the hop checked every page), and the guest never crashes."""
+    started after the hop checked every page), the guest never crashes, and at
+    every switchover the loaded destination's RAM equals the paused source's page
+    for page (ramdiff: a lost write is named by its guest-physical address even
+    when it hit the kernel, whose crash would otherwise hide it)."""
     topology = topology_from_dict({"machine": "q35"})
+    known = request.node.get_closest_marker("xfail") is not None
+    hops = MEMORY_HOPS_WHERE_KNOWN if known else MEMORY_HOPS
     run = PingPong(harness_factory.plan(topology), artifacts,
-                   PingPongOptions(hops=MEMORY_HOPS, seed=21, load="memory"))
+                   PingPongOptions(hops=hops, seed=21, load="memory"))
     result = run.run()
     assert result.failure is None, result.failure.describe()
-    assert len(result.records) == MEMORY_HOPS
+    assert len(result.records) == hops
     load = run.loads[0]
     working_set = 256 * 2**20
     for record in result.records:
@@ -277,5 +287,7 @@ def test_q35_pingpong_memory_load_keeps_every_page(harness_factory, artifacts, r
         assert checked.bytes == working_set and checked.units >= working_set // 4096, (
             record.stats.hop, checked)
     assert load.last is not None and load.last.bad == 0, load.last
+    compared = [r.ram_compare_s for r in result.records]
+    assert None not in compared, f"a hop without the RAM comparison: {compared}"
     record_figure(request, "pingpong_memory_check_p50_s",
-                  sorted(r.verify_s for r in result.records)[MEMORY_HOPS // 2])
+                  sorted(r.verify_s for r in result.records)[hops // 2])
