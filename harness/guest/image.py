@@ -151,11 +151,16 @@ def _cached_versions(recipe: dict[str, object], memo: Path) -> dict[str, str]:
     return versions
 
 
+def shared_services(recipe_path: Path) -> Path:
+    """guest-images/common/services.sh: the part of /init every flavour shares."""
+    return recipe_path.parent / "common" / "services.sh"
+
+
 def image_key(recipe_path: Path, versions: dict[str, str]) -> str:
     digest = hashlib.sha256()
     digest.update(BUILDER_VERSION.encode())
-    for path in sorted(recipe_path.iterdir()):  # recipe.toml, init.sh, helper scripts
-        if path.is_file():
+    for path in [*sorted(recipe_path.iterdir()), shared_services(recipe_path)]:
+        if path.is_file():  # recipe.toml, init.sh, helper scripts, the shared services
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(json.dumps(versions, sort_keys=True).encode())
     return digest.hexdigest()[:16]
@@ -422,6 +427,7 @@ def _assemble_initramfs(rdir: Path, recipe: dict[str, object], staging: Path, ro
         profile += ". /etc/harness-restored.sh\n"
         shutil.copy2(rdir / "restored.sh", root / "etc/harness-restored.sh")
     (root / "etc/profile").write_text(profile)
+    shutil.copy2(shared_services(rdir), root / "etc/harness-services.sh")
     shutil.copy2(rdir / "init.sh", root / "init")
     os.chmod(root / "init", 0o755)
 

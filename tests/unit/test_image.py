@@ -98,3 +98,26 @@ def test_image_key_changes_with_recipe_and_versions(tmp_path):
     (tmp_path / "init.sh").write_text("#!/bin/sh\necho\n")
     k3 = image.image_key(tmp_path, {"linux-image-6.1.0-1-amd64": "6.1.1"})
     assert len({k1, k2, k3}) == 3
+
+
+def test_image_key_covers_the_shared_services_script(tmp_path):
+    """guest-images/common/services.sh is part of every flavour's /init."""
+    recipe = tmp_path / "flavour"
+    recipe.mkdir()
+    (recipe / "recipe.toml").write_text("a = 1\n")
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "services.sh").write_text("dropbear\n")
+    before = image.image_key(recipe, {})
+    (tmp_path / "common" / "services.sh").write_text("dropbear -s\n")
+    assert image.image_key(recipe, {}) != before
+
+
+def test_every_flavour_sources_the_shared_services_once():
+    from harness.paths import guest_images_root
+
+    root = guest_images_root()
+    assert (root / "common" / "services.sh").is_file()
+    for init in ("debian12/init.sh", "debian12-ahci/init.sh"):
+        lines = (root / init).read_text().splitlines()
+        assert lines.count(". /etc/harness-services.sh") == 1, init
+        assert not any(line.startswith("dropbear") for line in lines), init
