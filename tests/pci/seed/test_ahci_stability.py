@@ -256,16 +256,22 @@ def test_a_broken_session_is_told_apart_from_a_dead_guest(harness_factory, artif
 # The lost dirty page of TCG migration on 7.2.22 (facts page; issue 19): a
 # strict known failure where harness/qemu/known.py scopes it, a pass elsewhere.
 MEMORY_HOPS = 24
-# Where the gap holds, the same check runs until it fails, up to this many hops:
-# it is intermittent (with the RAM comparison, 7.2.22 lost pages at hops 1, 1,
-# 6, 9, 11 and 41 and not in runs of 24 and 6 hops: 6 in 99 hops), and a strict
-# known failure must not pass by luck: 100 clean hops at that rate is ~0.2 %.
+# The checker's load: 256 MiB written at 128 MiB/s.  Each hop waits for a sweep
+# that began after it, so the sweep time is the hop's check time: at the
+# default 64 MiB/s the 24 hops took 217 s alone and 278 s in the nightly (its
+# long pole); at 128 MiB/s 138 s alone.  The higher rate is also what makes the
+# 7.2.22 gap show: lost pages at hop 1 in 4 of 4 runs, against hops 1-41 (and
+# once none in 24) at 64 MiB/s, and hops 9-64 with 128 MiB at 64 MiB/s.
+WORKING_SET_MIB = 256
+DIRTY_MIB_S = 128
+# Where the gap holds, the same check runs until it fails, up to this many hops,
+# so that a strict known failure cannot pass by luck.
 MEMORY_HOPS_WHERE_KNOWN = 100
 
 
 @pytest.mark.known_gap("tcg-migration-loses-dirty-pages")
 def test_q35_pingpong_memory_load_keeps_every_page(harness_factory, artifacts, request):
-    """Every page of a 256 MiB working set, written continuously by the guest's
+    """Every page of a WORKING_SET_MIB working set, written continuously by the guest's
     checker, holds its last write after each of MEMORY_HOPS hops (a sweep that
     started after the hop checked every page), the guest never crashes, and at
     every switchover the loaded destination's RAM equals the paused source's page
@@ -275,12 +281,13 @@ def test_q35_pingpong_memory_load_keeps_every_page(harness_factory, artifacts, r
     known = request.node.get_closest_marker("xfail") is not None
     hops = MEMORY_HOPS_WHERE_KNOWN if known else MEMORY_HOPS
     run = PingPong(harness_factory.plan(topology), artifacts,
-                   PingPongOptions(hops=hops, seed=21, load="memory"))
+                   PingPongOptions(hops=hops, seed=21, load="memory",
+                                   memory_mib=WORKING_SET_MIB, memory_rate_mib_s=DIRTY_MIB_S))
     result = run.run()
     assert result.failure is None, result.failure.describe()
     assert len(result.records) == hops
     load = run.loads[0]
-    working_set = 256 * 2**20
+    working_set = WORKING_SET_MIB * 2**20
     for record in result.records:
         checked = record.verified["memory"]
         # the whole working set checked after the hop, and the checker kept going
