@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -63,7 +64,8 @@ i=0; ioerr=0; skip=-1
 rm -f $d/stop $d/stopped
 while [ ! -e $d/stop ]; do
   if [ -e $d/hold ]; then
-    echo "written=$i ioerr=$ioerr held=1" > $d/state.new; mv $d/state.new $d/state
+    read h < $d/hold
+    echo "written=$i ioerr=$ioerr held=$h" > $d/state.new; mv $d/state.new $d/state
     sleep 0.05; continue
   fi
   if [ -e $d/skip ]; then read skip < $d/skip; rm -f $d/skip; fi
@@ -82,13 +84,13 @@ echo stopped > $d/stopped
 class FsState:
     written: int
     ioerr: int
-    held: bool
+    held: str  # "0" while writing; held, the token of the hold it obeys
 
     @classmethod
     def parse(cls, line: str) -> FsState:
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
         try:
-            return cls(int(fields["written"]), int(fields["ioerr"]), fields.get("held") == "1")
+            return cls(int(fields["written"]), int(fields["ioerr"]), fields.get("held") or "0")
         except (KeyError, ValueError):
             raise HarnessError(f"unreadable fs load state {line!r}") from None
 
@@ -181,14 +183,25 @@ class FsLoad:
         state = self._hold(shell, Deadline(20, f"the fs load on {self.disk} pausing"))
         index = state.written
         shell.succeed(f"echo {index} > {self.dir}/skip; rm -f {self.dir}/hold")
+        # Back only once the corrupted write is done: a check right after must
+        # see it (the loop's state while held says held=1 until its next write,
+        # so a hold at once would be taken for a new one and checked too early).
+        written = Deadline(20, f"the fs load on {self.disk} writing file #{index}")
+        if written.poll(lambda: _started_after(self.state(shell), index)) is None:
+            raise LoadStalled(f"{written.describe()}: the fs load on {self.disk} "
+                              f"({self.device}) did not resume after the injection")
         return (f"{self.name}: file f{index % FILES} (write #{index}) gets 'LOST' at offset "
                 f"{64 * 100 + 8} before its fsync")
 
     def _hold(self, shell: Shell, deadline: Deadline) -> FsState:
-        shell.succeed(f"touch {self.dir}/hold")
+        # A token per hold: the state a loop wrote while obeying the previous hold
+        # still says "held" for up to one write after that hold was lifted, and
+        # taken for this one it let a check (or an injection) race the loop.
+        token = secrets.token_hex(4)
+        shell.succeed(f"echo {token} > {self.dir}/hold")
         while True:
             state = self.state(shell)
-            if state.held:
+            if state.held == token:
                 return state
             status, _ = shell.execute(f"test -e {self.dir}/stopped")
             if status == 0:
@@ -300,3 +313,7 @@ class FsLoad:
 
 def _started(state: FsState) -> FsState | None:
     return state if state.written > 0 else None
+
+
+def _started_after(state: FsState, index: int) -> FsState | None:
+    return state if state.written > index else None
