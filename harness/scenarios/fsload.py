@@ -37,7 +37,14 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, UserError
-from harness.scenarios.loads import DataMismatch, LoadStalled, Shell, Verified
+from harness.scenarios.loads import (
+    DataMismatch,
+    LoadStalled,
+    Shell,
+    Verified,
+    wait_first_write,
+    written_past,
+)
 from harness.scenarios.memload import put_file
 
 FS_BYTES = 32 * 1024 * 1024
@@ -167,13 +174,13 @@ class FsLoad:
         return FsState.parse(shell.succeed(f"cat {self.dir}/state"))
 
     def wait_started(self, shell: Shell, deadline: Deadline) -> FsState:
-        state = deadline.poll(lambda: _started(self.state(shell)))
-        if state is None:
+        def never() -> HarnessError:
             _, out = shell.execute(f"cat {self.dir}/out; ls -l {self.mount}")
-            raise HarnessError(f"{deadline.describe()}: the fs load on {self.disk} "
-                               f"({self.device}) never wrote a file", tail=out)
-        self.last = state
-        return state
+            return HarnessError(f"{deadline.describe()}: the fs load on {self.disk} "
+                                f"({self.device}) never wrote a file", tail=out)
+
+        self.last = wait_first_write(lambda: self.state(shell), deadline, never)
+        return self.last
 
     def inject(self, shell: Shell) -> str:
         # Held, the loop waits between files and reads `skip` before its next
@@ -187,7 +194,7 @@ class FsLoad:
         # see it (the loop's state while held says held=1 until its next write,
         # so a hold at once would be taken for a new one and checked too early).
         written = Deadline(20, f"the fs load on {self.disk} writing file #{index}")
-        if written.poll(lambda: _started_after(self.state(shell), index)) is None:
+        if written.poll(lambda: written_past(self.state(shell), index)) is None:
             raise LoadStalled(f"{written.describe()}: the fs load on {self.disk} "
                               f"({self.device}) did not resume after the injection")
         return (f"{self.name}: file f{index % FILES} (write #{index}) gets 'LOST' at offset "
@@ -309,11 +316,3 @@ class FsLoad:
         return {"files_written": self.last.written if self.last else 0,
                 "fsck": "clean" if self.host_disk is not None and self.fsck is None
                 else (self.fsck or "not run")}
-
-
-def _started(state: FsState) -> FsState | None:
-    return state if state.written > 0 else None
-
-
-def _started_after(state: FsState, index: int) -> FsState | None:
-    return state if state.written > index else None

@@ -36,8 +36,9 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError
@@ -260,13 +261,13 @@ class DiskLoad:
 
     def wait_started(self, shell: Shell, deadline: Deadline) -> LoadState:
         """Wait for the first completed write: a loop that cannot run fails here."""
-        state = deadline.poll(lambda: _started(self.state(shell)))
-        if state is None:
+        def never() -> HarnessError:
             _, err = shell.execute(f"cat {self.dir}/dd.err; ps")
-            raise HarnessError(f"{deadline.describe()}: the load on {self.plan.name} "
-                               f"({self.device}) never completed a write", tail=err)
-        self.last = state
-        return state
+            return HarnessError(f"{deadline.describe()}: the load on {self.plan.name} "
+                                f"({self.device}) never completed a write", tail=err)
+
+        self.last = wait_first_write(lambda: self.state(shell), deadline, never)
+        return self.last
 
     def state_command(self) -> str:
         return f"echo \"@@load {self.plan.name} $(cat {self.dir}/state)\""
@@ -415,5 +416,25 @@ def parse_states(text: str) -> dict[str, LoadState]:
     return out
 
 
-def _started(state: LoadState) -> LoadState | None:
-    return state if state.written > 0 else None
+class _Counted(Protocol):
+    @property
+    def written(self) -> int: ...
+
+
+CountedState = TypeVar("CountedState", bound=_Counted)
+
+
+def written_past(state: CountedState, index: int = 0) -> CountedState | None:
+    """STATE once a load loop has completed more than INDEX writes, else None
+    (a probe for Deadline.poll)."""
+    return state if state.written > index else None
+
+
+def wait_first_write(read_state: Callable[[], CountedState], deadline: Deadline,
+                     never: Callable[[], HarnessError]) -> CountedState:
+    """The loop's state after its first completed write; NEVER() (the load's own
+    diagnosis) is raised when the deadline passes first."""
+    state = deadline.poll(lambda: written_past(read_state()))
+    if state is None:
+        raise never()
+    return state

@@ -115,12 +115,18 @@ def page_diffs(src: bytes | memoryview, dst: bytes | memoryview,
                            _WORD.unpack_from(b, word)[0], _checker_label(a, b))
 
 
-def compare_dumps(src: bytes, dst: bytes, hop: int, seconds: float = 0.0) -> RamDiff:
-    diff = RamDiff(hop, len(src), seconds)
-    for page in page_diffs(src, dst):
+def _count(diff: RamDiff, pages: Iterator[PageDiff]) -> None:
+    """Count every differing page into DIFF, listing the first LISTED."""
+    for page in pages:
         diff.differing += 1
         if len(diff.pages) < LISTED:
             diff.pages.append(page)
+
+
+def compare_dumps(src: bytes, dst: bytes, hop: int, seconds: float = 0.0) -> RamDiff:
+    """Two flat dumps of RAM from guest-physical 0."""
+    diff = RamDiff(hop, len(src), seconds)
+    _count(diff, page_diffs(src, dst))
     return diff
 
 
@@ -161,11 +167,8 @@ def compare_cores(src: bytes | mmap.mmap, dst: bytes | mmap.mmap, hop: int) -> R
     diff = RamDiff(hop, sum(s.size for s in src_segments), 0.0)
     src_view, dst_view = memoryview(src), memoryview(dst)
     for a, b in zip(src_segments, dst_segments):
-        for page in page_diffs(src_view[a.offset:a.offset + a.size],
-                               dst_view[b.offset:b.offset + b.size], base=a.physical):
-            diff.differing += 1
-            if len(diff.pages) < LISTED:
-                diff.pages.append(page)
+        _count(diff, page_diffs(src_view[a.offset:a.offset + a.size],
+                                dst_view[b.offset:b.offset + b.size], base=a.physical))
     return diff
 
 
