@@ -1,7 +1,7 @@
 """INT#x cost by bridge depth: the same shared-line load at depth 0..4.
 
 For each depth a fresh guest gets K virtio devices (MSI-X off) on one INT#x
-line D pci-bridges deep and runs `harness.scenarios.intx.run_stress` for T
+line D pci-bridges deep and runs `harness.scenarios.intx.stress.run_stress` for T
 seconds.  Prints interrupts/s and I/O/s per depth and their ratio to depth 0
 (the seed's "Better modeling for PCI INT#x": QEMU walks the bridge chain on
 every interrupt, so deeper should not be slower if the route were cached).
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.factory import GuestFactory, RunSettings
-from harness.scenarios.intx import PayloadServer, run_stress, shared_line_layout
+from harness.scenarios.intx.stress import PayloadServer, run_stress, shared_line_layout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.cli.migration import build_topology
+from harness.cli.pingpong import build_topology
 from harness.factory import GuestFactory, RunSettings
-from harness.scenarios.pingpong import PingPong, PingPongOptions, disk_targets
+from harness.scenarios.migration.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.stats import percentile
 
 TARGET_S = 0.5

@@ -14,7 +14,7 @@ from typing import Any
 from harness.deadline import set_timeout_scale
 from harness.errors import QemuExited
 from harness.guest.image import GuestImage, ensure_image
-from harness.machine import Guest, LaunchPlan
+from harness.guest.running import Guest, LaunchPlan
 from harness.options import RunSettings
 from harness.progress import Progress, stderr_progress
 from harness.qemu.accel import Accel, ProbeBoot, announce, resolve_accel

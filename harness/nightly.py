@@ -37,6 +37,7 @@ from harness.errors import UserError
 from harness.lab import LostHost, check_gateways, parse_gateway, surviving
 from harness.nightly_boot_stress import boot_stress_run_figures, boot_stress_runs
 from harness.paths import suite_root
+from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
 from harness.report.baseline import compare, find_previous, load_baseline
@@ -48,7 +49,6 @@ from harness.report.junit import merge_junit
 from harness.report.markdown import render_markdown
 from harness.report.matrix import build_items
 from harness.report.results import TestResult
-from harness.seed import SEED_ITEMS
 
 #: Tests of the nightly itself: each starts nightlies of its own, which would fight the
 #: outer run for the cores.  A nightly deselects them unless --self-tests is given.

@@ -24,7 +24,7 @@ class RunSettings:
     timeout_multiplier: float = 1.0
     keep_artifacts: bool = False
     snapshot: bool = True
-    firmware: str = "seabios"  # see harness.machine.FIRMWARE
+    firmware: str = "seabios"  # see harness.guest.running.FIRMWARE
 
 
 SHARED_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (

@@ -1,5 +1,5 @@
 """What decides one guest's QEMU command line: the LaunchPlan, and the CPU
-model and firmware every guest shares.  Values only; harness/machine.py's
+model and firmware every guest shares.  Values only; harness/guest/running.py's
 Guest turns a plan into a running QEMU."""
 
 from __future__ import annotations

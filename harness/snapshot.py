@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from harness.deadline import Deadline, timeout_scale
 from harness.errors import DeadlineExceeded, HarnessError
-from harness.machine import CPU_MODEL, Guest, LaunchPlan
+from harness.guest.running import CPU_MODEL, Guest, LaunchPlan
 from harness.paths import cache_root
 from harness.topology.render import RenderedMachine
 

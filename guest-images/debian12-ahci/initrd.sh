@@ -1,7 +1,7 @@
 #!/bin/sh
 # Stage 1 (/init of the initramfs syslinux loaded): find the root partition on
 # the AHCI disk, check it with e2fsck, mount it read-write, switch to it.
-# Every step prints a marker the harness times (harness/scenarios/bootstress.py):
+# Every step prints a marker the harness times (harness/scenarios/bootstress/run.py):
 #   HARNESS-KERNEL UPTIME        the kernel runs its initramfs
 #   HARNESS-FSCK STATUS UPTIME   e2fsck -f -n of the root (0: clean)
 #   HARNESS-ROOT OPTIONS UPTIME  the root is mounted (OPTIONS from /proc/mounts)

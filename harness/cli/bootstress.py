@@ -26,8 +26,13 @@ from harness.cli.common import add_common_options
 from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
 from harness.guest.diskimage import DEFAULT_FLAVOUR, ensure_disk_image
-from harness.scenarios.bootphases import AHCI_ROOT_PHASES, BootRecord, summary, user_disk_phases
-from harness.scenarios.bootstress import (
+from harness.scenarios.bootstress.phases import (
+    AHCI_ROOT_PHASES,
+    BootRecord,
+    summary,
+    user_disk_phases,
+)
+from harness.scenarios.bootstress.run import (
     BootStress,
     BootStressOptions,
     BootStressRun,

@@ -1,6 +1,6 @@
 """`pci-harness hotplug-stress`: plug/unplug cycles behind bridges, checked three ways.
 
-A thin face over scenarios/hotplug_stress.py: boots the stress machine of
+A thin face over scenarios/hotplug/stress.py: boots the stress machine of
 --machine, runs the cycles, prints progress on stderr and a summary (or one
 JSON object with --json).  Exit 1 when any cycle failed, with the artifact
 directory (views of the failed cycle, console, QMP transcript) named.
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_hotplug_stress(args: argparse.Namespace) -> int:
-    from harness.scenarios import hotplug_stress
+    from harness.scenarios.hotplug import stress as hotplug_stress
     from harness.stats import latency
 
     topology = hotplug_stress.stress_topology(args.machine)

@@ -20,10 +20,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.artifacts import new_run_dir, settle_artifacts
 from harness.factory import GuestFactory
 from harness.options import RunSettings, run_settings
 from harness.progress import Progress, stderr_progress
+from harness.pytestplugin.artifacts import new_run_dir, settle_artifacts
 
 Result = dict[str, Any]
 

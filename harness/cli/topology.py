@@ -24,16 +24,16 @@ from harness.cli.common import add_common_options
 from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import QemuExited, UserError
 from harness.factory import GuestFactory
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.qemu.facts import parse_version
 from harness.qemu.known import KnownGap, gap_for_difference
+from harness.scenarios.threeview import ThreeViews, snapshot
 from harness.scenarios.where import WhereAnswer, where
 from harness.topology import Topology, default_topology, load_topology, validate
 from harness.topology.model import machine_kind
 from harness.topology.refusal import attribute_refusal
 from harness.views import Difference
 from harness.views.compare import format_value
-from harness.views.threeview import ThreeViews, snapshot
 
 DEFAULT_MACHINES = ("pc", "q35")
 

@@ -1,7 +1,7 @@
 """A QEMU binary: where it is, how it runs, its version, the machine types it knows.
 
 `find_qemu` accepts an installed binary, one unpacked under any prefix and a
-build directory's binary (harness/qemu/layout.py finds their firmware and
+build directory's binary (harness/qemu/install.py finds their firmware and
 modules); one the harness wires that way is started once with `-S` and must
 answer qom-list-types before it is trusted (verdict cached on disk).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness.errors import QemuNotFound, UserError
 from harness.paths import cache_root
-from harness.qemu import layout as qemu_layout
+from harness.qemu import install as qemu_install
 
 DEFAULT_NAME = "qemu-system-x86_64"
 
@@ -33,7 +33,7 @@ class QemuBinary:
     machines: frozenset[str]  # every name and alias from -machine help
     aliases: tuple[tuple[str, str], ...] = ()  # ("q35", "pc-q35-7.2"): what an alias means here
     # The binary the user named when `path` is a launcher that wires its
-    # firmware and modules (harness/qemu/layout.py); None when `path` is it.
+    # firmware and modules (harness/qemu/install.py); None when `path` is it.
     given: Path | None = None
     layout: str = "installed"  # installed, prefix, build or as-given
 
@@ -120,9 +120,9 @@ def find_qemu(explicit: str | os.PathLike[str] | None = None) -> QemuBinary:
 
 @functools.cache
 def _find(real: str) -> QemuBinary:
-    found = qemu_layout.detect(Path(real))
+    found = qemu_install.detect(Path(real))
     if found.needs_launcher:
-        launcher = qemu_layout.cached_launcher(found)
+        launcher = qemu_install.cached_launcher(found)
         binary = replace(_inspect(str(launcher)), given=Path(real), layout=found.kind)
     else:
         binary = replace(_inspect(real), layout=found.kind)
@@ -195,14 +195,14 @@ def start_failure(name: str, returncode: int, stderr: str) -> QemuNotFound:
     if "could not load PC BIOS" in text or "failed to find romfile" in text:
         return QemuNotFound(
             f"{name} does not find its firmware ({last})",
-            fix=f"give it a firmware directory with {qemu_layout.BIOS}: unpack its seabios "
+            fix=f"give it a firmware directory with {qemu_install.BIOS}: unpack its seabios "
                 "next to it, or pass a wrapper script that runs it with -L DIR",
             tail=text[-1500:])
     return QemuNotFound(f"{name} did not start and answer qom-list-types ({last[:300]})",
                         fix="run it by hand with -S -qmp stdio to see why", tail=text[-1500:])
 
 
-def _checked_start(binary: QemuBinary, found: qemu_layout.Layout) -> None:
+def _checked_start(binary: QemuBinary, found: qemu_install.Layout) -> None:
     """check_starts once per binary identity (a verdict file in the cache)."""
     key = hashlib.sha256(binary.identity().encode()).hexdigest()[:24]
     mark = cache_root() / "qemu" / "checked" / key

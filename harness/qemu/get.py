@@ -29,7 +29,7 @@ from filelock import FileLock
 from harness.errors import HarnessError, UserError
 from harness.paths import cache_root
 from harness.qemu import apt
-from harness.qemu import layout as qemu_layout
+from harness.qemu import install as qemu_install
 
 Progress = Callable[[str], None]
 
@@ -233,8 +233,8 @@ class Fetcher:
         launcher = target / "qemu-system-x86_64"
         if not (target / "root" / "usr" / "bin" / "qemu-system-x86_64").exists():
             self._download_and_unpack(picks, target)
-        found = qemu_layout.detect(target / "root" / "usr" / "bin" / "qemu-system-x86_64")
-        qemu_layout.write_launcher(found, launcher,
+        found = qemu_install.detect(target / "root" / "usr" / "bin" / "qemu-system-x86_64")
+        qemu_install.write_launcher(found, launcher,
                                    f"QEMU {package_version} from {self.suite} (pci-harness "
                                    f"qemu-get); packages: "
                                    + ", ".join(f"{p.name}={p.version}" for p in picks))

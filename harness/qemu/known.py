@@ -94,7 +94,7 @@ class KnownGap:
     """One way QEMU misses a seed item, for the versions it holds for."""
 
     id: str
-    seed: str                          # harness.seed id; the reason starts with it
+    seed: str                          # harness.pytestplugin.seed_index id; the reason starts with it
     does_instead: str                  # what QEMU does instead of the spec behaviour
     spec: str                          # the behaviour it misses (and where it is written)
     versions: VersionRange

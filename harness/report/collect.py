@@ -87,7 +87,7 @@ def _default_machine(item: pytest.Item) -> str | None:
         return None
     defs = info.name2fixturedefs.get("machine") or ()
     func = getattr(defs[-1], "func", None) if defs else None
-    return "q35" if getattr(func, "__module__", "") == "harness.plugin" else None
+    return "q35" if getattr(func, "__module__", "") == "harness.pytestplugin.plugin" else None
 
 
 def machine_at_collection(item: pytest.Item) -> str | None:

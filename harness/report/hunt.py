@@ -42,7 +42,7 @@ def check_available() -> None:
                else "does not exist in this installation")
         raise UserError(f"--until-fail-minutes needs `pci-harness pingpong --until-fail "
                         f"--max-time S --json`, and the pingpong verb {why}",
-                        fix="update the checkout (harness/cli/migration.py) or run without "
+                        fix="update the checkout (harness/cli/pingpong.py) or run without "
                             "--until-fail-minutes")
 
 

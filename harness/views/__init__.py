@@ -9,7 +9,7 @@
 
 The model view itself is derived from the topology (harness.topology.expect).
 This package's top level re-exports only the pure parts: threeview starts no
-QEMU but reads a running Guest, so import it as harness.views.threeview.
+QEMU but reads a running Guest, so import it as harness.scenarios.threeview.
 """
 
 from __future__ import annotations

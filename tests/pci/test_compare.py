@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from harness.factory import GuestFactory
+from harness.scenarios.threeview import ThreeViews, snapshot
 from harness.topology import Topology, default_topology, load_topology
 from harness.views import PciFunction
 from harness.views.pciview import Bar
-from harness.views.threeview import ThreeViews, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY_FILES = sorted((ROOT / "topologies").glob("*.toml"))

@@ -26,14 +26,15 @@ import pytest
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.qemu.facts import (
     NATIVE_SECOND_UNPLUG_REFUSALS,
     SHPC_SECOND_UNPLUG_REFUSAL,
     parse_version,
 )
 from harness.qemu.qmp import QmpCommandError
-from harness.scenarios.hotplug import (
+from harness.scenarios.hotplug.io import IoLoad
+from harness.scenarios.hotplug.plug import (
     Hotplugger,
     PlugRefused,
     PlugSpec,
@@ -41,7 +42,6 @@ from harness.scenarios.hotplug import (
     UnknownDevice,
     UnplugPending,
 )
-from harness.scenarios.hotplug_io import IoLoad
 from harness.topology import topology_from_dict
 
 TOPOLOGIES = {

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from harness.factory import GuestFactory
+from harness.scenarios.threeview import ThreeViews, snapshot
 from harness.topology import Address, Topology, expected_view, load_topology
 from harness.topology.model import ExpectValue
 from harness.views import PciFunction, compare
-from harness.views.threeview import ThreeViews, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "topologies" / "q35-pcie-to-pci.toml"

@@ -14,8 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.qemu.binary import find_qemu
-from harness.seed import SEED_ITEMS
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 SELECTION = "test_verbs_execute_succeed_wait or test_console_is_readable_and_logged"

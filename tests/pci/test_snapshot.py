@@ -4,9 +4,9 @@ import time
 
 import pytest
 
+from harness.scenarios.threeview import changes, snapshot
 from harness.snapshot import SnapshotCache
 from harness.topology import topology_from_dict
-from harness.views.threeview import changes, snapshot
 
 BRIDGED = {
     "machine": "q35",
@@ -46,7 +46,7 @@ def started():
 def test_restored_guest_equals_cold_guest(cache, harness_factory, artifacts, started):
     topology = topology_from_dict(BRIDGED)
     cold = harness_factory.plan(topology)
-    from harness.machine import Guest
+    from harness.guest.running import Guest
 
     reference = Guest(cold, artifacts / "cold", name="cold").launch()
     started.append(reference)
@@ -84,7 +84,7 @@ def test_corrupt_or_stale_snapshot_is_rebuilt_not_fatal(cache, messages, harness
                                                          started):
     topology = topology_from_dict(BRIDGED)
     plan = harness_factory.plan(topology)
-    from harness.machine import Guest
+    from harness.guest.running import Guest
 
     unstarted = Guest(plan, artifacts / "key", name="key")  # its rendering names the entry
     entry = cache.entry(plan, unstarted.rendered)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import UserError
-from harness.scenarios.acpi import decompile, interrupt_links, prt_links
+from harness.guest.acpi import decompile, interrupt_links, prt_links
 
 Q35 = """
     Scope (_SB.PCI0)

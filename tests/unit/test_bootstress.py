@@ -23,8 +23,8 @@ from harness.guest.diskimage import (
     mbr_sector,
     parse_mbr,
 )
-from harness.machine import write_reproduce_script
-from harness.scenarios.bootphases import (
+from harness.guest.running import write_reproduce_script
+from harness.scenarios.bootstress.phases import (
     AHCI_ROOT_PHASES,
     STOP_LINE,
     BootRecord,
@@ -37,7 +37,7 @@ from harness.scenarios.bootphases import (
     summary,
     user_disk_phases,
 )
-from harness.scenarios.bootstress import boot_topology
+from harness.scenarios.bootstress.run import boot_topology
 from harness.topology import Device, Topology, render
 from harness.topology.model import BootDisk
 
@@ -367,7 +367,7 @@ def _stress(monkeypatch, outcomes, **options):
     """A BootStress whose boots end as `outcomes` says: "ok", "stop" or "interrupt"."""
     from types import SimpleNamespace
 
-    from harness.scenarios.bootstress import BootStress, BootStressOptions
+    from harness.scenarios.bootstress.run import BootStress, BootStressOptions
 
     plan = SimpleNamespace(topology=boot_topology("q35", Path("/d.raw"), "raw"),
                            firmware_log=True)

@@ -15,12 +15,12 @@ from typing import Any, ClassVar
 import pytest
 
 from harness import factory as factory_module
-from harness import plugin
 from harness.cli import app, build_parser, runner
 from harness.cli.common import add_common_options
 from harness.cli.runner import Result, VerbRun, run_verb
 from harness.errors import QemuExited, QemuRefused, UserError
 from harness.options import RunSettings, run_settings
+from harness.pytestplugin import plugin
 from harness.topology import topology_from_dict
 
 pytest_plugins = ["pytester"]

@@ -11,7 +11,7 @@ from test_threeview import ROOT, recorded
 from harness.cli.topology import compare_result, known_gap_of
 from harness.qemu import known
 from harness.qemu.known import KnownGap, Measurement, Shows, VersionRange, gap_for_difference
-from harness.views.threeview import ThreeViews
+from harness.scenarios.threeview import ThreeViews
 
 # As if QEMU before 10.0 reported the pci-bridge's secondary bus handled by nothing.
 GAP = KnownGap(id="fake-bridge-hotplug", seed="bridge-hotplug-acpi-bsel",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.failure_report import FALLBACK_NOTE, plain_traceback
+from harness.pytestplugin.failure_report import FALLBACK_NOTE, plain_traceback
 
 pytest_plugins = ["pytester"]
 

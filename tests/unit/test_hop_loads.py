@@ -16,11 +16,11 @@ import pytest
 
 from harness.deadline import Deadline
 from harness.errors import UserError
-from harness.scenarios import fsload
-from harness.scenarios.fsload import FILES, FsLoad, file_bytes
-from harness.scenarios.hoploads import parse_loads
-from harness.scenarios.loads import DataMismatch
-from harness.scenarios.memload import MemoryLoad, MemoryMismatch, MemState, build_checker
+from harness.scenarios.migration.loads import parse_loads
+from harness.workloads import fs as fsload
+from harness.workloads.disk import DataMismatch
+from harness.workloads.fs import FILES, FsLoad, file_bytes
+from harness.workloads.memory import MemoryLoad, MemoryMismatch, MemState, build_checker
 
 
 class HostShell:
@@ -167,7 +167,7 @@ def test_a_hop_still_sending_at_its_deadline_is_no_convergence():
     """Red for the non-convergence verdict: QEMU says 'active' until the deadline."""
     from unittest import mock
 
-    from harness.scenarios import migration
+    from harness.scenarios.migration import hop as migration
 
     def guest(name):
         g = mock.Mock()
@@ -199,7 +199,7 @@ def _checker_page(tag: int, index: int, gen: int) -> bytes:
 def test_host_ram_scan_names_a_page_that_missed_writes():
     """Red for the host-side scan: a dump where A/B[0..k) hold 9, the rest 8, and
     page 5 of both regions still holds 6 (lost writes), among unrelated pages."""
-    from harness.scenarios.memscan import TAG_A, TAG_B, scan
+    from harness.scenarios.migration.memscan import TAG_A, TAG_B, scan
 
     pages = {}
     for i in range(8):

@@ -12,8 +12,8 @@ import pytest
 
 from harness import cli
 from harness.cli import runner
-from harness.scenarios import hotplug_stress
-from harness.scenarios.hotplug_stress import CycleFailure, StressResult
+from harness.scenarios.hotplug import stress as hotplug_stress
+from harness.scenarios.hotplug.stress import CycleFailure, StressResult
 
 
 class FakeFactory:

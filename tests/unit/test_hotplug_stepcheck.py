@@ -13,10 +13,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from harness.scenarios.hotplug_check import step_problems
+from harness.scenarios.hotplug.check import step_problems
+from harness.scenarios.threeview import ThreeViews
 from harness.stats import latency as percentiles
 from harness.views import PciFunction, PciView
-from harness.views.threeview import ThreeViews
 
 RECORDING = json.loads((Path(__file__).parent / "data" / "hotplug" / "q35-rp1.json").read_text())
 PATH = tuple(RECORDING["path"])

@@ -11,8 +11,9 @@ import pytest
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded
 from harness.qemu.qmp import QmpCommandError
-from harness.scenarios import hotplug
-from harness.scenarios.hotplug import (
+from harness.scenarios.hotplug import plug as hotplug
+from harness.scenarios.hotplug.io import host_block_ok
+from harness.scenarios.hotplug.plug import (
     BusNotHotpluggable,
     Hotplugger,
     NotSeenByGuest,
@@ -25,10 +26,9 @@ from harness.scenarios.hotplug import (
     guest_glob,
     kind_of,
 )
-from harness.scenarios.hotplug_io import host_block_ok
-from harness.scenarios.loads import BLOCK_SIZE, block_bytes
 from harness.topology import topology_from_dict
 from harness.views import QomBus
+from harness.workloads.disk import BLOCK_SIZE, block_bytes
 
 TOPO = topology_from_dict({"machine": "pc", "device": [
     {"id": "br1", "driver": "pci-bridge", "addr": "4.0", "chassis_nr": 1},

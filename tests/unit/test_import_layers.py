@@ -16,15 +16,17 @@ Graph = dict[str, set[str]]
 #: (importer prefix, imported prefixes it must not reach, exceptions).
 #: Prefixes match a module or its submodules.
 RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("harness.qemu", ("harness.guest", "harness.topology", "harness.views", "harness.machine",
+    ("harness.qemu", ("harness.guest", "harness.topology", "harness.views", "harness.workloads",
                       "harness.factory", "harness.snapshot", "harness.scenarios", "harness.cli",
-                      "harness.plugin"), ()),
-    ("harness.topology", ("harness.guest", "harness.machine", "harness.factory",
+                      "harness.pytestplugin"), ()),
+    ("harness.topology", ("harness.guest", "harness.workloads", "harness.factory",
                           "harness.snapshot", "harness.scenarios", "harness.cli",
-                          "harness.plugin", "harness.views.threeview"), ()),
-    ("harness.views", ("harness.scenarios", "harness.cli", "harness.plugin", "harness.factory"),
-     ()),
-    ("harness.scenarios", ("harness.cli", "harness.plugin"), ()),
+                          "harness.pytestplugin"), ()),
+    # views/ is pure data: it parses what a running guest gave, it never holds one.
+    ("harness.views", ("harness.guest.running", "harness.workloads", "harness.scenarios",
+                       "harness.cli", "harness.pytestplugin", "harness.factory"), ()),
+    ("harness.workloads", ("harness.scenarios", "harness.cli", "harness.pytestplugin"), ()),
+    ("harness.scenarios", ("harness.cli", "harness.pytestplugin"), ()),
     ("harness.", ("harness.cli",), ("harness.cli", "harness.__main__")),
 )
 

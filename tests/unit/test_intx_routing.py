@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import UserError
-from harness.scenarios.guestio import GuestFunction
-from harness.scenarios.intx import (
+from harness.guest.functions import GuestFunction
+from harness.scenarios.intx.stress import (
     IntxRoute,
     IntxStress,
     ProbeResult,
@@ -27,7 +27,7 @@ from harness.scenarios.intx import (
     swizzle,
 )
 from harness.topology import topology_from_dict
-from harness.topology.layout import path_of, resolve
+from harness.topology.placement import path_of, resolve
 
 
 def test_swizzle_is_the_bridge_rule():

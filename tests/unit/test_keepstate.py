@@ -9,7 +9,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-from harness.scenarios.keepstate import KeptState, StreamTee, copy_disks, prune, write_replay
+from harness.scenarios.migration.keepstate import (
+    KeptState,
+    StreamTee,
+    copy_disks,
+    prune,
+    write_replay,
+)
 
 
 def test_relay_passes_every_byte_on_and_keeps_the_same_bytes(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
+from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.qemu.facts import parse_version
 from harness.qemu.known import (
     FAILS,
@@ -19,7 +20,6 @@ from harness.qemu.known import (
     VersionRange,
     evidence_problems,
 )
-from harness.seed import SEED_ITEMS
 
 TESTS = Path(__file__).resolve().parents[1] / "pci"  # the checkout's suite
 

@@ -60,10 +60,10 @@ def test_plain():
 
 # A gap a compat property decides: the machine type, not the binary, says whether it holds.
 COMPAT_CONFTEST = '''
-import harness.knownfail
+import harness.pytestplugin.marking
 from harness.qemu.known import KnownGap, Measurement, VersionRange
 
-harness.knownfail.KNOWN_GAPS += (KnownGap(
+harness.pytestplugin.marking.KNOWN_GAPS += (KnownGap(
     id="fake-uncor-mask", seed="link-speed-width", does_instead="UNCOR_MASK reads 0",
     spec="writable", versions=VersionRange((7, 2)), tests=("test_compat",),
     evidence=(Measurement("7.2.22", "fails", ("q35",)),), machines=frozenset({"q35"}),

@@ -6,11 +6,16 @@ import json
 from pathlib import Path
 
 from harness.cli import build_parser
-from harness.cli.migration import build_topology, directions, summary
-from harness.scenarios.loads import Verified
-from harness.scenarios.migration import HopFailure, HopStats
-from harness.scenarios.pingpong import HopRecord, PingPongResult, disk_targets, write_reproduce
+from harness.cli.pingpong import build_topology, directions, summary
+from harness.scenarios.migration.hop import HopFailure, HopStats
+from harness.scenarios.migration.pingpong import (
+    HopRecord,
+    PingPongResult,
+    disk_targets,
+    write_reproduce,
+)
 from harness.stats import percentile
+from harness.workloads.disk import Verified
 
 
 def test_topologies_put_the_disks_where_the_issue_says():

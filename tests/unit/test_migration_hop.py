@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.errors import QemuExited
-from harness.scenarios.migration import HopFailure, migrate
+from harness.scenarios.migration.hop import HopFailure, migrate
 
 
 class FakeProcess:
@@ -209,7 +209,7 @@ def _binary(version: str, aliases: dict[str, str]) -> Any:
 def test_cross_version_pins_the_alias_to_what_the_source_means():
     from dataclasses import replace as dc_replace
 
-    from harness.scenarios.migration import pin_machine
+    from harness.scenarios.migration.hop import pin_machine
     from harness.topology import topology_from_dict
 
     src = _binary("7.2.22", {"q35": "pc-q35-7.2", "pc": "pc-i440fx-7.2"})
@@ -223,7 +223,7 @@ def test_cross_version_pins_the_alias_to_what_the_source_means():
 
 
 def test_cross_version_from_the_newer_qemu_pins_what_the_older_means():
-    from harness.scenarios.migration import pin_machine
+    from harness.scenarios.migration.hop import pin_machine
     from harness.topology import topology_from_dict
 
     new = _binary("10.0.2", {"q35": "pc-q35-10.0"})  # offers pc-q35-7.2 too
@@ -236,7 +236,7 @@ def test_cross_version_without_a_shared_machine_is_a_user_error():
     from dataclasses import replace as dc_replace
 
     from harness.errors import UserError
-    from harness.scenarios.migration import pin_machine
+    from harness.scenarios.migration.hop import pin_machine
     from harness.topology import topology_from_dict
 
     new = dc_replace(_binary("10.0.2", {"q35": "pc-q35-10.0"}),
@@ -250,7 +250,7 @@ def test_cross_version_without_a_shared_machine_is_a_user_error():
 
 
 def mock_plan(binary: Any, topology: Any) -> Any:
-    from harness.machine import LaunchPlan
+    from harness.guest.running import LaunchPlan
 
     return LaunchPlan(binary=binary, accel=None, image=None,  # type: ignore[arg-type]
                       topology=topology)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.deadline import Deadline
-from harness.scenarios.loads import (
+from harness.workloads.disk import (
     BLOCK_SIZE,
     DataMismatch,
     DiskLoad,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from harness.scenarios.memscan import PAGE, TAG_A, TAG_B
-from harness.scenarios.ramdiff import CHUNK, compare_dumps
+from harness.scenarios.migration.memscan import PAGE, TAG_A, TAG_B
+from harness.scenarios.migration.ramdiff import CHUNK, compare_dumps
 
 PAGES = 3 * CHUNK // PAGE  # three compare chunks
 
@@ -67,7 +67,7 @@ def test_a_checker_page_the_destination_lacks_says_so() -> None:
 
 
 def test_the_comparison_runs_with_the_memory_load_unless_told() -> None:
-    from harness.scenarios.pingpong_data import PingPongOptions
+    from harness.scenarios.migration.data import PingPongOptions
 
     assert PingPongOptions(hops=1, seed=1, load="memory,fs").comparing_ram
     assert not PingPongOptions(hops=1, seed=1, load="write").comparing_ram
@@ -78,7 +78,7 @@ def test_the_comparison_runs_with_the_memory_load_unless_told() -> None:
 def test_an_elf_core_is_compared_by_its_ram_blocks() -> None:
     """dump-guest-memory's layout: ELF64 header, program headers (a PT_NOTE and
     one PT_LOAD per RAM block, paddr = guest-physical), then the blocks."""
-    from harness.scenarios.ramdiff import compare_cores, ram_segments
+    from harness.scenarios.migration.ramdiff import compare_cores, ram_segments
 
     def core(blocks: list[tuple[int, bytes]]) -> bytes:
         phoff, phsize = 64, 56

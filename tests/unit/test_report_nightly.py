@@ -249,13 +249,13 @@ def test_tx_gateways_pass_through_to_xdist(tmp_path):
 
 def test_hunt_that_dies_without_a_verdict_says_why(tmp_path):
     script = ("import sys; print('hop 1 ok', file=sys.stderr); "
-              "print('harness.scenarios.migration.HopFailure: hop 2: guest-trouble: BUG: x', "
+              "print('harness.scenarios.migration.hop.HopFailure: hop 2: guest-trouble: BUG: x', "
               "file=sys.stderr); print('--- last output ---', file=sys.stderr); sys.exit(1)")
     found = hunt.run_hunt("9.9.1", [sys.executable, "-c", script], 1, tmp_path / "a.log",
                           tmp_path / "art")
     assert (found.ok, found.result) == (False, None)
     assert found.error == ("exit status 1 without a JSON verdict; it said: "
-                           "harness.scenarios.migration.HopFailure: hop 2: guest-trouble: BUG: x")
+                           "harness.scenarios.migration.hop.HopFailure: hop 2: guest-trouble: BUG: x")
     assert "HopFailure" in (tmp_path / "a.log").read_text()
 
 

@@ -1,6 +1,6 @@
 """A seed item's tests are findable from its id.
 
-Each id in harness.seed has tests/pci/seed/test_<id>.py (hyphens as
+Each id in harness.pytestplugin.seed_index has tests/pci/seed/test_<id>.py (hyphens as
 underscores; an item with several aspects adds files test_<id>_<aspect>.py),
 every seed-marked test in tests/pci/seed/ lives in its own item's file, and
 tests/pci/seed/README.md lists, per id, every file holding its tests (also the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from harness.seed import SEED_ITEMS
+from harness.pytestplugin.seed_index import SEED_ITEMS
 
 ROOT = Path(__file__).resolve().parents[2]
 PCI = ROOT / "tests" / "pci"

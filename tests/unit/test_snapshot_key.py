@@ -4,7 +4,7 @@ import dataclasses
 from pathlib import Path
 
 from harness.guest.image import GuestImage
-from harness.machine import LaunchPlan, render_plan
+from harness.guest.running import LaunchPlan, render_plan
 from harness.qemu.accel import Accel
 from harness.qemu.binary import QemuBinary
 from harness.snapshot import snapshot_key as key_of

@@ -7,9 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from harness.scenarios.threeview import ThreeViews, changes
 from harness.topology import default_topology, expected_view, load_topology
 from harness.views import parse_guest_view, parse_qemu_view
-from harness.views.threeview import ThreeViews, changes
 
 DATA = Path(__file__).parent / "data" / "guest"
 ROOT = Path(__file__).parents[2]

@@ -17,10 +17,10 @@ import pytest
 
 from harness.deadline import Deadline
 from harness.report.figures import record_figure
-from harness.scenarios.loads import BLOCK_SIZE, block_md5, find_disk
-from harness.scenarios.pingpong import PingPong, PingPongOptions, disk_targets
+from harness.scenarios.migration.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.topology import topology_from_dict
 from harness.views import collect_qemu_view
+from harness.workloads.disk import BLOCK_SIZE, block_md5, find_disk
 
 pytestmark = pytest.mark.seed("ahci-stability")
 
@@ -231,7 +231,7 @@ def test_a_broken_session_is_told_apart_from_a_dead_guest(harness_factory, artif
     """The followed session's sshd is killed in the guest (over the serial
     console): the hop's SSH check fails as ssh-dead, and says that a new login
     still works, so the session, not the guest, broke."""
-    from harness.scenarios import migration
+    from harness.scenarios.migration import hop as migration
 
     monkeypatch.setattr(migration, "SSH_SECONDS", 5.0)
     run = PingPong(harness_factory.plan(topology_from_dict({"machine": "q35"})), artifacts,

@@ -22,9 +22,9 @@ import pytest
 
 from harness.factory import GuestFactory, RunSettings
 from harness.guest.diskimage import ensure_disk_image
-from harness.machine import FIRMWARE_LOG
-from harness.scenarios.bootphases import AHCI_ROOT_PHASES
-from harness.scenarios.bootstress import BootStress, BootStressOptions, boot_topology
+from harness.guest.running import FIRMWARE_LOG
+from harness.scenarios.bootstress.phases import AHCI_ROOT_PHASES
+from harness.scenarios.bootstress.run import BootStress, BootStressOptions, boot_topology
 from harness.topology import resolve
 
 

@@ -20,11 +20,11 @@ import pytest
 
 from harness.deadline import Deadline
 from harness.errors import HarnessError
-from harness.machine import Guest
-from harness.scenarios.hoploads import builtin_path
-from harness.scenarios.loads import BLOCK_SIZE, block_bytes, block_md5, find_disk
-from harness.scenarios.migration import HopFailure, migrate, start_destination
+from harness.guest.running import Guest
+from harness.scenarios.migration.hop import HopFailure, migrate, start_destination
+from harness.scenarios.migration.loads import builtin_path
 from harness.topology import topology_from_dict
+from harness.workloads.disk import BLOCK_SIZE, block_bytes, block_md5, find_disk
 
 pytestmark = pytest.mark.seed("ahci-stability")
 

@@ -20,12 +20,12 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded
 from harness.qemu.qmp import QmpCommandError
 from harness.report.figures import record_figure
-from harness.scenarios.hotplug import Hotplugger, NotSeenByGuest, PlugSpec, seeded_mac
-from harness.scenarios.hotplug_check import step_problems
-from harness.scenarios.hotplug_stress import CycleReport, checked_cycle, stress_topology
-from harness.scenarios.loads import block_md5
+from harness.scenarios.hotplug.check import step_problems
+from harness.scenarios.hotplug.plug import Hotplugger, NotSeenByGuest, PlugSpec, seeded_mac
+from harness.scenarios.hotplug.stress import CycleReport, checked_cycle, stress_topology
+from harness.scenarios.threeview import changes, snapshot
 from harness.topology import topology_from_dict
-from harness.views.threeview import changes, snapshot
+from harness.workloads.disk import block_md5
 
 pytestmark = pytest.mark.seed("bridge-hotplug-acpi-bsel")
 SEED = 5

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.scenarios.acpi import decompile, fetch_table, interrupt_links, prt_links
+from harness.guest.acpi import decompile, fetch_table, interrupt_links, prt_links
 
 # Links each machine's _PRT uses: pc LNKA-D; q35 LNKA-H (PIC mode) and GSIA-H (APIC).
 MIN_LINKS = {"pc": 4, "q35": 16}

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from harness.scenarios.intx import PayloadServer, run_stress, shared_line_layout
+from harness.scenarios.intx.stress import PayloadServer, run_stress, shared_line_layout
 
 SHARING_SECONDS = 6
 

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from harness.report.figures import record_figure
-from harness.scenarios.intx import IntxStress, PayloadServer, shared_line_layout
+from harness.scenarios.intx.stress import IntxStress, PayloadServer, shared_line_layout
 
 DEPTH_SECONDS = 3
 

@@ -15,7 +15,7 @@ import json
 import pytest
 
 from harness.errors import HarnessError
-from harness.scenarios.guestio import functions_by_path
+from harness.guest.functions import functions_by_path
 from harness.topology import expected_view, topology_from_dict
 from harness.topology.expect import PORT_SPEEDS
 from harness.views import GUEST_DUMP_SCRIPT, parse_guest_view

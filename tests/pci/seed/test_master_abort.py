@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import HarnessError
-from harness.scenarios.guestio import (
+from harness.guest.functions import (
     bar_address,
     config_read,
     config_write,

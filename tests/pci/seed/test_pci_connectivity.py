@@ -36,14 +36,14 @@ import pytest
 
 from harness.errors import QemuExited
 from harness.factory import GuestFactory
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.qemu.drivers import driver_info
 from harness.qemu.qmp import QmpCommandError
+from harness.scenarios.threeview import snapshot
 from harness.scenarios.where import BusAnswer, Excluded, WhereAnswer, where
 from harness.topology import Address, Device, Topology, load_topology
 from harness.topology.render import probe_device_args
 from harness.views import Qmp, qom_pci_buses
-from harness.views.threeview import snapshot
 
 pytestmark = pytest.mark.seed("pci-connectivity")
 ROOT = Path(__file__).resolve().parents[3]

@@ -17,11 +17,11 @@ import pytest
 
 from harness.qemu.facts import HOTPLUG_OFF_PORT_QOM_HANDLER, parse_version
 from harness.report.figures import record_figure
-from harness.scenarios.hotplug import BusNotHotpluggable, Hotplugger, PlugRefused, PlugSpec
-from harness.scenarios.hotplug_check import step_problems
-from harness.scenarios.hotplug_stress import CycleReport, checked_cycle
+from harness.scenarios.hotplug.check import step_problems
+from harness.scenarios.hotplug.plug import BusNotHotpluggable, Hotplugger, PlugRefused, PlugSpec
+from harness.scenarios.hotplug.stress import CycleReport, checked_cycle
+from harness.scenarios.threeview import ThreeViews, changes, snapshot
 from harness.topology import topology_from_dict
-from harness.views.threeview import ThreeViews, changes, snapshot
 
 pytestmark = pytest.mark.seed("q35-hotplug")
 SEED = 7

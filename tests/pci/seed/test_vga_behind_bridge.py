@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import HarnessError
-from harness.scenarios.guestio import config_read, config_write, function_of, port_read, port_write
+from harness.guest.functions import config_read, config_write, function_of, port_read, port_write
 from harness.topology import topology_from_dict
 
 COMMAND, BRIDGE_CONTROL = 0x04, 0x3E

@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from harness.factory import GuestFactory, RunSettings
+from harness.scenarios.threeview import collect_guest_view
 from harness.topology import default_topology, load_topology
 from harness.views import qom_hotplug_info, qom_pci_buses
-from harness.views.threeview import collect_guest_view
 
 OUT = Path(__file__).parent / "guest"
 ROOT = Path(__file__).parents[3]

@@ -18,9 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from harness.factory import GuestFactory, RunSettings
-from harness.scenarios.hotplug import Hotplugger, PlugSpec
+from harness.scenarios.hotplug.plug import Hotplugger, PlugSpec
+from harness.scenarios.threeview import snapshot
 from harness.topology import topology_from_dict
-from harness.views.threeview import snapshot
 
 OUT = Path(__file__).parent / "hotplug" / "q35-rp1.json"
 TOPOLOGY = {"machine": "q35", "device": [

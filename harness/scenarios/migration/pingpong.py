@@ -32,18 +32,17 @@ from typing import Any
 
 from harness.deadline import Deadline
 from harness.errors import HarnessError
-from harness.machine import Guest, LaunchPlan
+from harness.guest.running import Guest, LaunchPlan
 from harness.reproduce import write_reproduce
-from harness.scenarios import memscan
-from harness.scenarios.hoploads import (
-    HopLoad,
-    LoadOptions,
-    build_loads,
-    parse_loads,
+from harness.scenarios.migration import memscan
+from harness.scenarios.migration.data import (
+    HopRecord,
+    PingPongOptions,
+    PingPongResult,
+    disk_targets,
 )
-from harness.scenarios.keepstate import KeptState, StreamTee, copy_disks, prune, write_replay
-from harness.scenarios.loads import DataMismatch, LoadStalled, Verified
-from harness.scenarios.migration import (
+from harness.scenarios.migration.failure import classify_failure, write_post_mortem
+from harness.scenarios.migration.hop import (
     HopFailure,
     destination_plan,
     died,
@@ -52,11 +51,23 @@ from harness.scenarios.migration import (
     pin_machine,
     start_destination,
 )
-from harness.scenarios.pingpong_data import HopRecord, PingPongOptions, PingPongResult, disk_targets
-from harness.scenarios.pingpong_failure import classify_failure, write_post_mortem
-from harness.scenarios.pingpong_state import PciReference
-from harness.scenarios.ramdiff import compare_ram
-from harness.views.threeview import snapshot
+from harness.scenarios.migration.keepstate import (
+    KeptState,
+    StreamTee,
+    copy_disks,
+    prune,
+    write_replay,
+)
+from harness.scenarios.migration.loads import (
+    HopLoad,
+    LoadOptions,
+    build_loads,
+    parse_loads,
+)
+from harness.scenarios.migration.ramdiff import compare_ram
+from harness.scenarios.migration.reference import PciReference
+from harness.scenarios.threeview import snapshot
+from harness.workloads.disk import DataMismatch, LoadStalled, Verified
 
 __all__ = ["HopRecord", "PingPong", "PingPongOptions", "PingPongResult", "disk_targets",
            "write_reproduce"]

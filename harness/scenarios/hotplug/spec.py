@@ -1,7 +1,7 @@
 """What a hot-plug is: the device asked for (PlugSpec), what came of it
 (Plugged, Unplugged, DiskCheck) and the named ways it can fail.
 
-Values and errors only; harness/scenarios/hotplug.py's Hotplugger does the
+Values and errors only; harness/scenarios/hotplug/plug.py's Hotplugger does the
 plugging and re-exports these names.
 """
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.qemu.process import core_dump_policy
-from harness.scenarios.hopwatch import HopFailure, died, exits_soon
+from harness.scenarios.migration.watch import HopFailure, died, exits_soon
 
 __all__ = ["classify_failure", "save_dmesg", "write_post_mortem"]
 

@@ -14,7 +14,7 @@ classified by what actually happened:
                            guest dirties memory faster than the stream drains it
 
 Telling a dead QEMU from a broken SSH session (and the failure kinds
-themselves) is harness/scenarios/hopwatch.py; this module re-exports it.
+themselves) is harness/scenarios/migration/watch.py; this module re-exports it.
 
 The destination is `Guest.incoming_twin` (same devices, disks and MAC) started
 with `-incoming defer`, so anything a scenario changed at run time (hot-plugged
@@ -35,10 +35,10 @@ __all__ = ["FAILURE_KINDS", "FailureKind", "HopFailure", "HopStats", "Transport"
 
 from harness.deadline import Deadline
 from harness.errors import HarnessError, UserError
-from harness.machine import Guest, LaunchPlan
+from harness.guest.running import Guest, LaunchPlan
 from harness.qemu.binary import QemuBinary
 from harness.qemu.process import describe_returncode
-from harness.scenarios.hopwatch import (
+from harness.scenarios.migration.watch import (
     FAILURE_KINDS,
     FailureKind,
     HopFailure,

@@ -86,7 +86,7 @@ def exception_text(exc: BaseException) -> str:
 
 
 class FailureReportGuard:
-    """Registered by harness.plugin in every process (xdist workers too)."""
+    """Registered by harness.pytestplugin.plugin in every process (xdist workers too)."""
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item,

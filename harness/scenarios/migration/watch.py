@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from harness.deadline import Deadline
 from harness.errors import HarnessError
-from harness.machine import Guest
+from harness.guest.running import Guest
 
 __all__ = ["EXIT_GRACE_S", "FAILURE_KINDS", "LOGIN_CHECK_SECONDS", "FailureKind", "HopFailure",
            "alive", "connect_watching", "died", "exits_soon", "new_login_error",

@@ -24,14 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.qemu.facts import MACHINES, MachineFacts
-from harness.scenarios.hotplug import Hotplugger, Plugged, PlugSpec, Unplugged, kind_of, seeded_mac
-from harness.scenarios.hotplug_check import step_problems
-from harness.scenarios.hotplug_io import host_block_ok
+from harness.scenarios.hotplug.check import step_problems
+from harness.scenarios.hotplug.io import host_block_ok
+from harness.scenarios.hotplug.plug import (
+    Hotplugger,
+    Plugged,
+    PlugSpec,
+    Unplugged,
+    kind_of,
+    seeded_mac,
+)
+from harness.scenarios.threeview import ThreeViews, snapshot
 from harness.scenarios.where import where
 from harness.topology import Topology, topology_from_dict
-from harness.views.threeview import ThreeViews, snapshot
 
 __all__ = ["CycleFailure", "CycleReport", "StepFailed", "StressResult", "candidate_slots", "checked_cycle", "run_stress",
            "stress_topology"]

@@ -6,8 +6,8 @@ Pure data (ThreeViews before and after); no QEMU, no guest.
 
 from __future__ import annotations
 
+from harness.scenarios.threeview import ThreeViews, changes
 from harness.views import Change, PciView
-from harness.views.threeview import ThreeViews, changes
 
 __all__ = ["step_problems"]
 

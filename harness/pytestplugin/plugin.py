@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness.artifacts import settle_artifacts
 from harness.errors import HarnessError
 from harness.options import RunSettings, add_shared_options, run_settings
+from harness.pytestplugin.artifacts import settle_artifacts
+from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.report.figures import record_figure
-from harness.seed import SEED_ITEMS
 
 if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
     from harness.factory import GuestFactory
-    from harness.machine import Guest
+    from harness.guest.running import Guest
 
 # Before any test module imports them: their asserts show both sides.
 pytest.register_assert_rewrite("harness.views")
@@ -84,8 +84,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "known_gap(gap_id, raises=AssertionError): a strict xfail "
                             "on the QEMU versions the gap holds for (harness/qemu/known.py)")
     # A failure whose traceback pytest cannot format still gets a report
-    # (CPython 3.11.2's ast race killed xdist workers): harness/failure_report.py.
-    from harness.failure_report import FailureReportGuard
+    # (CPython 3.11.2's ast race killed xdist workers): harness/pytestplugin/failure_report.py.
+    from harness.pytestplugin.failure_report import FailureReportGuard
 
     if not config.pluginmanager.has_plugin("pci-harness-failure-report"):
         config.pluginmanager.register(FailureReportGuard(), "pci-harness-failure-report")
@@ -126,7 +126,7 @@ def _mark_known_gaps(config: pytest.Config, items: list[pytest.Item]) -> None:
     from the binary the run's guests use: the same find_qemu as the factory)."""
     if not items:
         return
-    from harness.knownfail import mark_known_failures
+    from harness.pytestplugin.marking import mark_known_failures
     from harness.qemu.binary import find_qemu
     from harness.report.collect import machine_at_collection
 

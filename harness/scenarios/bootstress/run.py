@@ -24,9 +24,9 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, QemuExited, UserError
-from harness.machine import FIRMWARE_LOG, Guest, LaunchPlan
+from harness.guest.running import FIRMWARE_LOG, Guest, LaunchPlan
 from harness.qemu.facts import machine_facts
-from harness.scenarios.bootphases import (
+from harness.scenarios.bootstress.phases import (
     STOP_LINE,
     BootRecord,
     Phase,

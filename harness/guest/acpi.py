@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError, UserError
-from harness.scenarios.guestio import Shell, read_file
+from harness.guest.functions import Shell, read_file
 
 __all__ = ["InterruptDescriptor", "InterruptLink", "decompile", "fetch_table",
            "interrupt_links", "pci_interrupt_links"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import QemuNotFound
-from harness.qemu import layout
+from harness.qemu import install
 from harness.qemu.binary import QemuBinary, start_failure
 
 ELF = b"\x7fELF fake"
@@ -33,9 +33,9 @@ def _prefix(root: Path, modules: bool = True, seabios: bool = True) -> Path:
 
 def test_a_debian_package_unpacked_under_a_prefix(tmp_path):
     binary = _prefix(tmp_path / "bpo")
-    found = layout.detect(binary)
+    found = install.detect(binary)
     usr = tmp_path / "bpo" / "usr"
-    assert found == layout.Layout("prefix", binary, (usr / "share/qemu", usr / "share/seabios"),
+    assert found == install.Layout("prefix", binary, (usr / "share/qemu", usr / "share/seabios"),
                                   usr / "lib/x86_64-linux-gnu/qemu")
     assert found.needs_launcher
 
@@ -43,7 +43,7 @@ def test_a_debian_package_unpacked_under_a_prefix(tmp_path):
 def test_a_prefix_without_modules_gets_no_module_dir(tmp_path):
     binary = _prefix(tmp_path / "p", modules=False, seabios=False)
     (tmp_path / "p" / "usr" / "lib" / "x86_64-linux-gnu" / "qemu").mkdir(parents=True)
-    found = layout.detect(binary)
+    found = install.detect(binary)
     assert (found.kind, found.module_dir) == ("prefix", None)
     assert found.firmware_dirs == (tmp_path / "p" / "usr" / "share" / "qemu",)
 
@@ -52,22 +52,22 @@ def test_make_install_prefix_layout(tmp_path):
     binary = _file(tmp_path / "opt" / "bin" / "qemu-system-x86_64", ELF)
     _file(tmp_path / "opt" / "share" / "qemu" / "bios-256k.bin")
     _file(tmp_path / "opt" / "lib64" / "qemu" / "ui-gtk.so")
-    found = layout.detect(binary)
+    found = install.detect(binary)
     assert found.firmware_dirs == (tmp_path / "opt" / "share" / "qemu",)
     assert found.module_dir == tmp_path / "opt" / "lib64" / "qemu"
 
 
 def test_the_system_binary_is_installed_and_needs_nothing():
     system = Path("/usr/bin/qemu-system-x86_64")
-    assert layout.detect(system) == layout.Layout("installed", system)
+    assert install.detect(system) == install.Layout("installed", system)
 
 
 def test_a_lone_binary_and_a_wrapper_script_run_as_given(tmp_path):
     lone = _file(tmp_path / "somewhere" / "qemu-system-x86_64", ELF)
-    assert layout.detect(lone).kind == "as-given"
+    assert install.detect(lone).kind == "as-given"
     script = _file(tmp_path / "bin" / "qemu-system-x86_64", b"#!/bin/sh\nexec qemu \"$@\"\n")
     _file(tmp_path / "share" / "qemu" / "bios-256k.bin")
-    assert layout.detect(script) == layout.Layout("as-given", script)
+    assert install.detect(script) == install.Layout("as-given", script)
 
 
 def _build_tree(root: Path, firmware_in: str | None, meson_info: bool = True) -> Path:
@@ -88,21 +88,21 @@ def _build_tree(root: Path, firmware_in: str | None, meson_info: bool = True) ->
 
 def test_a_build_directory_uses_the_source_trees_firmware_and_its_own_modules(tmp_path):
     binary = _build_tree(tmp_path, "source")
-    found = layout.detect(binary)
-    assert found == layout.Layout("build", binary, (tmp_path / "qemu" / "pc-bios",),
+    found = install.detect(binary)
+    assert found == install.Layout("build", binary, (tmp_path / "qemu" / "pc-bios",),
                                   tmp_path / "qemu" / "build")
 
 
 def test_a_build_directorys_own_pc_bios_comes_first(tmp_path):
     binary = _build_tree(tmp_path, "build", meson_info=False)
     _file(tmp_path / "qemu" / "pc-bios" / "bios-256k.bin")
-    assert layout.detect(binary).firmware_dirs == (tmp_path / "qemu" / "build" / "pc-bios",)
+    assert install.detect(binary).firmware_dirs == (tmp_path / "qemu" / "build" / "pc-bios",)
 
 
 def test_a_build_directory_without_firmware_says_which_L_it_needs(tmp_path):
     binary = _build_tree(tmp_path, None)
     with pytest.raises(QemuNotFound) as caught:
-        layout.detect(binary)
+        install.detect(binary)
     text = caught.value.describe()
     assert f"searched {tmp_path}/qemu/build/pc-bios, {tmp_path}/qemu/pc-bios" in text, text
     assert "-L DIR" in text and "bios-256k.bin" in text
@@ -110,8 +110,8 @@ def test_a_build_directory_without_firmware_says_which_L_it_needs(tmp_path):
 
 def test_launcher_sets_module_dir_and_firmware_and_passes_arguments(tmp_path):
     binary = _prefix(tmp_path / "with space")
-    found = layout.detect(binary)
-    path = layout.write_launcher(found, tmp_path / "l" / "qemu-system-x86_64", "test")
+    found = install.detect(binary)
+    path = install.write_launcher(found, tmp_path / "l" / "qemu-system-x86_64", "test")
     text = path.read_text()
     assert path.stat().st_mode & 0o111
     assert f"QEMU_MODULE_DIR='{tmp_path}/with space/usr/lib/x86_64-linux-gnu/qemu'" in text
@@ -119,13 +119,13 @@ def test_launcher_sets_module_dir_and_firmware_and_passes_arguments(tmp_path):
         f"exec '{binary}' -L '{tmp_path}/with space/usr/share/qemu' "
         f"-L '{tmp_path}/with space/usr/share/seabios' \"$@\"")
     before = path.stat().st_mtime_ns
-    layout.write_launcher(found, path, "test")
+    install.write_launcher(found, path, "test")
     assert path.stat().st_mtime_ns == before  # unchanged: caches keyed on it stay valid
 
 
 def test_cached_launcher_lives_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PCI_HARNESS_CACHE", str(tmp_path / "cache"))
-    path = layout.cached_launcher(layout.detect(_prefix(tmp_path / "p")))
+    path = install.cached_launcher(install.detect(_prefix(tmp_path / "p")))
     assert path.is_relative_to(tmp_path / "cache" / "qemu" / "launchers")
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.progress import Progress
-from harness.scenarios.hopwatch import HopFailure
+from harness.scenarios.migration.watch import HopFailure
+from harness.scenarios.threeview import ThreeViews, changes
 from harness.views.compare import Change
 from harness.views.pciview import PciView
-from harness.views.threeview import ThreeViews, changes
 
 __all__ = ["PciReference"]
 

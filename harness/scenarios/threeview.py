@@ -22,7 +22,7 @@ from typing import Any
 
 from harness.deadline import Deadline
 from harness.errors import HarnessError
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.topology import Topology
 from harness.topology import expected_view as model_view
 from harness.views.compare import Change, Difference, compare, diff_snapshots

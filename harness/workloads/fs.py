@@ -37,7 +37,7 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, UserError
-from harness.scenarios.loads import (
+from harness.workloads.disk import (
     DataMismatch,
     LoadStalled,
     Shell,
@@ -45,7 +45,7 @@ from harness.scenarios.loads import (
     wait_first_write,
     written_past,
 )
-from harness.scenarios.memload import put_file
+from harness.workloads.memory import put_file
 
 FS_BYTES = 32 * 1024 * 1024
 FILES = 32
@@ -267,7 +267,7 @@ class FsLoad:
 
     def _mismatch(self, shell: Shell, path: str, k: int, gen: int, want: bytes,
                   md5: str | None, hop: int) -> DataMismatch:
-        from harness.scenarios.guestio import read_file
+        from harness.guest.functions import read_file
 
         try:
             data = read_file(shell, path)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:
-    from harness.machine import Guest
-    from harness.scenarios.hopwatch import HopFailure
+    from harness.guest.running import Guest
+    from harness.scenarios.migration.watch import HopFailure
 
 PAGE = 4096
 TAG_A = 0x50434948414D0041
@@ -105,7 +105,7 @@ def scan_after_failure(guest: Guest | None, failure: HopFailure, artifacts: Path
     """With the memory load, stop the failed hop's guest, dump its RAM (pmemsave) and
     add what `scan` finds to the verdict (and memory-scan.txt): it names a page that
     missed writes even when the guest kernel broke before the checker could."""
-    from harness.scenarios.hopwatch import HopFailure
+    from harness.scenarios.migration.watch import HopFailure
 
     if not memory_load or guest is None or guest.qmp is None \
             or failure.kind in ("data-mismatch", "lost-dirty-pages"):

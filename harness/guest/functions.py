@@ -214,7 +214,7 @@ def find_free(tree: tuple[Resource, ...], within: Resource, size: int,
 
 def function_of(shell: Shell, topology: Any, device_id: str) -> GuestFunction:
     """The guest's view of topology device `device_id` (found by its path)."""
-    from harness.topology.layout import path_of, resolve
+    from harness.topology.placement import path_of, resolve
 
     topo = resolve(topology)
     path = path_of(topo, topo.device(device_id))

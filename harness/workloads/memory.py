@@ -31,7 +31,7 @@ from filelock import FileLock
 from harness.deadline import Deadline
 from harness.errors import HarnessError, UserError
 from harness.paths import cache_root
-from harness.scenarios.loads import DataMismatch, LoadStalled, Shell, Verified
+from harness.workloads.disk import DataMismatch, LoadStalled, Shell, Verified
 
 SOURCE = Path(__file__).resolve().parent.parent / "guest" / "tools" / "memcheck.c"
 GUEST_DIR = "/tmp/pcih-mem"

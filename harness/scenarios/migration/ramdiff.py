@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.scenarios.memscan import _HEAD, PAGE, TAG_A, TAG_B
+from harness.scenarios.migration.memscan import _HEAD, PAGE, TAG_A, TAG_B
 
 if TYPE_CHECKING:
-    from harness.machine import Guest
+    from harness.guest.running import Guest
 
 CHUNK = 1 << 20          # compared with one bytes == first; pages only where a chunk differs
 LISTED = 200             # differing pages written to ram-diff.txt

@@ -5,7 +5,7 @@ from QEMU: each PCI-to-PCI bridge swizzles pin' = ((pin - 1 + slot) mod 4) + 1
 towards its primary bus, and the root bus maps (slot, pin) to a chipset PIRQ
 link (the machine's table in harness/qemu/facts.py).  `shared_line_layout`
 chooses every stress device's slot so that all of them land on ONE link,
-whatever their bridge depth.  The stress itself: harness/scenarios/intx.py.
+whatever their bridge depth.  The stress itself: harness/scenarios/intx/stress.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Literal
 
 from harness.errors import UserError
 from harness.qemu.facts import machine_facts
-from harness.topology.layout import path_of, resolve
 from harness.topology.model import Address, Device, Topology
+from harness.topology.placement import path_of, resolve
 from harness.topology.rules import intx_slots
 
 __all__ = ["DISK_BYTES", "LINK_NAMES", "IntxRoute", "Kind", "StressDevice", "StressLayout",

@@ -17,13 +17,13 @@ from typing import Any, Protocol
 from harness import views
 from harness.deadline import Deadline
 from harness.errors import HarnessError, UserError
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.qemu.drivers import BUILTIN
-from harness.scenarios.fsload import FS_BYTES, FsLoad
-from harness.scenarios.loads import DiskLoad, LoadMode, LoadPlan, Shell, Verified, find_disk
-from harness.scenarios.memload import MemoryLoad
 from harness.topology import Topology
 from harness.topology.render import AHCI_DISK_ID
+from harness.workloads.disk import DiskLoad, LoadMode, LoadPlan, Shell, Verified, find_disk
+from harness.workloads.fs import FS_BYTES, FsLoad
+from harness.workloads.memory import MemoryLoad
 
 LOAD_NAMES = ("write", "mixed", "memory", "fs", "none")
 START_SECONDS = 60.0

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.qemu.binary import QemuBinary
-from harness.scenarios.hoploads import DiskTarget
-from harness.scenarios.keepstate import KeptState
-from harness.scenarios.loads import Verified
-from harness.scenarios.migration import HopFailure, HopStats, Transport
+from harness.scenarios.migration.hop import HopFailure, HopStats, Transport
+from harness.scenarios.migration.keepstate import KeptState
+from harness.scenarios.migration.loads import DiskTarget
 from harness.topology import Topology
+from harness.workloads.disk import Verified
 
 __all__ = ["HopRecord", "PingPongOptions", "PingPongResult", "disk_targets"]
 

@@ -39,9 +39,9 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, UserError
-from harness.machine import Guest
+from harness.guest.running import Guest
 from harness.qemu.qmp import QmpCommandError
-from harness.scenarios.hotplug_spec import (
+from harness.scenarios.hotplug.spec import (
     DISK_BYTES,
     BusNotHotpluggable,
     DiskCheck,
@@ -58,9 +58,9 @@ from harness.scenarios.hotplug_spec import (
     UnplugPending,
     kind_of,
 )
-from harness.scenarios.loads import BLOCK_SIZE, block_bytes, block_md5
 from harness.topology import Topology
 from harness.views import QomBus, parse_qemu_view, qom_pci_buses
+from harness.workloads.disk import BLOCK_SIZE, block_bytes, block_md5
 
 __all__ = ["DISK_BYTES", "PLUG_SECONDS", "UNPLUG_SECONDS", "BusNotHotpluggable",
            "DiskCheck", "HotplugError", "Hotplugger", "Kind", "NotSeenByGuest", "PlugRefused",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded
-from harness.machine import Guest
-from harness.scenarios.loads import BLOCK_SIZE, block_bytes
+from harness.guest.running import Guest
+from harness.workloads.disk import BLOCK_SIZE, block_bytes
 
 __all__ = ["IO_DIR", "IoLoad", "IoState", "host_block_ok"]
 

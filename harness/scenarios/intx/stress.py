@@ -34,17 +34,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from harness.errors import HarnessError
+from harness.guest.acpi import pci_interrupt_links
 from harness.guest.console import kernel_trouble
-from harness.scenarios.acpi import pci_interrupt_links
-from harness.scenarios.guestio import GuestFunction, functions_by_path
-from harness.scenarios.intx_io import (
+from harness.guest.functions import GuestFunction, functions_by_path
+from harness.scenarios.intx.io import (
     CHUNK,
     PayloadServer,
     counter_delta,
     parse_info_irq,
     parse_proc_interrupts,
 )
-from harness.scenarios.intx_layout import (
+from harness.scenarios.intx.topology import (
     DISK_BYTES,
     LINK_NAMES,
     IntxRoute,
@@ -57,7 +57,7 @@ from harness.scenarios.intx_layout import (
     shared_line_layout,
     swizzle,
 )
-from harness.topology.layout import path_of, resolve
+from harness.topology.placement import path_of, resolve
 
 __all__ = ["IntxRoute", "IntxStress", "LoadResult", "PayloadServer", "StressDevice",
            "StressLayout", "expected_line", "intx_route", "parse_info_irq",
@@ -66,7 +66,7 @@ __all__ = ["IntxRoute", "IntxStress", "LoadResult", "PayloadServer", "StressDevi
 # --------------------------------------------------------------------------- the guest side
 
 class Guest(Protocol):
-    """What the stress needs of harness.machine.Guest."""
+    """What the stress needs of harness.guest.running.Guest."""
 
     qmp: Any
     console: Any

@@ -1,0 +1,1 @@
+"""harness.scenarios.bootstress.run"""
