@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.factory import GuestFactory, RunSettings
-from harness.scenarios.intx.stress import PayloadServer, run_stress, shared_line_layout
+from harness.scenarios.intx.stress import run_stress, shared_line_layout
+from harness.workloads.payload import PayloadServer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from harness.qemu.accel import Accel, ProbeBoot, announce, resolve_accel
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.qemu.probe import ProbedFacts, probed_facts
 from harness.snapshot import SnapshotCache
+from harness.topology import Topology
 from harness.topology.refusal import attribute_refusal
 
 __all__ = ["GuestFactory", "RunSettings", "probe_boot"]
@@ -33,7 +34,7 @@ def probe_boot(image: GuestImage) -> ProbeBoot:
                      ready_marker="HARNESS-INIT", key=image.key)
 
 
-def pin_alias(topology: Any, facts: ProbedFacts) -> Any:
+def pin_alias(topology: Topology, facts: ProbedFacts) -> Topology:
     """TOPOLOGY with its machine alias ("q35", "pc") replaced by the versioned type
     it stands for on this binary (query-machines): the model then applies that
     type's compat rules (the same 10.0 binary builds pc-q35-7.2 and pc-q35-10.0
@@ -59,14 +60,14 @@ class GuestFactory:
         set_timeout_scale(self.accel.timeout_factor * settings.timeout_multiplier)
         self.snapshots = SnapshotCache(self.progress) if settings.snapshot else None
 
-    def plan(self, topology: Any, **overrides: Any) -> LaunchPlan:
+    def plan(self, topology: Topology, **overrides: Any) -> LaunchPlan:
         """The launch plan of TOPOLOGY on this binary, its machine alias pinned."""
         self.binary.check_machine(topology.machine)
         return LaunchPlan(binary=self.binary, accel=self.accel, image=self.image,
                           topology=pin_alias(topology, probed_facts(self.binary)),
                           firmware=self.settings.firmware, **overrides)
 
-    def launch(self, topology: Any, artifacts: Path, name: str = "guest",
+    def launch(self, topology: Topology, artifacts: Path, name: str = "guest",
                **overrides: Any) -> Guest:
         """A ready guest (SSH works): restored from a snapshot when the settings
         allow and one exists, else booted cold.  The caller shuts it down."""
@@ -82,7 +83,7 @@ class GuestFactory:
             raise refused from exc
 
     @contextlib.contextmanager
-    def guest(self, topology: Any, artifacts: Path, name: str = "guest",
+    def guest(self, topology: Topology, artifacts: Path, name: str = "guest",
               **overrides: Any) -> Iterator[Guest]:
         """A ready guest for the duration of the `with` block."""
         guest = self.launch(topology, artifacts, name, **overrides)

@@ -72,7 +72,7 @@ def _say(message: str) -> None:
 
 def _validate(args: argparse.Namespace) -> tuple[list[QemuBinary], list[str]]:
     """Everything that can be wrong with the input, checked before any test runs."""
-    from harness.topology.model import machine_kind
+    from harness.topology.data import machine_kind
 
     if args.timeout_multiplier <= 0:
         raise UserError("--timeout-multiplier must be positive")

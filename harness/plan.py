@@ -5,11 +5,11 @@ Guest turns a plan into a running QEMU."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from harness.guest.image import GuestImage
 from harness.qemu.accel import Accel
 from harness.qemu.binary import QemuBinary
+from harness.topology import Topology
 
 __all__ = ["CPU_MODEL", "FIRMWARE", "FIRMWARE_LOG", "LaunchPlan"]
 
@@ -32,7 +32,7 @@ class LaunchPlan:
     binary: QemuBinary
     accel: Accel
     image: GuestImage
-    topology: Any                     # harness.topology.Topology
+    topology: Topology
     firmware: str = "seabios"
     memory: str | None = None         # overrides the topology's memory
     extra_args: tuple[str, ...] = ()  # e.g. ("-S",) for a paused machine

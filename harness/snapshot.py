@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from harness.deadline import Deadline, timeout_scale
 from harness.errors import DeadlineExceeded, HarnessError
 from harness.guest.running import CPU_MODEL, Guest, LaunchPlan
 from harness.paths import cache_root
+from harness.progress import Progress
 from harness.topology.render import RenderedMachine
 
 #: Bump when what is saved, or how it is restored, changes.
@@ -49,7 +49,6 @@ KEEP_RECENT_SECONDS = 3600.0
 RESTORE_SECONDS = 30.0
 LOCK_WAIT_SECONDS = 180.0
 
-Progress = Callable[[str], None]
 
 
 def snapshot_key(plan: LaunchPlan, rendered: RenderedMachine) -> str:

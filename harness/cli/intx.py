@@ -19,7 +19,8 @@ from harness.errors import UserError
 
 
 def cmd_intx_stress(args: argparse.Namespace) -> int:
-    from harness.scenarios.intx.stress import PayloadServer, run_stress, shared_line_layout
+    from harness.scenarios.intx.stress import run_stress, shared_line_layout
+    from harness.workloads.payload import PayloadServer
 
     if args.devices < 1 or args.seconds < 1:
         raise UserError("--devices and --seconds must be at least 1")

@@ -1,6 +1,6 @@
 """`pci-harness compare` and `pci-harness where`: thin faces over threeview and where.
 
-compare TOPOLOGY  boots the guest, takes the three views (threeview.snapshot) and
+compare TOPOLOGY  boots the guest, takes the three views (threeview.collect_views) and
                   prints every difference as a table; status 0 when model, QEMU
                   and guest agree (or differ only where a known QEMU gap of this
                   QEMU version says so: `known_failures` in --json, with the
@@ -27,10 +27,10 @@ from harness.factory import GuestFactory
 from harness.guest.running import Guest
 from harness.qemu.facts import parse_version
 from harness.qemu.known import KnownGap, gap_for_difference
-from harness.scenarios.threeview import ThreeViews, snapshot
+from harness.scenarios.threeview import ThreeViews, collect_views
 from harness.scenarios.where import WhereAnswer, where
 from harness.topology import Topology, default_topology, load_topology, validate
-from harness.topology.model import machine_kind
+from harness.topology.data import machine_kind
 from harness.topology.refusal import attribute_refusal
 from harness.views import Difference
 from harness.views.compare import format_value
@@ -119,8 +119,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         try:
             boot_s = time.monotonic() - t0
             t1 = time.monotonic()
-            views = snapshot(guest)
-            snapshot_s = time.monotonic() - t1
+            views = collect_views(guest)
+            views_s = time.monotonic() - t1
             assert guest.console is not None
             trouble = guest.console.trouble()
         finally:
@@ -132,7 +132,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         result = compare_result(views, trouble, known)
         result.update(topology=args.topology, machine=topology.machine,
                       accel=factory.accel.name, qemu_version=factory.binary.version,
-                      timings={"boot_s": round(boot_s, 3), "snapshot_s": round(snapshot_s, 3),
+                      timings={"boot_s": round(boot_s, 3), "views_s": round(views_s, 3),
                                "total_s": round(time.monotonic() - started, 3),
                                **{f"{k}_s": round(v, 3) for k, v in views.seconds.items()}})
         return result
@@ -145,7 +145,7 @@ def _print_compare(result: dict[str, Any], views: ThreeViews) -> None:
     t = result["timings"]
     head = (f"{result['topology']} ({result['machine']}, QEMU {result['qemu_version']}, "
             f"{result['accel']}): {result['devices']} PCI functions, boot {t['boot_s']:.1f} s, "
-            f"views {t['snapshot_s']:.1f} s")
+            f"views {t['views_s']:.1f} s")
     known = {(k["device"], k["field"]): k for k in result["known_failures"]}
     diffs = [d for d in views.differences() if (d.device, d.field) not in known]
     if diffs:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError, UserError
-from harness.guest.functions import Shell, read_file
+from harness.guest.functions import read_file
+from harness.protocols import Shell
 
 __all__ = ["InterruptDescriptor", "InterruptLink", "decompile", "fetch_table",
            "interrupt_links", "pci_interrupt_links"]

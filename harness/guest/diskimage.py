@@ -23,7 +23,6 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,7 @@ from harness.guest.image import (
     ensure_built,
     install_modules,
 )
-
-Progress = Callable[[str], None]
+from harness.progress import Progress
 
 SECTOR = 512
 MIB = 1024 * 1024

@@ -18,18 +18,22 @@ as in views.pciview), never by a guessed bus number.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from harness.errors import HarnessError
+from harness.protocols import Shell
+from harness.topology import Topology
 from harness.views import sysfs_path
+
+#: base64 characters per SSH command (dropbear refuses commands over 9000 bytes)
+PUT_CHUNK = 8000
 
 __all__ = [
     "GuestFunction",
     "Resource",
-    "Shell",
     "bar_address",
     "config_read",
     "config_write",
@@ -41,15 +45,10 @@ __all__ = [
     "parse_resources",
     "port_read",
     "port_write",
+    "put_file",
     "read_file",
     "resources",
 ]
-
-
-class Shell(Protocol):
-    """What these helpers need from a guest: `succeed` over SSH."""
-
-    def succeed(self, command: str, timeout: float = 60.0) -> str: ...
 
 
 def read_file(shell: Shell, path: str) -> bytes:
@@ -63,6 +62,19 @@ def read_file(shell: Shell, path: str) -> bytes:
 
 
 _HEX = re.compile(r"0x([0-9A-Fa-f]+)")
+
+
+def put_file(shell: Shell, path: str, data: bytes, mode: str = "644") -> None:
+    """Copy bytes into a guest file over the SSH session (base64, in chunks)."""
+    text = base64.b64encode(data).decode()
+    shell.succeed(f": > {path}.b64")
+    for start in range(0, len(text), PUT_CHUNK):
+        shell.succeed(f"printf %s '{text[start:start + PUT_CHUNK]}' >> {path}.b64")
+    shell.succeed(f"base64 -d {path}.b64 > {path} && rm {path}.b64 && chmod {mode} {path}")
+    got = shell.succeed(f"md5sum {path}").split()[0]
+    want = hashlib.md5(data).hexdigest()
+    if got != want:
+        raise HarnessError(f"copying {path} into the guest: md5 {got}, expected {want}")
 
 
 def devmem_read(shell: Shell, address: int, width: int = 32) -> int:
@@ -212,7 +224,7 @@ def find_free(tree: tuple[Resource, ...], within: Resource, size: int,
                        f"{within.start:#x}-{within.end:#x}")
 
 
-def function_of(shell: Shell, topology: Any, device_id: str) -> GuestFunction:
+def function_of(shell: Shell, topology: Topology, device_id: str) -> GuestFunction:
     """The guest's view of topology device `device_id` (found by its path)."""
     from harness.topology.placement import path_of, resolve
 

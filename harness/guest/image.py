@@ -34,11 +34,11 @@ from filelock import FileLock
 
 from harness.errors import ImageBuildError, UserError
 from harness.paths import cache_root, guest_images_root
+from harness.progress import Progress
 
 #: Bump when the builder's output changes for the same recipe.
 BUILDER_VERSION = "3"
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from harness.options import RunSettings, add_shared_options, run_settings
 from harness.pytestplugin.artifacts import settle_artifacts
 from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.report.figures import record_figure
+from harness.topology import Topology
 
 if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
     from harness.factory import GuestFactory
@@ -202,7 +203,7 @@ def machine() -> str:
 
 
 @pytest.fixture
-def topology(machine: str) -> Any:
+def topology(machine: str) -> Topology:
     from harness.topology import default_topology
 
     return default_topology(machine)
@@ -214,7 +215,7 @@ def make_guest(harness_factory: GuestFactory, artifacts: Path,
     """`make_guest(topology, name="guest", **plan_overrides)` -> booted Guest."""
     started: list[Guest] = []
 
-    def make(topology: Any, name: str = "guest", **overrides: Any) -> Guest:
+    def make(topology: Topology, name: str = "guest", **overrides: Any) -> Guest:
         # Recorded before the boot, so a guest that never boots still names its machine.
         request.node.user_properties.append((f"machine:{name}", topology.machine))
         guest = harness_factory.launch(topology, artifacts / name, name=name, **overrides)
@@ -230,7 +231,7 @@ def make_guest(harness_factory: GuestFactory, artifacts: Path,
 
 
 @pytest.fixture
-def guest(make_guest: Callable[..., Guest], topology: Any) -> Guest:
+def guest(make_guest: Callable[..., Guest], topology: Topology) -> Guest:
     return make_guest(topology)
 
 

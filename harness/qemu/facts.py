@@ -70,7 +70,7 @@ def machine_type_version(machine: str) -> Version | None:
 # --------------------------------------------------------------------------- versioned facts
 
 @dataclass(frozen=True)
-class Change(Generic[T]):
+class FactChange(Generic[T]):
     """From version `since` on (until the next change) the fact has `value`."""
 
     since: Version
@@ -83,7 +83,7 @@ class VersionedFact(Generic[T]):
     name: str
     keyed_by: KeyedBy  # "qemu": the binary's version; "machine": the machine type's
     summary: str
-    history: tuple[Change[T], ...]  # oldest first; the first has since (0, 0)
+    history: tuple[FactChange[T], ...]  # oldest first; the first has since (0, 0)
 
     def at(self, version: Version) -> T:
         """The value for a QEMU (or machine type) version."""
@@ -117,7 +117,7 @@ MEASURED = "measured on 7.2.22 and 10.0.2"
 NATIVE_SECOND_UNPLUG_REFUSALS: VersionedFact[tuple[str, ...]] = VersionedFact(
     "native-second-unplug-refusals", "qemu",
     "QEMU's possible texts for a second device_del under native PCIe hotplug",
-    (Change(_BASE, ("already in the process of unplug",
+    (FactChange(_BASE, ("already in the process of unplug",
                     "guest is busy (power indicator blinking)"),
             "measured on 7.2.22 (first text) and 10.0.2 (both, by timing); both code "
             "paths exist in both versions"),))
@@ -130,68 +130,68 @@ SHPC_SECOND_UNPLUG_REFUSAL: VersionedFact[str | None] = VersionedFact(
     "shpc-second-unplug-refusal", "qemu",
     "QEMU's text refusing a second device_del under SHPC while the guest blinks (None: "
     "accepted, and the guest cancels the unplug)",
-    (Change(_BASE, None, MEASURED + " (7.2.22: accepted, guest cancels)"),
-     Change((8, 0), "guest is busy (power indicator blinking)",
+    (FactChange(_BASE, None, MEASURED + " (7.2.22: accepted, guest cancels)"),
+     FactChange((8, 0), "guest is busy (power indicator blinking)",
             MEASURED + " (10.0.2); shpc.c blink check merged for 8.0")))
 
 #: `file:` migration URIs (migrate / migrate-incoming).  Probed too.
 FILE_MIGRATION_URI: VersionedFact[bool] = VersionedFact(
     "file-migration-uri", "qemu", "QEMU takes file:PATH as a migration URI",
-    (Change(_BASE, False, MEASURED + ': 7.2.22 "unknown migration protocol"'),
-     Change((8, 2), True, "8.2 added the file: transport; 10.0.2 accepts it (measured)")))
+    (FactChange(_BASE, False, MEASURED + ': 7.2.22 "unknown migration protocol"'),
+     FactChange((8, 2), True, "8.2 added the file: transport; 10.0.2 accepts it (measured)")))
 
 #: The pcie-root-port property that hides the native hotplug capability, and
 #: whether `on` hides it (True) or exposes it (False).  Probed too.
 NATIVE_HOTPLUG_PROPERTY: VersionedFact[tuple[str, bool]] = VersionedFact(
     "native-hotplug-property", "qemu",
     "pcie-root-port property controlling the native hotplug capability (name, on hides it)",
-    (Change(_BASE, ("x-native-hotplug", False), MEASURED + " (device-list-properties)"),
-     Change((8, 0), ("x-do-not-expose-native-hotplug-cap", True),
+    (FactChange(_BASE, ("x-native-hotplug", False), MEASURED + " (device-list-properties)"),
+     FactChange((8, 0), ("x-do-not-expose-native-hotplug-cap", True),
             "8.0 renamed and inverted it; 10.0.2 lists only the new name (measured)")))
 
 #: x-speed values a pcie-root-port accepts.  Probed too (the property's description).
 PORT_LINK_SPEEDS: VersionedFact[tuple[str, ...]] = VersionedFact(
     "port-link-speeds", "qemu", "x-speed values pcie-root-port accepts",
-    (Change(_BASE, ("2_5", "5", "8", "16"), MEASURED + ' (description "2_5/5/8/16")'),
-     Change((9, 0), ("2_5", "5", "8", "16", "32", "64"),
+    (FactChange(_BASE, ("2_5", "5", "8", "16"), MEASURED + ' (description "2_5/5/8/16")'),
+     FactChange((9, 0), ("2_5", "5", "8", "16", "32", "64"),
             "9.0 added 32 and 64 GT/s; 10.0.2 describes 2_5/5/8/16/32/64 (measured)")))
 
 #: QOM `hotplug-handler` of q35's pcie.0 with ACPI on.  Documentation of the
 #: trap only: device_add is refused on both, so behaviour decides (probe.py).
 Q35_ROOT_BUS_QOM_HANDLER: VersionedFact[str] = VersionedFact(
     "q35-root-bus-qom-handler", "qemu", "QOM hotplug-handler of q35's pcie.0 (ACPI on)",
-    (Change(_BASE, "", MEASURED + " (7.2.22: none)"),
-     Change((8, 0), "ICH9-LPC", MEASURED + " (10.0.2, also with pc-q35-7.2); release not "
+    (FactChange(_BASE, "", MEASURED + " (7.2.22: none)"),
+     FactChange((8, 0), "ICH9-LPC", MEASURED + " (10.0.2, also with pc-q35-7.2); release not "
             "pinned: 8.0 described non-hotpluggable root-bus devices in ACPI (acpi-index)")))
 
 #: QOM `hotplug-handler` of a `pcie-root-port,hotplug=off` bus with ACPI on.
 HOTPLUG_OFF_PORT_QOM_HANDLER: VersionedFact[str] = VersionedFact(
     "hotplug-off-port-qom-handler", "qemu",
     "QOM hotplug-handler of a hotplug=off root port's bus (q35, ACPI on)",
-    (Change(_BASE, "", MEASURED + " (7.2.22: none)"),
-     Change((8, 0), "ICH9-LPC", MEASURED + " (10.0.2); release not pinned: 8.0 reworked "
+    (FactChange(_BASE, "", MEASURED + " (7.2.22: none)"),
+     FactChange((8, 0), "ICH9-LPC", MEASURED + " (10.0.2); release not pinned: 8.0 reworked "
             "the ACPI description of hotplug=off ports (PCNT)")))
 
 #: device_add refused on a hotplug=off root port when ACPI bridge hotplug is off.
 HOTPLUG_OFF_PORT_REFUSAL: VersionedFact[str] = VersionedFact(
     "hotplug-off-port-refusal", "qemu",
     "QEMU's text refusing device_add on a hotplug=off port, ACPI bridge hotplug off",
-    (Change(_BASE, "Hot-plug failed: unsupported by the port device '{bus}'",
+    (FactChange(_BASE, "Hot-plug failed: unsupported by the port device '{bus}'",
             MEASURED + " (7.2.22)"),
-     Change((8, 0), "Bus '{bus}' does not support hotplugging",
+     FactChange((8, 0), "Bus '{bus}' does not support hotplugging",
             MEASURED + " (10.0.2); release not pinned")))
 
 # Compat properties: a function of the *machine type*, whatever the binary.
 Q35_ACPI_BRIDGE_HOTPLUG: VersionedFact[bool] = VersionedFact(
     "q35-acpi-bridge-hotplug", "machine",
     "ICH9-LPC acpi-pci-hotplug-with-bridge-support defaults on (else native pciehp/SHPC)",
-    (Change(_BASE, False, "pc-q35-6.0 uses native pciehp (measured on 7.2.22)"),
-     Change((6, 1), True, "default since machine type 6.1")))
+    (FactChange(_BASE, False, "pc-q35-6.0 uses native pciehp (measured on 7.2.22)"),
+     FactChange((6, 1), True, "default since machine type 6.1")))
 
 ROOT_PORT_DEFAULT_LINK: VersionedFact[tuple[float, int]] = VersionedFact(
     "root-port-default-link", "machine", "LnkCap of a pcie-root-port without x-speed/x-width",
-    (Change(_BASE, (2.5, 1), "machine types before 4.0 keep the old 2.5 GT/s x1"),
-     Change((4, 0), (16.0, 32), MEASURED + " with q35")))
+    (FactChange(_BASE, (2.5, 1), "machine types before 4.0 keep the old 2.5 GT/s x1"),
+     FactChange((4, 0), (16.0, 32), MEASURED + " with q35")))
 
 # A compat property listed in hw_compat_X_Y keeps the old behaviour for machine
 # types up to X.Y, so the new one starts with the next type (measured for
@@ -200,30 +200,30 @@ _COMPAT = "not measured: hw_compat_{} lists {} (types up to it keep the old valu
 
 AER_UNCOR_MASK_WRITABLE: VersionedFact[bool] = VersionedFact(
     "aer-uncor-mask-writable", "machine", "AER Uncorrectable Error Mask is writable",
-    (Change(_BASE, False, _COMPAT.format("8_0", "x-pcie-err-unc-mask=off")),
-     Change((8, 1), True, "x-pcie-err-unc-mask defaults on (10.0.2 device-list-properties)")))
+    (FactChange(_BASE, False, _COMPAT.format("8_0", "x-pcie-err-unc-mask=off")),
+     FactChange((8, 1), True, "x-pcie-err-unc-mask defaults on (10.0.2 device-list-properties)")))
 
 ARI_NEXTFN_1: VersionedFact[bool] = VersionedFact(
     "ari-nextfn-1", "machine", "ARI capability's Next Function is 1 (the old bug; 0 since)",
-    (Change(_BASE, True, _COMPAT.format("8_0", "x-pcie-ari-nextfn-1=on")),
-     Change((8, 1), False, "x-pcie-ari-nextfn-1 defaults off (10.0.2 device-list-properties)")))
+    (FactChange(_BASE, True, _COMPAT.format("8_0", "x-pcie-ari-nextfn-1=on")),
+     FactChange((8, 1), False, "x-pcie-ari-nextfn-1 defaults off (10.0.2 device-list-properties)")))
 
 SLOT_IMPLEMENTED_READ_ONLY: VersionedFact[bool] = VersionedFact(
     "slot-implemented-read-only", "machine", "PCIe Slot Implemented bit is read-only",
-    (Change(_BASE, False, _COMPAT.format("8_1", "x-pci-express-writeable-slt-bug=on")),
-     Change((8, 2), True, "x-pci-express-writeable-slt-bug defaults off (10.0.2)")))
+    (FactChange(_BASE, False, _COMPAT.format("8_1", "x-pci-express-writeable-slt-bug=on")),
+     FactChange((8, 2), True, "x-pci-express-writeable-slt-bug defaults off (10.0.2)")))
 
 VIRTIO_PM_NO_SOFT_RESET: VersionedFact[bool] = VersionedFact(
     "virtio-pm-no-soft-reset", "machine",
     "virtio-pci behind a port sets PMCSR No_Soft_Reset",
-    (Change(_BASE, False, "measured on 10.0.2: clear for pc-q35-7.2, 8.0, 8.1, 9.0, 9.1, 9.2 "
+    (FactChange(_BASE, False, "measured on 10.0.2: clear for pc-q35-7.2, 8.0, 8.1, 9.0, 9.1, 9.2 "
             "and 10.0 (x-pcie-pm-no-soft-reset defaults off); the facts note's '9.0' is "
             "the property's introduction, not a guest-visible change"),))
 
 DEVCAP_EXT_TAG: VersionedFact[bool] = VersionedFact(
     "devcap-ext-tag", "machine", "PCIe DevCap Extended Tag Field Supported",
-    (Change(_BASE, False, "measured on 10.0.2: clear for pc-q35-7.2 to pc-q35-9.1"),
-     Change((9, 2), True, "measured on 10.0.2: set for pc-q35-9.2 and pc-q35-10.0 "
+    (FactChange(_BASE, False, "measured on 10.0.2: clear for pc-q35-7.2 to pc-q35-9.1"),
+     FactChange((9, 2), True, "measured on 10.0.2: set for pc-q35-9.2 and pc-q35-10.0 "
             "(x-pcie-ext-tag, hw_compat_9_1)")))
 
 VERSIONED_FACTS: tuple[VersionedFact[object], ...] = (  # type: ignore[assignment]

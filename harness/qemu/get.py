@@ -28,10 +28,9 @@ from filelock import FileLock
 
 from harness.errors import HarnessError, UserError
 from harness.paths import cache_root
+from harness.progress import Progress
 from harness.qemu import apt
 from harness.qemu import install as qemu_install
-
-Progress = Callable[[str], None]
 
 PACKAGE = "qemu-system-x86"
 #: Packages of QEMU's own build fetched with it when its relations name them.

@@ -44,7 +44,7 @@ class RunRef:
 
 
 @dataclass(frozen=True)
-class Change:
+class BaselineChange:
     nodeid: str
     run: str
     before: str | None
@@ -67,11 +67,11 @@ class CellChange:
 class BaselineDiff:
     baseline: str                     # the baseline's directory
     baseline_started: str | None = None
-    regressions: tuple[Change, ...] = ()
-    fixes: tuple[Change, ...] = ()
-    new_known_failures: tuple[Change, ...] = ()
-    new_failures: tuple[Change, ...] = ()
-    missing: tuple[Change, ...] = ()
+    regressions: tuple[BaselineChange, ...] = ()
+    fixes: tuple[BaselineChange, ...] = ()
+    new_known_failures: tuple[BaselineChange, ...] = ()
+    new_failures: tuple[BaselineChange, ...] = ()
+    missing: tuple[BaselineChange, ...] = ()
     cells: tuple[CellChange, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
@@ -179,7 +179,7 @@ def compare(current_runs: Sequence[RunRef], current: Sequence[TestResult],
                      f"baseline {list(baseline.pytest_args)}")
     old = {(t.run, t.nodeid): t for t in baseline.tests}
     new = {(t.run, t.nodeid): t for t in current}
-    found: dict[str, list[Change]] = {}
+    found: dict[str, list[BaselineChange]] = {}
     for label, old_label in pairs.items():
         nodeids = {n for (r, n) in new if r == label} | {n for (r, n) in old if r == old_label}
         for nodeid in sorted(nodeids):
@@ -190,7 +190,7 @@ def compare(current_runs: Sequence[RunRef], current: Sequence[TestResult],
                 continue
             ref = after or before
             assert ref is not None
-            found.setdefault(category, []).append(Change(
+            found.setdefault(category, []).append(BaselineChange(
                 nodeid, label, before.outcome if before else None,
                 after.outcome if after else None, ref.seed, ref.machine,
                 (after.message if after else "") or ""))

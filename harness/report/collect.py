@@ -34,6 +34,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.report.results import REPORT_ATTRIBUTE, TestResult, result_from_reports
+from harness.topology import Topology
 
 _ANNOTATION = pytest.StashKey[dict[str, Any]]()
 _FAILED = pytest.StashKey[bool]()
@@ -62,7 +63,7 @@ def machine_kind_of(machine: str | None) -> str | None:
     """"pc"/"q35" for a machine type, the name itself when unknown, None for None."""
     if not machine:
         return None
-    from harness.topology.model import machine_kind
+    from harness.topology.data import machine_kind
 
     try:
         return machine_kind(machine)
@@ -161,7 +162,7 @@ def _observe_plans(item: pytest.Item) -> None:
         return
     original = factory.plan
 
-    def plan(topology: Any, **overrides: Any) -> Any:
+    def plan(topology: Topology, **overrides: Any) -> Any:
         machine = getattr(topology, "machine", None)
         if isinstance(machine, str):
             _PLANNED.append(machine)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from harness.report.baseline import Change
+from harness.report.baseline import BaselineChange
 from harness.report.bootstress import boot_stress_html
 from harness.report.document import NightlyReport
 from harness.report.history import HISTORY_CSS, render_history_html
@@ -135,7 +135,7 @@ def _matrix(report: NightlyReport) -> list[str]:
     return out
 
 
-def _change_list(title: str, changes: Sequence[Change]) -> list[str]:
+def _change_list(title: str, changes: Sequence[BaselineChange]) -> list[str]:
     if not changes:
         return []
     out = [f"<h3 style='font-family:inherit'>{_e(title)} ({len(changes)})</h3><ul class='changes'>"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.report.baseline import Change
+from harness.report.baseline import BaselineChange
 from harness.report.bootstress import boot_stress_markdown
 from harness.report.document import NightlyReport
 from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS, count_words
@@ -50,7 +50,7 @@ def matrix_lines(report: NightlyReport) -> list[str]:
     return lines
 
 
-def _changes(title: str, changes: Sequence[Change]) -> list[str]:
+def _changes(title: str, changes: Sequence[BaselineChange]) -> list[str]:
     if not changes:
         return []
     lines = [f"### {title} ({len(changes)})", ""]

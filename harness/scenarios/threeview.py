@@ -1,10 +1,10 @@
 """Three views of one running guest: what the model, QEMU and the guest say.
 
-`snapshot(guest)` is the single way a test or a verb collects them: the model
+`collect_views(guest)` is the single way a test or a verb collects them: the model
 from the topology (expect.py), the QEMU view from `query-pci` plus the QOM
 hotplug handlers, the guest view from GUEST_DUMP_SCRIPT run over SSH.  The
 result is plain data: `differences()` is the three-way verdict of `compare`,
-and two snapshots taken around a hotplug or a migration are diffed per view
+and two collections taken around a hotplug or a migration are diffed per view
 with `changes(before, after)`.
 
 Why the topology is a parameter: after a hotplug the machine is no longer the
@@ -25,13 +25,13 @@ from harness.errors import HarnessError
 from harness.guest.running import Guest
 from harness.topology import Topology
 from harness.topology import expected_view as model_view
-from harness.views.compare import Change, Difference, compare, diff_snapshots
+from harness.views.compare import Change, Difference, compare, diff_views
 from harness.views.guest import GUEST_DUMP_SCRIPT, GUEST_LSPCI_SCRIPT, parse_guest_view
 from harness.views.pciview import PciView
 from harness.views.qemu import collect_qemu_view
 
 __all__ = ["GUEST_DUMP_SECONDS", "ThreeViews", "ViewChanges", "changes", "collect_guest_view",
-           "snapshot"]
+           "collect_views"]
 
 GUEST_DUMP_SECONDS = 60.0  # TCG seconds for the sysfs + lspci dump over SSH
 
@@ -77,7 +77,7 @@ class ThreeViews:
 
 @dataclass(frozen=True)
 class ViewChanges:
-    """What changed between two snapshots, per view."""
+    """What changed between two collections of the views, per view."""
 
     model: list[Change]
     qemu: list[Change]
@@ -93,10 +93,10 @@ class ViewChanges:
 
 def changes(before: ThreeViews, after: ThreeViews, *,
             ignore: tuple[str, ...] = ()) -> ViewChanges:
-    """Per-view before/after diff (diff_snapshots); fields named in `ignore`
+    """Per-view before/after diff (diff_views); fields named in `ignore`
     (e.g. "interrupt_line" or "bars[4].address") are left out."""
     def diff(a: PciView, b: PciView) -> list[Change]:
-        return [c for c in diff_snapshots(a, b) if c.field not in ignore]
+        return [c for c in diff_views(a, b) if c.field not in ignore]
 
     return ViewChanges(model=diff(before.model, after.model), qemu=diff(before.qemu, after.qemu),
                        guest=diff(before.guest, after.guest))
@@ -120,18 +120,18 @@ def collect_guest_view(guest: Guest, deadline: Deadline | None = None, *,
     return view, text
 
 
-def snapshot(guest: Guest, topology: Topology | None = None, *,
+def collect_views(guest: Guest, topology: Topology | None = None, *,
              deadline: Deadline | None = None, lspci: bool = True) -> ThreeViews:
     """Collect the three views of a booted guest.
 
     `topology`: what the machine is now (default: the topology it was launched
     with).  `lspci=False` saves about half a second when no person will read
-    the raw dump (e.g. many before/after snapshots).  The QEMU view is taken after the guest view so that both see the BAR
+    the raw dump (e.g. many before/after collections).  The QEMU view is taken after the guest view so that both see the BAR
     addresses and bridge windows the guest's kernel has settled on.
     """
     if guest.qmp is None:
         raise HarnessError(f"guest {guest.name!r} has no QMP connection (not launched?)")
-    guest.check_alive("the three-view snapshot")
+    guest.check_alive("collecting the three views")
     t0 = time.monotonic()
     # The launch topology's model was derived when the guest was rendered; a
     # changed machine (after a hotplug) is modelled from the topology given.

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from harness.errors import UserError
+from harness.protocols import QmpEndpoint
 from harness.topology.rules import BusRole, DeviceRole, placement
-from harness.views import Qmp, QomBus, qom_pci_buses
+from harness.views import QomBus, qom_pci_buses
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class _DriverFacts:
 class _Types:
     """qom-list-types implements=IFACE, asked once per interface."""
 
-    def __init__(self, qmp: Qmp) -> None:
+    def __init__(self, qmp: QmpEndpoint) -> None:
         self.qmp = qmp
         self.cache: dict[str, set[str]] = {}
 
@@ -98,7 +99,7 @@ class _Types:
         return self.cache[iface]
 
 
-def _driver_facts(qmp: Qmp, driver: str, types: _Types) -> _DriverFacts:
+def _driver_facts(qmp: QmpEndpoint, driver: str, types: _Types) -> _DriverFacts:
     if driver not in types("pci-device"):
         raise UserError(f"{driver!r} is not a PCI device this QEMU knows",
                         fix="list PCI devices with `qemu-system-x86_64 -device help`")
@@ -143,7 +144,7 @@ def _suggest_id(driver: str, taken: set[str]) -> str:
     return f"{driver}{n}"
 
 
-def where(qmp: Qmp, driver: str, *, hotplug_only: bool = False,
+def where(qmp: QmpEndpoint, driver: str, *, hotplug_only: bool = False,
           device_id: str | None = None, root_hotplug: bool | None = None) -> WhereAnswer:
     """Every bus of the machine behind `qmp` where DRIVER can be connected.
 

@@ -12,9 +12,9 @@ three) live in harness.views.
 
 from __future__ import annotations
 
+from harness.topology.data import Address, Device, Topology, machine_kind
 from harness.topology.expect import expected_view
 from harness.topology.load import load_topology, topology_from_dict
-from harness.topology.model import Address, Device, Topology, machine_kind
 from harness.topology.placement import resolve, validate
 from harness.topology.render import RenderedMachine, ScratchDisk, render
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from harness.qemu.drivers import BUILTIN, BarSpec, DriverInfo, driver_info
 from harness.qemu.facts import ROOT_PORT_DEFAULT_LINK
-from harness.topology.model import Device, Topology, machine_version
+from harness.topology.data import Device, Topology, machine_version
 from harness.topology.placement import buses, mgmt_device, path_of, resolve
 from harness.views.pciview import Bar, PciFunction, PciView, bar_expect_key
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import TopologyError
-from harness.topology.model import Address, Device, ExpectValue, PropValue, Topology, parse_size
+from harness.topology.data import Address, Device, ExpectValue, PropValue, Topology, parse_size
 from harness.topology.placement import validate
 from harness.views.pciview import EXPECT_KEYS, is_expect_key
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from harness.errors import TopologyError
-from harness.qemu.drivers import DriverInfo, driver_info
+from harness.errors import HarnessError, TopologyError
+from harness.qemu.drivers import BUILTIN, DriverInfo, driver_info
 from harness.qemu.facts import MGMT_SLOT
-from harness.topology.model import MGMT_ID, Address, Device, Topology
+from harness.topology.data import MGMT_ID, Address, Device, Topology
 from harness.topology.rules import (
     BusRole,
     DeviceRole,
@@ -75,7 +75,7 @@ def mgmt_device(topology: Topology) -> Device:
 
 
 def _err(topology: Topology, dev: Device | None, problem: str, fix: str) -> TopologyError:
-    return TopologyError(f"{topology.where(dev)}: {problem}", fix=fix)
+    return TopologyError(f"{topology.describe(dev)}: {problem}", fix=fix)
 
 
 def validate(topology: Topology) -> None:
@@ -312,3 +312,11 @@ def path_of(topology: Topology, dev: Device) -> tuple[str, ...]:
         bus = topology.bus_of(cur)
         cur = None if bus == topology.root_bus else topology.device(bus)
     return tuple(reversed(parts))
+
+
+def builtin_path(topology: Topology, driver: str) -> tuple[str, ...]:
+    """The root-bus path of a machine's built-in function (q35's AHCI is 1f.2)."""
+    for (slot, fn), info in BUILTIN[topology.kind].items():
+        if info.driver == driver:
+            return (f"{slot:02x}.{fn}",)
+    raise HarnessError(f"{topology.machine} has no built-in {driver}")

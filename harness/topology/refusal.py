@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from harness.errors import HarnessError, QemuExited, QemuRefused
-from harness.topology.model import Topology
+from harness.topology.data import Topology
 
 _REFUSED_DEVICE = re.compile(r"-device\s+([^\s,]+)[^:]*?\bid=([^,:\s]+)[^:]*:\s*(.+)")
 
@@ -32,7 +32,7 @@ def attribute_refusal(topology: Topology, exc: QemuExited) -> HarnessError:
         name = dev_id.split(".")[0]  # "disk1.hd" is the disk of device "disk1"
         if name not in known:
             continue
-        where_text = topology.where(topology.device(name))
+        where_text = topology.describe(topology.device(name))
         return QemuRefused(f"QEMU refused {where_text} ({driver}): {why.strip()}",
                            fix="change that device's driver, bus, addr or properties; "
                                "`pci-harness where DRIVER --topology FILE` lists the buses "

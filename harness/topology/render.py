@@ -28,8 +28,8 @@ from pathlib import Path
 
 from harness.qemu.drivers import BASE_MODULES, driver_info
 from harness.qemu.facts import MGMT_SLOT
+from harness.topology.data import MGMT_ID, Device, PropValue, Topology
 from harness.topology.expect import model_of_resolved
-from harness.topology.model import MGMT_ID, Device, PropValue, Topology
 from harness.topology.placement import mgmt_device, parents_first, resolve
 from harness.views.pciview import PciView
 

@@ -5,16 +5,15 @@
 - qemu.py         the QEMU view: query-pci + QOM hotplug handlers (collect, parse)
 - guest.py        the guest view: GUEST_DUMP_SCRIPT over SSH, parsed from raw sysfs
 - compare.py      three-way diff (model/QEMU/guest) and before/after diff
-- threeview.py    `snapshot(guest)`: collects all three of a running guest
 
 The model view itself is derived from the topology (harness.topology.expect).
-This package's top level re-exports only the pure parts: threeview starts no
-QEMU but reads a running Guest, so import it as harness.scenarios.threeview.
+Collecting all three of a running guest is harness.scenarios.threeview
+(`collect_views(guest)`): this package never holds a guest.
 """
 
 from __future__ import annotations
 
-from harness.views.compare import Change, Difference, compare, diff_snapshots, format_value
+from harness.views.compare import Change, Difference, compare, diff_views, format_value
 from harness.views.guest import (
     GUEST_DUMP_SCRIPT,
     GUEST_LSPCI_SCRIPT,
@@ -24,7 +23,6 @@ from harness.views.guest import (
 )
 from harness.views.pciview import Bar, PciFunction, PciView
 from harness.views.qemu import (
-    Qmp,
     QomBus,
     collect_qemu_view,
     config_view,
@@ -36,7 +34,7 @@ from harness.views.qemu import (
 
 __all__ = [
     "GUEST_DUMP_SCRIPT", "GUEST_LSPCI_SCRIPT", "Bar", "Change", "Difference", "GuestDumpError",
-    "PciFunction", "PciView", "Qmp", "QomBus", "collect_qemu_view", "compare", "config_view",
-    "diff_snapshots", "format_value", "hotplug_mechanism", "parse_guest_view",
+    "PciFunction", "PciView", "QomBus", "collect_qemu_view", "compare", "config_view",
+    "diff_views", "format_value", "hotplug_mechanism", "parse_guest_view",
     "parse_qemu_view", "qom_hotplug_info", "qom_pci_buses", "sysfs_path",
 ]

@@ -124,7 +124,7 @@ def compare(model: PciView, qemu: PciView, guest: PciView | None = None) -> list
     return out
 
 
-def diff_snapshots(before: PciView, after: PciView) -> list[Change]:
+def diff_views(before: PciView, after: PciView) -> list[Change]:
     """What changed between two views of the same kind (hotplug, migration)."""
     a_map, b_map = before.by_path(), after.by_path()
     out: list[Change] = []

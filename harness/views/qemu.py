@@ -10,19 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from harness.protocols import QmpEndpoint
 from harness.views.configspace import decode, function_from_facts
 from harness.views.pciview import Bar, PciFunction, PciView, window
 
-__all__ = ["Qmp", "QomBus", "collect_qemu_view", "config_view", "hotplug_mechanism",
+__all__ = ["QomBus", "collect_qemu_view", "config_view", "hotplug_mechanism",
            "parse_qemu_view", "qom_hotplug_info", "qom_pci_buses"]
-
-
-class Qmp(Protocol):
-    """Anything that runs a QMP command and returns its 'return' value (raises on error)."""
-
-    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
 
 # --------------------------------------------------------------------------- QEMU view
@@ -106,7 +101,7 @@ class QomBus:
     devices: tuple[tuple[int, str, str], ...]  # (devfn, QOM type, QOM path) on this bus
 
 
-def _types(qmp: Qmp, implements: str) -> set[str]:
+def _types(qmp: QmpEndpoint, implements: str) -> set[str]:
     return {t["name"] for t in qmp.execute("qom-list-types",
                                            {"implements": implements, "abstract": True})}
 
@@ -135,7 +130,7 @@ def hotplug_mechanism(handler_type: str, handler_path: str, bus_parent_path: str
     return f"other:{handler_type}"
 
 
-def qom_pci_buses(qmp: Qmp, root_hotplug: bool | None = None) -> tuple[QomBus, ...]:
+def qom_pci_buses(qmp: QmpEndpoint, root_hotplug: bool | None = None) -> tuple[QomBus, ...]:
     """Every PCI bus reachable from the machine's PCI host bridges, via QOM only.
 
     Works on a paused machine: buses are child<PCI*> properties of the host bridge
@@ -203,7 +198,7 @@ def qom_hotplug_info(buses: Iterable[QomBus]) -> dict[str, str]:
     return {b.name: b.hotplug for b in buses}
 
 
-def collect_qemu_view(qmp: Qmp, root_hotplug: bool | None = None) -> PciView:
+def collect_qemu_view(qmp: QmpEndpoint, root_hotplug: bool | None = None) -> PciView:
     """query-pci plus the hotplug mechanism of every bus of a running machine
     (see qom_pci_buses for `root_hotplug`)."""
     return parse_qemu_view(qmp.execute("query-pci"),

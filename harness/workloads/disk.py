@@ -31,7 +31,6 @@ no help from the guest, what each block must hold after W writes.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import re
@@ -42,21 +41,12 @@ from typing import Literal, Protocol, TypeVar
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError
-from harness.views import sysfs_path
+from harness.protocols import Shell
+from harness.workloads.blocks import BLOCK_SIZE, block_md5, pattern_line
 
 LoadMode = Literal["write", "mixed"]
-BLOCK_SIZE = 64 * 1024
 MAX_BLOCKS = 128          # 8 MiB ring per disk: the final verification stays short
-LINE = 64                 # bytes per pattern line, newline included
 STATE_DIR = "/tmp/pcih-load"
-
-
-class Shell(Protocol):
-    """What a load needs from a guest: `execute` and `succeed` over SSH."""
-
-    def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str]: ...
-
-    def succeed(self, command: str, timeout: float = 60.0) -> str: ...
 
 
 class DataMismatch(HarnessError):
@@ -66,26 +56,6 @@ class DataMismatch(HarnessError):
         super().__init__(message, tail=tail)
         self.disk = disk
         self.block = block
-
-
-# --------------------------------------------------------------------------- pattern
-
-def pattern_line(name: str, seed: int, block: int, generation: int) -> str:
-    """The 63 visible characters of one line of a block (the guest adds the newline)."""
-    text = f"pcih {name} seed={seed} blk={block:06d} gen={generation:06d}"
-    if len(text) > LINE - 1:
-        raise ValueError(f"pattern line too long for disk name {name!r}")
-    return text.ljust(LINE - 1)
-
-
-def block_bytes(name: str, seed: int, block: int, generation: int,
-                block_size: int = BLOCK_SIZE) -> bytes:
-    return ((pattern_line(name, seed, block, generation) + "\n") * (block_size // LINE)).encode()
-
-
-def block_md5(name: str, seed: int, block: int, generation: int,
-              block_size: int = BLOCK_SIZE) -> str:
-    return hashlib.md5(block_bytes(name, seed, block, generation, block_size)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -125,35 +95,6 @@ class LoadPlan:
         for i in range(max(0, written - self.blocks), written):
             out[self.block_of(i)] = i // self.blocks
         return out
-
-
-# --------------------------------------------------------------------------- finding the disk
-
-FIND_SCRIPT = ("for b in /sys/block/*; do [ -e \"$b/device\" ] && "
-               "echo \"$(basename \"$b\") $(readlink -f \"$b/device\")\"; done; true")
-
-
-def parse_block_devices(text: str) -> dict[str, tuple[str, ...]]:
-    """FIND_SCRIPT output -> {block device name: PCI path of its controller}."""
-    out: dict[str, tuple[str, ...]] = {}
-    for line in text.splitlines():
-        name, _, real = line.strip().partition(" ")
-        if name and real:
-            out[name] = sysfs_path(real)
-    return out
-
-
-def find_disk(shell: Shell, pci_path: tuple[str, ...], what: str) -> str:
-    """/dev/NAME of the one disk whose controller sits at `pci_path`."""
-    found = parse_block_devices(shell.succeed(FIND_SCRIPT))
-    matches = sorted(name for name, path in found.items() if path == pci_path)
-    if len(matches) != 1:
-        seen = ", ".join(f"{n} at {'/'.join(p) or '?'}" for n, p in sorted(found.items()))
-        raise HarnessError(f"{what}: expected one disk behind PCI function "
-                           f"{'/'.join(pci_path)}, the guest has {matches or 'none'} there",
-                           fix="check that the guest driver bound (lsmod, dmesg)",
-                           tail=f"guest block devices: {seen or 'none'}")
-    return f"/dev/{matches[0]}"
 
 
 # --------------------------------------------------------------------------- the guest loop

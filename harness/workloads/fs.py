@@ -37,15 +37,15 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, UserError
+from harness.guest.functions import put_file
+from harness.protocols import Shell
 from harness.workloads.disk import (
     DataMismatch,
     LoadStalled,
-    Shell,
     Verified,
     wait_first_write,
     written_past,
 )
-from harness.workloads.memory import put_file
 
 FS_BYTES = 32 * 1024 * 1024
 FILES = 32

@@ -17,7 +17,6 @@ hop: then every page of the working set has been checked on the destination.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import shutil
@@ -30,8 +29,10 @@ from filelock import FileLock
 
 from harness.deadline import Deadline
 from harness.errors import HarnessError, UserError
+from harness.guest.functions import put_file
 from harness.paths import cache_root
-from harness.workloads.disk import DataMismatch, LoadStalled, Shell, Verified
+from harness.protocols import Shell
+from harness.workloads.disk import DataMismatch, LoadStalled, Verified
 
 SOURCE = Path(__file__).resolve().parent.parent / "guest" / "tools" / "memcheck.c"
 GUEST_DIR = "/tmp/pcih-mem"
@@ -39,7 +40,6 @@ PAGE = 4096
 CFLAGS = ("-Os", "-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector",
           "-fno-pie", "-no-pie", "-fno-asynchronous-unwind-tables", "-fno-builtin",
           "-Wl,--gc-sections", "-s")
-CHUNK = 8000  # base64 characters per SSH command (dropbear refuses commands over 9000 bytes)
 
 
 def build_checker() -> Path:
@@ -64,19 +64,6 @@ def build_checker() -> Path:
             raise HarnessError(f"gcc could not build {SOURCE}", tail=proc.stderr[-3000:])
         tmp.rename(target)
     return target
-
-
-def put_file(shell: Shell, path: str, data: bytes, mode: str = "644") -> None:
-    """Copy bytes into a guest file over the SSH session (base64, in chunks)."""
-    text = base64.b64encode(data).decode()
-    shell.succeed(f": > {path}.b64")
-    for start in range(0, len(text), CHUNK):
-        shell.succeed(f"printf %s '{text[start:start + CHUNK]}' >> {path}.b64")
-    shell.succeed(f"base64 -d {path}.b64 > {path} && rm {path}.b64 && chmod {mode} {path}")
-    got = shell.succeed(f"md5sum {path}").split()[0]
-    want = hashlib.md5(data).hexdigest()
-    if got != want:
-        raise HarnessError(f"copying {path} into the guest: md5 {got}, expected {want}")
 
 
 @dataclass(frozen=True)

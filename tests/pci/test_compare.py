@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.factory import GuestFactory
-from harness.scenarios.threeview import ThreeViews, snapshot
+from harness.scenarios.threeview import ThreeViews, collect_views
 from harness.topology import Topology, default_topology, load_topology
 from harness.views import PciFunction
 from harness.views.pciview import Bar
@@ -43,7 +43,7 @@ def views_of(harness_factory: GuestFactory,
         if name not in cache:
             topology = topology_named(name)
             with harness_factory.guest(topology, base / name, name=name) as guest:
-                views = snapshot(guest)
+                views = collect_views(guest)
                 assert guest.console is not None
                 trouble = guest.console.trouble()
             views.save(base / name)

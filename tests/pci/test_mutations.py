@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from harness.factory import GuestFactory
-from harness.scenarios.threeview import ThreeViews, snapshot
+from harness.scenarios.threeview import ThreeViews, collect_views
 from harness.topology import Address, Topology, expected_view, load_topology
-from harness.topology.model import ExpectValue
+from harness.topology.data import ExpectValue
 from harness.views import PciFunction, compare
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ def real(harness_factory: GuestFactory,
     topology = load_topology(TOPOLOGY)
     base = tmp_path_factory.mktemp("mutation-guest")
     with harness_factory.guest(topology, base, name="mutation") as guest:
-        views = snapshot(guest)
+        views = collect_views(guest)
     diffs = views.differences()
     assert diffs == [], "the unmutated guest must compare clean:\n" + "\n".join(map(str, diffs))
     yield topology, views

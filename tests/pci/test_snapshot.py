@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from harness.scenarios.threeview import changes, snapshot
+from harness.scenarios.threeview import changes, collect_views
 from harness.snapshot import SnapshotCache
 from harness.topology import topology_from_dict
 
@@ -56,7 +56,7 @@ def test_restored_guest_equals_cold_guest(cache, harness_factory, artifacts, sta
     assert first.timings.restored and second.timings.restored, (first.timings, second.timings)
 
     # Same machine: the three views of a restored guest equal a cold one's.
-    views_cold, views_restored = snapshot(reference), snapshot(second)
+    views_cold, views_restored = collect_views(reference), collect_views(second)
     assert views_restored.differences() == [], views_restored.differences()
     diff = changes(views_cold, views_restored)
     assert not diff, f"cold vs restored views differ: {diff.all()}"

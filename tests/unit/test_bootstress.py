@@ -39,7 +39,7 @@ from harness.scenarios.bootstress.phases import (
 )
 from harness.scenarios.bootstress.run import boot_topology
 from harness.topology import Device, Topology, render
-from harness.topology.model import BootDisk
+from harness.topology.data import BootDisk
 
 DATA = Path(__file__).parent / "data"
 DISK_NAME = "AHCI/0: QEMU HARDDISK ATA-7 Hard-Disk (97 MiBytes)"

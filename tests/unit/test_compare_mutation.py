@@ -1,4 +1,4 @@
-"""compare() and diff_snapshots(): a deliberately wrong expectation is caught, per field class.
+"""compare() and diff_views(): a deliberately wrong expectation is caught, per field class.
 
 The QEMU and guest views are what a real QEMU 7.2 and a real Debian 6.1 guest
 said about one booted machine (tests/unit/data/guest, see record_guest.py): each
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from harness.topology import expected_view, load_topology, topology_from_dict
-from harness.topology.model import Address, ExpectValue
-from harness.views import Difference, compare, diff_snapshots, parse_guest_view, parse_qemu_view
+from harness.topology.data import Address, ExpectValue
+from harness.views import Difference, compare, diff_views, parse_guest_view, parse_qemu_view
 from harness.views.pciview import PciView
 
 DATA = Path(__file__).parent / "data"
@@ -121,17 +121,17 @@ def test_root_bus_hotplug_difference() -> None:
     assert Difference("root bus", "bus_hotplug", "acpi-bsel", "none", None) in diffs
 
 
-def test_diff_snapshots_reports_hot_unplug_and_changes() -> None:
+def test_diff_views_reports_hot_unplug_and_changes() -> None:
     rec = json.loads((DATA / "q35-link-speeds.json").read_text())
     before = parse_qemu_view(rec["query-pci"], rec["qom"])
     after_pci = copy.deepcopy(rec["query-pci"])
     rp1 = next(d for d in after_pci[0]["devices"] if d["qdev_id"] == "rp1")
     rp1["pci_bridge"]["devices"] = []  # disk1 unplugged
     after = parse_qemu_view(after_pci, rec["qom"])
-    changes = diff_snapshots(before, after)
+    changes = diff_views(before, after)
     assert [(c.device, c.field, c.before, c.after) for c in changes] == [
         ("disk1", "present", True, False)]
-    assert diff_snapshots(before, PciView.from_json(before.to_json())) == []
+    assert diff_views(before, PciView.from_json(before.to_json())) == []
 
 
 def test_difference_text_names_everything() -> None:

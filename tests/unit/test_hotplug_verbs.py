@@ -28,7 +28,7 @@ from harness.scenarios.hotplug.plug import (
 )
 from harness.topology import topology_from_dict
 from harness.views import QomBus
-from harness.workloads.disk import BLOCK_SIZE, block_bytes
+from harness.workloads.blocks import BLOCK_SIZE, block_bytes
 
 TOPO = topology_from_dict({"machine": "pc", "device": [
     {"id": "br1", "driver": "pci-bridge", "addr": "4.0", "chassis_nr": 1},

@@ -15,16 +15,13 @@ from pathlib import Path
 import pytest
 
 from harness.deadline import Deadline
+from harness.workloads.blocks import BLOCK_SIZE, block_bytes, block_md5, parse_block_devices
 from harness.workloads.disk import (
-    BLOCK_SIZE,
     DataMismatch,
     DiskLoad,
     LoadPlan,
     LoadState,
     _gen_cmd,
-    block_bytes,
-    block_md5,
-    parse_block_devices,
     parse_states,
 )
 

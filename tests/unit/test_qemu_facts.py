@@ -15,7 +15,7 @@ from harness.qemu.facts import (
     PORT_LINK_SPEEDS,
     Q35_ACPI_BRIDGE_HOTPLUG,
     VERSIONED_FACTS,
-    Change,
+    FactChange,
     VersionedFact,
     machine_fact,
     machine_facts,
@@ -38,7 +38,7 @@ def test_versions_are_read_from_binaries_and_machine_types() -> None:
 
 def test_a_fact_takes_the_value_of_its_latest_change_at_or_before_the_version() -> None:
     fact: VersionedFact[str] = VersionedFact("x", "qemu", "a test fact", (
-        Change((0, 0), "old", "-"), Change((8, 0), "new", "-"), Change((9, 1), "newer", "-")))
+        FactChange((0, 0), "old", "-"), FactChange((8, 0), "new", "-"), FactChange((9, 1), "newer", "-")))
     assert [fact.at(v) for v in [(7, 2), (8, 0), (8, 2), (9, 0), (9, 1), (10, 0)]] == \
         ["old", "new", "new", "new", "newer", "newer"]
     assert fact.changed_in() == (9, 1)

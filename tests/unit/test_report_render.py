@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from harness.report.baseline import BaselineDiff, CellChange, Change
+from harness.report.baseline import BaselineChange, BaselineDiff, CellChange
 from harness.report.document import HuntResult, NightlyReport, RunInfo
 from harness.report.html import render_html
 from harness.report.junit import merge_junit
@@ -59,7 +59,7 @@ def test_verdict_from_outcomes(tmp_path, outcomes, status):
 
 def test_verdict_fails_on_regression_problem_and_hunt(tmp_path):
     ok = [("passed", "q35-hotplug", "q35")]
-    regressed = BaselineDiff("/old", regressions=(Change("n", "7.2.22", "passed", "failed"),))
+    regressed = BaselineDiff("/old", regressions=(BaselineChange("n", "7.2.22", "passed", "failed"),))
     assert make_report(tmp_path, ok, baseline=regressed).verdict() == \
         (1, ["1 regressed since the baseline"])
     assert make_report(tmp_path, ok, problems=["no tests were collected"]).verdict()[0] == 1
@@ -71,7 +71,7 @@ def test_verdict_fails_on_regression_problem_and_hunt(tmp_path):
 
 def test_summary_matrix_has_every_item_and_the_changes(tmp_path):
     diff = BaselineDiff("/reports/old", regressions=(
-        Change("tests/pci/test_x.py::test_0[q35]", "7.2.22", "passed", "failed", "q35-hotplug",
+        BaselineChange("tests/pci/test_x.py::test_0[q35]", "7.2.22", "passed", "failed", "q35-hotplug",
                "q35", "why 0"),), cells=(CellChange("q35-hotplug", "q35", "7.2.22", "pass", "fail"),))
     text = render_markdown(make_report(
         tmp_path, [("failed", "q35-hotplug", "q35"), ("xfailed", "master-abort", "pc")],

@@ -9,7 +9,7 @@ import pytest
 
 from harness.errors import TopologyError, UserError
 from harness.topology import default_topology, load_topology, resolve, topology_from_dict
-from harness.topology.model import Address
+from harness.topology.data import Address
 
 TOPOLOGIES = sorted((Path(__file__).parents[2] / "topologies").glob("*.toml"))
 

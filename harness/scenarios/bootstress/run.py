@@ -18,13 +18,14 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, QemuExited, UserError
 from harness.guest.running import FIRMWARE_LOG, Guest, LaunchPlan
+from harness.progress import Progress
 from harness.qemu.facts import machine_facts
 from harness.scenarios.bootstress.phases import (
     STOP_LINE,
@@ -38,9 +39,7 @@ from harness.scenarios.bootstress.phases import (
     root_on_ahci_problem,
 )
 from harness.topology import Device, Topology, validate
-from harness.topology.model import BootDisk
-
-Progress = Callable[[str], None]
+from harness.topology.data import BootDisk
 
 #: How often the firmware log is read while waiting: the firmware verdict
 #: (and "the boot loader gave up") is at most this late.

@@ -13,7 +13,7 @@ from pathlib import Path
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded
 from harness.guest.running import Guest
-from harness.workloads.disk import BLOCK_SIZE, block_bytes
+from harness.workloads.blocks import BLOCK_SIZE, block_bytes
 
 __all__ = ["IO_DIR", "IoLoad", "IoState", "host_block_ok"]
 

@@ -46,9 +46,9 @@ from harness.scenarios.hotplug.spec import (
     BusNotHotpluggable,
     DiskCheck,
     HotplugError,
-    Kind,
     NotSeenByGuest,
     Plugged,
+    PlugKind,
     PlugRefused,
     PlugSpec,
     SlotOccupied,
@@ -60,12 +60,30 @@ from harness.scenarios.hotplug.spec import (
 )
 from harness.topology import Topology
 from harness.views import QomBus, parse_qemu_view, qom_pci_buses
-from harness.workloads.disk import BLOCK_SIZE, block_bytes, block_md5
+from harness.workloads.blocks import BLOCK_SIZE, block_bytes, block_md5
 
-__all__ = ["DISK_BYTES", "PLUG_SECONDS", "UNPLUG_SECONDS", "BusNotHotpluggable",
-           "DiskCheck", "HotplugError", "Hotplugger", "Kind", "NotSeenByGuest", "PlugRefused",
-           "PlugSpec", "Plugged", "SlotOccupied", "UnknownDevice", "UnplugNotCompleted",
-           "UnplugPending", "Unplugged", "guest_glob", "kind_of", "seeded_mac"]
+__all__ = [
+    "DISK_BYTES",
+    "PLUG_SECONDS",
+    "UNPLUG_SECONDS",
+    "BusNotHotpluggable",
+    "DiskCheck",
+    "HotplugError",
+    "Hotplugger",
+    "NotSeenByGuest",
+    "PlugKind",
+    "PlugRefused",
+    "PlugSpec",
+    "Plugged",
+    "SlotOccupied",
+    "UnknownDevice",
+    "UnplugNotCompleted",
+    "UnplugPending",
+    "Unplugged",
+    "guest_glob",
+    "kind_of",
+    "seeded_mac",
+]
 
 PLUG_SECONDS = 30.0      # device_add -> guest driver bound (native/SHPC: 5 s button wait)
 UNPLUG_SECONDS = 30.0    # device_del -> DEVICE_DELETED (pciehp ~6 s under TCG)
@@ -81,11 +99,11 @@ def guest_glob(path: tuple[str, ...]) -> str:
     return "/sys/devices/pci0000:00/" + "/".join(parts)
 
 
-_CHILD: dict[Kind, str] = {"disk": "$d/virtio*/block/*", "nic": "$d/net/* $d/virtio*/net/*",
+_CHILD: dict[PlugKind, str] = {"disk": "$d/virtio*/block/*", "nic": "$d/net/* $d/virtio*/net/*",
                            "bridge": "$d/config"}
 
 
-def _seen_script(path: tuple[str, ...], kind: Kind, seconds: float) -> str:
+def _seen_script(path: tuple[str, ...], kind: PlugKind, seconds: float) -> str:
     """Poll sysfs in the guest until the function has a driver (bridges: exists)
     and its block/net child; print "@@seen NAME" or a diagnosis and exit 1."""
     need_driver = "" if kind == "bridge" else '[ -e "$d/driver" ] || continue; '
@@ -107,7 +125,7 @@ class Hotplugger:
     """Plug and unplug devices of one running guest, keeping the model in step.
 
     `topology` always describes the machine as it is now (launch topology plus
-    what is plugged), so threeview.snapshot(guest, hp.topology) models it.
+    what is plugged), so threeview.collect_views(guest, hp.topology) models it.
     """
 
     guest: Guest

@@ -14,13 +14,27 @@ from typing import Literal
 from harness.errors import DeadlineExceeded, HarnessError, UserError
 from harness.qemu.drivers import driver_info
 from harness.topology import Address, Device
-from harness.topology.model import ExpectValue
+from harness.topology.data import ExpectValue
 
-__all__ = ["DISK_BYTES", "BusNotHotpluggable", "DiskCheck", "HotplugError", "Kind",
-           "NotSeenByGuest", "PlugRefused", "PlugSpec", "Plugged", "SlotOccupied",
-           "UnknownDevice", "UnplugNotCompleted", "UnplugPending", "Unplugged", "kind_of"]
+__all__ = [
+    "DISK_BYTES",
+    "BusNotHotpluggable",
+    "DiskCheck",
+    "HotplugError",
+    "NotSeenByGuest",
+    "PlugKind",
+    "PlugRefused",
+    "PlugSpec",
+    "Plugged",
+    "SlotOccupied",
+    "UnknownDevice",
+    "UnplugNotCompleted",
+    "UnplugPending",
+    "Unplugged",
+    "kind_of",
+]
 
-Kind = Literal["disk", "nic", "bridge"]
+PlugKind = Literal["disk", "nic", "bridge"]
 DISK_BYTES = 4 * 1024 * 1024
 
 
@@ -60,7 +74,7 @@ class UnplugNotCompleted(HotplugError, DeadlineExceeded):
     """No DEVICE_DELETED for the id before the deadline."""
 
 
-def kind_of(driver: str) -> Kind:
+def kind_of(driver: str) -> PlugKind:
     """disk / nic / bridge from the drivers table (its disk role, class and bridge kind)."""
     info = driver_info(driver)
     if info is None:
@@ -89,7 +103,7 @@ class PlugSpec:
     disk_bytes: int = DISK_BYTES
 
     @property
-    def kind(self) -> Kind:
+    def kind(self) -> PlugKind:
         return kind_of(self.driver)
 
     def device(self) -> Device:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
 from harness.guest.running import Guest
+from harness.progress import Progress
 from harness.qemu.facts import MACHINES, MachineFacts
 from harness.scenarios.hotplug.check import step_problems
 from harness.scenarios.hotplug.io import host_block_ok
@@ -36,7 +36,7 @@ from harness.scenarios.hotplug.plug import (
     kind_of,
     seeded_mac,
 )
-from harness.scenarios.threeview import ThreeViews, snapshot
+from harness.scenarios.threeview import ThreeViews, collect_views
 from harness.scenarios.where import where
 from harness.topology import Topology, topology_from_dict
 
@@ -130,7 +130,6 @@ def candidate_slots(guest: Guest, root_bus: str) -> dict[str, list[tuple[str, in
     return out
 
 
-Progress = Callable[[str], None]
 
 
 def run_stress(guest: Guest, cycles: int, seed: int, artifacts: Path,
@@ -199,7 +198,7 @@ def _step_of(exc: HarnessError) -> str:
 
 
 def _snap(guest: Guest, hp: Hotplugger, book: dict[str, float] | None) -> ThreeViews:
-    views = snapshot(guest, hp.topology, lspci=False)
+    views = collect_views(guest, hp.topology, lspci=False)
     if book is not None:
         for key, value in views.seconds.items():  # guest dump, QEMU view, model
             cat = {"guest": "guest", "qemu": "qmp"}.get(key, "model")

@@ -31,15 +31,15 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.guest.acpi import pci_interrupt_links
 from harness.guest.console import kernel_trouble
 from harness.guest.functions import GuestFunction, functions_by_path
+from harness.protocols import RunningGuest
 from harness.scenarios.intx.io import (
     CHUNK,
-    PayloadServer,
     counter_delta,
     parse_info_irq,
     parse_proc_interrupts,
@@ -48,8 +48,8 @@ from harness.scenarios.intx.topology import (
     DISK_BYTES,
     LINK_NAMES,
     IntxRoute,
-    Kind,
     StressDevice,
+    StressKind,
     StressLayout,
     expected_line,
     intx_route,
@@ -58,21 +58,13 @@ from harness.scenarios.intx.topology import (
     swizzle,
 )
 from harness.topology.placement import path_of, resolve
+from harness.workloads.payload import PayloadServer
 
-__all__ = ["IntxRoute", "IntxStress", "LoadResult", "PayloadServer", "StressDevice",
+__all__ = ["IntxRoute", "IntxStress", "LoadResult", "StressDevice",
            "StressLayout", "expected_line", "intx_route", "parse_info_irq",
            "parse_proc_interrupts", "root_link", "run_stress", "shared_line_layout", "swizzle"]
 
 # --------------------------------------------------------------------------- the guest side
-
-class Guest(Protocol):
-    """What the stress needs of harness.guest.running.Guest."""
-
-    qmp: Any
-    console: Any
-
-    def succeed(self, command: str, timeout: float = 60.0) -> str: ...
-
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -86,7 +78,7 @@ class ProbeResult:
 @dataclass(frozen=True)
 class DeviceLoad:
     device: str
-    kind: Kind
+    kind: StressKind
     depth: int
     irq: int
     ops: int                      # kernel-counted requests (disk) or packets (net)
@@ -182,7 +174,7 @@ def _io_counts(text: str) -> dict[str, int]:
 class IntxStress:
     """Drive the stress devices of a booted guest built from `layout`."""
 
-    def __init__(self, guest: Guest, layout: StressLayout, server: PayloadServer,
+    def __init__(self, guest: RunningGuest, layout: StressLayout, server: PayloadServer,
                  disk_bytes: int = DISK_BYTES):
         self.guest = guest
         self.layout = layout
@@ -367,7 +359,7 @@ class IntxStress:
         return lines + [f"console: {t}" for t in self.guest.console.trouble()]
 
 
-def run_stress(guest: Guest, layout: StressLayout, server: PayloadServer,
+def run_stress(guest: RunningGuest, layout: StressLayout, server: PayloadServer,
                seconds: int) -> dict[str, Any]:
     """discover -> probe every device alone -> concurrent load -> kernel trouble.
 

@@ -16,14 +16,25 @@ from typing import Literal
 
 from harness.errors import UserError
 from harness.qemu.facts import machine_facts
-from harness.topology.model import Address, Device, Topology
+from harness.topology.data import Address, Device, Topology
 from harness.topology.placement import path_of, resolve
 from harness.topology.rules import intx_slots
 
-__all__ = ["DISK_BYTES", "LINK_NAMES", "IntxRoute", "Kind", "StressDevice", "StressLayout",
-           "expected_line", "intx_route", "root_link", "shared_line_layout", "swizzle"]
+__all__ = [
+    "DISK_BYTES",
+    "LINK_NAMES",
+    "IntxRoute",
+    "StressDevice",
+    "StressKind",
+    "StressLayout",
+    "expected_line",
+    "intx_route",
+    "root_link",
+    "shared_line_layout",
+    "swizzle",
+]
 
-Kind = Literal["blk", "net"]
+StressKind = Literal["blk", "net"]
 LINK_NAMES = "ABCDEFGH"
 DISK_BYTES = 32 * 1024 * 1024
 BRIDGE_DRIVER = "pci-bridge"
@@ -93,7 +104,7 @@ def expected_line(machine: str, link: int) -> int | None:
 @dataclass(frozen=True)
 class StressDevice:
     id: str
-    kind: Kind
+    kind: StressKind
     depth: int
     subnet: int | None = None     # net: 10.0.<subnet>.0/24 on its own user netdev
 
@@ -125,7 +136,7 @@ def _free_slots(machine: str, depth: int, used: set[int]) -> list[int]:
 
 
 def shared_line_layout(machine: str, depths: Sequence[int], *,
-                       kinds: Sequence[Kind] | None = None,
+                       kinds: Sequence[StressKind] | None = None,
                        disk_bytes: int = DISK_BYTES) -> StressLayout:
     """Stress devices at the given bridge depths, all routed to one PIRQ link.
 

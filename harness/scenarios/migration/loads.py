@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 from harness import views
 from harness.deadline import Deadline
-from harness.errors import HarnessError, UserError
+from harness.errors import UserError
 from harness.guest.running import Guest
-from harness.qemu.drivers import BUILTIN
-from harness.topology import Topology
+from harness.protocols import Shell
+from harness.topology.placement import builtin_path
 from harness.topology.render import AHCI_DISK_ID
-from harness.workloads.disk import DiskLoad, LoadMode, LoadPlan, Shell, Verified, find_disk
+from harness.workloads.blocks import find_disk
+from harness.workloads.disk import DiskLoad, LoadMode, LoadPlan, Verified
 from harness.workloads.fs import FS_BYTES, FsLoad
 from harness.workloads.memory import MemoryLoad
 
@@ -82,14 +83,6 @@ class LoadOptions:
 
 def needs_disks(loads: Sequence[str]) -> bool:
     return any(n in loads for n in ("write", "mixed", "fs"))
-
-
-def builtin_path(topology: Topology, driver: str) -> tuple[str, ...]:
-    """The root-bus path of a machine's built-in function (q35's AHCI is 1f.2)."""
-    for (slot, fn), info in BUILTIN[topology.kind].items():
-        if info.driver == driver:
-            return (f"{slot:02x}.{fn}",)
-    raise HarnessError(f"{topology.machine} has no built-in {driver}")
 
 
 def host_disk(guest: Guest, target: DiskTarget) -> Path | None:

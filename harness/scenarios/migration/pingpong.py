@@ -33,6 +33,7 @@ from typing import Any
 from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.guest.running import Guest, LaunchPlan
+from harness.progress import Progress
 from harness.reproduce import write_reproduce
 from harness.scenarios.migration import memscan
 from harness.scenarios.migration.data import (
@@ -66,7 +67,7 @@ from harness.scenarios.migration.loads import (
 )
 from harness.scenarios.migration.ramdiff import compare_ram
 from harness.scenarios.migration.reference import PciReference
-from harness.scenarios.threeview import snapshot
+from harness.scenarios.threeview import collect_views
 from harness.workloads.disk import DataMismatch, LoadStalled, Verified
 
 __all__ = ["HopRecord", "PingPong", "PingPongOptions", "PingPongResult", "disk_targets",
@@ -78,7 +79,6 @@ KERNEL_ARGS = ("init_on_free=1",)
 PROGRESS_SECONDS = 30.0   # every load must progress and be checked within this after a hop
 STOP_SECONDS = 30.0
 SESSION_SECONDS = 30.0
-Progress = Callable[[str], None]
 QmpCommand = tuple[str, dict[str, Any]]
 
 
@@ -136,7 +136,7 @@ class PingPong:
         """Take the current PCI views as what every later hop must preserve
         (call it again after a deliberate change such as a hot-plug)."""
         assert self.current is not None
-        views = snapshot(self.current, lspci=False)
+        views = collect_views(self.current, lspci=False)
         if self.reference is None:
             self.reference = PciReference(views, self.current, self.progress)
         else:
@@ -276,7 +276,7 @@ class PingPong:
         dst = self.current
         assert dst is not None and dst.console is not None and self.reference is not None
         self._console_check(number, src, dst)
-        self.reference.check(number, dst, snapshot(dst, lspci=False))
+        self.reference.check(number, dst, collect_views(dst, lspci=False))
         verified = self._check_loads(number, dst, finish=False)
         self._console_check(number, src, dst)
         return verified

@@ -20,7 +20,7 @@ from harness.report.figures import record_figure
 from harness.scenarios.migration.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.topology import topology_from_dict
 from harness.views import collect_qemu_view
-from harness.workloads.disk import BLOCK_SIZE, block_md5, find_disk
+from harness.workloads.blocks import BLOCK_SIZE, block_md5, find_disk
 
 pytestmark = pytest.mark.seed("ahci-stability")
 

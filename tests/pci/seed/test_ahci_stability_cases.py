@@ -22,9 +22,9 @@ from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.guest.running import Guest
 from harness.scenarios.migration.hop import HopFailure, migrate, start_destination
-from harness.scenarios.migration.loads import builtin_path
 from harness.topology import topology_from_dict
-from harness.workloads.disk import BLOCK_SIZE, block_bytes, block_md5, find_disk
+from harness.topology.placement import builtin_path
+from harness.workloads.blocks import BLOCK_SIZE, block_bytes, block_md5, find_disk
 
 pytestmark = pytest.mark.seed("ahci-stability")
 

@@ -23,9 +23,9 @@ from harness.report.figures import record_figure
 from harness.scenarios.hotplug.check import step_problems
 from harness.scenarios.hotplug.plug import Hotplugger, NotSeenByGuest, PlugSpec, seeded_mac
 from harness.scenarios.hotplug.stress import CycleReport, checked_cycle, stress_topology
-from harness.scenarios.threeview import changes, snapshot
+from harness.scenarios.threeview import changes, collect_views
 from harness.topology import topology_from_dict
-from harness.workloads.disk import block_md5
+from harness.workloads.blocks import block_md5
 
 pytestmark = pytest.mark.seed("bridge-hotplug-acpi-bsel")
 SEED = 5
@@ -78,7 +78,7 @@ def test_bridges_three_deep_and_root_bus(make_guest, artifacts: Path, request):
     assert mechanisms == dict.fromkeys(bsel, "acpi-bsel"), mechanisms
     _record(request, "bsel", bsel)
     # A disk and a NIC on every bridge level and on the root bus.
-    views = snapshot(guest, hp.topology, lspci=False)
+    views = collect_views(guest, hp.topology, lspci=False)
     plan = [("br1", 6, "virtio-blk-pci"), ("br2", 7, "e1000"), ("br3", 8, "virtio-blk-pci"),
             ("br3", 9, "virtio-net-pci"), ("pci.0", 9, "virtio-blk-pci"), ("br1", 10, "e1000")]
     rng = random.Random(SEED)
@@ -99,7 +99,7 @@ def test_cold_plugged_bridge_survives_device_del(make_guest, artifacts: Path):
     guest = make_guest(topo)
     hp = Hotplugger(guest, artifacts / "hotplug")
     assert guest.qmp is not None
-    before = snapshot(guest, topo, lspci=False)
+    before = collect_views(guest, topo, lspci=False)
     try:
         guest.qmp.execute("device_del", {"id": "br2"})
     except QmpCommandError:
@@ -109,7 +109,7 @@ def test_cold_plugged_bridge_survives_device_del(make_guest, artifacts: Path):
         guest.qmp.wait_event("DEVICE_DELETED", Deadline(8, "bridge removal (must not happen)"),
                              match=lambda e: e.get("data", {}).get("device") == "br2")
     # ... and, positively, it is still there for QEMU and the guest, unchanged.
-    after = snapshot(guest, topo, lspci=False)
+    after = collect_views(guest, topo, lspci=False)
     diff = changes(before, after)
     assert not diff, f"views changed after device_del of a cold-plugged bridge: {diff.all()}"
     assert after.qemu.function("br2").path == ("04.0", "01.0")
@@ -143,13 +143,13 @@ def test_hot_added_bridge_is_accepted_and_removed(make_guest, artifacts: Path):
     topo = topology_from_dict(ONE_BRIDGE)
     guest = make_guest(topo)
     hp = Hotplugger(guest, artifacts / "hotplug")
-    before = snapshot(guest, hp.topology, lspci=False)
+    before = collect_views(guest, hp.topology, lspci=False)
     plugged = hp.plug(PlugSpec("hbr", "pci-bridge", "pci.0", 9, chassis_nr=9))
-    after = snapshot(guest, hp.topology, lspci=False)
+    after = collect_views(guest, hp.topology, lspci=False)
     assert plugged.path in after.guest.by_path(), "the guest does not see the hot-added bridge"
     assert step_problems(before, after, plugged.path, added=True) == []
     hp.unplug("hbr", Deadline(30, "unplug of the hot-added bridge"))
-    gone = snapshot(guest, hp.topology, lspci=False)
+    gone = collect_views(guest, hp.topology, lspci=False)
     assert step_problems(after, gone, plugged.path, added=False) == []
     assert guest.console is not None and guest.console.trouble() == []
 
@@ -159,8 +159,8 @@ def test_device_behind_a_hot_added_bridge_is_seen(make_guest, artifacts: Path):
     guest = make_guest(topology_from_dict(ONE_BRIDGE))
     hp = Hotplugger(guest, artifacts / "hotplug")
     hp.plug(PlugSpec("hbr", "pci-bridge", "pci.0", 9, chassis_nr=9))
-    before = snapshot(guest, hp.topology, lspci=False)
+    before = collect_views(guest, hp.topology, lspci=False)
     behind = hp.plug(PlugSpec("hnic", "e1000", "hbr", 3, mac="52:54:01:00:00:03"), wait=False)
     hp.wait_seen(behind, Deadline(10, "guest sees the device behind the hot-added bridge"))
-    after = snapshot(guest, hp.topology, lspci=False)
+    after = collect_views(guest, hp.topology, lspci=False)
     assert step_problems(before, after, behind.path, added=True) == []

@@ -14,7 +14,8 @@ import json
 
 import pytest
 
-from harness.scenarios.intx.stress import PayloadServer, run_stress, shared_line_layout
+from harness.scenarios.intx.stress import run_stress, shared_line_layout
+from harness.workloads.payload import PayloadServer
 
 SHARING_SECONDS = 6
 

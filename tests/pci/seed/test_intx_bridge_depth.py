@@ -14,7 +14,8 @@ import json
 import pytest
 
 from harness.report.figures import record_figure
-from harness.scenarios.intx.stress import IntxStress, PayloadServer, shared_line_layout
+from harness.scenarios.intx.stress import IntxStress, shared_line_layout
+from harness.workloads.payload import PayloadServer
 
 DEPTH_SECONDS = 3
 

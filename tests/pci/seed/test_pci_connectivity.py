@@ -37,13 +37,14 @@ import pytest
 from harness.errors import QemuExited
 from harness.factory import GuestFactory
 from harness.guest.running import Guest
+from harness.protocols import QmpEndpoint
 from harness.qemu.drivers import driver_info
 from harness.qemu.qmp import QmpCommandError
-from harness.scenarios.threeview import snapshot
+from harness.scenarios.threeview import collect_views
 from harness.scenarios.where import BusAnswer, Excluded, WhereAnswer, where
 from harness.topology import Address, Device, Topology, load_topology
 from harness.topology.render import probe_device_args
-from harness.views import Qmp, qom_pci_buses
+from harness.views import qom_pci_buses
 
 pytestmark = pytest.mark.seed("pci-connectivity")
 ROOT = Path(__file__).resolve().parents[3]
@@ -77,13 +78,13 @@ def qemu_accepts(factory: GuestFactory, topology: Topology, artifacts: Path, nam
         return False, exc.stderr.strip()
 
 
-def bus_slots(qmp: Qmp) -> dict[str, dict[int, str]]:
+def bus_slots(qmp: QmpEndpoint) -> dict[str, dict[int, str]]:
     """{bus name: {slot: QOM path of the device there}} from the QOM tree."""
     return {b.name: {devfn >> 3: path for devfn, _, path in b.devices}
             for b in qom_pci_buses(qmp)}
 
 
-def chassis_props(qmp: Qmp, driver: str) -> Callable[[int], tuple[tuple[str, int], ...]]:
+def chassis_props(qmp: QmpEndpoint, driver: str) -> Callable[[int], tuple[tuple[str, int], ...]]:
     """Bridges need a unique chassis number: which property, QEMU says."""
     names = {p["name"] for p in qmp.execute("device-list-properties", {"typename": driver})}
     prop = next((p for p in ("chassis_nr", "chassis") if p in names), None)
@@ -268,7 +269,7 @@ def test_hotplug_answers_match_reality(harness_factory: GuestFactory,
 
     # The three views agree on the machine as it is now.
     grown = replace(topology, devices=topology.devices + tuple(added))
-    views = snapshot(guest, grown)
+    views = collect_views(guest, grown)
     views.save(artifacts, "after-hotplug")
     diffs = views.differences()
     assert diffs == [], "after hot-add:\n" + "\n".join(map(str, diffs))

@@ -20,7 +20,7 @@ from harness.report.figures import record_figure
 from harness.scenarios.hotplug.check import step_problems
 from harness.scenarios.hotplug.plug import BusNotHotpluggable, Hotplugger, PlugRefused, PlugSpec
 from harness.scenarios.hotplug.stress import CycleReport, checked_cycle
-from harness.scenarios.threeview import ThreeViews, changes, snapshot
+from harness.scenarios.threeview import ThreeViews, changes, collect_views
 from harness.topology import topology_from_dict
 
 pytestmark = pytest.mark.seed("q35-hotplug")
@@ -90,7 +90,7 @@ def test_acpi_hotplug_on_root_ports_and_behind_pcie_pci_bridge(make_guest, artif
     off_handler = HOTPLUG_OFF_PORT_QOM_HANDLER.at(parse_version(guest.plan.binary.version))
     assert found == {"rp1": ("acpi-pcihp", "ICH9-LPC"), "rp2": ("acpi-pcihp", "ICH9-LPC"),
                      "ppb": ("acpi-pcihp", "ICH9-LPC"), "rp4": ("none", off_handler)}, found
-    views = snapshot(guest, hp.topology, lspci=False)
+    views = collect_views(guest, hp.topology, lspci=False)
     for n, (bus, slot, driver, mac) in enumerate([
             ("rp1", 0, "virtio-blk-pci", None), ("rp2", 0, "e1000e", "52:54:01:00:01:02"),
             ("ppb", 5, "virtio-blk-pci", None), ("ppb", 6, "e1000", "52:54:01:00:01:06")]):
@@ -143,7 +143,7 @@ def test_native_pcie_and_shpc_hotplug(make_guest, artifacts: Path, request, how)
     found = {n: buses[n].hotplug for n in ("rp1", "rp2", "ppb", "rp4")}
     assert found == {"rp1": "pcie-native", "rp2": "pcie-native", "ppb": "shpc",
                      "rp4": "none"}, found
-    views = snapshot(guest, hp.topology, lspci=False)
+    views = collect_views(guest, hp.topology, lspci=False)
     for n, (bus, slot, driver, mac, mechanism) in enumerate([
             ("rp1", 0, "virtio-blk-pci", None, "pcie-native"),
             ("ppb", 5, "e1000", "52:54:01:00:02:05", "shpc")]):

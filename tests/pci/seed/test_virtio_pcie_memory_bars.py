@@ -20,11 +20,11 @@ from __future__ import annotations
 import pytest
 
 from harness.guest.functions import config_read, config_write, function_of
-from harness.scenarios.intx.stress import PayloadServer
 from harness.topology import expected_view, topology_from_dict
 from harness.topology.placement import buses, resolve
 from harness.views import GUEST_DUMP_SCRIPT, parse_guest_view
-from harness.workloads.disk import find_disk
+from harness.workloads.blocks import find_disk
+from harness.workloads.payload import PayloadServer
 
 COMMAND, IO_SPACE = 0x04, 0x0001
 VIRTIO_TYPE = {"virtio-net-pci": 1, "virtio-blk-pci": 2, "virtio-scsi-pci": 8}

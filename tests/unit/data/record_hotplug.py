@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness.factory import GuestFactory, RunSettings
 from harness.scenarios.hotplug.plug import Hotplugger, PlugSpec
-from harness.scenarios.threeview import snapshot
+from harness.scenarios.threeview import collect_views
 from harness.topology import topology_from_dict
 
 OUT = Path(__file__).parent / "hotplug" / "q35-rp1.json"
@@ -35,11 +35,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, \
             factory.guest(topology_from_dict(TOPOLOGY), Path(tmp) / "guest") as guest:
         hp = Hotplugger(guest, Path(tmp) / "hotplug")
-        before = snapshot(guest, hp.topology, lspci=False)
+        before = collect_views(guest, hp.topology, lspci=False)
         plugged = hp.plug(SPEC)
-        after = snapshot(guest, hp.topology, lspci=False)
+        after = collect_views(guest, hp.topology, lspci=False)
         hp.unplug(SPEC.id)
-        gone = snapshot(guest, hp.topology, lspci=False)
+        gone = collect_views(guest, hp.topology, lspci=False)
     OUT.write_text(json.dumps({
         "topology": TOPOLOGY, "spec": asdict(SPEC), "path": list(plugged.path),
         "before": before.to_dict(), "plugged": after.to_dict(), "unplugged": gone.to_dict(),

@@ -173,7 +173,7 @@ class Topology:
     def bus_of(self, dev: Device) -> str:
         return dev.bus or self.root_bus
 
-    def where(self, dev: Device | None = None) -> str:
+    def describe(self, dev: Device | None = None) -> str:
         """"device 'x' in FILE" for messages."""
         text = f"device {dev.id!r}" if dev is not None else "topology"
         return f"{text} in {self.source}" if self.source else text
