@@ -35,11 +35,11 @@ from harness.options import RunSettings, add_shared_options, run_settings
 from harness.pytestplugin.artifacts import settle_artifacts
 from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.report.figures import record_figure
-from harness.topology import Topology
 
 if TYPE_CHECKING:  # the QEMU side loads only when a test asks for a guest
     from harness.factory import GuestFactory
     from harness.guest.running import Guest
+    from harness.topology import Topology
 
 # Before any test module imports them: their asserts show both sides.
 pytest.register_assert_rewrite("harness.views")
