@@ -25,7 +25,7 @@ from typing import Any, Self
 from harness.cli.common import add_common_options
 from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
-from harness.qemu.facts import machine_facts
+from harness.qemu.machines import machine_facts
 from harness.scenarios.migration.hop import shared_machine
 from harness.scenarios.migration.loads import needs_disks, parse_loads
 from harness.scenarios.migration.pingpong import (

@@ -226,7 +226,8 @@ def find_free(tree: tuple[Resource, ...], within: Resource, size: int,
 
 def function_of(shell: Shell, topology: Topology, device_id: str) -> GuestFunction:
     """The guest's view of topology device `device_id` (found by its path)."""
-    from harness.topology.placement import path_of, resolve
+    from harness.topology.placement import resolve
+    from harness.topology.tree import path_of
 
     topo = resolve(topology)
     path = path_of(topo, topo.device(device_id))

@@ -38,6 +38,33 @@ class BarSpec:
 
 
 @dataclass(frozen=True)
+class PropertyQuirk:
+    """A -device property value that removes parts of the function QEMU builds.
+
+    Measured on QEMU 7.2 and 10.0 (config space): `vectors=0` leaves a virtio
+    device without MSI-X and without the BAR its table lives in; `shpc=off` drops
+    a bridge's SHPC capability with its register BAR; an empty `romfile` drops the
+    expansion ROM.  `value` "off"/"on" matches a boolean property however it is
+    spelled (off/false/no/0).
+    """
+
+    name: str
+    prop: str
+    value: str
+    drops_capability: str | None = None
+    drops_bars: tuple[int, ...] = ()
+
+
+#: Every driver with an expansion ROM (BAR 6) loses it with `romfile=`.
+NO_ROM = PropertyQuirk("no option ROM", "romfile", "", drops_bars=(6,))
+#: virtio: no MSI-X vectors, so no MSI-X capability and no BAR 1 for its table.
+NO_VECTORS = PropertyQuirk("no MSI-X vectors", "vectors", "0", drops_capability="msix",
+                           drops_bars=(1,))
+#: SHPC bridges: the SHPC capability and its 256-byte register block in BAR 0.
+NO_SHPC = PropertyQuirk("no SHPC", "shpc", "off", drops_capability="shpc", drops_bars=(0,))
+
+
+@dataclass(frozen=True)
 class DriverInfo:
     driver: str
     vendor: int
@@ -58,6 +85,12 @@ class DriverInfo:
     virtio_type: int | None = None
     legacy_io_size: int | None = None  # virtio: size of the transitional I/O BAR0
     role: str = ""  # a machine's built-in function: what it is ("host bridge")
+    quirks: tuple[PropertyQuirk, ...] = ()  # property values that remove parts (NO_ROM added
+                                            # for every driver with a ROM BAR)
+
+    def property_quirks(self) -> tuple[PropertyQuirk, ...]:
+        has_rom = any(bar.index == 6 for bar in self.bars)
+        return self.quirks + ((NO_ROM,) if has_rom and NO_ROM not in self.quirks else ())
 
 
 # QEMU's default subsystem for its own functions (PCI_SUBVENDOR_ID_REDHAT_QUMRANET,
@@ -76,7 +109,7 @@ def _virtio(driver: str, vtype: int, io_size: int, class_code: int, modules: tup
                       capabilities=("msix", "vendor"), pcie="behind-port", pcie_type="endpoint",
                       msix_table_size=msix, modules=("virtio_pci",) + modules,
                       guest_driver="virtio-pci", disk=disk, virtio_type=vtype,
-                      legacy_io_size=io_size)
+                      legacy_io_size=io_size, quirks=(NO_VECTORS,))
 
 
 _TABLE = (
@@ -128,10 +161,11 @@ _TABLE = (
     # SHPC bridges: BAR0 is the 256-byte SHPC register block (64-bit, not prefetchable).
     DriverInfo("pcie-pci-bridge", 0x1B36, 0x000E, 0x060400, 0, 0, 1,
                bars=(BarSpec(0, "mem", 256, is_64bit=True),), capabilities=("msi", "pm", "shpc"),
-               pcie="always", pcie_type="pcie-pci-bridge", bridge="pcie-pci-bridge"),
+               pcie="always", pcie_type="pcie-pci-bridge", bridge="pcie-pci-bridge",
+               quirks=(NO_SHPC,)),
     DriverInfo("pci-bridge", 0x1B36, 0x0001, 0x060400, 0, 0, 1,
                bars=(BarSpec(0, "mem", 256, is_64bit=True),),
-               capabilities=("msi", "slotid", "shpc"), bridge="pci-bridge"),
+               capabilities=("msi", "slotid", "shpc"), bridge="pci-bridge", quirks=(NO_SHPC,)),
     # prog-if 01 (subtractive decode) although QEMU forwards only inside its windows.
     DriverInfo("i82801b11-bridge", 0x8086, 0x244E, 0x060401, 0, 0, 0, capabilities=("ssvid",),
                bridge="dmi-bridge"),

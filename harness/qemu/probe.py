@@ -40,7 +40,8 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError
 from harness.paths import cache_root, private_dir
 from harness.qemu.binary import QemuBinary
-from harness.qemu.facts import MACHINES, MachineKind, machine_kind_of
+from harness.qemu.facts import MachineKind, machine_kind_of
+from harness.qemu.machines import MACHINES
 from harness.qemu.process import QemuProcess
 from harness.qemu.qmp import Qmp, QmpCommandError
 

@@ -17,13 +17,8 @@ import re
 from dataclasses import dataclass, field
 
 from harness.errors import TopologyError
-from harness.qemu.facts import (
-    MACHINES,
-    MachineFacts,
-    MachineKind,
-    known_machine_kind,
-    machine_type_version,
-)
+from harness.qemu.facts import MachineKind, machine_type_version
+from harness.qemu.machines import MACHINES, MachineFacts, known_machine_kind
 
 ROOT_BUS: dict[MachineKind, str] = {kind: m.root_bus for kind, m in MACHINES.items()}
 MGMT_ID = "mgmt"

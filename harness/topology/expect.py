@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from harness.qemu.drivers import BUILTIN, BarSpec, DriverInfo, driver_info
+from harness.qemu.drivers import BUILTIN, BarSpec, DriverInfo, PropertyQuirk, driver_info
 from harness.qemu.facts import ROOT_PORT_DEFAULT_LINK
 from harness.topology.data import Device, Topology, machine_version
-from harness.topology.placement import buses, mgmt_device, path_of, resolve
+from harness.topology.placement import resolve
+from harness.topology.tree import buses, mgmt_device, path_of
 from harness.views.pciview import Bar, PciFunction, PciView, bar_expect_key
 
 # virtio transitional device ids (0x1000 + n, a legacy numbering) by virtio type.
@@ -105,15 +106,11 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
         device_id, subsystem, bars, caps = _virtio(topo, dev, info, pcie)
     vectors = dev.prop("vectors")
     if vectors is not None and "msix" in caps:
-        msix = int(vectors)
-        if msix == 0:  # vectors=0: no MSI-X at all (the INTx tests rely on it)
-            caps.discard("msix")
-            bars = [b for b in bars if b.index != 1] if info.virtio_type else bars
-    if dev.flag("shpc") is False:  # SHPC off removes its capability and its BAR
-        caps.discard("shpc")
-        bars = [b for b in bars if b.index != 0]
-    if dev.prop("romfile") == "":
-        bars = [b for b in bars if b.index != 6]
+        msix = int(vectors)  # the table has as many entries as vectors asked for
+    for quirk in info.property_quirks():
+        if quirk_applies(dev, quirk):
+            caps.discard(quirk.drops_capability or "")
+            bars = [b for b in bars if b.index not in quirk.drops_bars]
     ptype = ""
     if pcie:
         caps.add("pcie")
@@ -142,6 +139,14 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
     if info.bridge is not None:
         fields["bus_hotplug"] = bus_hotplug(topo, dev, info)
     return PciFunction(**fields)
+
+
+def quirk_applies(dev: Device, quirk: PropertyQuirk) -> bool:
+    """Does DEV set the property value QUIRK names?"""
+    if quirk.value in ("on", "off"):
+        return dev.flag(quirk.prop) is (quirk.value == "on")
+    value = dev.prop(quirk.prop)
+    return value is not None and str(value) == quirk.value
 
 
 def _virtio(topo: Topology, dev: Device, info: DriverInfo,

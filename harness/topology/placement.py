@@ -14,64 +14,21 @@ QEMU can place a driver on a bus at all is answered by scenarios/where.py.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from harness.errors import HarnessError, TopologyError
-from harness.qemu.drivers import BUILTIN, DriverInfo, driver_info
-from harness.qemu.facts import MGMT_SLOT
+from harness.errors import TopologyError
+from harness.qemu.drivers import DriverInfo, driver_info
 from harness.topology.data import MGMT_ID, Address, Device, Topology
 from harness.topology.rules import (
-    BusRole,
     DeviceRole,
     free_slot_candidates,
     placement,
     slot_allowed,
 )
-from harness.topology.rules import reserved_slots as machine_reserved_slots
+from harness.topology.tree import BusInfo, buses, reserved_slots
 
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 MAX_ID_LEN = 26  # node names ("<id>.disk") must stay within QEMU's 31 characters
-
-
-@dataclass(frozen=True)
-class BusInfo:
-    """A bus of the topology: who creates it and what it may hold.
-
-    role: see rules.BusRole.
-    """
-
-    name: str
-    express: bool
-    role: BusRole
-    owner: Device | None  # the bridge that creates it, None for the root bus
-
-
-def buses(topology: Topology) -> dict[str, BusInfo]:
-    out = {topology.root_bus: BusInfo(topology.root_bus, topology.facts.express, "root", None)}
-    for dev in topology.devices:
-        info = driver_info(dev.driver)
-        if info is None or info.bridge is None:
-            continue
-        if info.bridge in ("root-port", "downstream"):
-            out[dev.id] = BusInfo(dev.id, True, "slot", dev)
-        elif info.bridge == "upstream":
-            out[dev.id] = BusInfo(dev.id, True, "switch", dev)
-        else:
-            out[dev.id] = BusInfo(dev.id, False, "bridge", dev)
-    return out
-
-
-def reserved_slots(topology: Topology) -> dict[int, str]:
-    """Root-bus slots the machine or the harness already uses, with the user."""
-    return machine_reserved_slots(topology.facts)
-
-
-def mgmt_device(topology: Topology) -> Device:
-    """The management NIC every machine gets (user-mode net, SSH forwarded)."""
-    # No option ROM: SeaBIOS would run the NIC's iPXE ROM at every cold boot
-    # (slow under TCG), and nothing ever network-boots the management NIC.
-    return Device(id=MGMT_ID, driver="virtio-net-pci", bus=topology.root_bus,
-                  addr=Address(MGMT_SLOT, 0), props=(("romfile", ""),))
 
 
 def _err(topology: Topology, dev: Device | None, problem: str, fix: str) -> TopologyError:
@@ -283,40 +240,3 @@ def resolve(topology: Topology) -> Topology:
     return replace(topology, devices=tuple(out))
 
 
-def parents_first(topology: Topology) -> tuple[Device, ...]:
-    """Devices ordered so that every bridge comes before the devices on its bus."""
-    done: set[str] = set()
-    ordered: list[Device] = []
-    pending = list(topology.devices)
-    while pending:
-        rest = []
-        for dev in pending:
-            if dev.bus is None or dev.bus == topology.root_bus or dev.bus in done:
-                ordered.append(dev)
-                done.add(dev.id)
-            else:
-                rest.append(dev)
-        if len(rest) == len(pending):  # validate() rules this out
-            raise _err(topology, rest[0], "its bus is never created", "check bus names")
-        pending = rest
-    return tuple(ordered)
-
-
-def path_of(topology: Topology, dev: Device) -> tuple[str, ...]:
-    """The bridge-tree path ("02.0", "00.0") of a resolved device."""
-    parts: list[str] = []
-    cur: Device | None = dev
-    while cur is not None:
-        assert cur.addr is not None, "path_of needs a resolved topology"
-        parts.append(str(cur.addr))
-        bus = topology.bus_of(cur)
-        cur = None if bus == topology.root_bus else topology.device(bus)
-    return tuple(reversed(parts))
-
-
-def builtin_path(topology: Topology, driver: str) -> tuple[str, ...]:
-    """The root-bus path of a machine's built-in function (q35's AHCI is 1f.2)."""
-    for (slot, fn), info in BUILTIN[topology.kind].items():
-        if info.driver == driver:
-            return (f"{slot:02x}.{fn}",)
-    raise HarnessError(f"{topology.machine} has no built-in {driver}")

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.qemu.drivers import BASE_MODULES, driver_info
-from harness.qemu.facts import MGMT_SLOT
+from harness.qemu.machines import MGMT_SLOT
 from harness.topology.data import MGMT_ID, Device, PropValue, Topology
 from harness.topology.expect import model_of_resolved
-from harness.topology.placement import mgmt_device, parents_first, resolve
+from harness.topology.placement import resolve
+from harness.topology.tree import mgmt_device, parents_first
 from harness.views.pciview import PciView
 
 MGMT_NETDEV = f"user,id={MGMT_ID},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.qemu.facts import MGMT_SLOT, MachineFacts
+from harness.qemu.machines import MGMT_SLOT, MachineFacts
 
 PortKind = Literal["root", "downstream", "upstream"]
 #: "root": the machine's root bus; "slot": below a root or downstream port (one

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness.protocols import QmpEndpoint
 from harness.views.configspace import decode, function_from_facts
@@ -98,7 +98,22 @@ class QomBus:
     handler_path: str  # "" when the bus has no hotplug handler
     handler_type: str
     hotplug: str  # mechanism, see hotplug_mechanism()
-    devices: tuple[tuple[int, str, str], ...]  # (devfn, QOM type, QOM path) on this bus
+    devices: tuple[BusDevice, ...]  # on this bus, by devfn
+
+
+class BusDevice(NamedTuple):
+    """A device on a QOM PCI bus."""
+
+    devfn: int
+    qom_type: str
+    path: str
+
+
+class _ChildBus(NamedTuple):
+    owner: str      # the host bridge or bridge whose child the bus is
+    name: str
+    path: str
+    bus_type: str
 
 
 def _types(qmp: QmpEndpoint, implements: str) -> set[str]:
@@ -108,16 +123,16 @@ def _types(qmp: QmpEndpoint, implements: str) -> set[str]:
 
 def hotplug_mechanism(handler_type: str, handler_path: str, bus_parent_path: str,
                       slot_types: set[str], bridge_types: set[str],
-                      port_hotplug: bool | None = None) -> str:
+                      refuses_hotplug: bool = False) -> str:
     """Name the way a bus is hot-plugged from its QOM hotplug-handler.
 
     PIIX4_PM: ACPI with a BSEL number per bus; ICH9-LPC: ACPI PCI hotplug of q35;
     a PCIe slot (root or downstream port) handling its own bus: native PCIe hotplug;
     a PCI bridge that is its own handler: SHPC.  The type decides, never the name
-    of the bridge the user wrote.  A port created with hotplug=off (`port_hotplug`
-    False) stays its bus's handler when ACPI is off, but refuses every hot-add.
+    of the bridge the user wrote.  A port created with hotplug=off stays its bus's
+    handler when ACPI is off, but refuses every hot-add (`refuses_hotplug`).
     """
-    if not handler_path or port_hotplug is False:
+    if not handler_path or refuses_hotplug:
         return "none"
     if handler_type == "PIIX4_PM":
         return "acpi-bsel"
@@ -153,20 +168,20 @@ def qom_pci_buses(qmp: QmpEndpoint, root_hotplug: bool | None = None) -> tuple[Q
             type_cache[path] = qmp.execute("qom-get", {"path": path, "property": "type"})
         return type_cache[path]
 
-    def child_buses(owner: str) -> list[tuple[str, str, str]]:
+    def child_buses(owner: str) -> list[_ChildBus]:
         out = []
         for prop in qmp.execute("qom-list", {"path": owner}):
             m = re.fullmatch(r"child<(.+)>", prop["type"])
             if m and m.group(1) in pci_bus_types:
-                out.append((prop["name"], f"{owner}/{prop['name']}", m.group(1)))
+                out.append(_ChildBus(owner, prop["name"], f"{owner}/{prop['name']}", m.group(1)))
         return out
 
     hosts = [f"/machine/{p['name']}" for p in qmp.execute("qom-list", {"path": "/machine"})
              if (m := re.fullmatch(r"child<(.+)>", p["type"])) and m.group(1) in host_types]
     result: list[QomBus] = []
-    todo = [(host, bus) for host in hosts for bus in child_buses(host)]
+    todo = [bus for host in hosts for bus in child_buses(host)]
     while todo:
-        owner, (name, path, btype) = todo.pop(0)
+        owner, name, path, btype = todo.pop(0)
         handler = qmp.execute("qom-get", {"path": path, "property": "hotplug-handler"}) or ""
         htype = qom_type(handler) if handler else ""
         devices = []
@@ -176,19 +191,20 @@ def qom_pci_buses(qmp: QmpEndpoint, root_hotplug: bool | None = None) -> tuple[Q
                 continue
             dev = qmp.execute("qom-get", {"path": path, "property": prop["name"]})
             devfn = qmp.execute("qom-get", {"path": dev, "property": "addr"})
-            devices.append((int(devfn), m.group(1), dev))
+            devices.append(BusDevice(int(devfn), m.group(1), dev))
             if m.group(1) in bridge_types:
-                todo += [(dev, bus) for bus in child_buses(dev)]
+                todo += child_buses(dev)
         owner_type = qom_type(owner)
-        port_hotplug = (bool(qmp.execute("qom-get", {"path": owner, "property": "hotplug"}))
-                        if owner_type in slot_types else None)
-        if owner_type in host_types and root_hotplug is False:
-            port_hotplug = False  # behaviour beats the link: no hot-add on this root bus
+        # A PCIe slot created with hotplug=off; or a root bus whose QEMU refuses
+        # device_add although QOM names a handler (behaviour beats the link).
+        refuses = ((owner_type in slot_types
+                    and not qmp.execute("qom-get", {"path": owner, "property": "hotplug"}))
+                   or (owner_type in host_types and root_hotplug is False))
         result.append(QomBus(
             name=name, path=path, express=btype in pcie_bus_types, parent_path=owner,
             parent_type=owner_type, handler_path=handler, handler_type=htype,
             hotplug=hotplug_mechanism(htype, handler, owner, slot_types, bridge_types,
-                                      port_hotplug),
+                                      refuses),
             devices=tuple(sorted(devices))))
     return tuple(result)
 

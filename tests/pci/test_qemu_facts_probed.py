@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from harness.factory import GuestFactory
-from harness.qemu import facts
+from harness.qemu import facts, machines
 from harness.qemu.facts import VersionedFact, parse_version
 from harness.qemu.probe import ProbedFacts, probe
 
@@ -67,7 +67,7 @@ def test_hotplug_is_judged_by_behaviour_not_by_the_qom_link(probed: ProbedFacts,
                                                             acpi: bool) -> None:
     """What device_add does per bus kind is the same on 7.2.22 and 10.0.2, although
     the QOM links differ (above): the behaviour the harness expects holds."""
-    for kind, machine in facts.MACHINES.items():
+    for kind, machine in machines.MACHINES.items():
         root = probed.bus(kind, "root", acpi)
         assert root.accepts_device_add is (machine.root_hotplug != "none"), root
     assert probed.bus("q35", "root", acpi).refusal == "Bus 'pcie.0' does not support hotplugging"

@@ -27,7 +27,8 @@ from harness.scenarios.intx.stress import (
     swizzle,
 )
 from harness.topology import topology_from_dict
-from harness.topology.placement import path_of, resolve
+from harness.topology.placement import resolve
+from harness.topology.tree import path_of
 
 
 def test_swizzle_is_the_bridge_rule():

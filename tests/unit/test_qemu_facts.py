@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.qemu import facts, probe
+from harness.qemu import facts, machines, probe
 from harness.qemu.binary import QemuBinary
 from harness.qemu.facts import (
     FILE_MIGRATION_URI,
@@ -18,9 +18,9 @@ from harness.qemu.facts import (
     FactChange,
     VersionedFact,
     machine_fact,
-    machine_facts,
     parse_version,
 )
+from harness.qemu.machines import machine_facts
 from harness.qemu.probe import BusProbe, ProbedFacts
 
 
@@ -83,7 +83,7 @@ def test_machine_kinds_are_data() -> None:
     q35, pc = machine_facts("pc-q35-7.2"), machine_facts("pc")
     assert (q35.root_bus, q35.express, q35.acpi_mechanism) == ("pcie.0", True, "acpi-pcihp")
     assert (pc.root_bus, pc.express, pc.acpi_mechanism) == ("pci.0", False, "acpi-bsel")
-    assert facts.MGMT_SLOT not in q35.builtin and 0x1F in q35.builtin and 1 in pc.builtin
+    assert machines.MGMT_SLOT not in q35.builtin and 0x1F in q35.builtin and 1 in pc.builtin
     assert q35.bridge_acpi((6, 0), True) is False and q35.bridge_acpi((6, 1), True) is True
     assert q35.bridge_acpi(None, False) is False and pc.bridge_acpi((2, 4), True) is True
     with pytest.raises(UserError, match="unknown machine type 'virt'"):

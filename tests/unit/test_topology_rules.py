@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.qemu.facts import MACHINES, MGMT_SLOT
+from harness.qemu.machines import MACHINES, MGMT_SLOT
 from harness.topology.rules import (
     DeviceRole,
     free_slot_candidates,

@@ -26,7 +26,7 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, QemuExited, UserError
 from harness.guest.running import FIRMWARE_LOG, Guest, LaunchPlan
 from harness.progress import Progress
-from harness.qemu.facts import machine_facts
+from harness.qemu.machines import machine_facts
 from harness.scenarios.bootstress.phases import (
     STOP_LINE,
     BootRecord,

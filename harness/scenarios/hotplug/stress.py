@@ -25,7 +25,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.guest.running import Guest
 from harness.progress import Progress
-from harness.qemu.facts import MACHINES, MachineFacts
+from harness.qemu.machines import MACHINES, MachineFacts
 from harness.scenarios.hotplug.check import step_problems
 from harness.scenarios.hotplug.io import host_block_ok
 from harness.scenarios.hotplug.plug import (
@@ -43,7 +43,7 @@ from harness.topology import Topology, topology_from_dict
 __all__ = ["CycleFailure", "CycleReport", "StepFailed", "StressResult", "candidate_slots", "checked_cycle", "run_stress",
            "stress_topology"]
 
-NIC_DRIVERS = ("virtio-net-pci",)  # and each machine's own (facts.MachineFacts.hotplug_nics)
+NIC_DRIVERS = ("virtio-net-pci",)  # and each machine's own (machines.MachineFacts.hotplug_nics)
 
 
 def nic_drivers(machine: MachineFacts) -> tuple[str, ...]:

@@ -57,7 +57,8 @@ from harness.scenarios.intx.topology import (
     shared_line_layout,
     swizzle,
 )
-from harness.topology.placement import path_of, resolve
+from harness.topology.placement import resolve
+from harness.topology.tree import path_of
 from harness.workloads.payload import PayloadServer
 
 __all__ = ["IntxRoute", "IntxStress", "LoadResult", "StressDevice",

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from harness.errors import UserError
-from harness.qemu.facts import machine_facts
+from harness.qemu.machines import machine_facts
 from harness.topology.data import Address, Device, Topology
-from harness.topology.placement import path_of, resolve
+from harness.topology.placement import resolve
 from harness.topology.rules import intx_slots
+from harness.topology.tree import path_of
 
 __all__ = [
     "DISK_BYTES",

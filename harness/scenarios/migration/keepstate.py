@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.guest.running import Guest
 
 RELAY_BUF = 1 << 20
 
@@ -195,3 +196,34 @@ def write_replay(path: Path, kept: KeptState, argv: Sequence[str], run_dir: Path
         "while [ ! -S \"$RUN/ssh-hop.sock\" ]; do sleep 0.05; done\n"
         f"exec {quoted}\n")
     os.chmod(path, 0o755)
+
+
+class HopKeeper:
+    """Keeps one hop's state: the stream the destination reads (relayed into a file)
+    and its disks as they are once it has loaded, paused, before it runs.
+
+    `wrap_uri` goes to `migrate` (the source sends into the relay), `before_resume`
+    runs while the destination is paused, `write_replay` once the hop is kept.
+    """
+
+    def __init__(self, kept: KeptState, destination: Guest) -> None:
+        self.kept = kept
+        self.destination = destination
+        self.disks = [d.path for d in destination.rendered.scratch_disks]
+        self.tee: StreamTee | None = None
+
+    def wrap_uri(self, uri: str) -> str:
+        self.tee = StreamTee(self.destination.run_dir / "tee.sock", uri,
+                             self.kept.directory / "stream", self.kept)
+        return self.tee.uri
+
+    def before_resume(self, loaded: Guest) -> None:
+        if self.tee is not None:
+            self.tee.close()
+        copy_disks(self.disks, self.kept)
+
+    def write_replay(self, artifacts: Path) -> Path:
+        path = artifacts / f"replay-hop{self.kept.hop:02d}.sh"
+        dst = self.destination
+        write_replay(path, self.kept, dst.argv, dst.run_dir, dst.artifacts, self.disks)
+        return path

@@ -19,8 +19,8 @@ from harness.deadline import Deadline
 from harness.errors import UserError
 from harness.guest.running import Guest
 from harness.protocols import Shell
-from harness.topology.placement import builtin_path
 from harness.topology.render import AHCI_DISK_ID
+from harness.topology.tree import builtin_path
 from harness.workloads.blocks import find_disk
 from harness.workloads.disk import DiskLoad, LoadMode, LoadPlan, Verified
 from harness.workloads.fs import FS_BYTES, FsLoad

@@ -53,11 +53,9 @@ from harness.scenarios.migration.hop import (
     start_destination,
 )
 from harness.scenarios.migration.keepstate import (
+    HopKeeper,
     KeptState,
-    StreamTee,
-    copy_disks,
     prune,
-    write_replay,
 )
 from harness.scenarios.migration.loads import (
     HopLoad,
@@ -174,8 +172,8 @@ class PingPong:
         for kind, at in self.options.inject:
             if at == number:
                 self._inject(kind)
-        kept = self._keep_hooks(number, dst)
-        hooks = [kept[1]] if kept else []
+        keeper = self._keeper(number, dst)
+        hooks: list[Callable[[Guest], None]] = [keeper.before_resume] if keeper else []
         ram_s: list[float] = []
         if self.options.comparing_ram:
             hooks.append(lambda loaded: ram_s.append(self._compare_ram(src, loaded, number)))
@@ -185,11 +183,11 @@ class PingPong:
                 hook(loaded)
 
         stats = replace(migrate(src, dst, number, transport=self.options.transport,
-                                wrap_uri=kept[0] if kept else None,
+                                wrap_uri=keeper.wrap_uri if keeper else None,
                                 before_resume=before_resume if hooks else None),
                         launch_s=launch_s)
-        if kept:
-            kept[2]()
+        if keeper:
+            self._kept_done(keeper)
         self.current = dst
         if number < self.options.hops:
             # The next destination starts while this hop is checked: its ~0.1 s
@@ -226,34 +224,21 @@ class PingPong:
         self.injected.append(f"before hop {self._hop}: {what}")
         self.progress(f"injected fault before hop {self._hop}: {what}")
 
-    def _keep_hooks(self, number: int, dst: Guest) -> tuple[Any, Any, Any] | None:
-        """(wrap_uri, before_resume, done) that keep hop `number`'s stream and disks."""
+    def _keeper(self, number: int, dst: Guest) -> HopKeeper | None:
+        """What keeps hop `number`'s stream and disks, when states are kept."""
         if self.options.keep_states <= 0:
             return None
         kept = KeptState(number, self.artifacts / "states" / f"hop{number:02d}")
         kept.directory.mkdir(parents=True, exist_ok=True)
-        tee: list[StreamTee] = []
-        disks = [d.path for d in dst.rendered.scratch_disks]
+        return HopKeeper(kept, dst)
 
-        def wrap(uri: str) -> str:
-            tee.append(StreamTee(dst.run_dir / "tee.sock", uri, kept.directory / "stream",
-                                 kept))
-            return tee[0].uri
-
-        def before_resume(guest: Guest) -> None:
-            if tee:
-                tee[0].close()
-            copy_disks(disks, kept)
-
-        def done() -> None:
-            write_replay(self.artifacts / f"replay-hop{number:02d}.sh", kept, dst.argv,
-                         dst.run_dir, dst.artifacts, disks)
-            self.kept.append(kept)
-            for old in self.kept[:-self.options.keep_states]:
-                (self.artifacts / f"replay-hop{old.hop:02d}.sh").unlink(missing_ok=True)
-            prune(self.kept, self.options.keep_states)
-
-        return wrap, before_resume, done
+    def _kept_done(self, keeper: HopKeeper) -> None:
+        """The hop completed: its replay script is written, older kept hops are pruned."""
+        keeper.write_replay(self.artifacts)
+        self.kept.append(keeper.kept)
+        for old in self.kept[:-self.options.keep_states]:
+            (self.artifacts / f"replay-hop{old.hop:02d}.sh").unlink(missing_ok=True)
+        prune(self.kept, self.options.keep_states)
 
     def _spawn(self, number: int) -> None:
         assert self.current is not None

@@ -23,7 +23,7 @@ from harness.errors import HarnessError
 from harness.guest.running import Guest
 from harness.scenarios.migration.hop import HopFailure, migrate, start_destination
 from harness.topology import topology_from_dict
-from harness.topology.placement import builtin_path
+from harness.topology.tree import builtin_path
 from harness.workloads.blocks import BLOCK_SIZE, block_bytes, block_md5, find_disk
 
 pytestmark = pytest.mark.seed("ahci-stability")

@@ -21,7 +21,8 @@ import pytest
 
 from harness.guest.functions import config_read, config_write, function_of
 from harness.topology import expected_view, topology_from_dict
-from harness.topology.placement import buses, resolve
+from harness.topology.placement import resolve
+from harness.topology.tree import buses
 from harness.views import GUEST_DUMP_SCRIPT, parse_guest_view
 from harness.workloads.blocks import find_disk
 from harness.workloads.payload import PayloadServer
