@@ -131,7 +131,7 @@ class GuestFunction:
     irq: int                      # /sys/.../irq: the legacy INT#x line Linux routed
     virtio: str | None = None     # "virtio3": the name /proc/interrupts uses
     block: str | None = None      # "vda" for a virtio-blk disk
-    net: str | None = None        # "eth1" for a virtio-net interface
+    net: str | None = None        # "eth1": the interface of a NIC, whatever its driver
     msi: bool = False             # msi_irqs present: MSI or MSI-X in use
 
     @property
@@ -147,6 +147,8 @@ for d in /sys/bus/pci/devices/*; do
     for x in "$d/$v"/block/*; do [ -e "$x" ] && b=${x##*/}; done
     for x in "$d/$v"/net/*; do [ -e "$x" ] && n=${x##*/}; done
   fi
+  # Every other NIC driver (e1000, e1000e, ...) puts its interface under net/.
+  for x in "$d"/net/*; do [ -e "$x" ] && n=${x##*/}; done
   m=0; [ -d "$d/msi_irqs" ] && [ -n "$(ls "$d/msi_irqs")" ] && m=1
   echo "fn $(readlink -f "$d") $(cat "$d/irq") v=$v b=$b n=$n m=$m"
 done

@@ -136,10 +136,11 @@ class Guest:
         self.rendered: RenderedMachine = render_plan(plan, scratch, self.mgmt_mac, self.run_dir,
                                                      artifacts)
 
-    def incoming_twin(self, artifacts: Path, name: str) -> Guest:
+    def incoming_twin(self, artifacts: Path, name: str, plan: LaunchPlan | None = None) -> Guest:
         """A not-yet-started Guest with this one's devices, disks and MAC: the
-        destination of a migration (start it with `launch(incoming=...)`)."""
-        return Guest(self.plan, artifacts, name=name, same_machine_as=self)
+        destination of a migration (start it with `launch(incoming=...)`).
+        `plan`: another launch plan for it (another QEMU binary, extra arguments)."""
+        return Guest(plan or self.plan, artifacts, name=name, same_machine_as=self)
 
     # ---- command line -------------------------------------------------
     def build_argv(self, incoming: str | None = None) -> list[str]:

@@ -235,6 +235,38 @@ def guest(make_guest: Callable[..., Guest], topology: Topology) -> Guest:
     return make_guest(topology)
 
 
+@pytest.fixture
+def migrate(harness_factory: GuestFactory, artifacts: Path) -> Iterator[Callable[..., Guest]]:
+    """`migrate(source, qemu=None, connect=None)` -> the running destination.
+
+    Starts a destination with the source's devices, disks and MAC (on another QEMU
+    binary with `qemu=PATH`; pin the machine type first), migrates the source into
+    it and waits until the guest answers there.  The fixture owns every
+    destination and shuts it down at teardown; the source stays make_guest's.
+    A failed hop raises HopFailure, whose `kind` names what happened
+    (destination-load-failed, qemu-died, ssh-dead, ...).
+    """
+    from harness.qemu.binary import find_qemu
+    from harness.scenarios.migration.hop import destination_plan, start_destination
+    from harness.scenarios.migration.hop import migrate as migrate_hop
+
+    started: list[Guest] = []
+
+    def run(source: Guest, qemu: str | Path | None = None,
+            connect: bool | None = None) -> Guest:
+        hop = len(started) + 1
+        binary = find_qemu(qemu) if qemu is not None else None
+        destination = start_destination(source, artifacts / f"dst{hop}", f"dst{hop}", hop,
+                                        plan=destination_plan(source, binary))
+        started.append(destination)
+        migrate_hop(source, destination, hop, connect=connect)
+        return destination
+
+    yield run
+    for destination in reversed(started):
+        destination.shutdown()
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.failed:
         for key, value in report.user_properties:

@@ -126,7 +126,7 @@ def start_destination(src: Guest, artifacts: Path, name: str, hop: int, *,
     The returned Guest is started; the caller owns it (shutdown) whatever happens next.
     On a start-up failure the destination is already shut down and HopFailure raised.
     """
-    dst = Guest(plan or src.plan, artifacts, name=name, same_machine_as=src)
+    dst = src.incoming_twin(artifacts, name, plan)
     try:
         dst.launch(incoming="defer")
     except HarnessError as exc:
