@@ -77,6 +77,9 @@ class DriverInfo:
     capabilities: tuple[str, ...] = ()  # names as in configspace.CAP_NAMES
     pcie: PcieMode = "never"
     pcie_type: str | None = None  # the PCIe port type when pcie != "never"
+    #: On an express root bus (pcie.0) the function is a Root Complex integrated
+    #: endpoint (QEMU's pcie_endpoint_cap_init), else `pcie_type`.
+    integrated_on_root: bool = False
     msix_table_size: int | None = None
     bridge: BridgeKind | None = None
     modules: tuple[str, ...] = ()  # Debian 6.1 modules the guest loads for it
@@ -85,6 +88,9 @@ class DriverInfo:
     virtio_type: int | None = None
     legacy_io_size: int | None = None  # virtio: size of the transitional I/O BAR0
     role: str = ""  # a machine's built-in function: what it is ("host bridge")
+    #: Properties QEMU requires that the topology need not spell out, rendered unless the
+    #: device sets them: (name, value), "{id}" in a value becomes the device's id.
+    default_props: tuple[tuple[str, str], ...] = ()
     quirks: tuple[PropertyQuirk, ...] = ()  # property values that remove parts (NO_ROM added
                                             # for every driver with a ROM BAR)
 
@@ -140,7 +146,8 @@ _TABLE = (
     DriverInfo("bochs-display", 0x1234, 0x1111, 0x038000, *QEMU_SUBSYS, 0,
                bars=(BarSpec(0, "mem", 16 * 1024 * 1024, prefetch=True), BarSpec(2, "mem", 4096),
                      BarSpec(6, "mem", 32 * 1024)),
-               pcie="express-bus", pcie_type="endpoint", modules=("bochs",),
+               pcie="express-bus", pcie_type="endpoint", integrated_on_root=True,
+               modules=("bochs",),
                guest_driver="bochs-drm"),
     # Bridges.  Root and downstream ports bind the built-in `pcieport` driver.
     # The SSVID capability of a root port says 1b36:0000 (query-pci shows no subsystem
@@ -171,7 +178,17 @@ _TABLE = (
                bridge="dmi-bridge"),
 )
 
-DRIVERS: dict[str, DriverInfo] = {d.driver: d for d in _TABLE}
+def driver_table(rows: tuple[DriverInfo, ...]) -> dict[str, DriverInfo]:
+    """{driver: row}; a second row for one driver is an error, never a silent override."""
+    table: dict[str, DriverInfo] = {}
+    for row in rows:
+        if row.driver in table:
+            raise ValueError(f"the driver table has two rows for {row.driver!r}: keep one")
+        table[row.driver] = row
+    return table
+
+
+DRIVERS: dict[str, DriverInfo] = driver_table(_TABLE)
 
 
 def driver_info(driver: str) -> DriverInfo | None:

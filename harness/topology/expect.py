@@ -115,7 +115,8 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
     if pcie:
         caps.add("pcie")
         ptype = info.pcie_type or ""
-        if info.pcie == "express-bus" and buses(topo)[topo.bus_of(dev)].role == "root":
+        bus = buses(topo)[topo.bus_of(dev)]
+        if info.integrated_on_root and bus.role == "root" and bus.express:
             ptype = "rc-endpoint"
     fields: dict[str, Any] = {
         "path": path, "id": dev.id, "vendor": info.vendor, "device": device_id,

@@ -210,6 +210,9 @@ def _device(topo: Topology, dev: Device, scratch_dir: Path, disks: list[ScratchD
     props: list[tuple[str, PropValue]] = [("id", dev.id), ("bus", topo.bus_of(dev)),
                                           ("addr", dev.addr.qemu())]
     props += list(dev.props)
+    if info is not None:
+        props += [(name, value.format(id=dev.id)) for name, value in info.default_props
+                  if dev.prop(name) is None]
     out: list[str] = []
     child: list[str] = []
     if info is not None:
