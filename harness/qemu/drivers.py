@@ -137,6 +137,13 @@ _TABLE = (
                bars=(BarSpec(4, "io", 32), BarSpec(5, "mem", 4096)),
                capabilities=("msi", "sata"), modules=("ahci", "sd_mod"), guest_driver="ahci",
                disk="ide"),
+    # NVMe (QEMU's nvme, 1b36:0010): a PCI Express endpoint wherever it sits; the
+    # namespace is the disk itself (drive=), and QEMU refuses it without a serial.
+    DriverInfo("nvme", 0x1B36, 0x0010, 0x010802, *QEMU_SUBSYS, 1,
+               bars=(BarSpec(0, "mem", 16 * 1024, is_64bit=True),),
+               capabilities=("pm", "msix"), pcie="always", pcie_type="endpoint",
+               integrated_on_root=True, msix_table_size=65, modules=("nvme",), guest_driver="nvme", disk="self",
+               default_props=(("serial", "{id}"),)),
     # The std VGA: the same ids as bochs-display but class VGA, no capabilities
     # (not even on pcie.0), a 64 KiB ROM (vgabios-stdvga.bin); bochs-drm drives it.
     DriverInfo("VGA", 0x1234, 0x1111, 0x030000, *QEMU_SUBSYS, 0,
