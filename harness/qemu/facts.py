@@ -180,6 +180,14 @@ HOTPLUG_OFF_PORT_REFUSAL: VersionedFact[str] = VersionedFact(
      FactChange((8, 0), "Bus '{bus}' does not support hotplugging",
             MEASURED + " (10.0.2); release not pinned")))
 
+#: device_add refused on a hotplug=off root port with ACPI bridge hotplug on (q35's
+#: default since pc-q35-6.1): ACPI PCI hotplug's own check, the same text since 7.2.
+ACPI_HOTPLUG_OFF_PORT_REFUSAL: VersionedFact[str] = VersionedFact(
+    "acpi-hotplug-off-port-refusal", "qemu",
+    "QEMU's text refusing device_add on a hotplug=off port, ACPI bridge hotplug on",
+    (FactChange(_BASE, "Bus '{bus}' does not support hotplugging",
+                MEASURED + " (tests/pci/seed/test_q35_hotplug.py)"),))
+
 # Compat properties: a function of the *machine type*, whatever the binary.
 Q35_ACPI_BRIDGE_HOTPLUG: VersionedFact[bool] = VersionedFact(
     "q35-acpi-bridge-hotplug", "machine",
@@ -228,6 +236,7 @@ DEVCAP_EXT_TAG: VersionedFact[bool] = VersionedFact(
 VERSIONED_FACTS: tuple[VersionedFact[object], ...] = (  # type: ignore[assignment]
     NATIVE_SECOND_UNPLUG_REFUSALS, SHPC_SECOND_UNPLUG_REFUSAL, FILE_MIGRATION_URI, NATIVE_HOTPLUG_PROPERTY, PORT_LINK_SPEEDS,
     Q35_ROOT_BUS_QOM_HANDLER, HOTPLUG_OFF_PORT_QOM_HANDLER, HOTPLUG_OFF_PORT_REFUSAL,
+    ACPI_HOTPLUG_OFF_PORT_REFUSAL,
     Q35_ACPI_BRIDGE_HOTPLUG, ROOT_PORT_DEFAULT_LINK, AER_UNCOR_MASK_WRITABLE, ARI_NEXTFN_1,
     SLOT_IMPLEMENTED_READ_ONLY, VIRTIO_PM_NO_SOFT_RESET, DEVCAP_EXT_TAG)
 
