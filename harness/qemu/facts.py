@@ -33,7 +33,9 @@ from typing import Generic, Literal, TypeVar
 
 from harness.errors import UserError
 
-Version = tuple[int, int]
+#: (major, minor) or (major, minor, micro): tuples compare as versions, and a
+#: series (10, 0) sorts before every release of it ((10, 0, 0), (10, 0, 2)).
+Version = tuple[int, ...]
 T = TypeVar("T")
 MachineKind = Literal["pc", "q35"]
 KeyedBy = Literal["qemu", "machine"]
@@ -43,11 +45,44 @@ _MACHINE_RE = re.compile(r"^(?:(pc|q35)|pc-(q35|i440fx)-(\d+)\.(\d+)(?:\.\d+)?)$
 
 
 def parse_version(text: str) -> Version:
-    """(major, minor) of "7.2.22", "10.0" or "pc-q35-8.1"; UserError when there is none."""
-    m = re.search(r"(\d+)\.(\d+)", text)
+    """(7, 2, 22) of "7.2.22", (10, 0) of "10.0" or "pc-q35-10.0"; UserError when there is none.
+
+    The micro number is kept: 10.1.50 is a development build (see
+    `is_development`), not 10.1, and compares between 10.1.x and 10.2.
+    """
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     if not m:
         raise UserError(f"no QEMU version in {text!r}", fix='write a version such as "10.0.2"')
-    return int(m.group(1)), int(m.group(2))
+    major, minor = int(m.group(1)), int(m.group(2))
+    return (major, minor) if m.group(3) is None else (major, minor, int(m.group(3)))
+
+
+def show_version(version: Version) -> str:
+    return ".".join(str(part) for part in version)
+
+
+#: QEMU's numbering: a micro of 50 or more is the development tree after a
+#: release (10.1.50 is master after 10.1, on its way to 10.2; 9.2.50 to 10.0).
+DEVELOPMENT_MICRO = 50
+
+
+def is_development(version: Version) -> bool:
+    return len(version) > 2 and version[2] >= DEVELOPMENT_MICRO
+
+
+def next_release(version: Version) -> Version:
+    """The release series after `version`'s: x.0 and x.1 are followed by x+0.1 and
+    x.2, x.2 by x+1.0 (QEMU's three releases a year since 7.0)."""
+    major, minor = version[0], version[1]
+    return (major + 1, 0) if minor >= 2 else (major, minor + 1)
+
+
+def changes_at_next_release(version: Version, since: Version | None) -> bool:
+    """True when `version` is a development build and `since` (where a fact or a
+    gap's range changes) lies after its release and no later than the next: the
+    build may already carry the change, so the answer for it is inferred."""
+    return (since is not None and is_development(version)
+            and version[:2] < since <= next_release(version))
 
 
 def machine_kind_of(machine: str) -> MachineKind | None:
@@ -83,6 +118,9 @@ class VersionedFact(Generic[T]):
     keyed_by: KeyedBy  # "qemu": the binary's version; "machine": the machine type's
     summary: str
     history: tuple[FactChange[T], ...]  # oldest first; the first has since (0, 0)
+    #: What asks the binary itself instead (harness/qemu/probe.py); "" when only
+    #: the table knows.  Where a probe answers, no version inference is needed.
+    probed_by: str = ""
 
     def at(self, version: Version) -> T:
         """The value for a QEMU (or machine type) version."""
@@ -102,6 +140,20 @@ class VersionedFact(Generic[T]):
 
     def differs(self, a: Version, b: Version) -> bool:
         return bool(self.at(a) != self.at(b))
+
+    def inferred_for(self, version: Version) -> str | None:
+        """Why the table's answer for `version` is inferred (None: it is not):
+        a development build before a release where this fact changes."""
+        change = next((c for c in self.history
+                       if changes_at_next_release(version, c.since)), None)
+        if change is None:
+            return None
+        where = (f"probed on the binary ({self.probed_by})" if self.probed_by
+                 else "not probed: run the test that shows it")
+        return (f"{self.name}: {show_version(version)} is a development build on its way to "
+                f"{show_version(next_release(version))}, where this fact changes to "
+                f"{change.value!r}; the table's answer {self.at(version)!r} is inferred "
+                f"({where})")
 
 
 _BASE: Version = (0, 0)
@@ -137,7 +189,8 @@ SHPC_SECOND_UNPLUG_REFUSAL: VersionedFact[str | None] = VersionedFact(
 FILE_MIGRATION_URI: VersionedFact[bool] = VersionedFact(
     "file-migration-uri", "qemu", "QEMU takes file:PATH as a migration URI",
     (FactChange(_BASE, False, MEASURED + ': 7.2.22 "unknown migration protocol"'),
-     FactChange((8, 2), True, "8.2 added the file: transport; 10.0.2 accepts it (measured)")))
+     FactChange((8, 2), True, "8.2 added the file: transport; 10.0.2 accepts it (measured)")),
+    probed_by="probe.py: migrate-incoming file: on a paused QEMU")
 
 #: The pcie-root-port property that hides the native hotplug capability, and
 #: whether `on` hides it (True) or exposes it (False).  Probed too.
@@ -146,14 +199,16 @@ NATIVE_HOTPLUG_PROPERTY: VersionedFact[tuple[str, bool]] = VersionedFact(
     "pcie-root-port property controlling the native hotplug capability (name, on hides it)",
     (FactChange(_BASE, ("x-native-hotplug", False), MEASURED + " (device-list-properties)"),
      FactChange((8, 0), ("x-do-not-expose-native-hotplug-cap", True),
-            "8.0 renamed and inverted it; 10.0.2 lists only the new name (measured)")))
+            "8.0 renamed and inverted it; 10.0.2 lists only the new name (measured)")),
+    probed_by="probe.py: device-list-properties pcie-root-port")
 
 #: x-speed values a pcie-root-port accepts.  Probed too (the property's description).
 PORT_LINK_SPEEDS: VersionedFact[tuple[str, ...]] = VersionedFact(
     "port-link-speeds", "qemu", "x-speed values pcie-root-port accepts",
     (FactChange(_BASE, ("2_5", "5", "8", "16"), MEASURED + ' (description "2_5/5/8/16")'),
      FactChange((9, 0), ("2_5", "5", "8", "16", "32", "64"),
-            "9.0 added 32 and 64 GT/s; 10.0.2 describes 2_5/5/8/16/32/64 (measured)")))
+            "9.0 added 32 and 64 GT/s; 10.0.2 describes 2_5/5/8/16/32/64 (measured)")),
+    probed_by="probe.py: x-speed's description")
 
 #: QOM `hotplug-handler` of q35's pcie.0 with ACPI on.  Documentation of the
 #: trap only: device_add is refused on both, so behaviour decides (probe.py).
@@ -161,7 +216,8 @@ Q35_ROOT_BUS_QOM_HANDLER: VersionedFact[str] = VersionedFact(
     "q35-root-bus-qom-handler", "qemu", "QOM hotplug-handler of q35's pcie.0 (ACPI on)",
     (FactChange(_BASE, "", MEASURED + " (7.2.22: none)"),
      FactChange((8, 0), "ICH9-LPC", MEASURED + " (10.0.2, also with pc-q35-7.2); release not "
-            "pinned: 8.0 described non-hotpluggable root-bus devices in ACPI (acpi-index)")))
+            "pinned: 8.0 described non-hotpluggable root-bus devices in ACPI (acpi-index)")),
+    probed_by="probe.py: the bus's hotplug-handler and a device_add")
 
 #: QOM `hotplug-handler` of a `pcie-root-port,hotplug=off` bus with ACPI on.
 HOTPLUG_OFF_PORT_QOM_HANDLER: VersionedFact[str] = VersionedFact(
@@ -169,7 +225,8 @@ HOTPLUG_OFF_PORT_QOM_HANDLER: VersionedFact[str] = VersionedFact(
     "QOM hotplug-handler of a hotplug=off root port's bus (q35, ACPI on)",
     (FactChange(_BASE, "", MEASURED + " (7.2.22: none)"),
      FactChange((8, 0), "ICH9-LPC", MEASURED + " (10.0.2); release not pinned: 8.0 reworked "
-            "the ACPI description of hotplug=off ports (PCNT)")))
+            "the ACPI description of hotplug=off ports (PCNT)")),
+    probed_by="probe.py: the bus's hotplug-handler and a device_add")
 
 #: device_add refused on a hotplug=off root port when ACPI bridge hotplug is off.
 HOTPLUG_OFF_PORT_REFUSAL: VersionedFact[str] = VersionedFact(
@@ -178,7 +235,8 @@ HOTPLUG_OFF_PORT_REFUSAL: VersionedFact[str] = VersionedFact(
     (FactChange(_BASE, "Hot-plug failed: unsupported by the port device '{bus}'",
             MEASURED + " (7.2.22)"),
      FactChange((8, 0), "Bus '{bus}' does not support hotplugging",
-            MEASURED + " (10.0.2); release not pinned")))
+            MEASURED + " (10.0.2); release not pinned")),
+    probed_by="probe.py: device_add on a hotplug=off port with ACPI off")
 
 #: device_add refused on a hotplug=off root port with ACPI bridge hotplug on (q35's
 #: default since pc-q35-6.1): ACPI PCI hotplug's own check, the same text since 7.2.
@@ -247,3 +305,10 @@ def machine_fact(fact: VersionedFact[T], machine: str, qemu: Version) -> T:
     if fact.keyed_by != "machine":
         raise ValueError(f"{fact.name} is keyed by the QEMU version, not the machine type")
     return fact.at(machine_type_version(machine) or qemu)
+
+
+def development_notes(version: Version) -> list[str]:
+    """For a development build, every version-keyed fact whose answer for it is
+    inferred (it changes at the next release); [] for a release."""
+    return [note for fact in VERSIONED_FACTS if fact.keyed_by == "qemu"
+            for note in [fact.inferred_for(version)] if note is not None]

@@ -8,16 +8,23 @@ test is inside the range, so a multi-QEMU nightly judges every binary by its
 own version: a gap fixed in one binary is a plain pass there and still a known
 failure in the other.
 
-How a range is drawn (`versions`, half open: introduced <= v < fixed), no
-wider than the evidence (every measurement is kept in `evidence`, and
-tests/unit/test_known_gaps.py checks each range against it):
+How a range is drawn (`versions`, half open: introduced <= v < fixed): every
+measurement is kept in `evidence`, and tests/unit/test_known_gaps.py checks
+each range against it (harness/qemu/evidence.py):
 - `introduced` is the release series of the oldest version measured with the
   gap (7.2: nothing older has been run), so an older QEMU runs the test plain.
 - `fixed` is the release series of the first version measured without it
   (10.0 when 10.0.2 passes and 7.2.22 fails).  It may stay open (None) only
-  while the newest measured version still has the gap: QEMU 10.1 or master is
-  then expected to have it too, and cannot hide a fix, because the xfail is
-  strict: a pass fails the run (XPASS) and names the bound to move.
+  while the newest measured version still has the gap.
+A range is wider than its evidence in between and beyond: `fixed=(10, 0)`
+covers 8.0-9.2, where nothing was run, and an open end covers every future
+QEMU.  Those versions are judged by inference, and the reports say so
+(`KnownGap.basis`: "measured" only for a version in `evidence`, else
+"inferred" with the measurements it rests on).  The xfail is strict, so a
+wrong inference cannot hide a fix: a pass fails the run (XPASS) and names the
+bound to move.  A development build (10.1.50, see facts.is_development) sits
+between its release and the next; where a bound falls on that next release,
+its answer is inferred too.
 
 Nothing else decides which QEMU versions miss what (architecture note); the
 facts of what a version does right live in qemu/facts.py.
@@ -28,14 +35,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.errors import UserError
-from harness.qemu.facts import Version, machine_kind_of, machine_type_version, parse_version
+from harness.qemu.facts import (
+    Version,
+    changes_at_next_release,
+    is_development,
+    machine_kind_of,
+    machine_type_version,
+    next_release,
+    parse_version,
+    show_version,
+)
 
 FAILS = "fails"
 PASSES = "passes"
-
-
-def show_version(version: Version) -> str:
-    return ".".join(str(part) for part in version)
+MEASURED = "measured"
+INFERRED = "inferred"
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,19 @@ class Measurement:
     outcome: str               # FAILS (the gap holds) or PASSES
     machines: tuple[str, ...]  # machine types it ran ("pc", "q35", "pc-q35-7.2")
     note: str = ""             # what was seen, when the reason does not say it
+
+    def words(self) -> str:
+        """"7.2.22 fails (q35)"."""
+        return f"{self.qemu} {self.outcome} ({', '.join(self.machines)})"
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What a gap's answer for one QEMU version rests on (`KnownGap.basis`)."""
+
+    holds: bool     # the version is inside the range (machine aside)
+    kind: str       # MEASURED: this very version is in the evidence; else INFERRED
+    words: str      # one sentence for the reports
 
 
 @dataclass(frozen=True)
@@ -142,6 +169,43 @@ class KnownGap:
                                 "(QemuBinary.resolve_machine)")
         return type_version in self.machine_types
 
+    def measured(self) -> str:
+        """Every measurement in one line: "7.2.22 fails (q35); 10.0.2 passes (q35)"."""
+        ordered = sorted(self.evidence, key=lambda m: (parse_version(m.qemu), m.qemu))
+        return "; ".join(m.words() for m in ordered)
+
+    def basis(self, qemu_version: str, machine: str | None = None) -> Basis:
+        """Whether QEMU `qemu_version` ("9.1.0") is inside the range, and whether that
+        answer was measured on this very version (and machine kind, when given) or
+        is inferred from the others."""
+        version = parse_version(qemu_version)
+        holds = version in self.versions
+        same = [m for m in self.evidence if m.qemu == qemu_version]
+        kind = machine_kind_of(machine) if machine else None
+        kinds = sorted({machine_kind_of(x) or x for m in same for x in m.machines})
+        if same and kind is not None and kind not in kinds:
+            return Basis(holds, INFERRED, (
+                f"inferred: measured on {qemu_version} on {'/'.join(kinds)} only, not {kind} "
+                f"(measured: {self.measured()})"))
+        bound = next((b for b in (self.versions.introduced, self.versions.fixed)
+                      if changes_at_next_release(version, b)), None)
+        if bound is not None:
+            return Basis(holds, INFERRED, (
+                f"inferred: {qemu_version} is a development build on its way to "
+                f"{show_version(next_release(version))}, where this gap's range ({self.versions}) "
+                f"changes; judged as {show_version(version[:2])} (measured: {self.measured()})"))
+        if same:
+            outcomes = {m.outcome for m in same}
+            machines = sorted({x for m in same for x in m.machines})
+            return Basis(holds, MEASURED, (
+                f"measured on {qemu_version} ({', '.join(machines)}): "
+                f"{'/'.join(sorted(outcomes))}"))
+        where = ("a development build, " if is_development(version) else "") + (
+            f"inside {self.versions}" if holds else f"outside {self.versions}")
+        return Basis(holds, INFERRED, (
+            f"inferred: {qemu_version} was not measured ({where}); measured: "
+            f"{self.measured()}"))
+
     def scope(self) -> str:
         """Where it holds, in words: "QEMU before 10.0, q35"."""
         parts = [f"QEMU {self.versions}"]
@@ -162,38 +226,6 @@ def gap_for_difference(driver: str | None, field: str, qemu_value: object,
                 and gap.holds(qemu_version, machine):
             return gap
     return None
-
-
-def evidence_problems(gap: KnownGap) -> list[str]:
-    """Where `gap.versions` says more or less than its measurements ([] when it agrees).
-
-    Every version measured failing is inside, every version measured passing is
-    outside; `introduced` is the series of the oldest failing measurement and
-    `fixed` the series of a passing one (no bound without a measurement); an
-    open `fixed` needs the newest measurement to be a failure.
-    """
-    problems: list[str] = []
-    measured = sorted(gap.evidence, key=lambda m: (parse_version(m.qemu), m.qemu))
-    failing = [m.qemu for m in measured if m.outcome == FAILS]
-    passing = [m.qemu for m in measured if m.outcome == PASSES]
-    if not failing:
-        return [f"{gap.id}: no measurement shows the gap"]
-    problems += [f"{gap.id}: measured failing on {v}, outside {gap.versions}"
-                 for v in failing if parse_version(v) not in gap.versions]
-    problems += [f"{gap.id}: measured passing on {v}, inside {gap.versions}"
-                 for v in passing if parse_version(v) in gap.versions]
-    introduced = gap.versions.introduced
-    if introduced != parse_version(failing[0]):
-        problems.append(f"{gap.id}: introduced {show_version(introduced) if introduced else None} "
-                        f"is not the series of the oldest failing measurement {failing[0]}")
-    fixed = gap.versions.fixed
-    if fixed is None and measured[-1].outcome != FAILS:
-        problems.append(f"{gap.id}: open-ended, but the newest measurement {measured[-1].qemu} "
-                        "passes")
-    if fixed is not None and fixed not in {parse_version(v) for v in passing}:
-        problems.append(f"{gap.id}: fixed {show_version(fixed)} is not the series of a "
-                        "version measured passing")
-    return problems
 
 
 # ---------------------------------------------------------------------------- the table

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.report.baseline import BaselineDiff, RunRef
+from harness.report.gaps import GapRow, gap_rows, run_notes
 from harness.report.history import Night, Slowdown
 from harness.report.matrix import ItemCounts, Items, build_item_counts
 from harness.report.results import TestResult, counts
@@ -81,6 +82,11 @@ class NightlyReport:
         """How many tests had each outcome, per cell of `items`."""
         return build_item_counts(self.tests, self.items)
 
+    def known_gaps(self) -> list[GapRow]:
+        """Every known gap with its measurements and, per run, whether its QEMU is
+        inside the range and whether that was measured or is inferred."""
+        return gap_rows([(r.label, r.qemu_version) for r in self.runs])
+
     def bad_tests(self) -> list[TestResult]:
         return [t for t in self.tests if t.bad]
 
@@ -115,8 +121,10 @@ class NightlyReport:
             "machines": list(self.machines),
             "counts": counts(self.tests),
             "runs": [asdict(r) | {"workers": [dict(w) for w in r.workers],
-                                  "lost_hosts": [dict(h) for h in r.lost_hosts]}
+                                  "lost_hosts": [dict(h) for h in r.lost_hosts],
+                                  "inferred_facts": run_notes(r.qemu_version)}
                      for r in self.runs],
+            "known_gaps": [g.to_dict() for g in self.known_gaps()],
             "tests": [t.to_dict() for t in self.tests],
             "items": self.items,
             "item_counts": self.item_counts(),

@@ -19,9 +19,20 @@ from urllib.parse import quote
 from harness.report.baseline import BaselineChange
 from harness.report.bootstress import boot_stress_html
 from harness.report.document import NightlyReport
+from harness.report.gaps import cell_word, failure_basis, run_notes
 from harness.report.history import HISTORY_CSS, render_history_html
 from harness.report.markdown import _duration, headline, hunt_words
-from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS, cell_tests, count_words
+from harness.report.matrix import (
+    FAIL,
+    KNOWN,
+    NO_TEST,
+    NOT_RUN,
+    PASS,
+    XPASS,
+    cell_tests,
+    count_words,
+    short_nodeid,
+)
 from harness.report.results import TestResult
 
 _CSS = """
@@ -55,6 +66,9 @@ details>summary{cursor:pointer;color:#334155;margin:4px 0}
 .changes li{margin:2px 0}.bar{background:#93b4e6;height:10px;display:inline-block}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code{font-family:ui-monospace,Menlo,Consolas,monospace}
+table.known{table-layout:fixed;width:100%}table.known code{word-break:break-all}
+table.known small{display:block;color:#5b6472}
+.measured{color:#14532d}.inferred{color:#8a5a00;font-style:italic}
 """
 
 _WORD = {PASS: "pass", KNOWN: "known failure", FAIL: "FAIL", XPASS: "XPASS", NOT_RUN: "not run"}
@@ -94,6 +108,7 @@ def _header(report: NightlyReport) -> list[str]:
                    f"</code>, {_e(run.accel or 'accelerator not reported')}; pytest exit "
                    f"{run.pytest_exit}, {_duration(run.duration_s)}, "
                    f"{len(run.workers) or 1} worker(s)</p>")
+        out += [f"<p class='meta inferred'>{_e(note)}</p>" for note in run_notes(run.qemu_version)]
     return out
 
 
@@ -118,7 +133,7 @@ def _matrix(report: NightlyReport) -> list[str]:
                 tip = "; ".join(f"{t.nodeid}: {t.outcome}"
                                 + (f" ({t.xfail_reason})" if t.xfail_reason else "")
                                 for t in tests) or "no test ran"
-                word = count_words(counts[seed][machine][run], _WORD) or _WORD[NOT_RUN]
+                word = count_words(counts[seed][machine][run], _WORD) or NO_TEST
                 bad = next((t for t in tests if t.bad), None)
                 text = (f"<a href='#{_anchor(bad)}'>{_e(word)}</a>" if bad is not None
                         else _e(word))
@@ -130,8 +145,8 @@ def _matrix(report: NightlyReport) -> list[str]:
     out.append("</tbody></table>")
     out.append("<p class='legend'>" + "".join(
         f"<span class='{s}'>{_e(_WORD[s])}</span>" for s in (PASS, KNOWN, FAIL, XPASS, NOT_RUN))
-        + " &nbsp;A cell counts its tests per outcome and takes the colour of the worst; "
-        "hover for the tests.</p>")
+        + f" &nbsp;{_e(NO_TEST)} = no test. A cell counts its tests per outcome and takes the "
+        "colour of the worst; hover for the tests.</p>")
     return out
 
 
@@ -211,15 +226,50 @@ def _failures(report: NightlyReport, report_dir: Path) -> list[str]:
 
 
 def _known(tests: Iterable[TestResult]) -> list[str]:
+    """The known failures: the reason gets the width; the test shows as
+    file::test (parameters below it), its full id on hover."""
     known = [t for t in tests if t.outcome == "xfailed"]
     if not known:
         return []
-    out = [(f"<h2>Known failures ({len(known)})</h2><table><tr><th>Test</th><th>QEMU</th>"
-           "<th>Machine</th><th>Reason</th></tr>")]
-    out += [f"<tr><td><code>{_e(t.nodeid)}</code></td><td>{_e(t.run)}</td>"
-            f"<td>{_e(t.machine or '')}</td><td>{_e(t.xfail_reason or '')}</td></tr>"
-            for t in known]
+    out = [(f"<h2>Known failures ({len(known)})</h2><table class='known'>"
+           "<colgroup><col style='width:24%'><col style='width:7%'><col style='width:9%'>"
+           "<col style='width:11%'><col></colgroup>"
+           "<tr><th>Test</th><th>QEMU</th><th>Machine</th><th>Evidence</th><th>Reason</th></tr>")]
+    for t in known:
+        name, params = short_nodeid(t.nodeid)
+        basis = failure_basis(t.known_gap, t.qemu_version, t.machine)
+        evidence = (f"<span class='{basis.kind}' title='{_e(basis.words)}'>{_e(basis.kind)}</span>"
+                    if basis is not None else NO_TEST)
+        out.append(f"<tr><td title='{_e(t.nodeid)}'><code>{_e(name)}</code>"
+                   + (f"<small>{_e(params)}</small>" if params else "")
+                   + f"</td><td>{_e(t.run)}</td><td>{_e(t.machine or NO_TEST)}</td>"
+                   f"<td>{evidence}</td><td>{_e(t.xfail_reason or '')}</td></tr>")
     return out + ["</table>"]
+
+
+def _gaps(report: NightlyReport) -> list[str]:
+    """Every known gap: its range, what was measured, and per QEMU whether the
+    answer was measured on that very version or is inferred."""
+    rows = report.known_gaps()
+    if not rows:
+        return []
+    runs = [r.label for r in report.runs]
+    out = ["<h2>Known gaps: measured or inferred</h2><table class='known'>"
+           "<colgroup><col style='width:24%'><col style='width:14%'><col>"
+           + "".join("<col style='width:13%'>" for _ in runs) + "</colgroup>"
+           "<tr><th>Gap</th><th>Range</th><th>Measured</th>"
+           + "".join(f"<th>QEMU {_e(r)}</th>" for r in runs) + "</tr>"]
+    for row in rows:
+        by_run = {b.run: b for b in row.runs}
+        cells = "".join(
+            f"<td class='{by_run[r].kind}' title='{_e(by_run[r].words)}'>"
+            f"{_e(cell_word(by_run[r]))}</td>" if r in by_run else f"<td>{_e(NO_TEST)}</td>"
+            for r in runs)
+        out.append(f"<tr><td><code>{_e(row.id)}</code><small>{_e(row.seed)}</small></td>"
+                   f"<td>{_e(row.scope)}</td><td>{_e(row.measured)}</td>{cells}</tr>")
+    return out + [("</table><p class='meta'>measured: this very QEMU version was run and the "
+                  "gap's tests gave this answer; inferred: the answer follows from the range "
+                  "drawn between other measurements (hover for them).</p>")]
 
 
 def _timings(report: NightlyReport) -> list[str]:
@@ -268,7 +318,7 @@ def _brief_json(result: Mapping[str, Any]) -> str:
 def render_html(report: NightlyReport, report_dir: Path) -> str:
     status, _ = report.verdict()
     body = (_header(report) + _matrix(report) + _baseline(report) + _failures(report, report_dir)
-            + _known(report.tests) + boot_stress_html(report.boot_stress)
+            + _known(report.tests) + _gaps(report) + boot_stress_html(report.boot_stress)
             + _hunts(report)
             + render_history_html(list(report.history) + [report.as_night(report_dir.name)],
                                   report.slowdowns)

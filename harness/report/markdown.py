@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from harness.report.baseline import BaselineChange
 from harness.report.bootstress import boot_stress_markdown
 from harness.report.document import NightlyReport
-from harness.report.matrix import FAIL, KNOWN, NOT_RUN, PASS, XPASS, count_words
+from harness.report.gaps import cell_word, failure_basis, run_notes
+from harness.report.matrix import FAIL, KNOWN, NO_TEST, NOT_RUN, PASS, XPASS, count_words
 from harness.report.results import counts
 
 _WORD = {PASS: "pass", KNOWN: "known failure", FAIL: "**FAIL**", XPASS: "**XPASS**",
@@ -45,7 +46,8 @@ def matrix_lines(report: NightlyReport) -> list[str]:
     header = ["Seed item"] + [f"QEMU {r} {m}" for r in runs for m in machines]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for seed in report.items:
-        cells = [count_words(counts[seed][m][r], _WORD) or "-" for r in runs for m in machines]
+        cells = [count_words(counts[seed][m][r], _WORD) or NO_TEST for r in runs
+                 for m in machines]
         lines.append(f"| {_cell(seed)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -69,10 +71,11 @@ def render_markdown(report: NightlyReport) -> str:
         lines.append(f"- QEMU {run.label}: `{run.qemu_binary}` (version {run.qemu_version}, "
                      f"{(run.accel or 'accelerator not reported').split(';')[0]}), "
                      f"{_duration(run.duration_s)}")
+        lines += [f"  - inferred: {_cell(note)}" for note in run_notes(run.qemu_version)]
     lines += ["", "## Seed items", "",
               ("A cell counts the tests of each outcome: pass; known failure = strict xfail "
                "(a known QEMU gap on that QEMU); FAIL = failed or errored; XPASS = a known "
-               "failure passed; not run = skipped; - = no test"), ""]
+               f"failure passed; not run = skipped; {NO_TEST} = no test"), ""]
     lines += matrix_lines(report) + [""]
     diff = report.baseline
     if diff is not None:
@@ -105,8 +108,13 @@ def render_markdown(report: NightlyReport) -> str:
     known = [t for t in report.tests if t.outcome == "xfailed"]
     if known:
         lines += ["## Known failures", ""]
-        lines += [f"- `{t.nodeid}` (QEMU {t.run}): {_cell(t.xfail_reason or '')}" for t in known]
+        for t in known:
+            basis = failure_basis(t.known_gap, t.qemu_version, t.machine)
+            lines.append(f"- `{t.nodeid}` (QEMU {t.run}"
+                         + (f", {basis.kind}" if basis is not None else "")
+                         + f"): {_cell(t.xfail_reason or '')}")
         lines.append("")
+    lines += _gap_lines(report)
     if report.slowdowns:
         lines += ["## Slowdowns (news, not failures)", ""]
         lines += [f"- {_cell(s.words())}" for s in report.slowdowns]
@@ -119,6 +127,24 @@ def render_markdown(report: NightlyReport) -> str:
                          f"{_duration(h.duration_s)}: {hunt_words(h.result, h.error)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _gap_lines(report: NightlyReport) -> list[str]:
+    """Every known gap: range, measurements, and per QEMU measured or inferred."""
+    rows = report.known_gaps()
+    runs = [r.label for r in report.runs]
+    if not rows or not runs:
+        return []
+    header = ["Gap", "Range", "Measured"] + [f"QEMU {r}" for r in runs]
+    lines = ["## Known gaps: measured or inferred", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        by_run = {b.run: b for b in row.runs}
+        cells = [cell_word(by_run[r]) if r in by_run else NO_TEST for r in runs]
+        lines.append(f"| {row.id} | {_cell(row.scope)} | {_cell(row.measured)} | "
+                     + " | ".join(cells) + " |")
+    return lines + ["", ("measured: this QEMU version was run with the gap's tests; inferred: "
+                        "the answer follows from a range drawn between other versions."), ""]
 
 
 def hunt_words(result: object, error: str | None) -> str:

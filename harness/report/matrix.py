@@ -28,6 +28,8 @@ FAIL = "fail"
 XPASS = "xpass"
 NOT_RUN = "not-run"
 STATUSES = (PASS, KNOWN, FAIL, XPASS, NOT_RUN)
+#: What every report (report.html, summary.md) writes where there is no test.
+NO_TEST = "-"
 #: Column name for seeded tests that do not say which machine they ran.
 ANY_MACHINE = "any"
 
@@ -104,3 +106,12 @@ def build_item_counts(tests: Sequence[TestResult], items: Items) -> ItemCounts:
 def count_words(counts: Mapping[str, int], words: Mapping[str, str]) -> str:
     """"6 pass · 1 known failure" from {"pass": 6, "known-failure": 1}; "" for none."""
     return " · ".join(f"{number} {words[status]}" for status, number in counts.items())
+
+
+def short_nodeid(nodeid: str) -> tuple[str, str]:
+    """("test_x.py::test_y", "[pc-1]") from "tests/pci/seed/test_x.py::test_y[pc-1]":
+    the file's name and the test, then the parameters ("" when none)."""
+    path, _, rest = nodeid.partition("::")
+    name = path.rsplit("/", 1)[-1] + ("::" + rest if rest else "")
+    base, bracket, params = name.partition("[")
+    return base, (bracket + params if bracket else "")

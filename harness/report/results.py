@@ -72,6 +72,7 @@ class TestResult:
     message: str = ""                   # one line: why it failed / the xfail reason
     longrepr: str = ""                  # pytest's failure text (truncated)
     xfail_reason: str | None = None
+    known_gap: str | None = None        # the known gap this QEMU was expected to show
     artifacts: str | None = None        # artifact directory kept for a failure
     console_tail: Mapping[str, str] = field(default_factory=dict)  # guest name -> tail
     worker: str | None = None           # xdist gateway id ("gw0")
@@ -200,6 +201,7 @@ def result_from_reports(nodeid: str, reports: Sequence[PhaseReport], *, run: str
         qemu_version=qemu_version, qemu_binary=qemu_binary,
         seed=str(props["seed"]) if props.get("seed") else None,
         message=message, longrepr=text, xfail_reason=reason,
+        known_gap=str(props["known_gap"]) if props.get("known_gap") else None,
         artifacts=str(props["artifacts"]) if props.get("artifacts") else None,
         console_tail={str(k): str(v) for k, v in dict(tail).items()}
         if isinstance(tail, (dict, list, tuple)) and tail else {},

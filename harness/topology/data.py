@@ -36,7 +36,7 @@ def machine_kind(machine: str) -> MachineKind:
     return known_machine_kind(machine, TopologyError)
 
 
-def machine_version(machine: str) -> tuple[int, int] | None:
+def machine_version(machine: str) -> tuple[int, ...] | None:
     """(major, minor) of a versioned machine type, None for the unversioned alias."""
     return machine_type_version(machine)
 

@@ -47,6 +47,12 @@ def test_the_binary_shows_the_tables_value_for_its_version(
         probed: ProbedFacts, harness_factory: GuestFactory) -> None:
     version = parse_version(harness_factory.binary.version)
     expected = fact.at(version)
+    if fact.inferred_for(version):  # a development build may already carry the next change
+        allowed = (expected, fact.at(facts.next_release(version)))
+        assert read(probed) in allowed, (
+            f"{fact.name} on development build {harness_factory.binary.version}: the binary "
+            f"says {read(probed)!r}, the table says one of {allowed!r}")
+        return
     assert read(probed) == expected, (
         f"{fact.name} on QEMU {harness_factory.binary.version}: the binary says "
         f"{read(probed)!r}, the table says {expected!r} (changed in {fact.changed_in()})")
@@ -54,7 +60,9 @@ def test_the_binary_shows_the_tables_value_for_its_version(
 
 def test_aliases_pin_to_the_binarys_own_machine_type(probed: ProbedFacts,
                                                      harness_factory: GuestFactory) -> None:
-    major, minor = parse_version(harness_factory.binary.version)
+    version = parse_version(harness_factory.binary.version)
+    # A development build (10.1.50) already offers the next release's machine types.
+    major, minor = facts.next_release(version) if facts.is_development(version) else version[:2]
     assert probed.resolve_alias("q35") == f"pc-q35-{major}.{minor}", probed.aliases
     assert probed.resolve_alias("pc") == f"pc-i440fx-{major}.{minor}", probed.aliases
     # The binary's -machine help agrees with query-machines.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
+from harness.qemu.evidence import evidence_problems
 from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.qemu.facts import parse_version
 from harness.qemu.known import (
@@ -18,7 +19,6 @@ from harness.qemu.known import (
     KnownGap,
     Measurement,
     VersionRange,
-    evidence_problems,
 )
 
 TESTS = Path(__file__).resolve().parents[1] / "pci"  # the checkout's suite
@@ -90,22 +90,106 @@ def test_every_range_agrees_with_its_evidence(entry):
     assert entry.reason.startswith(f"{entry.seed}: ")
 
 
+Q = ("q35",)
+
+
 @pytest.mark.parametrize("versions, evidence, problem", [
-    (VersionRange((7, 2)), (Measurement("7.2.22", FAILS, ()), Measurement("10.0.2", PASSES, ())),
-     "g: measured passing on 10.0.2, inside 7.2 and later"),
+    (VersionRange((7, 2)), (Measurement("7.2.22", FAILS, Q), Measurement("10.0.2", PASSES, Q)),
+     "g: measurement 10.0.2 passes on q35, inside QEMU 7.2 and later"),
     (VersionRange((7, 2), fixed=(9, 0)),
-     (Measurement("7.2.22", FAILS, ()), Measurement("10.0.2", PASSES, ())),
+     (Measurement("7.2.22", FAILS, Q), Measurement("10.0.2", PASSES, Q)),
      "g: fixed 9.0 is not the series of a version measured passing"),
-    (VersionRange(fixed=(10, 0)), (Measurement("7.2.22", FAILS, ()),),
+    (VersionRange(fixed=(10, 0)), (Measurement("7.2.22", FAILS, Q),),
      "g: introduced None is not the series of the oldest failing measurement 7.2.22"),
     (VersionRange((7, 2), fixed=(10, 0)),
-     (Measurement("7.2.22", FAILS, ()), Measurement("10.0.2", FAILS, ())),
-     "g: measured failing on 10.0.2, outside 7.2 to before 10.0"),
-    (VersionRange((7, 2)), (Measurement("7.2.22", PASSES, ()),), "g: no measurement shows"),
+     (Measurement("7.2.22", FAILS, Q), Measurement("10.0.2", FAILS, Q)),
+     "g: measurement 10.0.2 fails on q35, outside QEMU 7.2 to before 10.0"),
+    (VersionRange((7, 2)), (Measurement("7.2.22", PASSES, Q),), "g: no measurement shows"),
+    # More than the endpoints: every measurement is read.
+    (VersionRange((7, 2), fixed=(10, 0)),
+     (Measurement("7.2.22", FAILS, Q), Measurement("8.1.0", PASSES, Q),
+      Measurement("9.2.0", FAILS, Q), Measurement("10.0.2", PASSES, Q)),
+     "g: measurement 8.1.0 passes on q35, inside QEMU 7.2 to before 10.0"),
+    (VersionRange((7, 2)), (Measurement("7.2", FAILS, Q),),
+     "g: measurement 7.2 is a series, not a binary's version"),
+    (VersionRange((7, 2)), (Measurement("7.2.22", FAILS, ()),),
+     "g: measurement 7.2.22 names no machine type"),
+    (VersionRange((7, 2)), (Measurement("7.2.22", FAILS, ("virt",)),),
+     "g: measurement 7.2.22: unknown machine type 'virt'"),
+    (VersionRange((7, 2)), (Measurement("7.2.22", FAILS, Q), Measurement("7.2.22", PASSES, Q)),
+     "g: measurement 7.2.22 both fails and passes on q35"),
+    (VersionRange((7, 2)), (Measurement("7.2.22", "flaky", Q),),
+     "g: measurement 7.2.22: outcome 'flaky' is neither"),
+    # A development build bounds the range at itself, not at its release series.
+    (VersionRange((7, 2), fixed=(10, 1)),
+     (Measurement("7.2.22", FAILS, Q), Measurement("10.1.50", PASSES, Q)),
+     "g: fixed 10.1 is not the series of a version measured passing"),
 ])
 def test_a_range_wider_or_narrower_than_its_evidence_is_named(versions, evidence, problem):
     problems = evidence_problems(gap(versions=versions, evidence=evidence))
-    assert any(p.startswith(problem) for p in problems), problems
+    assert any(p.startswith(problem) for p in problems), \
+        f"expected a problem starting {problem!r}, got {problems}"
+
+
+def test_a_measurement_on_a_machine_the_gap_does_not_claim_is_named():
+    pc_only = gap(machines=frozenset({"pc"}), evidence=(Measurement("7.2.22", FAILS, ("pc",)),
+                                                        Measurement("7.2.22", FAILS, Q)))
+    assert evidence_problems(pc_only) == [
+        "g: measurement 7.2.22 ran q35, outside the gap's machines pc"]
+
+
+def test_a_compat_gap_needs_versioned_machine_types_on_the_right_side():
+    compat = gap(compat_property="x-pcie-err-unc-mask", machines=frozenset({"q35"}),
+                 machine_types=VersionRange(fixed=(8, 0)),
+                 evidence=(Measurement("10.0.2", FAILS, ("pc-q35-7.2",)),
+                           Measurement("10.0.2", FAILS, ("pc-q35-8.0",)),
+                           Measurement("10.0.2", FAILS, ("q35",))),
+                 versions=VersionRange((10, 0)))
+    assert evidence_problems(compat) == [
+        ("g: measurement 10.0.2 fails on pc-q35-8.0, outside QEMU 10.0 and later, q35, machine "
+        "types before 8.0 (x-pcie-err-unc-mask)"),
+        ("g: measurement 10.0.2 ran 'q35', an alias, and the gap depends on the machine type's "
+        "version: record the versioned type")]
+
+
+def test_a_development_build_measured_passing_sets_fixed_at_itself():
+    dev = gap(versions=VersionRange((7, 2), fixed=(10, 1, 50)),
+              evidence=(Measurement("7.2.22", FAILS, Q), Measurement("10.1.50", PASSES, Q)))
+    assert evidence_problems(dev) == []
+    assert dev.holds((10, 1, 3)) and not dev.holds((10, 1, 50)) and not dev.holds((10, 2, 0))
+
+
+# ---- the basis of an answer: measured on this very version, or inferred
+
+AHCI_LIKE = {"versions": VersionRange((7, 2), fixed=(10, 0)),
+                 "evidence": (Measurement("7.2.22", FAILS, Q), Measurement("10.0.2", PASSES, Q))}
+
+
+@pytest.mark.parametrize("qemu, holds, kind, words", [
+    ("7.2.22", True, "measured", "measured on 7.2.22 (q35): fails"),
+    ("10.0.2", False, "measured", "measured on 10.0.2 (q35): passes"),
+    ("9.1.0", True, "inferred", ("inferred: 9.1.0 was not measured (inside 7.2 to before 10.0); "
+                                "measured: 7.2.22 fails (q35); 10.0.2 passes (q35)")),
+    ("7.2.5", True, "inferred", "inferred: 7.2.5 was not measured (inside"),
+    ("10.1.0", False, "inferred", "inferred: 10.1.0 was not measured (outside"),
+    ("9.2.50", True, "inferred", ("inferred: 9.2.50 is a development build on its way to 10.0, "
+                                 "where this gap's range (7.2 to before 10.0) changes; judged "
+                                 "as 9.2")),
+    ("10.0.50", False, "inferred", ("inferred: 10.0.50 was not measured (a development build, "
+                                   "outside")),
+])
+def test_an_unmeasured_version_inside_or_outside_a_range_is_inferred(qemu, holds, kind, words):
+    basis = gap(**AHCI_LIKE).basis(qemu)
+    assert (basis.holds, basis.kind) == (holds, kind), basis
+    assert basis.words.startswith(words), f"expected {words!r}, got {basis.words!r}"
+
+
+def test_a_machine_kind_never_measured_is_inferred():
+    pc_measured = gap(evidence=(Measurement("7.2.22", FAILS, ("pc",)),))
+    assert pc_measured.basis("7.2.22", "pc").kind == "measured"
+    q35 = pc_measured.basis("7.2.22", "q35")
+    assert (q35.kind, q35.holds) == ("inferred", True), q35
+    assert q35.words.startswith("inferred: measured on 7.2.22 on pc only, not q35"), q35.words
 
 
 # ---- the table and the tests agree (read from the source: no collection, no QEMU)

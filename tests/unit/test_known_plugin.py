@@ -205,4 +205,12 @@ def test_two_qemu_nightly_judges_each_binary_by_its_own_version(tmp_path):
         "7.2.22": {"pass": 1, "known-failure": 1}, "10.0.2": {"pass": 2}}
     summary = (out / "summary.md").read_text()
     assert "| ahci-stability | " in summary and " | 1 pass · 1 known failure | " in summary
-    assert f"(QEMU 7.2.22): {AHCI.reason}" in summary
+    assert f"(QEMU 7.2.22, measured): {AHCI.reason}" in summary
+    # Which versions the gap was measured on, and that both runs' answers were measured.
+    row = next(g for g in report["known_gaps"] if g["id"] == AHCI.id)
+    assert row["measured"] == "7.2.22 fails (q35); 10.0.2 passes (q35)", row
+    assert [(r["run"], r["holds"], r["kind"]) for r in row["runs"]] == [
+        ("7.2.22", True, "measured"), ("10.0.2", False, "measured")], row["runs"]
+    fixed_in_10 = [t for t in report["tests"] if t["nodeid"].endswith("test_fixed_in_10")]
+    assert {t["run"]: t["known_gap"] for t in fixed_in_10} == {"7.2.22": AHCI.id,
+                                                               "10.0.2": None}, fixed_in_10

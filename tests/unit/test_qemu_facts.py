@@ -25,8 +25,9 @@ from harness.qemu.probe import BusProbe, ProbedFacts
 
 
 def test_versions_are_read_from_binaries_and_machine_types() -> None:
-    assert parse_version("7.2.22") == (7, 2)
-    assert parse_version("10.0.2") == (10, 0)
+    assert parse_version("7.2.22") == (7, 2, 22)
+    assert parse_version("10.0.2") == (10, 0, 2)
+    assert parse_version("10.1.50") == (10, 1, 50), "a development build keeps its micro"
     assert parse_version("pc-q35-8.1") == (8, 1)
     with pytest.raises(UserError, match="no QEMU version in 'master'"):
         parse_version("master")
@@ -159,3 +160,42 @@ def test_the_factory_pins_an_alias_to_the_binarys_versioned_type() -> None:
     assert port_link_cap(legacy, legacy.devices[0]) == (2.5, 1)
     assert port_link_cap(pinned, pinned.devices[0]) == (16.0, 32)
     assert pinned.cache_key() != topo.cache_key()  # the snapshot key names the pinned type
+
+
+@pytest.mark.parametrize("text, development, after, before", [
+    ("10.1.50", True, (10, 1, 3), (10, 2, 0)),   # master after 10.1, on its way to 10.2
+    ("9.2.50", True, (9, 2, 4), (10, 0, 0)),     # x.2 is followed by x+1.0
+    ("10.1.2", False, (10, 1, 1), (10, 1, 50)),
+])
+def test_a_development_build_sits_between_its_release_and_the_next(text, development, after,
+                                                                     before):
+    version = parse_version(text)
+    assert facts.is_development(version) is development
+    assert after < version < before, f"{version} not between {after} and {before}"
+    if development:
+        assert facts.next_release(version) == before[:2]
+
+
+def test_a_fact_changing_at_the_next_release_is_inferred_for_a_development_build() -> None:
+    fact: VersionedFact[str] = VersionedFact("x", "qemu", "a test fact", (
+        Change((0, 0), "old", "-"), Change((10, 2), "new", "-")))
+    dev = parse_version("10.1.50")
+    assert fact.at(dev) == "old", "judged with its release's answer"
+    note = fact.inferred_for(dev)
+    assert note == ("x: 10.1.50 is a development build on its way to 10.2, where this fact "
+                    "changes to 'new'; the table's answer 'old' is inferred (not probed: run "
+                    "the test that shows it)"), note
+    assert fact.inferred_for(parse_version("10.1.2")) is None, "a release is not inferred"
+    assert fact.inferred_for(parse_version("10.0.50")) is None, "changes two releases on"
+    assert fact.inferred_for(parse_version("10.2.50")) is None, "already past the change"
+
+
+def test_development_notes_name_the_facts_that_change_at_the_next_release() -> None:
+    # FILE_MIGRATION_URI changes at 8.2 (probed); SHPC's refusal at 8.0 (table only).
+    notes = facts.development_notes(parse_version("8.1.50"))
+    assert [n.split(":")[0] for n in notes] == ["file-migration-uri"], notes
+    assert "probed on the binary" in notes[0], notes
+    notes = facts.development_notes(parse_version("7.2.50"))
+    names = [n.split(":")[0] for n in notes]
+    assert "shpc-second-unplug-refusal" in names and "native-hotplug-property" in names, names
+    assert facts.development_notes(parse_version("10.0.2")) == []

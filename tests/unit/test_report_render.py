@@ -76,7 +76,7 @@ def test_summary_matrix_has_every_item_and_the_changes(tmp_path):
     text = render_markdown(make_report(
         tmp_path, [("failed", "q35-hotplug", "q35"), ("xfailed", "master-abort", "pc")],
         baseline=diff))
-    table = [line for line in text.splitlines() if line.startswith("| ")]
+    table = [line for line in _matrix_section(text).splitlines() if line.startswith("| ")]
     assert table == ["| Seed item | QEMU 7.2.22 pc | QEMU 7.2.22 q35 |",
                      "| master-abort | 1 known failure | - |",
                      "| q35-hotplug | - | 1 **FAIL** |"]
@@ -85,6 +85,10 @@ def test_summary_matrix_has_every_item_and_the_changes(tmp_path):
            "passed -> failed: why 0" in regressions
     assert "matrix: q35-hotplug / q35 / QEMU 7.2.22: pass -> fail" in text
     assert "master-abort: reads return 0" in text.split("## Known failures")[1]
+
+
+def _matrix_section(markdown: str) -> str:
+    return markdown.split("## Seed items")[1].split("\n## ")[0]
 
 
 class _Page(HTMLParser):
@@ -118,7 +122,7 @@ def test_html_is_self_contained_and_escapes_everything(tmp_path):
         page.urls
     assert "runs/7.2.22/artifacts/t0/guest/reproduce.sh" in page.urls
     assert ("known-failure", "1 known failure") in page.cells and ("fail", "1 FAIL") in page.cells
-    assert page.cells.count(("not-run", "not run")) == 2
+    assert page.cells.count(("not-run", "-")) == 2, "a cell without a test: '-' as in summary.md"
     text = "".join(page.text)
     assert "BUG: <oops> & panic" in text and "<b>why 0</b>" in text  # shown as text, not markup
     matrix_at = text.index("Seed items")
@@ -206,14 +210,99 @@ def test_cells_count_each_outcome_per_qemu(tmp_path):
         "7.2.22": {"pass": 6, "known-failure": 1}, "10.0.2": {"pass": 7}}
     assert data["item_counts"]["q35-hotplug"]["pc"] == {
         "7.2.22": {}, "10.0.2": {"pass": 1, "fail": 1, "not-run": 1}}
-    table = [line for line in render_markdown(report).splitlines() if line.startswith("| ")]
+    table = [line for line in _matrix_section(render_markdown(report)).splitlines()
+             if line.startswith("| ")]
     assert table == [
         "| Seed item | QEMU 7.2.22 pc | QEMU 7.2.22 q35 | QEMU 10.0.2 pc | QEMU 10.0.2 q35 |",
         "| master-abort | - | 6 pass · 1 known failure | - | 7 pass |",
         "| q35-hotplug | - | - | 1 pass · 1 **FAIL** · 1 not run | - |"]
     page = _Page()
     page.feed(render_html(report, tmp_path))
-    assert page.cells == [("not-run", "not run"), ("known-failure", "6 pass · 1 known failure"),
-                          ("not-run", "not run"), ("pass", "7 pass"),
-                          ("not-run", "not run"), ("not-run", "not run"),
-                          ("fail", "1 pass · 1 FAIL · 1 not run"), ("not-run", "not run")]
+    # The same symbol as summary.md where there is no test; "not run" only counts skips.
+    assert page.cells == [("not-run", "-"), ("known-failure", "6 pass · 1 known failure"),
+                          ("not-run", "-"), ("pass", "7 pass"),
+                          ("not-run", "-"), ("not-run", "-"),
+                          ("fail", "1 pass · 1 FAIL · 1 not run"), ("not-run", "-")]
+
+
+class _Rows(HTMLParser):
+    """Rows of the tables under one h2, as (cell text, title) lists."""
+
+    def __init__(self, heading: str):
+        super().__init__()
+        self.heading, self.rows, self._in, self._h2 = heading, [], False, False
+        self._cell: list | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "h2":
+            self._h2, self._in = True, False
+        elif self._in and tag == "tr":
+            self.rows.append([])
+        elif self._in and tag in ("td", "th") and self.rows:
+            self._cell = ["", dict(attrs).get("title")]
+            self.rows[-1].append(self._cell)
+        elif self._in and tag == "span" and self._cell is not None and dict(attrs).get("title"):
+            self._cell[1] = dict(attrs)["title"]
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._h2 = False
+
+    def handle_data(self, data):
+        if self._h2:
+            self._in = data.startswith(self.heading)
+        elif self._cell is not None:
+            self._cell[0] += data.strip("\n")
+
+
+def _gap_report(tmp_path, version):
+    """One known failure of master-abort-not-emulated (measured on 7.2.22 and
+    10.0.2 only) on QEMU `version`."""
+    test = TestResult("tests/pci/seed/test_master_abort.py::test_unclaimed_reads_return_all_"
+                      "ones_and_set_master_abort[q35-behind-a-pcie-pci-bridge]", "xfailed", 3.0,
+                      run=version, machine="q35", machine_kind="q35", qemu_version=version,
+                      seed="master-abort", known_gap="master-abort-not-emulated",
+                      xfail_reason="master-abort: QEMU returns 0 for unclaimed memory reads")
+    run = RunInfo(version, "/q", version, "tcg", 0, 5.0, f"runs/{version}")
+    return NightlyReport(
+        started="2026-11-24T02:00:00+00:00", finished="2026-11-24T02:01:01+00:00",
+        duration_s=5.0, host="ci", command=("pci-harness", "nightly"), pytest_args=(),
+        machines=("q35",), seeds=SEEDS, runs=(run,), tests=(test,),
+        items=build_items([test], SEEDS, ["q35"], [version]))
+
+
+@pytest.mark.parametrize("version, kind", [("10.0.2", "measured"), ("9.1.0", "inferred")])
+def test_known_failures_table_shortens_the_id_and_says_measured_or_inferred(tmp_path, version,
+                                                                          kind):
+    report = _gap_report(tmp_path, version)
+    page = render_html(report, tmp_path)
+    known = _Rows("Known failures")
+    known.feed(page)
+    header, row = known.rows
+    assert [c[0] for c in header] == ["Test", "QEMU", "Machine", "Evidence", "Reason"]
+    test, evidence = row[0], row[3]
+    assert test == [("test_master_abort.py::test_unclaimed_reads_return_all_ones_and_set_master_"
+                    "abort[q35-behind-a-pcie-pci-bridge]"), report.tests[0].nodeid], \
+        f"file::test shown, the full id on hover: {test}"
+    assert evidence[0] == kind, evidence
+    assert "<col style='width:24%'>" in page and "table.known{table-layout:fixed;width:100%}" \
+        in page, "the reason column takes the rest of a fixed-width table"
+    gaps = _Rows("Known gaps")
+    gaps.feed(page)
+    cells = next(r for r in gaps.rows if r[0][0].startswith("master-abort-not-emulated"))
+    assert cells[2][0] == "7.2.22 fails (pc, q35); 10.0.2 fails (pc, q35)", cells
+    assert cells[3][0] == f"holds ({kind})", cells
+    summary = render_markdown(report)
+    assert f"(QEMU {version}, {kind}): master-abort:" in summary, summary
+    assert f"| master-abort-not-emulated | QEMU 7.2 and later | 7.2.22 fails (pc, q35); " \
+           f"10.0.2 fails (pc, q35) | holds ({kind}) |" in summary, summary
+
+
+def test_a_development_build_run_lists_the_facts_inferred_for_it(tmp_path):
+    report = _gap_report(tmp_path, "8.1.50")
+    data = report.to_dict()
+    notes = data["runs"][0]["inferred_facts"]
+    assert [n.split(":")[0] for n in notes] == ["file-migration-uri"], notes
+    assert notes[0] in render_html(report, tmp_path).replace("&#x27;", "'")
+    assert f"  - inferred: {notes[0]}" in render_markdown(report)
+    assert _gap_report(tmp_path, "8.1.2").to_dict()["runs"][0]["inferred_facts"] == []
