@@ -5,9 +5,11 @@ This module adds what plain xdist lacks for a lab:
 
 - before any test runs, each `ssh=` gateway's host is asked (over the same SSH
   path and with the same Python xdist will use) what it has: the QEMU version
-  at the path the run will use, a built guest image, and the harness it runs
-  (a hash of the package's files: the package version is a constant, and a
-  host may run from a wheel or a checkout).  A host that differs is named with
+  at the path the run will use, the guest image (the same key as the
+  controller's: same recipe, same Debian packages), and what it runs (a hash
+  per part -- harness code, conformance suite, topologies, guest recipes --
+  since the package version is a constant, and the same for a wheel and a
+  checkout of one commit).  A host that differs is named with
   the reason before anything starts (exit 2);
 - a host lost in the middle is named in the report with the tests it was
   running and what became of them (`LostHost`).
@@ -81,14 +83,48 @@ def parse_gateway(spec: str) -> Gateway:
                    chdir=fields.get("chdir"), ssh_config=fields.get("ssh_config"), count=count)
 
 
-def harness_hash(root: Path | None = None) -> str:
-    """A digest of the harness package's files (the code a worker would run)."""
-    base = root or Path(__file__).resolve().parent
+#: Subtrees of the package that are package data of another part (a wheel puts
+#: the suite and the recipes under harness/; a checkout keeps them beside it).
+_DATA_IN_PACKAGE = ("guest_images", "suite/tests", "suite/topologies")
+
+
+def harness_parts() -> dict[str, Path]:
+    """What a worker runs besides QEMU, by part: the harness code, the
+    conformance suite it collects (tests/pci, topologies/) and the guest
+    recipes its images are built from."""
+    from harness.paths import guest_images_root, suite_root
+
+    suite = suite_root()
+    return {"code": Path(__file__).resolve().parent, "suite": suite / "tests" / "pci",
+            "topologies": suite / "topologies", "recipes": guest_images_root()}
+
+
+def _tree_hash(base: Path, skip: tuple[str, ...] = ()) -> str:
     digest = hashlib.sha256()
-    for path in sorted(base.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes())
+    for path in sorted(base.rglob("*")) if base.is_dir() else ():
+        rel = path.relative_to(base)
+        if (not path.is_file() or path.suffix == ".pyc"
+                or any(part == "__pycache__" or part.startswith(".") for part in rel.parts)
+                or any(rel.as_posix().startswith(prefix + "/") for prefix in skip)):
+            continue
+        digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def part_hashes(roots: Mapping[str, Path] | None = None) -> dict[str, str]:
+    """{part: digest of its files} for `harness_parts()` (or the given roots): the
+    same for a wheel and a checkout of one commit."""
+    return {name: _tree_hash(root, _DATA_IN_PACKAGE if name == "code" else ())
+            for name, root in (roots or harness_parts()).items()}
+
+
+def harness_hash(roots: Mapping[str, Path] | None = None) -> str:
+    """One digest of every part a worker runs (code, suite, topologies, recipes)."""
+    return _combined(part_hashes(roots))
+
+
+def _combined(parts: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def describe_this_host(qemu_binary: str | None) -> dict[str, Any]:
@@ -97,8 +133,9 @@ def describe_this_host(qemu_binary: str | None) -> dict[str, Any]:
     from harness.guest.image import cached_image
     from harness.qemu.binary import find_qemu
 
-    facts: dict[str, Any] = {"hostname": socket.gethostname(), "harness": harness_hash(),
-                             "python": sys.executable}
+    parts = part_hashes()
+    facts: dict[str, Any] = {"hostname": socket.gethostname(), "python": sys.executable,
+                             "harness": _combined(parts), "harness_parts": parts}
     try:
         binary = find_qemu(qemu_binary)
         facts.update(qemu_path=str(binary.path), qemu_version=binary.version)
@@ -158,9 +195,18 @@ def readiness_problems(mine: Mapping[str, Any], theirs: Mapping[str, Any],
     if not theirs.get("image"):
         problems.append(f"{name}: no guest image built "
                         f"({theirs.get('image_error') or 'run `bin/pci-harness boot --machine q35` there once'})")
+    elif theirs.get("image") != mine.get("image"):
+        problems.append(f"{name}: its guest image {theirs.get('image')} is not the controller's "
+                        f"{mine.get('image')} (another recipe or other Debian package versions "
+                        "in it): build it there from the same commit and apt state")
     if theirs.get("harness") != mine.get("harness"):
+        ours, their_parts = mine.get("harness_parts") or {}, theirs.get("harness_parts") or {}
+        differ = [p for p in sorted(set(ours) | set(their_parts))
+                  if ours.get(p) != their_parts.get(p)]
         problems.append(f"{name}: runs another harness (files hash {theirs.get('harness')}, "
-                        f"the controller's {mine.get('harness')}): deploy the same commit there")
+                        f"the controller's {mine.get('harness')}"
+                        + (f"; differing: {', '.join(differ)}" if differ else "")
+                        + "): deploy the same commit there")
     return problems
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import UserError
-from harness.lab import LostHost, harness_hash, parse_gateway, readiness_problems, surviving
+from harness.lab import (
+    LostHost,
+    harness_hash,
+    harness_parts,
+    parse_gateway,
+    part_hashes,
+    readiness_problems,
+    surviving,
+)
 
 SSH = "ssh=kvm1//python=/srv/ph/.venv/bin/python//chdir=/srv/ph//ssh_config=/etc/lab.cfg"
 
@@ -30,7 +38,11 @@ MINE = {"qemu_path": "/usr/bin/qemu-system-x86_64", "qemu_version": "7.2.22",
 
 def test_a_ready_host_has_no_problems_and_each_difference_is_named():
     gateway = parse_gateway(SSH)
-    assert readiness_problems(MINE, dict(MINE, image="other-key"), gateway) == []
+    assert readiness_problems(MINE, dict(MINE), gateway) == []
+    other_image = readiness_problems(MINE, dict(MINE, image="other-key"), gateway)
+    assert other_image == [("kvm1: its guest image other-key is not the controller's abc (another "
+                           "recipe or other Debian package versions in it): build it there from "
+                           "the same commit and apt state")], other_image
     problems = readiness_problems(MINE, {"qemu_path": MINE["qemu_path"], "qemu_version": "8.2.1",
                                          "image": None, "harness": "h2"}, gateway)
     assert len(problems) == 3, problems
@@ -61,12 +73,58 @@ def test_lost_host_words_name_the_running_test_and_the_fate():
     assert "failed as host lost (no other host left)" in alone.words()
 
 
-def test_harness_hash_follows_the_files(tmp_path):
-    (tmp_path / "a.py").write_text("x = 1\n")
-    (tmp_path / "__pycache__").mkdir()
-    (tmp_path / "__pycache__" / "a.pyc").write_bytes(b"junk")
-    first = harness_hash(tmp_path)
-    (tmp_path / "__pycache__" / "a.pyc").write_bytes(b"other junk")
-    assert harness_hash(tmp_path) == first
-    (tmp_path / "a.py").write_text("x = 2\n")
-    assert harness_hash(tmp_path) != first
+def _tree(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.fixture
+def parts(tmp_path):
+    """A harness checkout in miniature: code, suite, topologies, recipes."""
+    return {"code": _tree(tmp_path / "harness", {"a.py": "x = 1\n"}),
+            "suite": _tree(tmp_path / "tests" / "pci", {"test_a.py": "def test(): pass\n"}),
+            "topologies": _tree(tmp_path / "topologies", {"t.toml": "machine = 'q35'\n"}),
+            "recipes": _tree(tmp_path / "guest-images", {"debian12/init.sh": "echo\n"})}
+
+
+@pytest.mark.parametrize("part, name", [("code", "a.py"), ("suite", "test_a.py"),
+                                        ("topologies", "t.toml"),
+                                        ("recipes", "debian12/init.sh")])
+def test_harness_hash_follows_every_part_a_worker_runs(parts, part, name):
+    first, before = harness_hash(parts), part_hashes(parts)
+    (parts[part] / "__pycache__").mkdir(exist_ok=True)
+    (parts[part] / "__pycache__" / "a.pyc").write_bytes(b"junk")
+    assert harness_hash(parts) == first, "compiled files do not count"
+    (parts[part] / name).write_text("changed\n")
+    assert harness_hash(parts) != first, f"a change in {part} ({name}) went unseen"
+    after = part_hashes(parts)
+    assert [p for p in before if before[p] != after[p]] == [part], (before, after)
+
+
+def test_a_wheel_and_a_checkout_of_one_commit_hash_alike(parts, tmp_path):
+    """A wheel carries the suite and recipes under harness/; the code part skips them."""
+    wheel = tmp_path / "wheel" / "harness"
+    _tree(wheel, {"a.py": "x = 1\n", "suite/tests/pci/test_a.py": "def test(): pass\n",
+                  "suite/topologies/t.toml": "machine = 'q35'\n",
+                  "guest_images/debian12/init.sh": "echo\n"})
+    installed = {"code": wheel, "suite": wheel / "suite" / "tests" / "pci",
+                 "topologies": wheel / "suite" / "topologies", "recipes": wheel / "guest_images"}
+    assert harness_hash(installed) == harness_hash(parts)
+
+
+def test_another_suite_on_a_host_is_named(parts):
+    gateway = parse_gateway(SSH)
+    mine = dict(MINE, harness=harness_hash(parts), harness_parts=part_hashes(parts))
+    (parts["suite"] / "test_a.py").write_text("def test(): assert False\n")
+    theirs = dict(MINE, harness=harness_hash(parts), harness_parts=part_hashes(parts))
+    problems = readiness_problems(mine, theirs, gateway)
+    assert len(problems) == 1 and "kvm1: runs another harness" in problems[0] \
+        and "differing: suite)" in problems[0], problems
+
+
+def test_this_hosts_hash_covers_the_checkouts_suite_and_recipes():
+    roots = harness_parts()
+    assert (roots["suite"] / "seed").is_dir(), roots
+    assert (roots["recipes"] / "debian12" / "recipe.toml").is_file(), roots
