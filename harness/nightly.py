@@ -42,7 +42,7 @@ from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
 from harness.report.baseline import compare, find_previous, load_baseline
 from harness.report.document import HuntResult, NightlyReport, RunInfo
-from harness.report.figures import hunt_figures, run_figures
+from harness.report.figures import figure_scope, hunt_figures, run_figures
 from harness.report.history import load_history, slowdowns
 from harness.report.html import render_html
 from harness.report.junit import merge_junit
@@ -377,8 +377,9 @@ def run_nightly(args: argparse.Namespace) -> int:
     diff = compare([r.ref() for r in runs], tests, items, baseline, args.pytest_args) \
         if baseline else None
     duration = time.monotonic() - clock
-    figures = nightly_figures(runs, tests, hunts, duration)
-    figures |= boot_stress_run_figures(boot_stress)
+    figures = nightly_figures(runs, tests, hunts, duration, socket.gethostname())
+    figures |= boot_stress_run_figures(boot_stress, figure_scopes(runs, tests,
+                                                                  socket.gethostname()))
     history = load_history(output.parent, output)
     report = NightlyReport(
         started=started.isoformat(timespec="seconds"),
@@ -393,16 +394,31 @@ def run_nightly(args: argparse.Namespace) -> int:
     return _finish(report, output, args.json)
 
 
+def figure_scopes(runs: Sequence[RunInfo], tests: Sequence[TestResult],
+                  controller: str) -> dict[str, str]:
+    """{run label: "7.2.22 tcg@host"}: the hosts whose workers ran its tests."""
+    return {r.label: figure_scope(r.label, r.accel, [t.host for t in tests if t.run == r.label]
+                                  or [controller]) for r in runs}
+
+
 def nightly_figures(runs: Sequence[RunInfo], tests: Sequence[TestResult],
-                    hunts: Sequence[HuntResult], duration_s: float) -> dict[str, float]:
-    """report.json's `figures`: per QEMU run the tests' figures, its wall time, its hunts."""
-    figures: dict[str, float] = {"nightly wall_s": round(duration_s, 3)}
+                    hunts: Sequence[HuntResult], duration_s: float,
+                    controller: str) -> dict[str, float]:
+    """report.json's `figures`: per QEMU run the tests' figures, its wall time, its
+    hunts, each keyed with the accelerator and host it was measured on."""
+    scopes = figure_scopes(runs, tests, controller)
+    accels = sorted({scope.rsplit(" ", 1)[-1].split("@")[0] for scope in scopes.values()})
+    whole = figure_scope("nightly", "+".join(accels),
+                         [t.host for t in tests] or [controller])
+    figures: dict[str, float] = {f"{whole} wall_s": round(duration_s, 3)}
     for run in runs:
-        figures |= run_figures(run.label, (t.figures for t in tests if t.run == run.label),
-                               run.duration_s)
-    for h in hunts:
+        figures |= run_figures(scopes[run.label],
+                               (t.figures for t in tests if t.run == run.label), run.duration_s)
+    for h in hunts:  # on the controller, with the accelerator of its run
         if h.ok:
-            figures |= hunt_figures(h.run.replace(" ", "_"), h.result)
+            first = next((r for r in runs if h.run.startswith(r.label)), None)
+            figures |= hunt_figures(figure_scope(h.run, first.accel if first else None,
+                                                 [controller]), h.result)
     return figures
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness.qemu.binary import QemuBinary
@@ -53,10 +53,13 @@ def _run(args: argparse.Namespace, binary: QemuBinary, label: str, machine: str,
                          run_dir / f"boot-stress-{machine}-artifacts", args.timeout_multiplier)
 
 
-def boot_stress_run_figures(runs: Sequence[HuntResult]) -> dict[str, float]:
-    """History figures of the runs that passed (label = "<qemu> <machine>")."""
+def boot_stress_run_figures(runs: Sequence[HuntResult],
+                            scopes: Mapping[str, str]) -> dict[str, float]:
+    """History figures of the runs that passed (label = "<qemu> <machine>"), keyed by
+    `scopes[qemu label]` (report/figures.py figure_scope)."""
     figures: dict[str, float] = {}
     for run in runs:
         if run.ok:
-            figures |= boot_stress_figures(run.run.split()[0], run.result)
+            label = run.run.split()[0]
+            figures |= boot_stress_figures(scopes.get(label, label), run.result)
     return figures

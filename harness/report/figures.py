@@ -3,8 +3,10 @@
 Tests record a figure with `record_figure(request, "hotplug_unplug_s:acpi-pcihp", 0.09)`
 (a `figure:` user property, so it also lands in junit.xml where a CI system can
 chart it).  A report's `figures` object holds, per QEMU run, the median of every
-test's value of each figure (`"7.2.22 hotplug_unplug_s:acpi-pcihp"`), the run's
-wall time (`"7.2.22 wall_s"`), and what its crash hunts measured.
+test's value of each figure (`"7.2.22 tcg@vm hotplug_unplug_s:acpi-pcihp"`), the
+run's wall time (`"7.2.22 tcg@vm wall_s"`), and what its crash hunts measured.
+Every key names where it was measured (`figure_scope`: QEMU label, accelerator,
+host), so a KVM night and a TCG night, or two lab hosts, never share a reference.
 
 The unit decides which way is worse: names ending in `_s` or `_ms` are times
 (bigger is slower); names ending in `_per_s` are rates (smaller is slower).
@@ -52,6 +54,20 @@ def lower_is_better(name: str) -> bool | None:
     if base.endswith(("_s", "_ms")):
         return True
     return None
+
+
+def figure_scope(label: str, accel: str | None, hosts: Iterable[str | None]) -> str:
+    """"7.2.22 tcg@vm": the QEMU run, the accelerator (the first word of the
+    plugin's accelerator line, "tcg: KVM unusable ...") and the host(s) that ran
+    it; one token each, so the figure's name stays the last word of the key."""
+    word = (accel or "").split(":", 1)[0].strip().split(" ")[0] or "unknown-accel"
+    names = "+".join(sorted({h for h in hosts if h})) or "unknown-host"
+    return f"{label.replace(' ', '_')} {word}@{names.replace(' ', '_')}"
+
+
+def figure_name(key: str) -> str:
+    """The figure of a report key ("7.2.22 tcg@vm wall_s" -> "wall_s")."""
+    return key.rsplit(" ", 1)[-1]
 
 
 def run_figures(label: str, per_test: Iterable[Mapping[str, float]],

@@ -8,7 +8,9 @@
 - series: per figure (wall time, boot, hotplug, ping-pong, INT#x rate), its
   value night by night, drawn as small inline SVG charts;
 - slowdowns: figures that moved the slow way by more than SLOWDOWN_RATIO
-  against the median of the previous nights.  A slowdown is news, not a
+  against the median of the previous nights with the same key -- the same
+  QEMU label, accelerator and host (report/figures.py `figure_scope`): a KVM
+  night is never the reference of a TCG night.  A slowdown is news, not a
   failure: it does not change the verdict.
 
 Why 1.5x against a median of at least 3 earlier nights: TCG timings on a shared
@@ -30,7 +32,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from harness.report.figures import lower_is_better
+from harness.report.figures import figure_name, lower_is_better
 from harness.report.matrix import NOT_RUN
 
 REPORT_NAME = "report.json"
@@ -126,7 +128,7 @@ def slowdowns(earlier: Sequence[Night], current: Mapping[str, float]) -> list[Sl
     """Figures of the current night that moved the slow way beyond the threshold."""
     found: list[Slowdown] = []
     for name, value in sorted(current.items()):
-        direction = lower_is_better(name.split(" ", 1)[-1])
+        direction = lower_is_better(figure_name(name))
         if direction is None:
             continue
         before = [n.figures[name] for n in earlier if name in n.figures][-REFERENCE_NIGHTS:]

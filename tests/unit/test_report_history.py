@@ -136,3 +136,31 @@ def test_record_figure_refuses_names_that_break_the_report_key():
     assert Node.user_properties == [("figure:boot_cold_s", 3.1416)]
     with pytest.raises(ValueError, match="no spaces"):
         record_figure(Request(), "boot cold", 1.0)
+
+
+def _night_figures(accel: str, host: str, boot_s: float) -> dict[str, float]:
+    from harness.nightly import nightly_figures
+    from harness.report.document import RunInfo
+    from harness.report.results import TestResult
+
+    run = RunInfo("7.2.22", "/usr/bin/qemu-system-x86_64", "7.2.22", accel, 0, 100.0,
+                  "runs/7.2.22")
+    test = TestResult("t.py::boot", "passed", 1.0, run="7.2.22", host=host,
+                      figures={"boot_cold_s": boot_s})
+    return nightly_figures([run], [test], [], 120.0, "controller")
+
+
+def test_history_keys_carry_the_accelerator_and_the_host():
+    kvm = _night_figures("kvm: KVM works", "lab1", 1.0)
+    assert sorted(kvm) == ["7.2.22 kvm@lab1 boot_cold_s", "7.2.22 kvm@lab1 wall_s",
+                           "nightly kvm@lab1 wall_s"], sorted(kvm)
+    kvm_nights = [Night(f"2026-11-0{d}T02:00:00+00:00", f"n{d}", True, 120.0, {}, kvm)
+                  for d in range(1, 5)]
+    # A TCG night (3x slower boots) on the same host is not judged against KVM nights...
+    tcg = _night_figures("tcg: KVM unusable (no /dev/kvm); using TCG", "lab1", 3.0)
+    assert "7.2.22 tcg@lab1 boot_cold_s" in tcg, sorted(tcg)
+    assert slowdowns(kvm_nights, tcg) == [], "a TCG night took KVM nights as its reference"
+    # ...nor is a KVM night on another host; the same accelerator and host is.
+    assert slowdowns(kvm_nights, _night_figures("kvm: KVM works", "lab2", 3.0)) == []
+    found = slowdowns(kvm_nights, _night_figures("kvm: KVM works", "lab1", 3.0))
+    assert [(s.figure, s.ratio) for s in found] == [("7.2.22 kvm@lab1 boot_cold_s", 3.0)], found
