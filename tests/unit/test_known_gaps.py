@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.qemu.evidence import evidence_problems
 from harness.pytestplugin.seed_index import SEED_ITEMS
+from harness.qemu.evidence import evidence_problems
 from harness.qemu.facts import parse_version
 from harness.qemu.known import (
     FAILS,
