@@ -36,7 +36,7 @@ from harness.cross_version import cross_version_both_ways, cross_version_machine
 from harness.errors import UserError
 from harness.lab import LostHost, check_gateways, parse_gateway, surviving
 from harness.nightly_boot_stress import boot_stress_run_figures, boot_stress_runs
-from harness.paths import suite_root
+from harness.paths import cache_root, suite_root
 from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
@@ -83,6 +83,7 @@ def _validate(args: argparse.Namespace) -> tuple[list[QemuBinary], list[str]]:
     if args.boot_stress_boots < 0:
         raise UserError("--boot-stress-boots must not be negative",
                         fix="give a number of boots, or 0 to turn boot-stress off")
+    cache_root()  # guest images, snapshots, launchers: an unusable cache stops us here
     jobs = str(args.jobs)
     if jobs not in ("auto", "logical") and not (jobs.isdigit()):
         raise UserError(f"--jobs {jobs!r} is not auto, logical or a number")

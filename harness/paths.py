@@ -50,12 +50,44 @@ def suite_root() -> Path:
     return _package_dir("harness.suite.tests").parent
 
 
+_usable_caches: set[Path] = set()
+
+
 def cache_root() -> Path:
+    """$PCI_HARNESS_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/pci-harness, created and
+    checked writable once per process (a UserError naming the variable when not)."""
     explicit = os.environ.get("PCI_HARNESS_CACHE")
     if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pci-harness"
+        root, source = Path(explicit), "PCI_HARNESS_CACHE"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = Path(xdg or str(Path.home() / ".cache")) / "pci-harness"
+        source = "XDG_CACHE_HOME" if xdg else "HOME"
+    if root not in _usable_caches:
+        _check_usable(root, source)
+        _usable_caches.add(root)
+    return root
+
+
+def _check_usable(root: Path, source: str) -> None:
+    """Create `root` and write a file in it, or say why that is impossible."""
+    from harness.errors import UserError
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".writable-", dir=root)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        blocker = next((p for p in reversed(root.parents) if p.exists() and not p.is_dir()), None)
+        where = (f" ({blocker} is a file)" if blocker is not None
+                 else f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root)
+                 else "")
+        raise UserError(
+            f"the cache directory {root} (from {source}) cannot be used: "
+            f"{exc.strerror or exc}{where}",
+            fix=f"point {source if source != 'HOME' else 'XDG_CACHE_HOME'} at a writable "
+                "directory (or set PCI_HARNESS_CACHE=DIR for the harness alone)") from None
 
 
 def private_dir(prefix: str) -> Path:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from harness.errors import QemuRefused, UserError
 from harness.factory import GuestFactory
 from harness.options import RunSettings, run_settings
 from harness.progress import Progress, stderr_progress
@@ -56,6 +58,13 @@ class VerbRun:
             self._artifacts = new_run_dir(self.verb)
         return self._artifacts
 
+    def discard(self) -> None:
+        """Bad input (a UserError): the run's artifact directory goes, and nothing
+        says FAILED -- the one-paragraph error is the whole answer."""
+        if self._artifacts is not None:
+            shutil.rmtree(self._artifacts, ignore_errors=True)
+            self._artifacts = None
+
     def finish(self, ok: bool) -> Path | None:
         """Keep or remove the artifact directory; the kept one, else None."""
         if self._artifacts is None:
@@ -79,12 +88,18 @@ def run_verb(args: argparse.Namespace, verb: str, body: Callable[[VerbRun], Resu
              json_default: Callable[[Any], Any] | None = None) -> int:
     """Run `body` as verb `verb`: exit status 0 when the run passed (by default:
     its result says "ok"), 1 when not.  Errors it raises (HarnessError: status
-    2) go to harness.cli.app.main, after the artifact directory was kept."""
+    2) go to harness.cli.app.main, after the artifact directory was kept -- or
+    removed, for bad input (a UserError other than QEMU's own refusal)."""
     run = VerbRun(verb, settings_from(args))
     ok = False
     try:
         result = body(run)
         ok = passed(result)
+    except QemuRefused:
+        raise  # QEMU's own refusal: its command line and stderr are the artifacts to read
+    except UserError:
+        run.discard()
+        raise
     finally:
         kept = run.finish(ok)
     result["artifacts"] = None if kept is None else str(kept)

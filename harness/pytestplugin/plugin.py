@@ -32,6 +32,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.options import RunSettings, add_shared_options, run_settings
+from harness.paths import cache_root
 from harness.pytestplugin.artifacts import settle_artifacts
 from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.report.figures import record_figure
@@ -96,8 +97,9 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         base = artifact_base(config, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     config.stash[_ARTIFACT_BASE] = base
-    try:  # a bad shared option is a usage error before any test runs
+    try:  # a bad shared option or an unusable cache is a usage error before any test runs
         config.stash[_SETTINGS] = settings_from_config(config)
+        cache_root()
     except HarnessError as exc:
         raise pytest.UsageError(exc.describe()) from None
 

@@ -135,5 +135,11 @@ def test_where_json_and_text(tmp_path: Path) -> None:
     row = next(line.split() for line in text.stdout.splitlines() if line.startswith("pci.0"))
     assert row[1] == "pci" and row[3] == "acpi-bsel" and row[4] == "brX", text.stdout
 
+    before = set((tmp_path / "artifacts").glob("pci-harness-where-*"))
+    bad = cli(tmp_path, "where", "no-such-driver", "--machine", "q35")
+    assert bad.returncode == 2 and "not a PCI device" in bad.stderr, bad.stderr
+    assert "FAILED" not in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    left = set((tmp_path / "artifacts").glob("pci-harness-where-*")) - before
+    assert left == set(), f"a user error left artifacts: {sorted(left)}"
     bad = cli(tmp_path, "where", "ide-hd", "--machine", "q35")
     assert bad.returncode == 2 and "not a PCI device" in bad.stderr, bad.stderr

@@ -154,6 +154,36 @@ def test_bad_input_in_the_body_leaves_no_directory_and_starts_nothing(fake: Path
     assert FakeFactory.made == []
 
 
+def test_bad_input_found_after_the_artifacts_were_made_leaves_none(
+        fake: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`where no-such-driver`: QEMU was asked, the driver is unknown: a user error,
+    so no artifact directory and no "FAILED"."""
+    made: list[Path] = []
+
+    def body(run: VerbRun) -> Result:
+        made.append(run.artifacts)
+        (run.artifacts / "qmp.log").write_text("{}")
+        raise UserError("'no-such-driver' is not a PCI device this QEMU knows")
+
+    with pytest.raises(UserError):
+        run_verb(_args(), "demo", body, print)
+    err = capsys.readouterr().err
+    assert made and not made[0].exists(), f"{made[0]} left behind"
+    assert "FAILED" not in err, err
+
+
+def test_qemus_own_refusal_keeps_its_artifacts(fake: Path) -> None:
+    made: list[Path] = []
+
+    def body(run: VerbRun) -> Result:
+        made.append(run.artifacts)
+        raise QemuRefused("QEMU refused the command line")
+
+    with pytest.raises(QemuRefused):
+        run_verb(_args(), "demo", body, print)
+    assert made and made[0].is_dir()
+
+
 def test_text_mode_shows_the_result_and_prints_no_json(
         fake: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shown: list[Result] = []

@@ -1,8 +1,10 @@
-"""Private run directories: 0700, owned, and swept when their owner died."""
+"""Private run directories (0700, owned, swept when their owner died) and the cache root."""
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 from harness.paths import OWNER_FILE, _process_identity, private_dir, sweep_run_dirs
 
@@ -41,3 +43,28 @@ def test_sweep_removes_only_dirs_of_dead_owners(tmp_path):
     assert sorted(p.name for p in removed) == ["pcih-gone", "pcih-recycled"]
     assert not gone.exists() and not recycled.exists()
     assert alive.exists() and foreign.exists() and other.exists()
+
+
+def _cli_with_cache(tmp_path, xdg, *args):
+    env = {k: v for k, v in os.environ.items() if k != "PCI_HARNESS_CACHE"}
+    env["XDG_CACHE_HOME"] = xdg
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("kind", ["a file", "under /proc"])
+@pytest.mark.parametrize("verb", [("nightly", "--output", "out"), ("boot", "--machine", "q35")])
+def test_an_unusable_cache_directory_is_one_paragraph_and_exit_2(tmp_path, kind, verb):
+    if kind == "a file":
+        xdg = tmp_path / "not-a-dir"
+        xdg.write_text("")
+        expected = f"Not a directory ({xdg} is a file)"
+    else:
+        xdg, expected = "/proc/no-such-dir", "No such file or directory (/proc/no-such-dir)"
+    done = _cli_with_cache(tmp_path, str(xdg), *verb)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr
+    error = [line for line in done.stderr.splitlines() if "cache directory" in line]
+    assert len(error) == 1 and expected in error[0] and "Point XDG_CACHE_HOME at a writable " \
+        "directory" in error[0], done.stderr
+    assert not (tmp_path / "out").exists(), "the nightly wrote a report for bad input"
