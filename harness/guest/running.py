@@ -31,6 +31,7 @@ from harness.guest.hopsocket import HopSocket, guest_command, guestfwd_option
 from harness.guest.ssh import GuestShell, SshKey
 from harness.paths import private_dir
 from harness.plan import CPU_MODEL, FIRMWARE, FIRMWARE_LOG, LaunchPlan
+from harness.qemu.binary import firmware_missing_error, missing_firmware
 from harness.qemu.probe import root_bus_hotplug
 from harness.qemu.process import QemuProcess
 from harness.qemu.qmp import Qmp
@@ -43,6 +44,8 @@ __all__ = ["BOOT_SECONDS", "CPU_MODEL", "FIRMWARE", "FIRMWARE_LOG", "BootTimings
            "LaunchPlan", "write_reproduce_script"]
 
 BOOT_SECONDS = 60.0     # TCG seconds from spawn to the READY marker
+#: How often a silent boot reads QEMU's stderr for firmware it could not open.
+FIRMWARE_CHECK_S = 0.5
 @dataclass
 class BootTimings:
     """Seconds since QEMU was spawned, per phase (the boot benchmark's breakdown)."""
@@ -267,10 +270,30 @@ class Guest:
             return  # the caller drives the migration or the boot, then calls `connect()`
         self._wait_ready(deadline, started, wait_for_ssh)
 
+    def _expect_booting(self, pattern: str, deadline: Deadline) -> str:
+        """console.expect in slices of FIRMWARE_CHECK_S; between them QEMU's stderr is
+        read, so a firmware file QEMU could not open is named within seconds
+        instead of a silent console at the boot deadline."""
+        assert self.console is not None and self.process is not None
+        while True:
+            piece = Deadline(max(min(deadline.remaining(), FIRMWARE_CHECK_S), 0.01),
+                             deadline.what, scaled=False)
+            try:
+                return self.console.expect(pattern, piece)
+            except DeadlineExceeded:
+                stderr = self.process.stderr_text()
+                missing = missing_firmware(stderr)
+                if missing:
+                    raise firmware_missing_error(self.plan.binary, missing, stderr) from None
+                if deadline.expired():
+                    raise DeadlineExceeded(f"{deadline.describe()}: {pattern!r} never appeared "
+                                           "on the serial console",
+                                           tail=self.console.tail()) from None
+
     def _wait_ready(self, deadline: Deadline, started: float, wait_for_ssh: bool) -> None:
         assert self.console is not None and self.process is not None
         try:
-            text = self.console.expect(r"HARNESS-INIT [\d.]+", deadline)
+            text = self._expect_booting(r"HARNESS-INIT [\d.]+", deadline)
             self.timings.init_started = time.monotonic() - started
             self.timings.guest_uptime_init = float(text.split()[1])
             text = self.console.expect(r"HARNESS-READY [\d.]+", deadline)
@@ -282,11 +305,14 @@ class Guest:
         except DeadlineExceeded as exc:
             if not self.process.alive():
                 raise self.process.exited_error("boot") from None
+            stderr = self.process.stderr_text().strip()
+            said = "; QEMU's stderr: " + " / ".join(stderr.splitlines()[-5:]) if stderr else ""
             raise GuestNotReady(f"the {self.plan.topology.machine} guest never became ready: "
-                                f"{exc.message}",
+                                f"{exc.message}{said}",
                                 fix=f"read {self.artifacts / 'console.log'}; raise "
                                     "--timeout-multiplier if the host is just slow",
-                                tail=self.console.tail() or "(the serial console printed nothing)"
+                                tail=(self.console.tail() or "(the serial console printed nothing)")
+                                + (f"\n--- qemu.stderr ---\n{stderr[-2000:]}" if stderr else "")
                                 ) from None
         if wait_for_ssh:
             self.connect(deadline, started)

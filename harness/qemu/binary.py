@@ -211,3 +211,49 @@ def _checked_start(binary: QemuBinary, found: qemu_install.Layout) -> None:
     check_starts(binary.path, f"QEMU {binary.real_path} ({found.describe()})")
     mark.parent.mkdir(parents=True, exist_ok=True)
     mark.write_text(binary.identity() + "\n")
+
+
+#: QEMU's words for a firmware file it could not open and went on without
+#: (7.2: "Could not open option rom 'pvh.bin': No such file or directory";
+#: 10.x: "rom: file pvh.bin: error Failed to open file"): the machine runs, the
+#: guest never boots, and the serial console stays silent.
+_MISSING_FIRMWARE = re.compile(
+    r"Could not open option rom '(?P<a>[^']+)'"
+    r"|rom: file (?P<b>[^\s:]+):? error Failed to open file"
+    r"|failed to find romfile \"(?P<c>[^\"]+)\"")
+
+
+def missing_firmware(stderr: str) -> list[str]:
+    """The firmware files QEMU's stderr says it could not open, in order, once each."""
+    found: list[str] = []
+    for match in _MISSING_FIRMWARE.finditer(stderr):
+        name = next(g for g in match.groups() if g)
+        if name not in found:
+            found.append(name)
+    return found
+
+
+def firmware_missing_error(binary: QemuBinary, files: list[str], stderr: str) -> QemuNotFound:
+    """A guest that cannot boot because QEMU lacks firmware: the files, QEMU's own
+    lines, and the `-L` directory that would fix it for this kind of QEMU."""
+    lines = [line for line in stderr.splitlines() if any(f in line for f in files)]
+    try:
+        dirs = qemu_install.detect(binary.real_path).firmware_dirs
+    except UserError:
+        dirs = ()
+    given = (" (it runs with " + ", ".join(f"-L {d}" for d in dirs) + ")") if dirs else ""
+    if binary.layout == "build":
+        fix = (f"a build tree needs its option ROMs: give QEMU -L DIR with a directory holding "
+               f"{', '.join(files)} -- the build's pc-bios/ once `make` built pc-bios/optionrom, "
+               "or the source tree's pc-bios/ -- through a wrapper script passed as "
+               "--qemu-binary")
+    elif binary.layout == "prefix":
+        fix = ("unpack the data package of the same QEMU version (Debian: qemu-system-data) "
+               "under the prefix, or fetch it whole with `pci-harness qemu-get SUITE`")
+    else:
+        fix = ("install QEMU's data files (Debian: qemu-system-data), or pass a wrapper script "
+               f"that runs it with -L DIR, DIR holding {', '.join(files)}")
+    return QemuNotFound(
+        f"QEMU {binary.real_path}{given} could not open the firmware file(s) "
+        f"{', '.join(files)}, so the guest cannot boot; QEMU said: {' / '.join(lines)}",
+        fix=fix, tail=stderr[-1500:])

@@ -3,6 +3,7 @@ nothing left running.  Runs the real CLI and real pytest as subprocesses."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,50 @@ def _wrapper(tmp_path, body):
         """))
     path.chmod(0o755)
     return path
+
+
+def test_a_guest_that_never_boots_is_reported_with_qemus_stderr(tmp_path):
+    # QEMU held paused (-S) after a line on its stderr: the console stays silent.
+    real = find_qemu().path
+    wrapper = _wrapper(tmp_path, f'echo "wrapper: held paused on purpose" >&2; '
+                                 f'exec {real} "$@" -S')
+    result = cli(tmp_path, "boot", "--machine", "q35", "--accel", "tcg", "--no-snapshot",
+                 "--qemu-binary", str(wrapper), "--timeout-multiplier", "0.1")
+    assert_user_error(result, "never became ready",
+                      "QEMU's stderr: wrapper: held paused on purpose",
+                      "--- qemu.stderr ---\nwrapper: held paused on purpose")
+    assert qemu_pids_mentioning(str(tmp_path)) == []
+
+
+def _without_option_roms(tmp_path):
+    """A wrapper running the system QEMU in a private mount namespace whose
+    /usr/share/qemu lacks pvh.bin and kvmvapic.bin (a build tree without its
+    option ROMs, as QEMU meets it)."""
+    real = find_qemu().path
+    data = Path("/usr/share/qemu")
+    if not (data / "pvh.bin").is_file() or shutil.which("unshare") is None:
+        pytest.skip("needs the system QEMU's /usr/share/qemu/pvh.bin and unshare")
+    flags = "-m" if os.geteuid() == 0 else "-rm"
+    if subprocess.run(["unshare", flags, "true"], capture_output=True, check=False).returncode:
+        pytest.skip(f"unshare {flags} is not allowed here")
+    firmware = tmp_path / "share-qemu"
+    shutil.copytree(data, firmware, symlinks=True,
+                    ignore=shutil.ignore_patterns("pvh.bin", "kvmvapic.bin"))
+    return _wrapper(tmp_path, f"exec unshare {flags} sh -c 'mount --bind {firmware} {data} && "
+                              f"exec {real} \"$@\"' qemu \"$@\"")
+
+
+def test_a_firmware_file_qemu_could_not_open_is_named_within_seconds(tmp_path):
+    wrapper = _without_option_roms(tmp_path)
+    started = time.monotonic()
+    result = cli(tmp_path, "boot", "--machine", "q35", "--accel", "tcg", "--no-snapshot",
+                 "--qemu-binary", str(wrapper))
+    took = time.monotonic() - started
+    assert_user_error(result, "could not open the firmware file(s) kvmvapic.bin, pvh.bin",
+                      "so the guest cannot boot", "-L DIR")
+    assert "pvh.bin" in result.stderr.split("QEMU said:")[1], result.stderr
+    assert took < 20, f"named after {took:.1f} s (the boot deadline is 60 s)"
+    assert qemu_pids_mentioning(str(tmp_path)) == []
 
 
 def test_qemu_exit_status_and_stderr(tmp_path):

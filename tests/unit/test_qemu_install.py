@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import QemuNotFound
 from harness.qemu import install
-from harness.qemu.binary import QemuBinary, start_failure
+from harness.qemu.binary import QemuBinary, firmware_missing_error, missing_firmware, start_failure
 
 ELF = b"\x7fELF fake"
 
@@ -176,3 +176,31 @@ def test_an_empty_qemu_path_is_refused_not_replaced_by_the_default():
     for empty in ("", " "):
         with pytest.raises(QemuNotFound, match="the QEMU path given is empty"):
             find_qemu(empty)
+
+
+@pytest.mark.parametrize("stderr, files", [
+    # QEMU 7.2.22 with its data directory lacking the option ROMs (measured).
+    (("Could not open option rom 'kvmvapic.bin': No such file or directory\n"
+     "Could not open option rom 'pvh.bin': No such file or directory\n"),
+     ["kvmvapic.bin", "pvh.bin"]),
+    # A 10.x build tree without its option ROMs (issue 23).
+    ("qemu-system-x86_64: warning: ...\nrom: file pvh.bin: error Failed to open file\n",
+     ["pvh.bin"]),
+    ('qemu: failed to find romfile "efi-virtio.rom"\n', ["efi-virtio.rom"]),
+    ("qemu-system-x86_64: terminating on signal 15 from pid 1\n", []),
+])
+def test_firmware_qemu_could_not_open_is_read_from_its_stderr(stderr, files):
+    assert missing_firmware(stderr) == files
+
+
+def test_the_firmware_error_names_the_files_qemus_lines_and_the_l_fix(tmp_path):
+    fake = QemuBinary(tmp_path / "build" / "qemu-system-x86_64", "10.1.50", "QEMU 10.1.50",
+                      frozenset(), layout="build")
+    stderr = "rom: file pvh.bin: error Failed to open file\n"
+    error = firmware_missing_error(fake, ["pvh.bin"], stderr)
+    assert error.message.endswith("could not open the firmware file(s) pvh.bin, so the guest "
+                                  "cannot boot; QEMU said: rom: file pvh.bin: error Failed to "
+                                  "open file"), error.message
+    assert error.fix is not None and error.fix.startswith(
+        "a build tree needs its option ROMs: give QEMU -L DIR with a directory holding "
+        "pvh.bin"), error.fix
