@@ -36,13 +36,19 @@ from harness.cross_version import cross_version_both_ways, cross_version_machine
 from harness.errors import UserError
 from harness.lab import LostHost, check_gateways, parse_gateway, surviving
 from harness.nightly_boot_stress import boot_stress_run_figures, boot_stress_runs
+from harness.nightly_stop import interruption, stoppable, stopped, unfinished, watching
 from harness.paths import cache_root, suite_root
 from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.qemu.binary import QemuBinary, find_qemu
 from harness.report import hunt
 from harness.report.baseline import compare, find_previous, load_baseline
-from harness.report.document import HuntResult, NightlyReport, RunInfo
-from harness.report.figures import figure_scope, hunt_figures, run_figures
+from harness.report.document import (
+    HuntResult,
+    NightlyReport,
+    RunInfo,
+    figure_scopes,
+    nightly_figures,
+)
 from harness.report.history import load_history, slowdowns
 from harness.report.html import render_html
 from harness.report.junit import merge_junit
@@ -189,13 +195,18 @@ def _run_pytest(argv: Sequence[str], log_path: Path, cwd: Path) -> int:
     and in pytest.log.  No bytecode is written: the suite may be an installed package."""
     with log_path.open("w") as log:
         log.write(f"$ cd {cwd} && " + " ".join(argv) + "\n")
+        # Its own session: a stop reaches pytest once, through NightlyStop (SIGINT; pytest
+        # takes it even when the nightly was started with `&`, which ignores SIGINT:
+        # NightlyStop's handler replaces that, and exec resets a handler to default).
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, cwd=cwd, stdin=subprocess.DEVNULL,
-                                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+                                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+                                start_new_session=True)
         assert proc.stdout is not None
         try:
-            hunt.pump(proc.stdout, [sys.stderr, log]).join()
-            return proc.wait()
+            with watching(proc):
+                hunt.pump(proc.stdout, [sys.stderr, log]).join()
+                return proc.wait()
         finally:
             if proc.poll() is None:  # we are being interrupted: take pytest down with us
                 proc.terminate()
@@ -248,9 +259,17 @@ def _run_one(args: argparse.Namespace, binary: QemuBinary, label: str, output: P
         raise UserError("pytest rejected the arguments", tail=tail,
                         fix="check the arguments after `--`")
     tests, data = _load_results(run_dir / "results.json")
-    tests, lost = _recover_lost_hosts(args, binary, label, run_dir, machines, tests, data)
+    not_run: list[str] = []
+    if stopped():  # workers stopped on purpose: not lost hosts, nothing to re-run
+        not_run = unfinished(list(data.get("collected") or []),
+                             {t.nodeid: (t.outcome, t.message) for t in tests})
+        tests, lost = [t for t in tests if t.nodeid not in not_run], list[LostHost]()
+    else:
+        tests, lost = _recover_lost_hosts(args, binary, label, run_dir, machines, tests, data)
     problems = [f"QEMU {label}: host lost: {host.words()}" for host in lost]
-    if not data:
+    if stopped():
+        pass  # the report says it once, with the tests not run (NightlyReport.interrupted)
+    elif not data:
         problems.append(f"QEMU {label}: pytest exit {status} and no results were recorded "
                         f"(see {run_dir / 'pytest.log'})")
     elif status in _PYTEST_MEANING:
@@ -262,7 +281,7 @@ def _run_one(args: argparse.Namespace, binary: QemuBinary, label: str, output: P
                    accel=accel, pytest_exit=status, duration_s=round(elapsed, 3),
                    directory=str(run_dir.relative_to(output)),
                    workers=tuple(data.get("workers") or ()),
-                   lost_hosts=tuple(host.to_dict() for host in lost))
+                   lost_hosts=tuple(host.to_dict() for host in lost), not_run=tuple(not_run))
     return info, tests, problems
 
 
@@ -353,17 +372,21 @@ def run_nightly(args: argparse.Namespace) -> int:
     started = dt.datetime.now().astimezone()
     clock = time.monotonic()
     runs, tests, problems = [], [], []
-    for index, (binary, label) in enumerate(zip(binaries, labels)):
-        _say(f"[{index + 1}/{len(binaries)}] QEMU {label} ({binary.path}) on {machines}")
-        info, results, trouble = _run_one(args, binary, label, output, machines)
-        runs.append(info)
-        tests += results
-        problems += trouble
-    boot_stress = boot_stress_runs(args, binaries, labels, machines, output)
-    hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)] \
-        if args.until_fail_minutes > 0 else []
-    if cross:
-        hunts += cross_version_both_ways(args, binaries, labels, cross_machine, output)
+    with stoppable() as stop:
+        for index, (binary, label) in enumerate(zip(binaries, labels)):
+            if stop.requested:
+                break
+            _say(f"[{index + 1}/{len(binaries)}] QEMU {label} ({binary.path}) on {machines}")
+            info, results, trouble = _run_one(args, binary, label, output, machines)
+            runs.append(info)
+            tests += results
+            problems += trouble
+        boot_stress = boot_stress_runs(args, binaries, labels, machines, output)
+        hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels) if not stopped()] \
+            if args.until_fail_minutes > 0 else []
+        if cross and not stop.requested:
+            hunts += cross_version_both_ways(args, binaries, labels, cross_machine, output)
+    interrupted = interruption(stop, labels[len(runs):], runs, clock)
     merge_junit([(r.label, output / r.directory / "junit.xml") for r in runs],
                 output / "junit.xml")
     items = build_items(tests, SEED_ITEMS, machines, labels)
@@ -379,6 +402,8 @@ def run_nightly(args: argparse.Namespace) -> int:
         if baseline else None
     duration = time.monotonic() - clock
     figures = nightly_figures(runs, tests, hunts, duration, socket.gethostname())
+    if interrupted:  # a cut-short night's wall times are no reference for later ones
+        figures = {k: v for k, v in figures.items() if not k.endswith(" wall_s")}
     figures |= boot_stress_run_figures(boot_stress, figure_scopes(runs, tests,
                                                                   socket.gethostname()))
     history = load_history(output.parent, output)
@@ -390,37 +415,14 @@ def run_nightly(args: argparse.Namespace) -> int:
         else tuple(sys.argv), pytest_args=tuple(args.pytest_args), machines=tuple(machines),
         seeds=SEED_ITEMS, runs=tuple(runs), tests=tuple(tests), items=items, baseline=diff,
         baseline_note=note, hunts=tuple(hunts), boot_stress=tuple(boot_stress),
-        problems=tuple(problems),
+        problems=tuple(problems), interrupted=interrupted,
         figures=figures, slowdowns=tuple(slowdowns(history, figures)), history=tuple(history))
-    return _finish(report, output, args.json)
-
-
-def figure_scopes(runs: Sequence[RunInfo], tests: Sequence[TestResult],
-                  controller: str) -> dict[str, str]:
-    """{run label: "7.2.22 tcg@host"}: the hosts whose workers ran its tests."""
-    return {r.label: figure_scope(r.label, r.accel, [t.host for t in tests if t.run == r.label]
-                                  or [controller]) for r in runs}
-
-
-def nightly_figures(runs: Sequence[RunInfo], tests: Sequence[TestResult],
-                    hunts: Sequence[HuntResult], duration_s: float,
-                    controller: str) -> dict[str, float]:
-    """report.json's `figures`: per QEMU run the tests' figures, its wall time, its
-    hunts, each keyed with the accelerator and host it was measured on."""
-    scopes = figure_scopes(runs, tests, controller)
-    accels = sorted({scope.rsplit(" ", 1)[-1].split("@")[0] for scope in scopes.values()})
-    whole = figure_scope("nightly", "+".join(accels),
-                         [t.host for t in tests] or [controller])
-    figures: dict[str, float] = {f"{whole} wall_s": round(duration_s, 3)}
-    for run in runs:
-        figures |= run_figures(scopes[run.label],
-                               (t.figures for t in tests if t.run == run.label), run.duration_s)
-    for h in hunts:  # on the controller, with the accelerator of its run
-        if h.ok:
-            first = next((r for r in runs if h.run.startswith(r.label)), None)
-            figures |= hunt_figures(figure_scope(h.run, first.accel if first else None,
-                                                 [controller]), h.result)
-    return figures
+    status = _finish(report, output, args.json)
+    if stop.signum is not None and interrupted:
+        _say(f"{interrupted['words']}: reports for the {len(tests)} test(s) that ran are in "
+             f"{output}; exit {128 + stop.signum}")
+        return 128 + stop.signum
+    return status
 
 
 def _finish(report: NightlyReport, output: Path, as_json: bool) -> int:

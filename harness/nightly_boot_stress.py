@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from harness.nightly_stop import stopped
 from harness.qemu.binary import QemuBinary
 from harness.report import hunt
 from harness.report.bootstress import boot_stress_figures
@@ -34,7 +35,8 @@ def boot_stress_runs(args: argparse.Namespace, binaries: Sequence[QemuBinary],
     if args.boot_stress_boots <= 0:
         return []
     return [_run(args, binary, label, machine, output)
-            for binary, label in zip(binaries, labels, strict=True) for machine in machines]
+            for binary, label in zip(binaries, labels, strict=True) for machine in machines
+            if not stopped()]
 
 
 def _run(args: argparse.Namespace, binary: QemuBinary, label: str, machine: str,

@@ -8,12 +8,13 @@ place that decides the exit status from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.report.baseline import BaselineDiff, RunRef
+from harness.report.figures import figure_scope, hunt_figures, run_figures
 from harness.report.gaps import GapRow, gap_rows, run_notes
 from harness.report.history import Night, Slowdown
 from harness.report.matrix import ItemCounts, Items, build_item_counts
@@ -35,6 +36,7 @@ class RunInfo:
     directory: str              # relative to the report dir: runs/<label>
     workers: tuple[Mapping[str, Any], ...] = ()
     lost_hosts: tuple[Mapping[str, Any], ...] = ()   # harness.lab.LostHost.to_dict()
+    not_run: tuple[str, ...] = ()   # collected, never finished: the nightly was stopped
 
     def ref(self) -> RunRef:
         return RunRef(self.label, self.qemu_binary)
@@ -77,6 +79,9 @@ class NightlyReport:
     figures: Mapping[str, float] = field(default_factory=dict)  # "<qemu> <figure>" -> number
     slowdowns: tuple[Slowdown, ...] = ()   # news, not failures: the verdict ignores them
     history: tuple[Night, ...] = ()        # earlier nights next to this one, oldest first
+    #: Set when a signal stopped the nightly (harness/nightly_stop.py `interruption`):
+    #: signal, after_s, not_run, runs_not_started, words.
+    interrupted: Mapping[str, Any] | None = None
 
     def item_counts(self) -> ItemCounts:
         """How many tests had each outcome, per cell of `items`."""
@@ -93,6 +98,8 @@ class NightlyReport:
     def verdict(self) -> tuple[int, list[str]]:
         """(exit status, reasons): 0 when everything passed or is a known failure."""
         reasons = list(self.problems)
+        if self.interrupted:
+            reasons.append(str(self.interrupted.get("words") or "interrupted"))
         tally = counts(self.tests)
         for outcome in ("failed", "error", "xpassed"):
             if tally[outcome]:
@@ -140,6 +147,7 @@ class NightlyReport:
                          for t in self.bad_tests()],
             "figures": dict(self.figures),
             "slowdowns": [asdict(s) | {"words": s.words()} for s in self.slowdowns],
+            "interrupted": dict(self.interrupted) if self.interrupted else None,
         }
 
     def as_night(self, directory: str) -> Night:
@@ -149,3 +157,31 @@ class NightlyReport:
 
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+def figure_scopes(runs: Sequence[RunInfo], tests: Sequence[TestResult],
+                  controller: str) -> dict[str, str]:
+    """{run label: "7.2.22 tcg@host"}: the hosts whose workers ran its tests."""
+    return {r.label: figure_scope(r.label, r.accel, [t.host for t in tests if t.run == r.label]
+                                  or [controller]) for r in runs}
+
+
+def nightly_figures(runs: Sequence[RunInfo], tests: Sequence[TestResult],
+                    hunts: Sequence[HuntResult], duration_s: float,
+                    controller: str) -> dict[str, float]:
+    """report.json's `figures`: per QEMU run the tests' figures, its wall time, its
+    hunts, each keyed with the accelerator and host it was measured on."""
+    scopes = figure_scopes(runs, tests, controller)
+    accels = sorted({scope.rsplit(" ", 1)[-1].split("@")[0] for scope in scopes.values()})
+    whole = figure_scope("nightly", "+".join(accels),
+                         [t.host for t in tests] or [controller])
+    figures: dict[str, float] = {f"{whole} wall_s": round(duration_s, 3)}
+    for run in runs:
+        figures |= run_figures(scopes[run.label],
+                               (t.figures for t in tests if t.run == run.label), run.duration_s)
+    for h in hunts:  # on the controller, with the accelerator of its run
+        if h.ok:
+            first = next((r for r in runs if h.run.startswith(r.label)), None)
+            figures |= hunt_figures(figure_scope(h.run, first.accel if first else None,
+                                                 [controller]), h.result)
+    return figures

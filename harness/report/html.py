@@ -103,6 +103,13 @@ def _header(report: NightlyReport) -> list[str]:
            f"<p class='meta'>{_e(headline(report))}</p>",
            (f"<p class='meta'>Started {_e(report.started)} on {_e(report.host)}; "
            f"command <code>{_e(' '.join(report.command))}</code></p>")]
+    if report.interrupted:
+        not_run = [f"QEMU {r.label}: {n}" for r in report.runs for n in r.not_run]
+        out.append(f"<div class='card'><p class='msg'>{_e(report.interrupted.get('words'))}: "
+                   "this report holds only the tests that ran.</p>"
+                   + (f"<details><summary>not run ({len(not_run)})</summary><pre>"
+                      f"{_e(chr(10).join(not_run))}</pre></details>" if not_run else "")
+                   + "</div>")
     for run in report.runs:
         out.append(f"<p class='meta'>QEMU <b>{_e(run.label)}</b>: <code>{_e(run.qemu_binary)}"
                    f"</code>, {_e(run.accel or 'accelerator not reported')}; pytest exit "

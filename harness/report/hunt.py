@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from harness.errors import UserError
+from harness.nightly_stop import watching
 from harness.report.document import HuntResult
 
 #: The options the nightly needs from the verb.
@@ -89,7 +90,8 @@ def run_hunt(run: str, command: Sequence[str], seconds: float, log_path: Path,
         out_thread = pump(proc.stdout, [captured])  # one reader per pipe: no communicate()
         error = None
         try:
-            proc.wait(timeout=limit)
+            with watching(proc, group=True):  # a stopped nightly ends the hunt with its summary
+                proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 15)
             try:

@@ -67,6 +67,11 @@ def _changes(title: str, changes: Sequence[BaselineChange]) -> list[str]:
 def render_markdown(report: NightlyReport) -> str:
     lines = [f"# pci-harness nightly {report.started[:16].replace('T', ' ')}", "",
              headline(report), ""]
+    if report.interrupted:
+        lines += [(f"**{_cell(str(report.interrupted.get('words')))}**: this report holds only "
+                  "the tests that ran."), ""]
+        lines += [f"- not run: `{n}` (QEMU {r.label})" for r in report.runs for n in r.not_run]
+        lines += [""] if any(r.not_run for r in report.runs) else []
     for run in report.runs:
         lines.append(f"- QEMU {run.label}: `{run.qemu_binary}` (version {run.qemu_version}, "
                      f"{(run.accel or 'accelerator not reported').split(';')[0]}), "

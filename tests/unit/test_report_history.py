@@ -139,8 +139,7 @@ def test_record_figure_refuses_names_that_break_the_report_key():
 
 
 def _night_figures(accel: str, host: str, boot_s: float) -> dict[str, float]:
-    from harness.nightly import nightly_figures
-    from harness.report.document import RunInfo
+    from harness.report.document import RunInfo, nightly_figures
     from harness.report.results import TestResult
 
     run = RunInfo("7.2.22", "/usr/bin/qemu-system-x86_64", "7.2.22", accel, 0, 100.0,
