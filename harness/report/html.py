@@ -66,8 +66,8 @@ details>summary{cursor:pointer;color:#334155;margin:4px 0}
 .changes li{margin:2px 0}.bar{background:#93b4e6;height:10px;display:inline-block}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code{font-family:ui-monospace,Menlo,Consolas,monospace}
-table.known{table-layout:fixed;width:100%}table.known code{word-break:break-all}
-table.known small{display:block;color:#5b6472}
+table.known{table-layout:fixed;width:100%}td.test code{overflow-wrap:anywhere}
+td.test small{display:block;color:#5b6472;overflow-wrap:anywhere}table.known small{display:block}
 .measured{color:#14532d}.inferred{color:#8a5a00;font-style:italic}
 """
 
@@ -232,6 +232,15 @@ def _failures(report: NightlyReport, report_dir: Path) -> list[str]:
     return out
 
 
+def _test_cell(nodeid: str) -> str:
+    """A test as file::test (breakable after `_` and `::`), its parameters below,
+    the full node id on hover."""
+    name, params = short_nodeid(nodeid)
+    shown = _e(name).replace("_", "_<wbr>").replace("::", "::<wbr>")
+    return (f"<td class='test' title='{_e(nodeid)}'><code>{shown}</code>"
+            + (f"<small>{_e(params)}</small>" if params else "") + "</td>")
+
+
 def _known(tests: Iterable[TestResult]) -> list[str]:
     """The known failures: the reason gets the width; the test shows as
     file::test (parameters below it), its full id on hover."""
@@ -239,18 +248,16 @@ def _known(tests: Iterable[TestResult]) -> list[str]:
     if not known:
         return []
     out = [(f"<h2>Known failures ({len(known)})</h2><table class='known'>"
-           "<colgroup><col style='width:24%'><col style='width:7%'><col style='width:9%'>"
-           "<col style='width:11%'><col></colgroup>"
+           "<colgroup><col style='width:27%'><col style='width:6%'><col style='width:7%'>"
+           "<col style='width:8%'><col></colgroup>"
            "<tr><th>Test</th><th>QEMU</th><th>Machine</th><th>Evidence</th><th>Reason</th></tr>")]
     for t in known:
-        name, params = short_nodeid(t.nodeid)
         basis = failure_basis(t.known_gap, t.qemu_version, t.machine)
         evidence = (f"<span class='{basis.kind}' title='{_e(basis.words)}'>{_e(basis.kind)}</span>"
                     if basis is not None else NO_TEST)
-        out.append(f"<tr><td title='{_e(t.nodeid)}'><code>{_e(name)}</code>"
-                   + (f"<small>{_e(params)}</small>" if params else "")
-                   + f"</td><td>{_e(t.run)}</td><td>{_e(t.machine or NO_TEST)}</td>"
-                   f"<td>{evidence}</td><td>{_e(t.xfail_reason or '')}</td></tr>")
+        out.append(f"<tr>{_test_cell(t.nodeid)}<td>{_e(t.run)}</td>"
+                   f"<td>{_e(t.machine or NO_TEST)}</td><td>{evidence}</td>"
+                   f"<td>{_e(t.xfail_reason or '')}</td></tr>")
     return out + ["</table>"]
 
 
@@ -286,11 +293,13 @@ def _timings(report: NightlyReport) -> list[str]:
     wall = sum(r.duration_s for r in report.runs)
     out = [(f"<h2>Timings</h2><p class='meta'>{len(tests)} tests, {total:.1f} s of test time in "
            f"{wall:.1f} s of pytest wall time ({total / wall if wall else 0:.2f}x parallel)</p>"),
-           ("<table><tr><th>Test</th><th>QEMU</th><th>Outcome</th><th>Worker</th>"
-           "<th>Seconds</th><th></th></tr>")]
+           ("<table class='known'><colgroup><col><col style='width:7%'><col style='width:8%'>"
+            "<col style='width:6%'><col style='width:7%'><col style='width:130px'></colgroup>"
+            "<tr><th>Test</th><th>QEMU</th><th>Outcome</th><th>Worker</th>"
+            "<th>Seconds</th><th></th></tr>")]
     for t in tests:
-        width = int(200 * t.duration / longest) if longest else 0
-        out.append(f"<tr><td><code>{_e(t.nodeid)}</code></td><td>{_e(t.run)}</td>"
+        width = int(120 * t.duration / longest) if longest else 0
+        out.append(f"<tr>{_test_cell(t.nodeid)}<td>{_e(t.run)}</td>"
                    f"<td class='{_e(_status_class(t))}'>{_e(t.outcome)}</td>"
                    f"<td>{_e(t.worker or '')}</td><td class='num'>{t.duration:.2f}</td>"
                    f"<td><span class='bar' style='width:{width}px'></span></td></tr>")

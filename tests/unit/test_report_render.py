@@ -285,7 +285,7 @@ def test_known_failures_table_shortens_the_id_and_says_measured_or_inferred(tmp_
                     "abort[q35-behind-a-pcie-pci-bridge]"), report.tests[0].nodeid], \
         f"file::test shown, the full id on hover: {test}"
     assert evidence[0] == kind, evidence
-    assert "<col style='width:24%'>" in page and "table.known{table-layout:fixed;width:100%}" \
+    assert "<colgroup><col style='width:27%'>" in page and "table.known{table-layout:fixed;width:100%}" \
         in page, "the reason column takes the rest of a fixed-width table"
     gaps = _Rows("Known gaps")
     gaps.feed(page)
