@@ -92,7 +92,8 @@ def test_small_real_run_on_two_gateways_writes_the_four_files(tmp_path):
     workers = {w["id"]: w for w in report["runs"][0]["workers"]}
     assert {t["worker"] for t in report["tests"]} == set(workers) == {"gw0", "gw1"}
     assert workers["gw1"]["cwd"] == str(remote), workers
-    table = [line for line in (out / "summary.md").read_text().splitlines()
+    matrix = (out / "summary.md").read_text().split("## Seed items")[1].split("\n## ")[0]
+    table = [line for line in matrix.splitlines()
              if line.startswith("| ") and not line.startswith("| Seed item")]
     assert [row.split(" | ")[0][2:] for row in table] == list(SEED_ITEMS)
 
