@@ -178,7 +178,7 @@ def test_a_development_build_sits_between_its_release_and_the_next(text, develop
 
 def test_a_fact_changing_at_the_next_release_is_inferred_for_a_development_build() -> None:
     fact: VersionedFact[str] = VersionedFact("x", "qemu", "a test fact", (
-        Change((0, 0), "old", "-"), Change((10, 2), "new", "-")))
+        FactChange((0, 0), "old", "-"), FactChange((10, 2), "new", "-")))
     dev = parse_version("10.1.50")
     assert fact.at(dev) == "old", "judged with its release's answer"
     note = fact.inferred_for(dev)
