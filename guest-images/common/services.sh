@@ -4,12 +4,15 @@
 # console shell.  The caller sets `args` to the harness.* arguments:
 #   harness.modules=a,b,c   modules this topology needs (modprobe resolves deps)
 #   harness.mac=MAC         the management NIC: gets 10.0.2.15/24 via slirp
+#   harness.kmsg=BASE64     a line written to the kernel log during boot (a test's
+#                           own kernel trouble, to see the console scans catch it)
 mods=
 mac=
 for arg in $args; do
     case "$arg" in
         harness.modules=*) mods="${arg#harness.modules=}" ;;
         harness.mac=*) mac="${arg#harness.mac=}" ;;
+        harness.kmsg=*) echo "${arg#harness.kmsg=}" | base64 -d >/dev/kmsg ;;
     esac
 done
 echo /sbin/modprobe >/proc/sys/kernel/modprobe

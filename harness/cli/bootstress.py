@@ -86,6 +86,9 @@ def register(verbs: Any) -> None:
     parser.add_argument("--ready-timeout", type=parse_duration, default=300.0, metavar="T",
                         help="with --disk: how long a boot may take to match --ready "
                              "(default 300s, scaled by --timeout-multiplier)")
+    parser.add_argument("--ssh-command", action="append", default=[], metavar="CMD",
+                        help="a guest command the ssh phase runs after its own checks "
+                             "(repeatable; the kernel log is scanned after it)")
     add_common_options(parser)
     parser.set_defaults(func=cmd_boot_stress)
 
@@ -101,6 +104,10 @@ def _check_args(args: argparse.Namespace) -> None:
         except re.error as exc:
             raise UserError(f"--ready {args.ready!r} is not a regular expression: {exc}",
                             fix="quote the pattern for the shell and check its syntax") from None
+    if args.ssh_command and args.disk is not None:
+        raise UserError("--ssh-command runs in the AHCI-root guest's ssh phase; a --disk "
+                        "boot ends when its console matches --ready",
+                        fix="drop --ssh-command, or boot the AHCI-root guest (no --disk)")
     if args.max_time is not None and not args.until_fail:
         raise UserError("--max-time limits --until-fail runs",
                         fix="use --until-fail --max-time T, or --boots N")
@@ -127,7 +134,7 @@ def cmd_boot_stress(args: argparse.Namespace) -> int:
         options = BootStressOptions(
             phases=phases, boots=None if args.until_fail else (args.boots or 10),
             max_time_s=args.max_time, keep_going=args.keep_going,
-            keep_artifacts=verb.settings.keep_artifacts)
+            keep_artifacts=verb.settings.keep_artifacts, ssh_commands=tuple(args.ssh_command))
         where = " behind a bridge" if args.behind_bridge else ""
         what = f"{image}" if args.disk else f"the AHCI-root guest ({image.name})"
         limit = ("until a boot fails" + (f" or {args.max_time:.0f} s" if args.max_time else "")

@@ -47,6 +47,12 @@ TROUBLE_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("user process fault", r"segfault at|trap invalid opcode|trap divide error"),
         ("kernel warning", r"WARNING: CPU: \d+ PID: \d+"),
         ("call trace", r"Call Trace:"),
+        # libata's error handling on an AHCI port: the failed command, the SError
+        # and taskfile status lines, resets
+        ("libata error", (r"ata\d+(?:\.\d+)?: (?:failed command|exception Emask|"
+                          r"SError: \{|status: \{ .*ERR|COMRESET failed|hard resetting link)")),
+        ("file system error", (r"EXT4-fs error|EXT4-fs \(\S+\): (?:error|Remounting "
+                               r"filesystem read-only)|JBD2: .*error|Buffer I/O error")),
     ))
 
 #: Any line of kernel trouble (one regex, for callers that scan dmesg themselves).

@@ -166,7 +166,8 @@ class Guest:
             # The firmware boots the disk; its kernel command line is fixed on
             # the disk, so the per-run arguments reach the guest through fw_cfg.
             modules = ",".join(self.rendered.guest_modules)
-            args = f"harness.modules={modules} harness.mac={self.mgmt_mac}"
+            args = " ".join([f"harness.modules={modules}", f"harness.mac={self.mgmt_mac}",
+                             *plan.kernel_args])
             argv += ["-fw_cfg", f"name=opt/harness/cmdline,string={args.replace(',', ',,')}"]
         elif plan.boot_guest:
             modules = ",".join(self.rendered.guest_modules)

@@ -115,7 +115,7 @@ def test_phase_markers_match_what_the_guest_prints():
      "HARNESS-ERROR root partition /dev/sda2 did not appear within 30 s"),
     ("ata1.00: failed command: READ DMA EXT\r\n", "ata1.00: failed command: READ DMA EXT"),
     ("[    3.1] Kernel panic - not syncing: VFS: Unable to mount root\n",
-     "Kernel panic - not syncing: VFS: Unable to mount root"),
+     "[    3.1] Kernel panic - not syncing: VFS: Unable to mount root"),
     ("Loading /vmlinuz... failed: No such file or directory\r\n",
      "Loading /vmlinuz... failed: No such file or directory"),
 ])

@@ -30,6 +30,14 @@ TROUBLE_LINES = [
      "kmsg: sh[231]: segfault at 10 ip 000055d0c0a4 sp 00007ffd9e10 error 4 in busybox"),
     ("kernel warning", "[    9.9] WARNING: CPU: 0 PID: 89 at drivers/pci/hotplug/pciehp_hpc.c:77"),
     ("call trace", "[    9.9] Call Trace:"),
+    ("libata error", "[   12.0] ata1.00: exception Emask 0x0 SAct 0x0 SErr 0x0 action 0x6 frozen"),
+    ("libata error", "[   12.0] ata1: SError: { PHYRdyChg CommWake }"),
+    ("libata error", "[   12.0] ata1.00: status: { DRDY ERR }"),
+    ("libata error", "[   12.0] ata1.00: failed command: WRITE FPDMA QUEUED"),
+    ("libata error", "[   12.0] ata1: hard resetting link"),
+    ("file system error",
+     "[   20.0] EXT4-fs error (device sda2): ext4_lookup:1855: inode #2: comm ls: deleted inode"),
+    ("file system error", "[   20.0] EXT4-fs (sda2): Remounting filesystem read-only"),
 ]
 
 ORDINARY_LINES = [
@@ -38,6 +46,9 @@ ORDINARY_LINES = [
     "guest# harness_restored 1795990946 a34e2ff 52:54:00:e3:ff:b9",
     "[    4.1] pcieport 0000:00:02.0: pciehp: Slot(0): Attention button pressed",
     "[    4.2] virtio_blk virtio0: [vda] 131072 512-byte logical blocks (67.1 MB/64.0 MiB)",
+    "[    1.9] EXT4-fs (sda2): mounted filesystem with ordered data mode. Quota mode: none.",
+    "[    1.2] ata1: SATA link up 1.5 Gbps (SStatus 113 SControl 300)",
+    "[    1.2] ata1.00: configured for UDMA/100",
 ]
 
 
@@ -51,3 +62,20 @@ def test_each_kind_of_trouble_is_named_with_its_text(kind: str, line: str) -> No
 def test_ordinary_lines_are_not_trouble(line: str) -> None:
     assert trouble_kind(line) is None
     assert kernel_trouble(line) == []
+
+
+@pytest.mark.parametrize(("kind", "line"), TROUBLE_LINES, ids=[k for k, _ in TROUBLE_LINES])
+def test_boot_stress_stops_on_every_kind_of_trouble(kind: str, line: str) -> None:
+    """One trouble list: boot-stress's stop pattern holds every kind the console scan knows."""
+    from harness.scenarios.bootstress.phases import STOP_LINE
+
+    match = STOP_LINE.search(f"HARNESS-KERNEL 1.0\r\n{line}\r\nnext")
+    assert match is not None, f"boot-stress would not stop on {kind}: {line!r}"
+    assert match.group(0).strip() == line, (match.group(0), line)
+
+
+@pytest.mark.parametrize("line", ORDINARY_LINES)
+def test_boot_stress_passes_ordinary_lines(line: str) -> None:
+    from harness.scenarios.bootstress.phases import STOP_LINE
+
+    assert STOP_LINE.search(f"{line}\r\n") is None

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.guest.console import KERNEL_TROUBLE
 from harness.stats import latency
 
 _AHCI_DISK = re.compile(r"^AHCI/\d+: registering: \"?(.*?)\"?$", re.MULTILINE)
@@ -91,15 +92,16 @@ def user_disk_phases(ready: str, ready_seconds: float) -> tuple[Phase, ...]:
             Phase("ready", f"the serial console matched {ready!r}", ready, ready_seconds))
 
 
-#: Whole console lines that end a boot on the spot whatever phase it is in:
-#: the guest's own error marker, kernel trouble, libata errors on the AHCI
-#: disk, syslinux failing to read its files.  The line end is part of the
-#: pattern so that a match carries the whole line, not its first word.
-STOP_LINE = re.compile(
-    r"(?:HARNESS-ERROR |Kernel panic|BUG: |Oops: |general protection fault|"
-    r"ata\d+(?:\.\d+)?: (?:failed command|exception|COMRESET failed|hard resetting link)|"
-    r"I/O error|Boot error|Could not find kernel image|Loading \S+\.\.\. ?failed)"
-    r"[^\r\n]*\r?\n")
+#: Console lines only a boot has: the guest's own error marker, the boot loader
+#: failing to read its files.
+BOOT_ERROR = r"HARNESS-ERROR |Boot error|Could not find kernel image|Loading \S+\.\.\. ?failed"
+
+#: Whole console lines that end a boot on the spot whatever phase it is in: the
+#: boot's own errors, and every kind of kernel trouble the other console scans
+#: know (guest/console.py's TROUBLE_KINDS: one list, libata and file system
+#: errors included).  The line's start and end are part of the pattern so that
+#: a match carries the whole line ("irq 11: nobody cared ..."), not a piece of it.
+STOP_LINE = re.compile(f"[^\r\n]*(?:{BOOT_ERROR}|{KERNEL_TROUBLE.pattern})[^\r\n]*\r?\n")
 
 
 def check_marker(phase: str, text: str) -> str | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, QemuExited, UserError
+from harness.guest.console import kernel_trouble
 from harness.guest.running import FIRMWARE_LOG, Guest, LaunchPlan
 from harness.progress import Progress
 from harness.qemu.machines import machine_facts
@@ -99,6 +100,9 @@ class BootStressOptions:
     max_time_s: float | None = None
     keep_going: bool = False        # go on after a failed boot (each keeps its artifacts)
     keep_artifacts: bool = False    # keep the directories of boots that passed, too
+    # Guest commands the ssh phase runs after its own checks (a user's smoke check);
+    # the kernel log is scanned after them.
+    ssh_commands: tuple[str, ...] = ()
 
 
 @dataclass
@@ -261,6 +265,18 @@ class BootStress:
         problem = root_on_ahci_problem(path, driver.strip())
         if problem:
             raise BootStopped(problem)
+        for command in self.options.ssh_commands:
+            guest.succeed(command, timeout=deadline.remaining())
+        # Nothing waits on the console after READY, and a line below the console's
+        # log level never reaches it: the console log and the kernel's own log are
+        # both scanned with the one trouble list, last.
+        found = kernel_trouble(_read(guest.artifacts / "console.log"))
+        found += [line for line in kernel_trouble(guest.succeed("dmesg",
+                                                                timeout=deadline.remaining()))
+                  if line not in found]
+        if found:
+            more = f" (and {len(found) - 1} more line(s))" if len(found) > 1 else ""
+            raise BootStopped(f"kernel trouble: {found[0]}{more}")
 
     def _show(self, record: BootRecord) -> None:
         limit = f"/{self.options.boots}" if self.options.boots is not None else ""
