@@ -215,11 +215,12 @@ def _checked_start(binary: QemuBinary, found: qemu_install.Layout) -> None:
 
 #: QEMU's words for a firmware file it could not open and went on without
 #: (7.2: "Could not open option rom 'pvh.bin': No such file or directory";
-#: 10.x: "rom: file pvh.bin: error Failed to open file"): the machine runs, the
+#: 10.0.2: "rom: file pvh.bin             : error Failed to open file “pvh.bin”: No
+#: such file or directory", padded): the machine runs, the
 #: guest never boots, and the serial console stays silent.
 _MISSING_FIRMWARE = re.compile(
     r"Could not open option rom '(?P<a>[^']+)'"
-    r"|rom: file (?P<b>[^\s:]+):? error Failed to open file"
+    r"|rom: file (?P<b>[^\s:]+)\s*:? error Failed to open file"
     r"|failed to find romfile \"(?P<c>[^\"]+)\"")
 
 

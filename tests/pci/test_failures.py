@@ -3,6 +3,7 @@ nothing left running.  Runs the real CLI and real pytest as subprocesses."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.qemu import install
 from harness.qemu.binary import find_qemu
 
 pytestmark = pytest.mark.smoke
@@ -90,9 +92,9 @@ def test_guest_never_ready_quotes_console_and_cleans_up(tmp_path):
     assert qemu_pids_mentioning(str(tmp_path)) == []
 
 
-def _wrapper(tmp_path, body):
+def _wrapper(tmp_path, body, real=None):
     """A fake QEMU that answers -version/-machine help as QEMU does, then `body`."""
-    real = find_qemu().path
+    real = real or find_qemu().path
     path = tmp_path / "qemu-system-x86_64-wrapper"
     path.write_text(textwrap.dedent(f"""\
         #!/bin/sh
@@ -116,26 +118,39 @@ def test_a_guest_that_never_boots_is_reported_with_qemus_stderr(tmp_path):
     assert qemu_pids_mentioning(str(tmp_path)) == []
 
 
-def _without_option_roms(tmp_path):
-    """A wrapper running the system QEMU in a private mount namespace whose
-    /usr/share/qemu lacks pvh.bin and kvmvapic.bin (a build tree without its
-    option ROMs, as QEMU meets it)."""
-    real = find_qemu().path
-    data = Path("/usr/share/qemu")
-    if not (data / "pvh.bin").is_file() or shutil.which("unshare") is None:
-        pytest.skip("needs the system QEMU's /usr/share/qemu/pvh.bin and unshare")
+ROMS = ("pvh.bin", "kvmvapic.bin")
+
+
+def _without_option_roms(tmp_path, binary):
+    """A wrapper running the QEMU under test in a private mount namespace where
+    every firmware directory it reads (its -L directories and the compiled-in
+    /usr/share/qemu) lacks pvh.bin and kvmvapic.bin: a build tree without its
+    option ROMs, as QEMU meets it."""
+    dirs = [*install.detect(binary.real_path).firmware_dirs, Path("/usr/share/qemu")]
+    head = binary.path.read_bytes()[:4096]
+    if head.startswith(b"#!"):  # a launcher (qemu-get's): the -L directories it passes
+        dirs += [Path(d) for d in re.findall(r"-L '([^']+)'", head.decode(errors="replace"))]
+    hidden = [d for d in dirs if any((d / rom).is_file() for rom in ROMS)]
+    if not hidden or shutil.which("unshare") is None:
+        pytest.skip("needs a QEMU data directory holding pvh.bin, and unshare")
     flags = "-m" if os.geteuid() == 0 else "-rm"
     if subprocess.run(["unshare", flags, "true"], capture_output=True, check=False).returncode:
         pytest.skip(f"unshare {flags} is not allowed here")
-    firmware = tmp_path / "share-qemu"
-    shutil.copytree(data, firmware, symlinks=True,
-                    ignore=shutil.ignore_patterns("pvh.bin", "kvmvapic.bin"))
-    return _wrapper(tmp_path, f"exec unshare {flags} sh -c 'mount --bind {firmware} {data} && "
-                              f"exec {real} \"$@\"' qemu \"$@\"")
+    lines = ["#!/bin/sh", "set -e"]
+    for n, data in enumerate(hidden):
+        copy = tmp_path / f"share-{n}"
+        shutil.copytree(data, copy, symlinks=True, ignore=shutil.ignore_patterns(*ROMS))
+        lines.append(f"mount --bind '{copy}' '{data}'")
+    inner = tmp_path / "in-namespace.sh"
+    inner.write_text("\n".join([*lines, f"exec '{binary.path}' \"$@\"", ""]))
+    inner.chmod(0o755)
+    return _wrapper(tmp_path, f'exec unshare {flags} {inner} "$@"', real=binary.path)
 
 
-def test_a_firmware_file_qemu_could_not_open_is_named_within_seconds(tmp_path):
-    wrapper = _without_option_roms(tmp_path)
+def test_a_firmware_file_qemu_could_not_open_is_named_within_seconds(tmp_path,
+                                                                      harness_factory):
+    binary = harness_factory.binary  # 7.2.22 says "Could not open option rom", 10.0.2 "rom: file"
+    wrapper = _without_option_roms(tmp_path, binary)
     started = time.monotonic()
     result = cli(tmp_path, "boot", "--machine", "q35", "--accel", "tcg", "--no-snapshot",
                  "--qemu-binary", str(wrapper))

@@ -186,6 +186,10 @@ def test_an_empty_qemu_path_is_refused_not_replaced_by_the_default():
     # A 10.x build tree without its option ROMs (issue 23).
     ("qemu-system-x86_64: warning: ...\nrom: file pvh.bin: error Failed to open file\n",
      ["pvh.bin"]),
+    # bookworm-backports' 10.0.2 with its data directory lacking them (measured: padded).
+    (("rom: file kvmvapic.bin        : error Failed to open file \u201ckvmvapic.bin\u201d: No "
+     "such file or directory\nrom: file pvh.bin             : error Failed to open file "
+     "\u201cpvh.bin\u201d: No such file or directory\n"), ["kvmvapic.bin", "pvh.bin"]),
     ('qemu: failed to find romfile "efi-virtio.rom"\n', ["efi-virtio.rom"]),
     ("qemu-system-x86_64: terminating on signal 15 from pid 1\n", []),
 ])
