@@ -6,10 +6,12 @@
 
 PCI_HARNESS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # dosfstools, mtools, e2fsprogs, syslinux(-common): the AHCI-root guest's disk
-# (mkfs.fat, mcopy, and syslinux/mke2fs from the recipe's own packages).
+# (mkfs.fat, mcopy, and syslinux/mke2fs from the recipe's own packages); grub-common
+# (grub-mkstandalone) makes its UEFI loader; ovmf is the UEFI firmware boot-stress
+# boots it with (--firmware ovmf).
 PCI_HARNESS_DEBS=(qemu-system-x86 qemu-utils acpica-tools cpio python3-venv python3-pip
                   apt dpkg xz-utils ca-certificates
-                  dosfstools mtools e2fsprogs syslinux syslinux-common
+                  dosfstools mtools e2fsprogs syslinux syslinux-common grub-common ovmf
                   dropbear-bin openssh-client iproute2  # the nightly's two-host self-test
                   gcc libc6-dev)  # pingpong --load memory builds its guest checker
 

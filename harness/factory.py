@@ -19,6 +19,7 @@ from harness.options import RunSettings
 from harness.progress import Progress, stderr_progress
 from harness.qemu.accel import Accel, ProbeBoot, announce, resolve_accel
 from harness.qemu.binary import QemuBinary, find_qemu
+from harness.qemu.firmware import Firmware, resolve_firmware
 from harness.qemu.probe import ProbedFacts, probed_facts
 from harness.snapshot import SnapshotCache
 from harness.topology import Topology
@@ -52,6 +53,9 @@ class GuestFactory:
         self.settings = settings
         self.progress = progress or stderr_progress
         self.binary: QemuBinary = find_qemu(settings.qemu_binary)
+        # A --firmware this QEMU cannot use is bad input before any image or guest work.
+        self.firmware: Firmware = resolve_firmware(settings.firmware, self.binary.path,
+                                                   self.binary.given)
         self.image: GuestImage = ensure_image(progress=lambda m: self.progress(f"image: {m}"))
         self.accel: Accel = accel or resolve_accel(settings.accel, self.binary,
                                                      probe_boot(self.image))

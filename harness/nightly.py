@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import nightly_boot_stress as boot_runs
 from harness.cross_version import cross_version_both_ways, cross_version_machine
 from harness.errors import UserError
 from harness.lab import LostHost, check_gateways, parse_gateway, surviving
-from harness.nightly_boot_stress import boot_stress_run_figures, boot_stress_runs
 from harness.nightly_stop import interruption, stoppable, stopped, unfinished, watching
 from harness.paths import cache_root, suite_root
 from harness.pytestplugin.seed_index import SEED_ITEMS
@@ -104,7 +104,7 @@ def _validate(args: argparse.Namespace) -> tuple[list[QemuBinary], list[str]]:
     paths = [b.path for b in binaries]
     if len(set(paths)) != len(paths):
         raise UserError("the same QEMU binary is given twice", fix="give each --qemu once")
-    return binaries, machines
+    return boot_runs.check_firmware(args, binaries), machines  # a bad --firmware, too
 
 
 def _labels(binaries: Sequence[QemuBinary]) -> list[str]:
@@ -172,6 +172,7 @@ def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_di
     argv += ["--dist", getattr(args, "dist", None) or "worksteal"]
     if args.keep_artifacts:
         argv.append("--keep-artifacts")
+    argv.append(f"--firmware={boot_runs.suite_firmware(args)}")  # boot-stress: every one
     if args.no_snapshot:
         argv.append("--no-snapshot")
     if not getattr(args, "self_tests", False):
@@ -278,6 +279,7 @@ def _run_one(args: argparse.Namespace, binary: QemuBinary, label: str, output: P
         problems.append(f"QEMU {label}: pytest exit 1 without a failing test recorded")
     accel = (data.get("qemu") or {}).get("accel")
     info = RunInfo(label=label, qemu_binary=str(binary.path), qemu_version=binary.version,
+                   firmware=boot_runs.suite_firmware_label(args, binary),
                    accel=accel, pytest_exit=status, duration_s=round(elapsed, 3),
                    directory=str(run_dir.relative_to(output)),
                    workers=tuple(data.get("workers") or ()),
@@ -381,7 +383,7 @@ def run_nightly(args: argparse.Namespace) -> int:
             runs.append(info)
             tests += results
             problems += trouble
-        boot_stress = boot_stress_runs(args, binaries, labels, machines, output)
+        boot_stress = boot_runs.boot_stress_runs(args, binaries, labels, machines, output)
         hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels) if not stopped()] \
             if args.until_fail_minutes > 0 else []
         if cross and not stop.requested:
@@ -404,7 +406,7 @@ def run_nightly(args: argparse.Namespace) -> int:
     figures = nightly_figures(runs, tests, hunts, duration, socket.gethostname())
     if interrupted:  # a cut-short night's wall times are no reference for later ones
         figures = {k: v for k, v in figures.items() if not k.endswith(" wall_s")}
-    figures |= boot_stress_run_figures(boot_stress, figure_scopes(runs, tests,
+    figures |= boot_runs.boot_stress_run_figures(boot_stress, figure_scopes(runs, tests,
                                                                   socket.gethostname()))
     history = load_history(output.parent, output)
     report = NightlyReport(

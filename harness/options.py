@@ -24,7 +24,8 @@ class RunSettings:
     timeout_multiplier: float = 1.0
     keep_artifacts: bool = False
     snapshot: bool = True
-    firmware: str = "seabios"  # see harness.guest.running.FIRMWARE
+    #: --firmware NAME|FILE|ovmf:FILE, resolved per QEMU by harness.qemu.firmware.
+    firmware: str = "seabios"
 
 
 SHARED_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -39,13 +40,18 @@ SHARED_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
                           "help": "keep logs, command lines and reproduce.sh even on success"}),
     ("--no-snapshot", {"action": "store_true",
                        "help": "always cold-boot guests (no snapshot cache)"}),
+    ("--firmware", {"metavar": "NAME|FILE|ovmf:FILE", "default": "seabios",
+                    "help": "firmware: seabios (default), qboot or ovmf as they come with the "
+                            "QEMU under test, a BIOS image (-bios FILE), or ovmf:CODE.fd[,VARS.fd]"}),
 )
 
 
-def add_shared_options(add: Callable[..., Any]) -> None:
-    """Declare the shared options through `add` (add_argument or addoption)."""
+def add_shared_options(add: Callable[..., Any], skip: tuple[str, ...] = ()) -> None:
+    """Declare the shared options through `add` (add_argument or addoption); SKIP
+    names flags a verb declares its own way (the nightly's repeatable --firmware)."""
     for flag, kwargs in SHARED_OPTIONS:
-        add(flag, **kwargs)
+        if flag not in skip:
+            add(flag, **kwargs)
 
 
 def run_settings(get: Callable[[str], Any]) -> RunSettings:
@@ -57,4 +63,13 @@ def run_settings(get: Callable[[str], Any]) -> RunSettings:
                         fix="give a factor above 0, such as 4 on a loaded host")
     return RunSettings(qemu_binary=get("--qemu-binary"), accel=get("--accel"),
                        timeout_multiplier=multiplier, keep_artifacts=bool(get("--keep-artifacts")),
-                       snapshot=not get("--no-snapshot"))
+                       snapshot=not get("--no-snapshot"), firmware=_firmware(get("--firmware")))
+
+
+def _firmware(value: Any) -> str:
+    if isinstance(value, list):  # the nightly's repeatable form: its runs pick one each
+        value = value[0] if value else "seabios"
+    spec = str(value or "seabios").strip()
+    if not spec:
+        raise UserError("--firmware is empty", fix="name seabios, qboot or ovmf, or give a file")
+    return spec

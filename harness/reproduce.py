@@ -18,23 +18,29 @@ __all__ = ["write_reproduce", "write_reproduce_script"]
 
 
 def write_reproduce_script(path: Path, argv: Sequence[str], run_dir: Path,
-                           artifacts: Path, overlays: Sequence[ScratchDisk] = ()) -> None:
+                           artifacts: Path, overlays: Sequence[ScratchDisk] = (),
+                           copies: Sequence[tuple[Path, Path]] = ()) -> None:
     """A script that starts the same QEMU by hand: QMP and console become
     server sockets in a fresh directory, so a person can attach to them.
 
     Overlays over a read-only image (a boot disk) are made afresh in that
     directory, so the script boots the same disk the same way as the run did,
-    not the disk the run left behind; so is the firmware log.
+    not the disk the run left behind; so is the firmware log.  COPIES (template,
+    file the run used: OVMF's variable store) are copied afresh the same way.
     """
     prepare = "".join(
         f"qemu-img create -q -f {d.format} -b {shlex.quote(str(d.backing))} "
         f"-F {d.backing_format} \"$RUN/{d.path.name}\"\n" for d in overlays)
+    prepare += "".join(f"cp {shlex.quote(str(src))} \"$RUN/{used.name}\"\n"
+                       for src, used in copies)
     rewritten = []
     for arg in argv:
         arg = arg.replace(str(run_dir / "authorized_keys"), str(artifacts / "authorized_keys"))
         arg = arg.replace(f"path={artifacts / FIRMWARE_LOG}", f"path=$RUN/{FIRMWARE_LOG}")
         for disk in overlays:
             arg = arg.replace(_escape_comma(str(disk.path)), f"$RUN/{disk.path.name}")
+        for _, used in copies:
+            arg = arg.replace(_escape_comma(str(used)), f"$RUN/{used.name}")
         if arg.startswith("socket,id=qmp,"):
             arg = "socket,id=qmp,path=$RUN/qmp.sock,server=on,wait=off"
         elif arg.startswith("pipe,id=console,"):

@@ -51,6 +51,20 @@ LOCK_WAIT_SECONDS = 180.0
 
 
 
+def firmware_identity(spec: str) -> str:
+    """The firmware spec, and for a file its size and mtime: a new image is a new key."""
+    from harness.qemu.firmware import spec_files
+
+    out = spec
+    for path in spec_files(spec):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out += f"|{path}:{st.st_size}:{st.st_mtime_ns}"
+    return out
+
+
 def snapshot_key(plan: LaunchPlan, rendered: RenderedMachine) -> str:
     """Everything that changes the device set, firmware or guest software: the
     plan's QEMU, accelerator, firmware and image, and what the topology rendered
@@ -60,7 +74,7 @@ def snapshot_key(plan: LaunchPlan, rendered: RenderedMachine) -> str:
         "format": SNAPSHOT_FORMAT,
         "qemu": plan.binary.identity(),
         "accel": plan.accel.name,
-        "firmware": plan.firmware,
+        "firmware": firmware_identity(plan.firmware),
         "cpu": CPU_MODEL,
         "image": plan.image.key,
         "cmdline": plan.image.cmdline_base,

@@ -39,7 +39,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         }
 
     def show(result: Result) -> None:
-        print(f"{args.machine} guest on QEMU {result['qemu_version']} ({result['accel']}): "
+        print(f"{args.machine} guest on QEMU {result['qemu_version']} with "
+              f"{result.get('firmware_label', 'its firmware')} ({result['accel']}): "
               f"SSH after {result['boot_to_ssh_s']:.2f} s, kernel {result['kernel']}")
         for line in result["lspci"]:
             print(f"  {line}")

@@ -26,9 +26,10 @@ from harness.cli.common import add_common_options
 from harness.cli.runner import Result, VerbRun, progress, run_verb
 from harness.errors import UserError
 from harness.guest.diskimage import DEFAULT_FLAVOUR, ensure_disk_image
+from harness.plan import plan_firmware
 from harness.scenarios.bootstress.phases import (
-    AHCI_ROOT_PHASES,
     BootRecord,
+    ahci_root_phases,
     summary,
     user_disk_phases,
 )
@@ -116,21 +117,28 @@ def _check_args(args: argparse.Namespace) -> None:
 def cmd_boot_stress(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.disk is not None:
-        disk = args.disk.resolve()
-        fmt = image_format(disk)
-        phases = user_disk_phases(args.ready, args.ready_timeout)
+        disk: Path | None = args.disk.resolve()
+        fmt = image_format(args.disk.resolve())
     else:
-        disk, fmt, phases = None, "raw", AHCI_ROOT_PHASES
+        disk, fmt = None, "raw"
     # Bad machine names fail here, before any image or QEMU work.
     boot_topology(args.machine, disk or Path("/dev/null"), fmt, args.behind_bridge)
     finished: list[BootStressRun] = []
 
     def body(verb: VerbRun) -> Result:
         factory = verb.factory
-        image = disk or ensure_disk_image(DEFAULT_FLAVOUR,
-                                          progress=lambda m: progress(f"image: {m}")).disk
+        built = None if disk else ensure_disk_image(
+            DEFAULT_FLAVOUR, progress=lambda m: progress(f"image: {m}"))
+        image = disk or built.disk  # type: ignore[union-attr]
         topology = boot_topology(args.machine, image, fmt, args.behind_bridge)
         plan = factory.plan(topology, firmware_log=True)
+        firmware = plan_firmware(plan)
+        if built is not None and firmware.uefi and not built.uefi_loader:
+            raise UserError(f"the AHCI-root disk {image} has no UEFI boot loader",
+                            fix="rebuild it (remove its directory under the image cache) "
+                                "with a recipe that sets uefi_loader = true")
+        phases = (user_disk_phases(args.ready, args.ready_timeout, firmware.uefi)
+                  if args.disk else ahci_root_phases(firmware.uefi))
         options = BootStressOptions(
             phases=phases, boots=None if args.until_fail else (args.boots or 10),
             max_time_s=args.max_time, keep_going=args.keep_going,
@@ -140,7 +148,7 @@ def cmd_boot_stress(args: argparse.Namespace) -> int:
         limit = ("until a boot fails" + (f" or {args.max_time:.0f} s" if args.max_time else "")
                  if args.until_fail else f"{options.boots} times")
         progress(f"cold-booting {what} from AHCI{where} on {args.machine}, {limit} "
-                 f"({factory.accel.name}, QEMU {factory.binary.version})")
+                 f"({factory.accel.name}, QEMU {factory.binary.version}, {firmware.label()})")
         previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         try:
             run = BootStress(plan, verb.artifacts, options, progress).run()
@@ -152,6 +160,10 @@ def cmd_boot_stress(args: argparse.Namespace) -> int:
             "disk": str(image), "disk_kind": "user" if args.disk else DEFAULT_FLAVOUR,
             "ready": args.ready, "qemu_binary": str(factory.binary.path),
             "qemu_version": factory.binary.version, "accel": factory.accel.name,
+            "firmware": firmware.as_dict(), "firmware_label": firmware.label(),
+            "known_gaps": sorted({r.known_gap for r in run.records if r.known_gap}),
+            "unexplained_failures": sum(1 for r in run.records
+                                        if not r.ok and not r.known_gap),
             "stopped_by": run.stopped_by, "elapsed_s": round(run.elapsed_s, 1)})
         (verb.artifacts / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
         if args.json:
@@ -176,7 +188,8 @@ def _sigterm_as_interrupt(signum: int, _frame: object) -> None:
 
 def _report(result: dict[str, Any], records: list[BootRecord]) -> None:
     print(f"boot-stress {result['machine']}{' behind a bridge' if result['behind_bridge'] else ''}"
-          f" on QEMU {result['qemu_version']} ({result['accel']}): {result['boots']} of "
+          f" on QEMU {result['qemu_version']} with {result['firmware_label']} "
+          f"({result['accel']}): {result['boots']} of "
           f"{result['attempted']} boots completed, stopped by {result['stopped_by']}")
     for name, figures in result["phases"].items():
         if figures["p50"] is not None:

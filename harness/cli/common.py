@@ -12,8 +12,8 @@ import argparse
 from harness.options import add_shared_options
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
+def add_common_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     group = parser.add_argument_group("common options")
-    add_shared_options(group.add_argument)
+    add_shared_options(group.add_argument, skip)
     group.add_argument("--json", action="store_true",
                        help="print one JSON object as the last thing on stdout")

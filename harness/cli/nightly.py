@@ -40,6 +40,10 @@ def register(subparsers: Any) -> None:
          help="run the tests in DIR instead of the conformance suite the package ships")
     _add(parser, "--qemu", action="append", metavar="PATH", default=[],
          help="run the suite once per QEMU binary (repeatable)")
+    _add(parser, "--firmware", action="append", metavar="NAME|FILE|ovmf:FILE", default=[],
+         help="firmware for the AHCI boot runs, repeatable like --qemu: each QEMU boots with "
+              "each one, a cell per combination (default: the QEMU's own SeaBIOS); the pytest "
+              "suite runs with the first")
     _add(parser, "--machines", default="pc,q35", help="machine kinds to run (comma-separated)")
     _add(parser, "--jobs", default="auto", help="pytest-xdist -n value: N, logical, or auto = two workers per CPU (default)")
     _add(parser, "--baseline", metavar="DIR",
@@ -68,5 +72,5 @@ def register(subparsers: Any) -> None:
          help=f"also run the nightly's own tests ({', '.join(SELF_TESTS)})")
     _add(parser, "pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     if fresh:
-        add_common_options(parser)
+        add_common_options(parser, skip=("--firmware",))
     parser.set_defaults(func=run_nightly)

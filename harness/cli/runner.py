@@ -103,6 +103,9 @@ def run_verb(args: argparse.Namespace, verb: str, body: Callable[[VerbRun], Resu
     finally:
         kept = run.finish(ok)
     result["artifacts"] = None if kept is None else str(kept)
+    if "factory" in vars(run):  # guests ran: their firmware next to QEMU's version
+        result.setdefault("firmware", run.factory.firmware.as_dict())
+        result.setdefault("firmware_label", run.factory.firmware.label())
     emit(result, args.json, show, json_default=json_default)
     return 0 if ok else 1
 

@@ -53,6 +53,7 @@ class DiskImage:
     disk: Path
     kernel_release: str
     root_partition: str  # as the guest names it, e.g. /dev/sda2
+    uefi_loader: str | None = None  # EFI/BOOT/BOOTX64.EFI when UEFI firmware can boot it
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,49 @@ def _tree_bytes(root: Path) -> int:
     return sum(p.lstat().st_size for p in root.rglob("*"))
 
 
+EFI_LOADER = "EFI/BOOT/BOOTX64.EFI"  # the removable-media path UEFI firmware boots
+#: GRUB's console markers (the UEFI boot's bootloader and load phases).
+GRUB_STARTED, GRUB_LOADED = "HARNESS-GRUB started", "HARNESS-GRUB loaded"
+
+
+def syslinux_entry(text: str) -> dict[str, str]:
+    """The LINUX, INITRD and APPEND values of syslinux.cfg's (only) entry."""
+    entry: dict[str, str] = {}
+    for line in text.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word.upper() in ("LINUX", "KERNEL", "INITRD", "APPEND") and rest.strip():
+            entry[{"KERNEL": "LINUX"}.get(word.upper(), word.upper())] = rest.strip()
+    missing = [k for k in ("LINUX", "INITRD", "APPEND") if k not in entry]
+    if missing:
+        raise ImageBuildError(f"syslinux.cfg has no {', '.join(missing)} line",
+                              fix="give the recipe's syslinux.cfg LINUX, INITRD and APPEND lines")
+    return entry
+
+
+def grub_cfg(entry: dict[str, str]) -> str:
+    """GRUB's configuration for the UEFI path: the same kernel line as syslinux's,
+    on the serial console, with a marker before and after it reads the files."""
+    return ("serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n"
+            f"echo {GRUB_STARTED}\ninsmod part_msdos\ninsmod fat\nset root=(hd0,msdos1)\n"
+            f"linux {entry['LINUX']} {entry['APPEND']}\ninitrd {entry['INITRD']}\n"
+            f"echo {GRUB_LOADED}\nboot\n")
+
+
+def _make_efi_loader(rdir: Path, staging: Path, work: Path) -> Path:
+    """EFI/BOOT/BOOTX64.EFI: GRUB with its configuration and modules inside
+    (grub-mkstandalone: the host's grub-common, the recipe's grub-efi-amd64-bin)."""
+    cfg = work / "grub.cfg"
+    cfg.write_text(grub_cfg(syslinux_entry((rdir / "syslinux.cfg").read_text())))
+    loader = work / "BOOTX64.EFI"
+    _tool(["grub-mkstandalone", "-O", "x86_64-efi",
+           "-d", str(staging / "usr/lib/grub/x86_64-efi"), "--locales=", "--fonts=",
+           "--modules=part_msdos fat linux serial normal echo terminal",
+           "--themes=", "-o", str(loader), f"boot/grub/grub.cfg={cfg}"],
+          "make the UEFI boot loader (GRUB)",
+          fix="run bin/bootstrap.sh as root, or install grub-common (grub-mkstandalone)")
+    return loader
+
+
 def _make_boot_partition(rdir: Path, staging: Path, work: Path, files: dict[str, Path],
                          size_mib: int) -> Path:
     image = work / "boot.fat"
@@ -168,6 +212,9 @@ def _make_boot_partition(rdir: Path, staging: Path, work: Path, files: dict[str,
     _tool(_staged(staging, "/usr/bin/syslinux") + ["--install", str(image)],
           "install syslinux on the boot partition", env=mtools_env)
     for name, src in [("syslinux.cfg", rdir / "syslinux.cfg"), *files.items()]:
+        for parent in reversed(Path(name).parents[:-1]):  # EFI, EFI/BOOT
+            _tool(["mmd", "-D", "s", "-i", str(image), f"::/{parent}"],
+                  f"make {parent} on the boot partition", env=mtools_env)
         _tool(["mcopy", "-i", str(image), str(src), f"::/{name}"],
               f"copy {name} onto the boot partition", env=mtools_env)
     return image
@@ -213,13 +260,18 @@ def build_disk(rdir: Path, recipe: dict[str, Any], staging: Path, work: Path, ou
     _write_cpio(stage1, initrd)
     vmlinuz = staging / "boot" / f"vmlinuz-{release}"
     report("making the FAT boot partition (syslinux) and the ext4 root (mke2fs -d)")
-    boot = _make_boot_partition(rdir, staging, work, {"vmlinuz": vmlinuz, "initrd.img": initrd},
+    files = {"vmlinuz": vmlinuz, "initrd.img": initrd}
+    if recipe.get("uefi_loader", False):
+        report("making the UEFI boot loader (grub-mkstandalone)")
+        files[EFI_LOADER] = _make_efi_loader(rdir, staging, work)
+    boot = _make_boot_partition(rdir, staging, work, files,
                                 int(recipe.get("boot_partition_mib", 32)))
     root = _make_root_partition(staging, work, tree,
                                 int(recipe.get("root_partition_min_mib", 64)))
     mbr_code = (staging / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()[:440]
     parts = assemble_disk(out / "disk.raw", mbr_code, boot, root)
     return {"disk": "disk.raw", "root_partition": "/dev/sda2",
+            "uefi_loader": EFI_LOADER if EFI_LOADER in files else None,
             "partitions": [{"start_lba": p.start_lba, "sectors": p.sectors,
                             "type": p.type_id, "bootable": p.bootable} for p in parts]}
 
@@ -239,6 +291,7 @@ def ensure_disk_image(name: str = DEFAULT_FLAVOUR, progress: Progress | None = N
                                   f'{DEFAULT_FLAVOUR!r}')
     image = DiskImage(key=key, directory=final, disk=final / str(manifest["disk"]),
                       kernel_release=str(manifest["kernel_release"]),
-                      root_partition=str(manifest["root_partition"]))
+                      root_partition=str(manifest["root_partition"]),
+                      uefi_loader=manifest.get("uefi_loader"))
     _memo[name] = image
     return image

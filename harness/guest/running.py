@@ -30,8 +30,9 @@ from harness.guest.console import Console, ConsoleClosed, ConsoleFifos
 from harness.guest.hopsocket import HopSocket, guest_command, guestfwd_option
 from harness.guest.ssh import GuestShell, SshKey
 from harness.paths import private_dir
-from harness.plan import CPU_MODEL, FIRMWARE, FIRMWARE_LOG, LaunchPlan
+from harness.plan import CPU_MODEL, EFI_VARS, FIRMWARE, FIRMWARE_LOG, LaunchPlan, plan_firmware
 from harness.qemu.binary import firmware_missing_error, missing_firmware
+from harness.qemu.firmware import Firmware
 from harness.qemu.probe import root_bus_hotplug
 from harness.qemu.process import QemuProcess
 from harness.qemu.qmp import Qmp
@@ -101,6 +102,8 @@ def render_plan(plan: LaunchPlan, scratch_dir: Path, mgmt_mac: str, run_dir: Pat
         private_paths=((hop,) if plan.migrating_ssh else ()) + ((str(log),) if log else ())))
 
 
+
+
 def _random_mac() -> str:
     # Random per guest: no two workers' guests share a MAC.
     tail = os.urandom(3)
@@ -138,6 +141,9 @@ class Guest:
                    else artifacts / "disks")
         self.rendered: RenderedMachine = render_plan(plan, scratch, self.mgmt_mac, self.run_dir,
                                                      artifacts)
+        self.firmware: Firmware = plan_firmware(plan)
+        #: OVMF's variable store: this guest's own copy of the template (a twin shares it).
+        self.efi_vars: Path | None = scratch / EFI_VARS if self.firmware.uefi else None
 
     def incoming_twin(self, artifacts: Path, name: str, plan: LaunchPlan | None = None) -> Guest:
         """A not-yet-started Guest with this one's devices, disks and MAC: the
@@ -159,9 +165,7 @@ class Guest:
                 "-chardev", f"socket,id=qmp,path={self.run_dir / 'qmp.sock'}",
                 "-mon", "chardev=qmp,mode=control",
                 "-fw_cfg", f"name=opt/harness/authorized_keys,file={keyfile}"]
-        rom = FIRMWARE.get(plan.firmware)
-        if rom:
-            argv += ["-bios", rom]
+        argv += self.firmware.qemu_args(self.efi_vars)
         if plan.boot_guest and plan.topology.boot_disk is not None:
             # The firmware boots the disk; its kernel command line is fixed on
             # the disk, so the per-run arguments reach the guest through fw_cfg.
@@ -184,6 +188,9 @@ class Guest:
     def _create_disks(self) -> None:
         if not self._owns_disks:
             return
+        if self.efi_vars is not None and self.firmware.vars_template is not None:
+            self.efi_vars.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.firmware.vars_template, self.efi_vars)
         for disk in self.rendered.scratch_disks:
             disk.path.parent.mkdir(parents=True, exist_ok=True)
             if disk.backing is not None:  # an overlay: the backing image is never written
@@ -206,9 +213,12 @@ class Guest:
         (self.artifacts / "authorized_keys").write_text(self.key.authorized_line)
         (self.artifacts / "id_ed25519").write_text(self.key.private_pem)
         os.chmod(self.artifacts / "id_ed25519", 0o600)
+        copies = ((self.firmware.vars_template, self.efi_vars)
+                  if self.efi_vars is not None and self.firmware.vars_template else None)
         write_reproduce_script(self.artifacts / "reproduce.sh", self.argv, self.run_dir,
                                self.artifacts, overlays=[d for d in self.rendered.scratch_disks
-                                                         if d.backing is not None])
+                                                         if d.backing is not None],
+                               copies=(copies,) if copies else ())
 
     # ---- lifecycle ----------------------------------------------------
     def launch(self, incoming: str | None = None, wait_for_ssh: bool = True,

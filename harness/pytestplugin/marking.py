@@ -56,12 +56,14 @@ def _seed_of(item: pytest.Item) -> str | None:
 
 
 def decide(item: pytest.Item, qemu_version: Version,
-           machine_of: Callable[[pytest.Item], str | None]) -> list[Decision]:
+           machine_of: Callable[[pytest.Item], str | None],
+           firmware: tuple[str, str | None] | None = None) -> list[Decision]:
     """The known_gap markers of `item` judged for QEMU `qemu_version`.
 
     `machine_of` gives the versioned machine type the test runs (None when the
     test does not say at collection); it is asked only for gaps that depend on
-    the machine.  A marker that names no gap, or a gap of another seed item than
+    the machine.  FIRMWARE ((family, version) of --firmware) decides the gaps
+    keyed by firmware too.  A marker that names no gap, or a gap of another seed item than
     the test's, is a UserError naming the test.
     """
     decisions: list[Decision] = []
@@ -78,7 +80,7 @@ def decide(item: pytest.Item, qemu_version: Version,
                                 fix=f'mark the test @pytest.mark.seed("{gap.seed}") or name '
                                     "a gap of its own seed item")
             machine = machine_of(item) if gap.machines or gap.compat_property else None
-            holds = gap.holds(qemu_version, machine)
+            holds = gap.holds(qemu_version, machine, firmware)
         except UserError as exc:
             raise UserError(f"{item.nodeid}: {exc.message}", fix=exc.fix) from None
         raises = mark.kwargs.get("raises", AssertionError)
@@ -103,13 +105,14 @@ def apply(item: pytest.Item, decisions: list[Decision], qemu_version: str) -> No
 
 
 def mark_known_failures(items: list[pytest.Item], qemu_version: str,
-                        machine_of: Callable[[pytest.Item], str | None]) -> list[Decision]:
+                        machine_of: Callable[[pytest.Item], str | None],
+                        firmware: tuple[str, str | None] | None = None) -> list[Decision]:
     """Mark every item that carries known_gap for QEMU `qemu_version` ("10.0.2");
     the decisions made."""
     made: list[Decision] = []
     version = parse_version(qemu_version)
     for item in items:
-        decisions = decide(item, version, machine_of)
+        decisions = decide(item, version, machine_of, firmware)
         apply(item, decisions, qemu_version)
         made += decisions
     return made

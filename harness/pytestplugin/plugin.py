@@ -131,10 +131,13 @@ def _mark_known_gaps(config: pytest.Config, items: list[pytest.Item]) -> None:
         return
     from harness.pytestplugin.marking import mark_known_failures
     from harness.qemu.binary import find_qemu
+    from harness.qemu.firmware import resolve_firmware
     from harness.report.collect import machine_at_collection
 
+    settings = config.stash[_SETTINGS]
     try:
-        binary = find_qemu(config.stash[_SETTINGS].qemu_binary)  # as GuestFactory does
+        binary = find_qemu(settings.qemu_binary)  # as GuestFactory does
+        firmware = resolve_firmware(settings.firmware, binary.path, binary.given)
     except HarnessError:
         return  # no QEMU to judge by: harness_factory says why at the first guest
 
@@ -143,7 +146,8 @@ def _mark_known_gaps(config: pytest.Config, items: list[pytest.Item]) -> None:
         return binary.resolve_machine(machine) if machine else None
 
     try:
-        mark_known_failures(items, binary.version, machine_of)
+        mark_known_failures(items, binary.version, machine_of,
+                            (firmware.family, firmware.version))
     except HarnessError as exc:
         raise pytest.UsageError(exc.describe()) from None
 

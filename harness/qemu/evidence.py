@@ -13,6 +13,7 @@ from __future__ import annotations
 from harness.errors import UserError
 from harness.qemu.facts import Version, is_development, machine_kind_of, parse_version, show_version
 from harness.qemu.known import FAILS, PASSES, KnownGap, Measurement
+from harness.qemu.ranges import family_version
 
 
 def _bound_of(qemu: str) -> Version:
@@ -25,8 +26,9 @@ def _bound_of(qemu: str) -> Version:
 def _claims(gap: KnownGap, measurement: Measurement, machine: str) -> bool | None:
     """Whether the gap, by its range and machines, says `machine` on this version
     shows it (None: the machine name cannot be judged)."""
+    firmware = family_version(measurement.firmware) if measurement.firmware else None
     try:
-        return gap.holds(parse_version(measurement.qemu), machine)
+        return gap.holds(parse_version(measurement.qemu), machine, firmware)
     except UserError:
         return None
 
@@ -37,9 +39,9 @@ def measurement_problems(gap: KnownGap) -> list[str]:
     both failing and passing on one machine, and every measurement on the side
     of the range (and machine scope) its outcome says."""
     problems: list[str] = []
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str, str], str] = {}  # (version, machine kind, firmware)
     for m in gap.evidence:
-        name = f"{gap.id}: measurement {m.qemu}"
+        name = f"{gap.id}: measurement {m.qemu}" + (f" with {m.firmware}" if m.firmware else "")
         if len(parse_version(m.qemu)) != 3:
             problems.append(f"{name} is a series, not a binary's version (write e.g. "
                             f"{m.qemu}.0 as the binary printed it)")
@@ -58,7 +60,7 @@ def measurement_problems(gap: KnownGap) -> list[str]:
                 problems.append(f"{name} ran {machine}, outside the gap's machines "
                                 f"{'/'.join(sorted(gap.machines))}")
                 continue
-            other = seen.setdefault((m.qemu, kind), m.outcome)
+            other = seen.setdefault((m.qemu, kind, m.firmware), m.outcome)
             if other != m.outcome:
                 problems.append(f"{name} both {FAILS} and {PASSES} on {kind}: the evidence "
                                 "contradicts itself")
@@ -83,7 +85,13 @@ def evidence_problems(gap: KnownGap) -> list[str]:
     measurements stays inferred (`KnownGap.basis`), and the reports say so.
     """
     problems = measurement_problems(gap)
-    measured = sorted((m for m in gap.evidence if len(parse_version(m.qemu)) == 3),
+    evidence = gap.evidence
+    if gap.firmware is not None:
+        problems += firmware_problems(gap)
+        # The QEMU range rests on the measurements whose firmware is inside its range.
+        evidence = tuple(m for m in evidence
+                         if gap.firmware.holds(*family_version(m.firmware)))
+    measured = sorted((m for m in evidence if len(parse_version(m.qemu)) == 3),
                       key=lambda m: (parse_version(m.qemu), m.qemu))
     failing = [m.qemu for m in measured if m.outcome == FAILS]
     passing = [m.qemu for m in measured if m.outcome == PASSES]
@@ -101,3 +109,10 @@ def evidence_problems(gap: KnownGap) -> list[str]:
         problems.append(f"{gap.id}: fixed {show_version(fixed)} is not the series of a "
                         "version measured passing")
     return problems
+
+
+def firmware_problems(gap: KnownGap) -> list[str]:
+    """A gap keyed by firmware too: every measurement names the firmware it ran (which
+    side of both ranges it lies on is measurement_problems' check)."""
+    return [f"{gap.id}: the measurement on {m.qemu} names no firmware"
+            for m in gap.evidence if not m.firmware]

@@ -32,6 +32,11 @@ from harness.paths import cache_root
 
 #: The firmware the guests need first: SeaBIOS for pc and q35.
 BIOS = "bios-256k.bin"
+#: Option ROMs x86 guests need (-kernel through PVH or linuxboot, the kvmvapic
+#: ROM every pc/q35 machine loads); Debian's "+ds" source tarballs strip them.
+OPTION_ROMS = ("pvh.bin", "kvmvapic.bin", "linuxboot_dma.bin")
+#: Where a build configured with the default prefix also looks (after -L).
+DEFAULT_DATADIR = Path("/usr/local/share/qemu")
 #: Module directories under a prefix, most specific first.
 MODULE_DIRS = ("lib/x86_64-linux-gnu/qemu", "lib64/qemu", "lib/qemu")
 #: Firmware directories under a prefix: QEMU's own, then Debian's separate SeaBIOS.
@@ -115,6 +120,19 @@ def _build_layout(binary: Path, build: Path) -> Layout:
             fix="run it from a complete build (its source tree's pc-bios/ holds the firmware), "
                 "or pass --qemu-binary a wrapper script that runs it with -L /usr/share/seabios "
                 "-L /usr/share/qemu")
+    roms_in = [*candidates, DEFAULT_DATADIR]
+    missing = [rom for rom in OPTION_ROMS if not any((d / rom).exists() for d in roms_in)]
+    if missing:
+        # Without them QEMU starts, prints "rom: file pvh.bin: error Failed to open
+        # file" and the guest never boots: name them now, not after a boot deadline.
+        raise QemuNotFound(
+            f"{binary} is a QEMU build directory's binary whose firmware directory "
+            f"{firmware} lacks the option ROMs {', '.join(missing)} (searched "
+            f"{', '.join(str(d) for d in roms_in)}): QEMU loads them to boot a kernel, "
+            "so every guest would hang before its kernel runs",
+            fix="copy them from the same QEMU release's pc-bios/ (a full source tarball, not "
+                "Debian's +ds one, which strips them; or the qemu-system-data package's "
+                f"/usr/share/qemu) into {firmware}")
     return Layout("build", binary, (firmware,), build if _has_modules(build) else None)
 
 

@@ -45,6 +45,7 @@ from harness.qemu.facts import (
     parse_version,
     show_version,
 )
+from harness.qemu.ranges import FirmwareRange
 
 FAILS = "fails"
 PASSES = "passes"
@@ -86,6 +87,7 @@ class Measurement:
     outcome: str               # FAILS (the gap holds) or PASSES
     machines: tuple[str, ...]  # machine types it ran ("pc", "q35", "pc-q35-7.2")
     note: str = ""             # what was seen, when the reason does not say it
+    firmware: str = ""         # for a firmware-keyed gap: "seabios 1.16.2-debian-1.16.2-1"
 
     def words(self) -> str:
         """"7.2.22 fails (q35)"."""
@@ -135,20 +137,28 @@ class KnownGap:
     machine_types: VersionRange = field(default=ALWAYS)
     #: Where the three-view compare meets the gap (compare --json: known_failures).
     shows: tuple[Shows, ...] = ()
+    #: The firmware it also needs (None: any): it holds where both are in range.
+    firmware: FirmwareRange | None = None
+    #: Seconds the affected phase takes where the gap does not hold (for verdicts).
+    usual_s: float | None = None
 
     @property
     def reason(self) -> str:
         """The xfail reason: "<item-id>: what QEMU does instead"."""
         return f"{self.seed}: {self.does_instead}"
 
-    def holds(self, qemu_version: Version, machine: str | None = None) -> bool:
+    def holds(self, qemu_version: Version, machine: str | None = None,
+              firmware: tuple[str, str | None] | None = None) -> bool:
         """True when QEMU `qemu_version` running `machine` (a versioned type, or
-        None when the test does not say) shows the gap.
+        None when the test does not say) with FIRMWARE ((family, version), None when
+        unknown: then a firmware-keyed gap is not claimed) shows the gap.
 
         A gap limited to machine kinds or machine types needs the machine: without
         it the answer would be a guess, so that is a UsageError for the caller.
         """
         if qemu_version not in self.versions:
+            return False
+        if self.firmware is not None and (firmware is None or not self.firmware.holds(*firmware)):
             return False
         if not self.machines and self.compat_property is None:
             return True
@@ -209,6 +219,8 @@ class KnownGap:
     def scope(self) -> str:
         """Where it holds, in words: "QEMU before 10.0, q35"."""
         parts = [f"QEMU {self.versions}"]
+        if self.firmware is not None:
+            parts.append(f"with {self.firmware}")
         if self.machines:
             parts.append("/".join(sorted(self.machines)))
         if self.compat_property is not None:
@@ -226,6 +238,14 @@ def gap_for_difference(driver: str | None, field: str, qemu_value: object,
                 and gap.holds(qemu_version, machine):
             return gap
     return None
+
+
+def gaps_for_firmware(qemu_version: Version, family: str, version: str | None,
+                      machine: str | None = None) -> list[KnownGap]:
+    """The firmware-keyed gaps that hold for this QEMU and firmware."""
+    return [g for g in KNOWN_GAPS if g.firmware is not None
+            and g.holds(qemu_version, machine if g.machines or g.compat_property else None,
+                        (family, version))]
 
 
 # ---------------------------------------------------------------------------- the table
@@ -396,6 +416,35 @@ KNOWN_GAPS: tuple[KnownGap, ...] = (
             Measurement("7.2.22", FAILS, _BOTH),
             Measurement("10.0.2", FAILS, _BOTH,
                         "with I/O Space Enable off ports 0x3c4/0x3cc still read 0x03/0x01"),
+        ),
+    ),
+    KnownGap(
+        id="ahci-tfes-only-seabios-stall",
+        seed="ahci-stability",
+        does_instead="an AHCI command that ends in error (SeaBIOS's first probe of a port, "
+                     "IDENTIFY PACKET DEVICE, on a hard disk) raises only Task File Error "
+                     "Status (PxIS bit 30), no D2H FIS interrupt (bit 0): SeaBIOS before 1.16.3 "
+                     "waits out its 32 s request timeout on every boot from an AHCI hard disk",
+        spec="the firmware starts the AHCI disk's boot sector within a second, as on QEMU 7.2 "
+             "(QEMU 8.2's b523a3d54f3d made TFES and DHRS either/or, per AHCI 1.3.1 5.3.8.1, "
+             "relying on a SeaBIOS that checks TFES: 1.16.3)",
+        # By reading since 8.2.0 (b523a3d54f3d "hw/ide/ahci: trigger either error IRQ or
+        # regular IRQ, not both", dropped from the 7.2.7 and 8.1.3 stable series for this
+        # very stall); measured from 10.0.2.  No compat property gates it.
+        versions=VersionRange((10, 0)),
+        tests=("test_boot_from_ahci",),
+        firmware=FirmwareRange("seabios", fixed=(1, 16, 3)),
+        usual_s=0.2,  # firmware phase p50 where it does not hold: 0.19-0.22 s (below)
+        evidence=(
+            Measurement("7.2.22", PASSES, _BOTH, "boot-stress firmware phase p50 0.22 s",
+                        firmware="seabios 1.16.2-debian-1.16.2-1"),
+            Measurement("10.0.2", FAILS, ("pc", "q35", "pc-q35-7.2"),
+                        "'WARNING - Timeout at ahci_command:153!' after a firmware phase of "
+                        "32.1-32.2 s (q35), 32.3 s (pc-q35-7.2), 32.4 s (pc, ich9-ahci); "
+                        "an AHCI CD-ROM, a PIIX IDE disk and no disk are fast",
+                        firmware="seabios 1.16.2-debian-1.16.2-1"),
+            Measurement("10.0.2", PASSES, _BOTH, "boot-stress firmware phase p50 0.19-0.20 s",
+                        firmware="seabios 1.16.3-debian-1.16.3-2~bpo12+1"),
         ),
     ),
 )

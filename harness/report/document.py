@@ -37,6 +37,7 @@ class RunInfo:
     workers: tuple[Mapping[str, Any], ...] = ()
     lost_hosts: tuple[Mapping[str, Any], ...] = ()   # harness.lab.LostHost.to_dict()
     not_run: tuple[str, ...] = ()   # collected, never finished: the nightly was stopped
+    firmware: str | None = None  # the suite's --firmware as resolved: "SeaBIOS 1.16.2-..."
 
     def ref(self) -> RunRef:
         return RunRef(self.label, self.qemu_binary)
@@ -56,6 +57,35 @@ class HuntResult:
     @property
     def ok(self) -> bool:
         return self.exit_status == 0 and self.error is None
+
+
+def boot_stress_state(run: HuntResult) -> str:
+    """passed, known (every stopped boot is a known gap of this QEMU and firmware:
+    harness/qemu/known.py) or failed."""
+    if run.ok:
+        return "passed"
+    result = run.result or {}
+    if (run.error is None and run.exit_status == 1 and result.get("known_gaps")
+            and result.get("unexplained_failures") == 0):
+        return "known"
+    return "failed"
+
+
+def boot_stress_cell(run: HuntResult) -> dict[str, Any]:
+    """One QEMU x firmware x machine cell of the matrix (report.json `boot_stress_matrix`)."""
+    result = run.result or {}
+    words = run.run.split(" ", 2)
+    phases = result.get("phases") or {}
+    return {"run": run.run, "qemu": words[0],
+            "machine": str(result.get("machine") or (words[1] if len(words) > 1 else "?")),
+            "firmware": str(result.get("firmware_label")
+                            or (words[2] if len(words) > 2 else "the QEMU's own")),
+            "state": boot_stress_state(run), "boots": result.get("boots", 0),
+            "attempted": result.get("attempted", 0),
+            "total_s": result.get("total_s") or {"p50": None, "p95": None},
+            "firmware_s": phases.get("firmware") or {"p50": None, "p95": None},
+            "known_gaps": list(result.get("known_gaps") or []),
+            "failures": list(result.get("failures") or ([run.error] if run.error else []))}
 
 
 @dataclass(frozen=True)
@@ -111,7 +141,7 @@ class NightlyReport:
                 reasons.append(f"ping-pong crash hunt on {hunt.run}: "
                                f"{hunt.error or f'exit status {hunt.exit_status}'}")
         for run in self.boot_stress:
-            if not run.ok:
+            if boot_stress_state(run) == "failed":
                 failures = "; ".join(str(f) for f in (run.result or {}).get("failures") or [])
                 reasons.append(f"boot-stress on {run.run}: "
                                f"{run.error or failures[:400] or f'exit status {run.exit_status}'}")
@@ -140,9 +170,10 @@ class NightlyReport:
             "baseline_note": self.baseline_note,
             "pingpong": [asdict(h) | {"ok": h.ok, "result": dict(h.result) if h.result else None}
                          for h in self.hunts],
-            "boot_stress": [asdict(h) | {"ok": h.ok,
+            "boot_stress": [asdict(h) | {"ok": h.ok, "state": boot_stress_state(h),
                                          "result": dict(h.result) if h.result else None}
                             for h in self.boot_stress],
+            "boot_stress_matrix": [boot_stress_cell(h) for h in self.boot_stress],
             "failures": [f"{t.nodeid} [{t.run}]: {t.outcome}: {t.message}"
                          for t in self.bad_tests()],
             "figures": dict(self.figures),

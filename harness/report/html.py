@@ -111,8 +111,9 @@ def _header(report: NightlyReport) -> list[str]:
                       f"{_e(chr(10).join(not_run))}</pre></details>" if not_run else "")
                    + "</div>")
     for run in report.runs:
+        firmware = f" with {_e(run.firmware)}" if run.firmware else ""
         out.append(f"<p class='meta'>QEMU <b>{_e(run.label)}</b>: <code>{_e(run.qemu_binary)}"
-                   f"</code>, {_e(run.accel or 'accelerator not reported')}; pytest exit "
+                   f"</code>{firmware}, {_e(run.accel or 'accelerator not reported')}; pytest exit "
                    f"{run.pytest_exit}, {_duration(run.duration_s)}, "
                    f"{len(run.workers) or 1} worker(s)</p>")
         out += [f"<p class='meta inferred'>{_e(note)}</p>" for note in run_notes(run.qemu_version)]

@@ -73,7 +73,9 @@ def render_markdown(report: NightlyReport) -> str:
         lines += [f"- not run: `{n}` (QEMU {r.label})" for r in report.runs for n in r.not_run]
         lines += [""] if any(r.not_run for r in report.runs) else []
     for run in report.runs:
-        lines.append(f"- QEMU {run.label}: `{run.qemu_binary}` (version {run.qemu_version}, "
+        firmware = f", {run.firmware}" if run.firmware else ""
+        lines.append(f"- QEMU {run.label}: `{run.qemu_binary}` (version {run.qemu_version}"
+                     f"{firmware}, "
                      f"{(run.accel or 'accelerator not reported').split(';')[0]}), "
                      f"{_duration(run.duration_s)}")
         lines += [f"  - inferred: {_cell(note)}" for note in run_notes(run.qemu_version)]

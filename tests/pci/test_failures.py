@@ -207,3 +207,16 @@ def test_kill_9_of_pytest_mid_boot_leaves_no_qemu(tmp_path, xdist):
             os.kill(pid, signal.SIGKILL)
         if victim.poll() is None:
             os.killpg(victim.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(("firmware", "fragments"), [
+    ("sebios", ("'sebios' is neither a firmware name nor a file", "seabios, qboot, ovmf")),
+    ("/nonexistent/bios.bin", ("/nonexistent/bios.bin does not exist", "firmware-get")),
+    # OVMF cannot start the PVH vmlinux the kernel-booted guests use: said, not hung.
+    ("ovmf", ("--firmware ovmf boots disks only", "boot-stress")),
+])
+def test_bad_firmware_is_one_paragraph(tmp_path, firmware, fragments):
+    result = cli(tmp_path, "boot", "--machine", "q35", "--accel", "tcg", "--no-snapshot",
+                 "--firmware", firmware)
+    assert_user_error(result, *fragments)
+    assert qemu_pids_mentioning(str(tmp_path)) == []

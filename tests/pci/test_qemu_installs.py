@@ -16,6 +16,7 @@ import pytest
 from harness.errors import QemuNotFound
 from harness.qemu import binary as qemu_binary
 from harness.qemu.binary import find_qemu
+from harness.qemu.install import OPTION_ROMS
 
 pytestmark = pytest.mark.smoke  # two short QEMU starts, no guest
 
@@ -38,6 +39,8 @@ def _build_tree(root: Path, bios: Path | None) -> Path:
     # its own directory) and dies: "could not load module for type 'tcg-accel-ops'".
     for module in MODULES.glob("*.so"):
         shutil.copy2(module, build / module.name)
+    for rom in OPTION_ROMS:  # a complete build has them (a Debian +ds tarball does not)
+        (source / "pc-bios" / rom).symlink_to(Path("/usr/share/qemu") / rom)
     if bios is None:
         (source / "pc-bios" / "bios-256k.bin").write_bytes(b"")  # a broken build
     else:

@@ -369,8 +369,10 @@ def _stress(monkeypatch, outcomes, **options):
 
     from harness.scenarios.bootstress.run import BootStress, BootStressOptions
 
+    binary = SimpleNamespace(path=Path("/nonexistent/qemu"), given=None, version="7.2.22",
+                             resolve_machine=lambda machine: machine)
     plan = SimpleNamespace(topology=boot_topology("q35", Path("/d.raw"), "raw"),
-                           firmware_log=True)
+                           firmware_log=True, firmware="seabios", binary=binary, boot_guest=True)
     shown: list[str] = []
     stress = BootStress(plan, Path("/nonexistent"),  # type: ignore[arg-type]
                         BootStressOptions(phases=AHCI_ROOT_PHASES, **options), shown.append)

@@ -78,3 +78,36 @@ def test_the_nightly_runs_boot_stress_per_machine(tmp_path):
     assert "boot-stress" in run["command"] and "--boots" in run["command"]
     assert any(r.startswith("boot-stress on 9.9.1 q35") for r in verdict["reasons"]), verdict
     assert "## Boot-stress (cold boots from AHCI)" in (out / "summary.md").read_text()
+
+
+STALLED = {**FAILED, "boots": 0, "attempted": 2, "machine": "q35",
+           "firmware_label": "SeaBIOS 1.16.2-debian-1.16.2-1",
+           "known_gaps": ["ahci-tfes-only-seabios-stall"], "unexplained_failures": 0,
+           "total_s": {"p50": None, "p95": None}, "phases": {},
+           "failures": ["boot 1 stopped in the firmware phase: the firmware stalled"]}
+
+
+def test_a_known_firmware_stall_is_its_own_cell_not_red(tmp_path):
+    fast = {**PASSED, "firmware_label": "SeaBIOS 1.16.3-debian-1.16.3-2~bpo12+1"}
+    runs = (_run("10.0.2 q35 SeaBIOS-1.16.2", STALLED, 1),
+            _run("10.0.2 q35 SeaBIOS-1.16.3", fast, 0),
+            _run("7.2.22 q35 SeaBIOS-1.16.2", {**PASSED, "firmware_label":
+                                               "SeaBIOS 1.16.2-debian-1.16.2-1"}, 0))
+    report = dataclasses.replace(make_report(tmp_path, [("passed", "q35-hotplug", "q35")]),
+                                 boot_stress=runs)
+    assert report.verdict() == (0, [])
+    # The same run with a boot the gap does not explain is red.
+    red = dataclasses.replace(report, boot_stress=(
+        _run("10.0.2 q35 SeaBIOS-1.16.2", {**STALLED, "unexplained_failures": 1}, 1),))
+    assert red.verdict()[0] == 1
+    cells = {(c["qemu"], c["firmware"]): c for c in report.to_dict()["boot_stress_matrix"]}
+    assert cells[("10.0.2", "SeaBIOS 1.16.2-debian-1.16.2-1")]["state"] == "known"
+    assert cells[("10.0.2", "SeaBIOS 1.16.3-debian-1.16.3-2~bpo12+1")]["state"] == "passed"
+    assert cells[("7.2.22", "SeaBIOS 1.16.2-debian-1.16.2-1")]["total_s"] == {"p50": 6.8,
+                                                                             "p95": 7.1}
+    markdown = render_markdown(report)
+    assert ("| q35 | SeaBIOS 1.16.2-debian-1.16.2-1 | KNOWN GAP: 0/2 boots, known gap "
+            "ahci-tfes-only-seabios-stall | passed: 3/3 boots, total p50 6.8 s p95 7.1 s, "
+            "firmware p50 0.3 s p95 0.4 s |") in markdown, markdown
+    page = render_html(report, tmp_path)
+    assert "<th>QEMU 10.0.2</th><th>QEMU 7.2.22</th>" in page and "KNOWN GAP" in page

@@ -21,6 +21,7 @@ from harness.cli.runner import Result, VerbRun, run_verb
 from harness.errors import QemuExited, QemuRefused, UserError
 from harness.options import RunSettings, run_settings
 from harness.pytestplugin import plugin
+from harness.qemu.firmware import Firmware
 from harness.topology import topology_from_dict
 
 pytest_plugins = ["pytester"]
@@ -68,6 +69,7 @@ class FakeFactory:
 
     def __init__(self, settings: RunSettings, progress: Any = None) -> None:
         FakeFactory.made.append(settings)
+        self.firmware = Firmware(settings.firmware, "seabios", None, version="1.16.2-test")
 
 
 @pytest.fixture
@@ -106,7 +108,12 @@ def test_a_passing_verb_prints_the_contract_and_removes_its_artifacts(
     status = run_verb(_args("--json"), "demo", _body(True, seen), print)
     out = capsys.readouterr().out
     assert status == 0
-    assert _last_json(out) == {"ok": True, "answer": 42, "failures": [], "artifacts": None}
+    # The factory was used: the firmware it resolved goes next to the result.
+    assert _last_json(out) == {"ok": True, "answer": 42, "failures": [], "artifacts": None,
+                               "firmware_label": "SeaBIOS 1.16.2-test",
+                               "firmware": {"spec": "seabios", "kind": "seabios",
+                                            "version": "1.16.2-test", "image": None,
+                                            "vars_template": None}}
     assert seen["artifacts"].parent == fake and not seen["artifacts"].exists()
     assert FakeFactory.made == [RunSettings()]
 

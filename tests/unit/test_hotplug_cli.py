@@ -12,6 +12,7 @@ import pytest
 
 from harness import cli
 from harness.cli import runner
+from harness.qemu.firmware import Firmware
 from harness.scenarios.hotplug import stress as hotplug_stress
 from harness.scenarios.hotplug.stress import CycleFailure, StressResult
 
@@ -19,6 +20,7 @@ from harness.scenarios.hotplug.stress import CycleFailure, StressResult
 class FakeFactory:
     def __init__(self, settings: Any, progress: Any = None) -> None:
         self.settings = settings
+        self.firmware = Firmware(settings.firmware, "seabios", None, version="1.16.2-test")
 
     @contextlib.contextmanager
     def guest(self, topology: Any, artifacts: Path) -> Iterator[str]:

@@ -70,7 +70,8 @@ def test_a_lone_binary_and_a_wrapper_script_run_as_given(tmp_path):
     assert install.detect(script) == install.Layout("as-given", script)
 
 
-def _build_tree(root: Path, firmware_in: str | None, meson_info: bool = True) -> Path:
+def _build_tree(root: Path, firmware_in: str | None, meson_info: bool = True,
+                roms: tuple[str, ...] = install.OPTION_ROMS) -> Path:
     source, build = root / "qemu", root / "qemu" / "build"
     _file(source / "configure", b"#!/bin/sh\n")
     binary = _file(build / "qemu-system-x86_64", ELF)
@@ -79,10 +80,10 @@ def _build_tree(root: Path, firmware_in: str | None, meson_info: bool = True) ->
     if meson_info:
         _file(build / "meson-info" / "meson-info.json",
               json.dumps({"directories": {"source": str(source), "build": str(build)}}).encode())
-    if firmware_in == "source":
-        _file(source / "pc-bios" / "bios-256k.bin")
-    elif firmware_in == "build":
-        _file(build / "pc-bios" / "bios-256k.bin")
+    if firmware_in is not None:
+        pc_bios = (source if firmware_in == "source" else build) / "pc-bios"
+        for name in ("bios-256k.bin", *roms):
+            _file(pc_bios / name)
     return binary
 
 
@@ -106,6 +107,21 @@ def test_a_build_directory_without_firmware_says_which_L_it_needs(tmp_path):
     text = caught.value.describe()
     assert f"searched {tmp_path}/qemu/build/pc-bios, {tmp_path}/qemu/pc-bios" in text, text
     assert "-L DIR" in text and "bios-256k.bin" in text
+
+
+def test_a_build_tree_without_its_option_roms_is_named_at_once(tmp_path, monkeypatch):
+    # A Debian +ds tarball: SeaBIOS put back, pvh.bin and kvmvapic.bin still missing.
+    monkeypatch.setattr(install, "DEFAULT_DATADIR", tmp_path / "usr-local-share-qemu")
+    binary = _build_tree(tmp_path, "source", roms=("linuxboot_dma.bin",))
+    with pytest.raises(QemuNotFound) as caught:
+        install.detect(binary)
+    text = caught.value.describe()
+    assert f"{tmp_path}/qemu/pc-bios lacks the option ROMs pvh.bin, kvmvapic.bin" in text, text
+    assert "+ds" in text and "qemu-system-data" in text, text
+    # With them there it is a plain build layout again.
+    for rom in ("pvh.bin", "kvmvapic.bin"):
+        _file(tmp_path / "qemu" / "pc-bios" / rom)
+    assert install.detect(binary).kind == "build"
 
 
 def test_launcher_sets_module_dir_and_firmware_and_passes_arguments(tmp_path):

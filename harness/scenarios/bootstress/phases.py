@@ -10,6 +10,12 @@ from 0000:7c00" (it read the boot sector and jumps to it) or "Boot failed:
 ..." and, with nothing left to try, "No bootable device." -- after which it
 waits and retries forever.  The serial console stays silent in that case, so
 only this log can say within seconds that a boot is lost.
+
+UEFI firmware (OVMF) says the same on the serial console: "BdsDxe: loading
+Boot0001 "UEFI QEMU HARDDISK ..." from PciRoot(0x0)/Pci(0x1F,0x2)/Sata(...)",
+then "BdsDxe: starting Boot0001 ..." when it runs the disk's boot loader, or
+"failed to load" and the next boot option (the EFI shell: the disk was not
+booted).  Debian's OVMF build prints nothing on the debug port.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ _AHCI_DISK = re.compile(r"^AHCI/\d+: registering: \"?(.*?)\"?$", re.MULTILINE)
 _HANDOFF = re.compile(r"^Booting from 0000:7c00", re.MULTILINE)
 _BOOT_FAILED = re.compile(r"^(Boot failed: .*|No bootable device\.?.*)$", re.MULTILINE)
 _NO_DEVICE = re.compile(r"^No bootable device", re.MULTILINE)
+#: SeaBIOS's AHCI driver waited out its 32 s request timeout (a command whose
+#: completion interrupt never came): the boot goes on, 32 s late.
+_AHCI_TIMEOUT = re.compile(r"^WARNING - Timeout at ahci_\w+:\d+!?", re.MULTILINE)
+_UEFI_OPTION = re.compile(r"BdsDxe: (loading|starting|failed to load) Boot[0-9A-Fa-f]{4} "
+                          r"\"([^\"]*)\" from (\S+)(.*)")
+_UEFI_NONE = re.compile(r"No bootable option or device was found")
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,7 @@ class FirmwareView:
     handed_off: bool              # the boot sector was read and jumped to
     failures: tuple[str, ...]     # "Boot failed: not a bootable disk", "No bootable device."
     gave_up: bool                 # "No bootable device": SeaBIOS retries forever from here
+    stalls: tuple[str, ...] = ()  # "WARNING - Timeout at ahci_command:153!"
 
     def stopped(self) -> str | None:
         """Why the firmware will not boot this disk, or None while it still might."""
@@ -52,7 +65,37 @@ def read_firmware_log(text: str) -> FirmwareView:
         ahci_disks=tuple(m.group(1).strip() for m in _AHCI_DISK.finditer(text)),
         handed_off=bool(_HANDOFF.search(text)),
         failures=tuple(dict.fromkeys(m.group(1).strip() for m in _BOOT_FAILED.finditer(text))),
-        gave_up=bool(_NO_DEVICE.search(text)))
+        gave_up=bool(_NO_DEVICE.search(text)),
+        stalls=tuple(m.group(0) for m in _AHCI_TIMEOUT.finditer(text)))
+
+
+def read_uefi_console(text: str) -> FirmwareView:
+    """What OVMF's boot manager said on the serial console so far: the boot
+    options on an AHCI port (a `Sata(...)` node in the device path), whether
+    it started one, and whether it moved on to something else (the EFI shell,
+    the network) or found nothing: the disk was not booted."""
+    disks: list[str] = []
+    failures: list[str] = []
+    handed_off = gave_up = False
+    for match in _UEFI_OPTION.finditer(text.replace("\r", "")):
+        verb, name, path = match.group(1), match.group(2).strip(), match.group(3)
+        on_ahci = "/Sata(" in path
+        if on_ahci and f"{name} at {path}" not in disks:
+            disks.append(f"{name} at {path}")
+        if verb == "failed to load":
+            failures.append(f"failed to load {name!r} from {path}{match.group(4).rstrip()}")
+        elif verb == "starting":
+            if on_ahci:
+                handed_off = True
+            else:
+                gave_up = True
+                failures.append(f"it started {name!r} ({path}) instead")
+    if _UEFI_NONE.search(text):
+        gave_up = True
+        failures.append("No bootable option or device was found")
+    return FirmwareView(ahci_disks=tuple(disks), handed_off=handed_off,
+                        failures=tuple(dict.fromkeys(failures)),
+                        gave_up=gave_up and not handed_off)
 
 
 @dataclass(frozen=True)
@@ -86,15 +129,34 @@ AHCI_ROOT_PHASES: tuple[Phase, ...] = (
 )
 
 
-def user_disk_phases(ready: str, ready_seconds: float) -> tuple[Phase, ...]:
+#: The same disk booted by UEFI firmware (OVMF): GRUB from EFI/BOOT/BOOTX64.EFI
+#: (harness/guest/diskimage.py writes its markers) instead of syslinux.
+UEFI_AHCI_ROOT_PHASES: tuple[Phase, ...] = (
+    Phase("firmware", "the UEFI firmware found the AHCI disk and started its boot loader",
+          None, 30),
+    Phase("bootloader", "GRUB runs (read from the FAT partition through the firmware's AHCI "
+          "driver)", r"HARNESS-GRUB started\r?\n", 20),
+    Phase("load", "GRUB read the kernel and the initramfs (UEFI block I/O on AHCI)",
+          r"HARNESS-GRUB loaded\r?\n", 60),
+    *AHCI_ROOT_PHASES[3:],
+)
+
+
+def ahci_root_phases(uefi: bool) -> tuple[Phase, ...]:
+    return UEFI_AHCI_ROOT_PHASES if uefi else AHCI_ROOT_PHASES
+
+
+def user_disk_phases(ready: str, ready_seconds: float, uefi: bool = False
+                     ) -> tuple[Phase, ...]:
     """A user's own disk: the firmware, then the console matching their regex."""
-    return (AHCI_ROOT_PHASES[0],
+    return (ahci_root_phases(uefi)[0],
             Phase("ready", f"the serial console matched {ready!r}", ready, ready_seconds))
 
 
 #: Console lines only a boot has: the guest's own error marker, the boot loader
-#: failing to read its files.
-BOOT_ERROR = r"HARNESS-ERROR |Boot error|Could not find kernel image|Loading \S+\.\.\. ?failed"
+#: failing to read its files (SYSLINUX, and GRUB under UEFI).
+BOOT_ERROR = (r"HARNESS-ERROR |Boot error|Could not find kernel image|Loading \S+\.\.\. ?failed|"
+              r"error: (?:disk|file) `[^']*' not found|error: you need to load the kernel first")
 
 #: Whole console lines that end a boot on the spot whatever phase it is in: the
 #: boot's own errors, and every kind of kernel trouble the other console scans
@@ -172,6 +234,7 @@ class BootRecord:
     guest_uptime: dict[str, float] = field(default_factory=dict)  # phase -> guest clock at its end
     stopped_in: str | None = None
     reason: str | None = None
+    known_gap: str | None = None  # the known gap (harness/qemu/known.py) this stop is
     console_tail: str | None = None
     firmware_tail: str | None = None
     artifacts: str | None = None
@@ -196,6 +259,7 @@ class BootRecord:
         return {"boot": self.number, "ok": self.ok, "phases": self.durations(),
                 "total_s": self.total(), "guest_uptime_s": dict(self.guest_uptime),
                 "stopped_in": self.stopped_in, "reason": self.reason,
+                "known_gap": self.known_gap,
                 "console_tail": self.console_tail, "firmware_tail": self.firmware_tail,
                 "artifacts": self.artifacts}
 

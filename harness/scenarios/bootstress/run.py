@@ -26,15 +26,20 @@ from harness.deadline import Deadline
 from harness.errors import DeadlineExceeded, HarnessError, QemuExited, UserError
 from harness.guest.console import kernel_trouble
 from harness.guest.running import FIRMWARE_LOG, Guest, LaunchPlan
+from harness.plan import plan_firmware
 from harness.progress import Progress
+from harness.qemu.facts import parse_version
+from harness.qemu.known import KnownGap, gaps_for_firmware
 from harness.qemu.machines import machine_facts
 from harness.scenarios.bootstress.phases import (
     STOP_LINE,
     BootRecord,
+    FirmwareView,
     Phase,
     check_marker,
     guest_uptime,
     read_firmware_log,
+    read_uefi_console,
     root_controller,
     root_mount_problem,
     root_on_ahci_problem,
@@ -48,7 +53,11 @@ POLL_S = 0.05
 
 
 class BootStopped(HarnessError):
-    """This boot cannot go on; the message says why."""
+    """This boot cannot go on; the message says why (and the known gap it is, if any)."""
+
+    def __init__(self, message: str, known_gap: str | None = None):
+        super().__init__(message)
+        self.known_gap = known_gap
 
 
 def boot_topology(machine: str, image: Path, image_format: str,
@@ -121,6 +130,12 @@ class BootStress:
         self.artifacts = artifacts
         self.options = options
         self.progress = progress
+        self.firmware = plan_firmware(plan)
+        #: Known gaps of this QEMU with this firmware (harness/qemu/known.py).
+        self.gaps: list[KnownGap] = gaps_for_firmware(
+            parse_version(plan.binary.version), self.firmware.family, self.firmware.version,
+            plan.binary.resolve_machine(plan.topology.machine))
+        self._firmware_s: list[float] = []  # firmware phase of the boots that completed
 
     def run(self) -> BootStressRun:
         """Boot until the count, the time limit, a failure or Ctrl-C (the run so far)."""
@@ -167,12 +182,15 @@ class BootStress:
                 raise  # QEMU refused the command line: no boot happened at all
             record.stopped_in = current
             record.reason = exc.message
+            record.known_gap = getattr(exc, "known_gap", None)
         except KeyboardInterrupt:
             guest.shutdown()
             shutil.rmtree(directory, ignore_errors=True)
             raise
         finally:
             guest.shutdown()
+        if record.ok and "firmware" in record.ended_at:
+            self._firmware_s.append(record.ended_at["firmware"])
         if not record.ok:
             record.console_tail = _tail(directory / "console.log", 25) or \
                 "(the serial console printed nothing)"
@@ -199,14 +217,22 @@ class BootStress:
             return None
         raise HarnessError(f"phase {phase.name!r} has no marker and no check")
 
+    def _firmware_view(self, guest: Guest) -> FirmwareView:
+        """SeaBIOS's debug log, or (UEFI) the boot manager's lines on the console."""
+        if self.firmware.uefi:
+            return read_uefi_console(_read(guest.artifacts / "console.log"))
+        return read_firmware_log(_read(guest.artifacts / FIRMWARE_LOG))
+
     def _wait_firmware(self, guest: Guest, deadline: Deadline) -> None:
-        log = guest.artifacts / FIRMWARE_LOG
         assert guest.process is not None
+        what = "boot loader" if self.firmware.uefi else "boot sector"
         while True:
-            view = read_firmware_log(_read(log))
+            view = self._firmware_view(guest)
+            if view.stalls:
+                raise self._stalled(guest, view.stalls[0])
             if view.handed_off:
                 if not view.ahci_disks:
-                    raise BootStopped("the firmware started a boot sector, but its log names "
+                    raise BootStopped(f"the firmware started a {what}, but its log names "
                                       "no AHCI disk: it did not boot through AHCI")
                 return
             reason = view.stopped()
@@ -215,9 +241,32 @@ class BootStress:
             if not guest.process.alive():
                 raise guest.process.exited_error("the firmware phase")
             if deadline.expired():
-                raise BootStopped(f"{deadline.describe()}: the firmware never started a boot "
-                                  "sector (no \"Booting from 0000:7c00\" in its log)")
+                started = ("no \"BdsDxe: starting\" of an AHCI disk on the console"
+                           if self.firmware.uefi else "no \"Booting from 0000:7c00\" in its log")
+                gap = self.gaps[0] if self.gaps else None
+                known = (f"; {self._usual()}; this is known gap {gap.id} ({gap.scope()}): "
+                         f"{gap.does_instead}" if gap else "")
+                raise BootStopped(f"{deadline.describe()}: {self.firmware.label()} never "
+                                  f"started a {what} ({started}){known}",
+                                  gap.id if gap else None)
             time.sleep(POLL_S)
+
+    def _usual(self) -> str:
+        done = sorted(self._firmware_s)
+        if done:
+            return f"it usually takes {done[len(done) // 2]:.1f} s (this run's completed boots)"
+        usual = next((g.usual_s for g in self.gaps if g.usual_s is not None), None)
+        return f"it usually takes ~{usual:.1f} s (where the gap does not hold)" if usual \
+            else "its usual duration is not known"
+
+    def _stalled(self, guest: Guest, line: str) -> BootStopped:
+        took = time.monotonic() - guest.started_at
+        gap = self.gaps[0] if self.gaps else None
+        known = (f"; known gap {gap.id} ({gap.scope()}): {gap.does_instead}" if gap
+                 else "; no known gap covers this QEMU and firmware")
+        return BootStopped(f"the firmware stalled: {self.firmware.label()} waited out an AHCI "
+                           f"request timeout ({line!r}); the firmware phase took {took:.1f} s "
+                           f"where {self._usual()}{known}", gap.id if gap else None)
 
     def _wait_console(self, guest: Guest, phase: Phase, deadline: Deadline) -> str:
         """The phase's marker, or BootStopped as soon as the console or the
