@@ -32,11 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import nightly_stop as stopping
 from harness.cross_version import cross_version_both_ways, cross_version_machine
 from harness.errors import UserError
 from harness.lab import LostHost, check_gateways, parse_gateway, surviving
 from harness.nightly_boot_stress import boot_stress_run_figures, boot_stress_runs
-from harness.nightly_stop import interruption, stoppable, stopped, unfinished, watching
 from harness.paths import cache_root, suite_root
 from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.qemu.binary import QemuBinary, find_qemu
@@ -201,10 +201,11 @@ def _run_pytest(argv: Sequence[str], log_path: Path, cwd: Path) -> int:
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, cwd=cwd, stdin=subprocess.DEVNULL,
                                 env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=stopping.dies_with_parent())  # noqa: PLW1509 - prctl
         assert proc.stdout is not None
         try:
-            with watching(proc):
+            with stopping.watching(proc):
                 hunt.pump(proc.stdout, [sys.stderr, log]).join()
                 return proc.wait()
         finally:
@@ -260,14 +261,14 @@ def _run_one(args: argparse.Namespace, binary: QemuBinary, label: str, output: P
                         fix="check the arguments after `--`")
     tests, data = _load_results(run_dir / "results.json")
     not_run: list[str] = []
-    if stopped():  # workers stopped on purpose: not lost hosts, nothing to re-run
-        not_run = unfinished(list(data.get("collected") or []),
+    if stopping.stopped():  # workers stopped on purpose: not lost hosts, nothing to re-run
+        not_run = stopping.unfinished(list(data.get("collected") or []),
                              {t.nodeid: (t.outcome, t.message) for t in tests})
         tests, lost = [t for t in tests if t.nodeid not in not_run], list[LostHost]()
     else:
         tests, lost = _recover_lost_hosts(args, binary, label, run_dir, machines, tests, data)
     problems = [f"QEMU {label}: host lost: {host.words()}" for host in lost]
-    if stopped():
+    if stopping.stopped():
         pass  # the report says it once, with the tests not run (NightlyReport.interrupted)
     elif not data:
         problems.append(f"QEMU {label}: pytest exit {status} and no results were recorded "
@@ -372,7 +373,7 @@ def run_nightly(args: argparse.Namespace) -> int:
     started = dt.datetime.now().astimezone()
     clock = time.monotonic()
     runs, tests, problems = [], [], []
-    with stoppable() as stop:
+    with stopping.stoppable() as stop:
         for index, (binary, label) in enumerate(zip(binaries, labels)):
             if stop.requested:
                 break
@@ -382,11 +383,11 @@ def run_nightly(args: argparse.Namespace) -> int:
             tests += results
             problems += trouble
         boot_stress = boot_stress_runs(args, binaries, labels, machines, output)
-        hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels) if not stopped()] \
-            if args.until_fail_minutes > 0 else []
+        hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)
+                 if not stopping.stopped()] if args.until_fail_minutes > 0 else []
         if cross and not stop.requested:
             hunts += cross_version_both_ways(args, binaries, labels, cross_machine, output)
-    interrupted = interruption(stop, labels[len(runs):], runs, clock)
+    interrupted = stopping.interruption(stop, labels[len(runs):], runs, clock)
     merge_junit([(r.label, output / r.directory / "junit.xml") for r in runs],
                 output / "junit.xml")
     items = build_items(tests, SEED_ITEMS, machines, labels)
