@@ -14,12 +14,13 @@ terminated (pytest) or killed (a hunt's process group).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -147,3 +148,20 @@ def watching(proc: subprocess.Popen[Any], group: bool = False) -> Iterator[None]
     with ACTIVE.watching(proc, group):
         yield
 
+
+_PR_SET_PDEATHSIG = 1
+
+
+def dies_with_parent() -> Callable[[], None]:
+    """preexec_fn for the nightly's pytest: it runs in its own session (so a
+    terminal's Ctrl-C reaches it once, through NightlyStop), which also takes it
+    out of a process-group kill; PR_SET_PDEATHSIG makes it die with the nightly
+    instead (a kill -9 of the nightly leaves no pytest, hence no worker or QEMU)."""
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setup() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the nightly died between fork and prctl
+            os._exit(1)
+    return setup

@@ -7,13 +7,8 @@ import argparse
 from typing import Any
 
 from harness.cli.common import add_common_options
-from harness.nightly import (
-    DIST_MODES,
-    HUNT_KEEP_STATES,
-    HUNT_LOAD,
-    SELF_TESTS,
-    run_nightly,
-)
+from harness.nightly import HUNT_KEEP_STATES, HUNT_LOAD, run_nightly
+from harness.nightly_suite import DIST_MODES, SELF_TESTS
 
 
 def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
@@ -44,6 +39,9 @@ def register(subparsers: Any) -> None:
          help="firmware for the AHCI boot runs, repeatable like --qemu: each QEMU boots with "
               "each one, a cell per combination (default: the QEMU's own SeaBIOS); the pytest "
               "suite runs with the first")
+    _add(parser, "--qemu-runs", choices=("together", "one-by-one"), default="together",
+         help="several --qemu: run their suites at the same time, the workers split between "
+              "them (default; one after the other with remote --tx hosts), or one by one")
     _add(parser, "--machines", default="pc,q35", help="machine kinds to run (comma-separated)")
     _add(parser, "--jobs", default="auto", help="pytest-xdist -n value: N, logical, or auto = two workers per CPU (default)")
     _add(parser, "--baseline", metavar="DIR",

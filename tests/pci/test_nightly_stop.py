@@ -41,8 +41,48 @@ def _qemus_under(directory: Path) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stopped_nightly_reports_what_ran_and_what_did_not(tmp_path: Path, signum: int) -> None:
+def _processes_of(out: Path) -> list[str]:
+    """Live pytest or QEMU processes of the nightly writing to `out` (its command line
+    or, for QEMU, its artifact directory under it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and str(out) in argv and ("pytest" in argv or "qemu-system" in argv):
+            found.append(f"{proc.name}: {argv[:200]}")
+    return found + [f"{pid}: QEMU in {out}" for pid in _qemus_under(out)]
+
+
+def _cmdline(pid: int) -> bytes:
+    """The command line of a live (non-zombie) process, b"" when it is gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return b"" if state == "Z" else Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children(parent: int) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int(
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _start_nightly(tmp_path: Path, stop_after_s: float
+                   ) -> tuple[subprocess.Popen[str], list[str], Path]:
+    """A real `nightly -- -m smoke`, running until `stop_after_s` passed and a test
+    passed; its stderr lines keep coming into the list."""
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     proc = subprocess.Popen(
@@ -56,11 +96,17 @@ def test_a_stopped_nightly_reports_what_ran_and_what_did_not(tmp_path: Path, sig
                               daemon=True)
     reader.start()
     started = time.monotonic()
-    while (time.monotonic() - started < STOP_AFTER_S
+    while (time.monotonic() - started < stop_after_s
            or not any(" PASSED " in line for line in lines)):
         assert proc.poll() is None, "the nightly ended before it was stopped:\n" + "".join(lines)
         assert time.monotonic() - started < 300, "no test passed in 300 s:\n" + "".join(lines)
         time.sleep(0.5)
+    return proc, lines, out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_nightly_reports_what_ran_and_what_did_not(tmp_path: Path, signum: int) -> None:
+    proc, lines, out = _start_nightly(tmp_path, STOP_AFTER_S)
     passed_before = {line.split(" PASSED ")[1].strip() for line in lines if " PASSED " in line}
     if signum == signal.SIGTERM:
         proc.send_signal(signum)          # a CI timeout: the nightly's own pid
@@ -73,7 +119,7 @@ def test_a_stopped_nightly_reports_what_ran_and_what_did_not(tmp_path: Path, sig
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     took = time.monotonic() - stopped_at
-    reader.join(timeout=10)
+    time.sleep(0.5)  # the reader drains the last lines
     stderr = "".join(lines)
     name = signal.Signals(signum).name
 
@@ -107,3 +153,22 @@ def test_a_stopped_nightly_reports_what_ran_and_what_did_not(tmp_path: Path, sig
     assert f"interrupted by {name} after" in html and f"not run ({len(not_run)})" in html
     time.sleep(1)
     assert _qemus_under(out) == [], "QEMU left running after the nightly stopped"
+
+
+def test_a_killed_nightly_leaves_no_pytest_and_no_qemu(tmp_path: Path) -> None:
+    """pytest runs in its own session (so a stop reaches it once), which takes it out
+    of a process-group kill: it must die with the nightly (PR_SET_PDEATHSIG)."""
+    proc, _, out = _start_nightly(tmp_path, 5.0)
+    controller = [pid for pid in _children(proc.pid) if b"pytest" in _cmdline(pid)]
+    assert len(controller) == 1, f"the nightly's pytest: {controller}"
+    proc.kill()
+    proc.wait(timeout=10)
+    # At once, not when its next line of output meets the closed pipe (SIGPIPE).
+    gone_by = time.monotonic() + 2
+    while _cmdline(controller[0]) and time.monotonic() < gone_by:
+        time.sleep(0.05)
+    assert not _cmdline(controller[0]), "pytest outlived the killed nightly by 2 s"
+    deadline = time.monotonic() + 20
+    while _processes_of(out) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_of(out) == [], "left running after kill -9 of the nightly"

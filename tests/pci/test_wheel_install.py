@@ -11,7 +11,7 @@ a new venv under a temporary directory (pip's cache is reused).  Then:
   reports there.
 Neither writes into the installed package (bytecode caches aside).
 
-A nightly self-test (harness.nightly.SELF_TESTS): it builds, installs and
+A nightly self-test (harness.nightly_suite.SELF_TESTS): it builds, installs and
 boots guests of its own.
 """
 

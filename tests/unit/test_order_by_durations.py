@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from harness.nightly import _previous_durations
+from harness.nightly_suite import _previous_durations
 from harness.report.collect import longest_first
 
 
@@ -36,3 +36,18 @@ def test_previous_durations_come_from_the_same_qemu_version(tmp_path: Path) -> N
     assert _previous_durations(tonight, "9.2.0") == {}
     (old / "report.json").write_text("{not json")
     assert _previous_durations(tonight, "10.0.2") == {}
+
+
+def test_two_qemus_at_once_split_the_workers() -> None:
+    import argparse
+
+    from harness.nightly_suite import shares, workers
+
+    args = argparse.Namespace(jobs="auto", qemu_runs="together")
+    total = int(workers("auto"))
+    both = shares(args, 2)
+    assert [a.jobs for a in both] == [str(max(1, total // 2))] * 2, (total, both)
+    assert shares(argparse.Namespace(jobs="3"), 2)[0].jobs == "1"
+    assert shares(argparse.Namespace(jobs="1"), 2)[0].jobs == "1"  # never 0 workers
+    assert shares(argparse.Namespace(jobs="logical"), 2)[0].jobs == "logical"
+    assert args.jobs == "auto"  # the caller's arguments are not changed
