@@ -5,6 +5,7 @@ Guest turns a plan into a running QEMU."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.errors import UserError
 from harness.guest.image import GuestImage
@@ -50,6 +51,11 @@ class LaunchPlan:
     # SeaBIOS's debug console (I/O port 0x402) to firmware.log in the artifacts:
     # the only place that says whether the firmware found a disk to boot.
     firmware_log: bool = False
+    # A scratch disk's failed request stops the VM with the request pending in
+    # the device (werror/rerror=stop): how a switch point halts a request.
+    halt_on_disk_error: bool = False
+    # A read-only image as an ATAPI CD-ROM on the built-in AHCI's second port.
+    ahci_cdrom: Path | None = None
 
 
 EFI_VARS = "efi-vars.fd"

@@ -24,6 +24,13 @@ from typing import Any, Self
 
 from harness.cli.common import add_common_options
 from harness.cli.runner import Result, VerbRun, progress, run_verb
+from harness.cli.switching import (
+    add_switch_options,
+    boundaries,
+    sweep_hops,
+    switch_argv,
+    switch_plan,
+)
 from harness.errors import UserError
 from harness.qemu.machines import machine_facts
 from harness.scenarios.migration.hop import shared_machine
@@ -116,9 +123,12 @@ def _r(value: float | None) -> float | None:
 
 
 def _reproduce_argv(args: argparse.Namespace, seed: int, topology_copy: Path | None,
-                    hops: int) -> list[str]:
+                    hops: int | None) -> list[str]:
+    """The command that replays the run up to hop HOPS (None: without --hops and
+    the switch options, the base of a one-boundary replay)."""
     argv = [sys.executable, "-m", "harness", "pingpong", "--machine", args.machine,
-            "--hops", str(hops), "--disk", args.disk, "--load", args.load,
+            *(["--hops", str(hops)] if hops is not None else []),
+            "--disk", args.disk, "--load", args.load,
             "--transport", args.transport, "--seed", str(seed), "--accel", args.accel,
             "--timeout-multiplier", str(args.timeout_multiplier), "--keep-artifacts"]
     if topology_copy is not None:
@@ -132,7 +142,7 @@ def _reproduce_argv(args: argparse.Namespace, seed: int, topology_copy: Path | N
         argv.append("--compare-ram" if args.compare_ram else "--no-compare-ram")
     for inject in args.inject or ():
         argv += ["--inject", inject]
-    return argv
+    return argv + (switch_argv(args) if hops is not None else [])
 
 
 def _parse_inject(text: str) -> tuple[str, int]:
@@ -196,7 +206,8 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
                         fix="give a disk = SIZE to a virtio-blk-pci or ich9-ahci device, "
                             "ahci_disk on q35, or use --load none")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
-    hops = (args.max_hops or 1000) if args.until_fail else args.hops
+    hops = (args.max_hops or 1000) if args.until_fail else sweep_hops(args) or args.hops
+    switch = switch_plan(args, seed, tuple(t.name for t in targets))
 
     def body(run: VerbRun) -> Result:
         factory = run.factory
@@ -215,7 +226,7 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
                                   max_time_s=args.max_time, memory_mib=args.memory_mib,
                                   memory_rate_mib_s=args.memory_rate,
                                   keep_states=args.keep_states, inject=injects,
-                                  compare_ram=args.compare_ram)
+                                  compare_ram=args.compare_ram, switch=switch)
         progress(f"pingpong on {topology.machine} ({factory.accel.name}), seed {seed}, "
                  f"{'until the first failure' if args.until_fail else f'{hops} hops'}; "
                  f"artifacts in {run.artifacts}")
@@ -236,6 +247,10 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
                   f"Artifacts (both command lines, QMP transcripts, console logs, "
                   f"reproduce.sh): {result.artifacts}", file=sys.stderr)
         report = summary(result, seed)
+        if switch is not None:
+            base = _reproduce_argv(args, seed, topology_copy, None)
+            report["switch"] = {"plan": switch.kind,
+                                "boundaries": boundaries(result, switch, base)}
         if dst_binary is not None:
             report["machine"] = pingpong.plan.topology.machine
             report["directions"] = directions(result, factory.binary.version,
@@ -322,5 +337,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-hops", type=int, help="limit for --until-fail (default 1000)")
     p.add_argument("--max-time", type=_positive, metavar="SECONDS",
                    help="stop hopping after this many seconds")
+    add_switch_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_pingpong)

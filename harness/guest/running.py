@@ -99,6 +99,7 @@ def render_plan(plan: LaunchPlan, scratch_dir: Path, mgmt_mac: str, run_dir: Pat
         scratch_dir=scratch_dir, mgmt_mac=mgmt_mac,
         mgmt_netdev_options=(guestfwd_option(hop),) if plan.migrating_ssh else (),
         memory=plan.memory, dump_guest_core=False, firmware_log=log, netdevs=plan.netdevs,
+        halt_on_disk_error=plan.halt_on_disk_error, ahci_cdrom=plan.ahci_cdrom,
         private_paths=((hop,) if plan.migrating_ssh else ()) + ((str(log),) if log else ())))
 
 

@@ -76,6 +76,7 @@ class GuestShell:
         self._key = key
         self._log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives with the shell
         self._client: paramiko.SSHClient | None = None
+        self._last_channel: paramiko.Channel | None = None
         self._session: paramiko.Transport | None = None  # attach(): a session over a given socket
         self._hop_socket: HopSocket | None = None         # ... when that socket is a HopSocket
 
@@ -127,6 +128,15 @@ class GuestShell:
         seconds = time.monotonic() - started
         self._log.write(f"# ping: sshd answered in {seconds:.3f} s\n")
         return seconds
+
+    def settle(self, deadline: Deadline) -> bool:
+        """Until the last command's channel is closed both ways: sshd sends its
+        CLOSE after the exit status, and paramiko answers it from its own thread,
+        so right after `execute` returns the harness may still be sending.  False
+        when the deadline came first."""
+        channel = self._last_channel
+        return channel is None or deadline.poll(
+            lambda: True if channel.closed else None, interval=0.005) is not None
 
     def relog(self, log_path: Path) -> None:
         """Log later commands to `log_path` (the session moved to another process)."""
@@ -206,6 +216,7 @@ class GuestShell:
                 raise DeadlineExceeded(f"{deadline.describe()}: the output ended but no exit "
                                        "status came", tail=output[-2000:])
             status = channel.recv_exit_status()
+            self._last_channel = channel
         except (paramiko.SSHException, OSError, EOFError) as exc:
             # A dead or hung guest: one named error, never a paramiko traceback.
             output = b"".join(chunks).decode(errors="replace")

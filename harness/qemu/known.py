@@ -308,6 +308,25 @@ KNOWN_GAPS: tuple[KnownGap, ...] = (
         ),
     ),
     KnownGap(
+        id="gdbstub-stopped-migration-aborts",
+        seed="ahci-stability",
+        does_instead="migrating a VM stopped by the gdbstub (runstate 'debug') kills the "
+                     "destination with SIGABRT: 'invalid runstate transition: 'inmigrate' -> "
+                     "'debug'' (the source stores 'debug' in the stream's globalstate "
+                     "section; the destination sets it, which is not an allowed transition)",
+        spec="a stopped VM migrates wherever it stopped: the destination loads the stream "
+             "and comes up stopped (QMP `stop`'s 'paused' does), ready to `cont`",
+        versions=SINCE_7_2,
+        tests=("test_vm_stopped_by_the_gdbstub_migrates_and_runs_on",),
+        evidence=(
+            Measurement("7.2.22", FAILS, ("q35",),
+                        "gdbstub breakpoint at ahci_qc_issue, then QMP stop and HMP "
+                        "gdbserver none (both leave 'debug'): destination SIGABRT"),
+            Measurement("10.0.2", FAILS, ("q35",), "one gdbstub single-step: destination "
+                        "SIGABRT with the same message"),
+        ),
+    ),
+    KnownGap(
         id="cold-plugged-bridge-del-accepted",
         seed="bridge-hotplug-acpi-bsel",
         does_instead="QEMU answers device_del of a cold-plugged bridge with {} and then does "

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.errors import TopologyError
 from harness.qemu.drivers import BASE_MODULES, driver_info
 from harness.qemu.machines import MGMT_SLOT
 from harness.topology.data import MGMT_ID, Device, PropValue, Topology
@@ -37,7 +38,8 @@ from harness.views.pciview import PciView
 MGMT_NETDEV = f"user,id={MGMT_ID},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22"
 AHCI_DISK_ID = "ahci"  # ids derived from it: node "ahci.disk", device "ahci.hd"
 _DISK_MODULES = {"ide": ("ahci", "sd_mod"), "scsi": ("sd_mod",), "self": ()}
-_KEY_TOKENS = ("<scratch>", "<mac>")  # what per-guest inputs read as in the snapshot key
+_KEY_TOKENS = ("<scratch>", "<mac>")
+_HALT: tuple[tuple[str, PropValue], ...] = (("werror", "stop"), ("rerror", "stop"))  # what per-guest inputs read as in the snapshot key
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,11 @@ class RenderInputs:
     #: Per-guest paths inside mgmt_netdev_options (sockets in a run directory):
     #: hashed as a token, like the scratch directory.
     private_paths: tuple[str, ...] = field(default=(), compare=False)
+    #: werror=stop,rerror=stop on every scratch disk's device: a failed request
+    #: stops the VM (runstate io-error) with the request pending in the device.
+    halt_on_disk_error: bool = False
+    #: A read-only image as an ide-cd on the built-in AHCI's port 1 (ATAPI).
+    ahci_cdrom: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -150,16 +157,20 @@ def render(topology: Topology, inputs: RenderInputs | None = None, *,
                  "-device", "isa-debugcon,iobase=0x402,chardev=seabios"]
     disks: list[ScratchDisk] = []
     modules: list[str] = list(BASE_MODULES)
+    halt = list(_HALT) if inputs.halt_on_disk_error else []
     for dev in parents_first(topo):
-        argv += _device(topo, dev, scratch_dir, disks, modules)
+        argv += _device(topo, dev, scratch_dir, disks, modules, halt)
     if topo.ahci_disk is not None:
         disk = ScratchDisk(scratch_dir / f"{AHCI_DISK_ID}.qcow2", topo.ahci_disk,
                            node_name(AHCI_DISK_ID))
         disks.append(disk)
         argv += ["-blockdev", _blockdev(disk), "-device",
                  device_arg("ide-hd", [("id", f"{AHCI_DISK_ID}.hd"), ("bus", "ide.0"),
-                                       ("drive", disk.node_name)])]
+                                       ("drive", disk.node_name), *halt])]
         modules += _DISK_MODULES["ide"]
+    if inputs.ahci_cdrom is not None:
+        argv += _cdrom(topo, inputs.ahci_cdrom, halt)
+        modules += ["ahci", "sr_mod"]
     if topo.boot_disk is not None:
         argv += _boot_disk(topo, scratch_dir, disks, modules)
     mgmt = mgmt_device(topo)
@@ -198,13 +209,28 @@ def _boot_disk(topo: Topology, scratch_dir: Path, disks: list[ScratchDisk],
                                              ("drive", disk.node_name), ("bootindex", 0)])]
 
 
+CDROM_ID = "cdrom"  # node "cdrom.disk", device "cdrom.cd"
+
+
+def _cdrom(topo: Topology, image: Path, halt: list[tuple[str, PropValue]]) -> list[str]:
+    bus = topo.facts.builtin_ahci_bus
+    if bus is None:
+        raise TopologyError(f"an AHCI CD-ROM needs a machine with a built-in AHCI "
+                            f"({topo.machine} has none)", fix="use q35")
+    blockdev = (f"driver=raw,node-name={node_name(CDROM_ID)},read-only=on,"
+                f"file.driver=file,file.filename={_escape(str(image))}")
+    return ["-blockdev", blockdev, "-device", device_arg("ide-cd", [("id", f"{CDROM_ID}.cd"),
+                                             ("bus", bus.replace(".0", ".1")),
+                                             ("drive", node_name(CDROM_ID)), *halt])]
+
+
 def _memory(size: int) -> str:
     mib = 1024 * 1024
     return f"{size // mib}M" if size % mib == 0 else f"{size // 1024}K"
 
 
 def _device(topo: Topology, dev: Device, scratch_dir: Path, disks: list[ScratchDisk],
-            modules: list[str]) -> list[str]:
+            modules: list[str], halt: list[tuple[str, PropValue]]) -> list[str]:
     assert dev.addr is not None
     info = driver_info(dev.driver)
     props: list[tuple[str, PropValue]] = [("id", dev.id), ("bus", topo.bus_of(dev)),
@@ -223,16 +249,16 @@ def _device(topo: Topology, dev: Device, scratch_dir: Path, disks: list[ScratchD
         modules += _DISK_MODULES[info.disk]
         out += ["-blockdev", _blockdev(disk)]
         if info.disk == "self":
-            props.append(("drive", disk.node_name))
+            props += [("drive", disk.node_name), *halt]
         elif info.disk == "ide":
             child = ["-device", device_arg("ide-hd", [("id", f"{dev.id}.hd"),
                                                       ("bus", f"{dev.id}.0"),
-                                                      ("drive", disk.node_name)])]
+                                                      ("drive", disk.node_name), *halt])]
         else:
             child = ["-device", device_arg("scsi-hd", [("id", f"{dev.id}.hd"),
                                                        ("bus", f"{dev.id}.0"), ("channel", 0),
                                                        ("scsi-id", 0), ("lun", 0),
-                                                       ("drive", disk.node_name)])]
+                                                       ("drive", disk.node_name), *halt])]
     return out + ["-device", device_arg(dev.driver, props)] + child
 
 

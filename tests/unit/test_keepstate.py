@@ -34,7 +34,7 @@ def test_relay_passes_every_byte_on_and_keeps_the_same_bytes(tmp_path):
     reader = threading.Thread(target=destination)
     reader.start()
     kept = KeptState(3, tmp_path)
-    tee = StreamTee(short / "tee.sock", f"unix:{short / 'dst.sock'}", tmp_path / "stream", kept)
+    tee = StreamTee(short / "tee.sock", f"unix:{short / 'dst.sock'}", 3, kept)
     payload = os.urandom(3 * 1024 * 1024 + 17)
     src = socket.socket(socket.AF_UNIX)
     src.connect(str(short / "tee.sock"))

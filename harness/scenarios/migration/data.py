@@ -12,6 +12,8 @@ from harness.qemu.binary import QemuBinary
 from harness.scenarios.migration.hop import HopFailure, HopStats, Transport
 from harness.scenarios.migration.keepstate import KeptState
 from harness.scenarios.migration.loads import DiskTarget
+from harness.scenarios.migration.switchpoint import SwitchPlan
+from harness.scenarios.migration.switchstop import StopRecord
 from harness.topology import Topology
 from harness.workloads.disk import Verified
 
@@ -50,6 +52,8 @@ class PingPongOptions:
     #: compare the paused source's RAM with the loaded destination's before it runs
     #: (ramdiff.py); None: with the memory load, whose bug class it names exactly
     compare_ram: bool | None = None
+    #: stop the source's vCPU at a switch point before every hop (switchpoint.py)
+    switch: SwitchPlan | None = None
 
     @property
     def comparing_ram(self) -> bool:
@@ -64,6 +68,11 @@ class HopRecord:
     verified: dict[str, Verified] = field(default_factory=dict)
     kept: KeptState | None = None
     ram_compare_s: float | None = None   # source/destination RAM compared (ramdiff)
+    stop: StopRecord | None = None       # where the vCPU was stopped (switch point)
+
+    @property
+    def switch(self) -> dict[str, Any] | None:
+        return self.stop.as_dict() if self.stop is not None else None
 
     @property
     def verified_mib(self) -> float:
@@ -91,7 +100,7 @@ class HopRecord:
                              for k, v in self.verified.items()},
                 "kept_state": self.kept.as_dict() if self.kept else None,
                 "ram_compare_s": None if self.ram_compare_s is None
-                else round(self.ram_compare_s, 3)}
+                else round(self.ram_compare_s, 3), "switch": self.switch}
 
 
 @dataclass
@@ -111,3 +120,4 @@ class PingPongResult:
     boot_s: float = 0.0
     login_s: float | None = None   # the new SSH login to the last process, at the end
     notes: list[str] = field(default_factory=list)  # e.g. how two QEMU versions differ
+    stops: dict[int, StopRecord] = field(default_factory=dict)   # hop -> switch point reached

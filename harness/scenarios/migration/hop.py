@@ -179,7 +179,8 @@ def _incoming_uri(dst: Guest, transport: Transport) -> str:
 def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
             launch_started: float | None = None, connect: bool | None = None,
             wrap_uri: Callable[[str], str] | None = None,
-            before_resume: Callable[[Guest], None] | None = None) -> HopStats:
+            before_resume: Callable[[Guest], None] | None = None,
+            resume: bool = False) -> HopStats:
     """Stream `src` into the started destination `dst` and wait until it runs.
 
     connect: open SSH on the destination (default: when the source was running;
@@ -187,6 +188,9 @@ def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
     wrap_uri: gives the URI the source migrates to instead of the destination's
     own (a relay that keeps the stream); before_resume: called once the
     destination (started with -S) has loaded, before the harness sends `cont`.
+    resume: the source is stopped on purpose (a switch point: gdbstub `debug`, a
+    halted request's `io-error`) and the destination must run on from there: it
+    gets `cont` after loading, as a running source's would, and SSH is checked.
     """
     started = launch_started if launch_started is not None else time.monotonic()
     launch_s = time.monotonic() - started if launch_started is not None else 0.0
@@ -216,16 +220,19 @@ def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
         session.follow(dst.hop_sock, dst.artifacts / "ssh.log")
         dst.hop_sock, src.shell, dst.shell = None, None, session
     status = _wait_loaded(src, dst, hop, Deadline(LOAD_SECONDS, f"hop {hop} destination load"))
-    if before_resume is not None and was_running:
-        before_resume(dst)
+    run_on = was_running or resume
+    if run_on and (before_resume is not None or (resume and status != "running")):
+        if before_resume is not None:
+            before_resume(dst)
         _qmp(dst, "cont")
         status = str(_qmp(dst, "query-status")["status"])
     t_loaded = time.monotonic()
-    if was_running and status != "running":
+    if run_on and status != "running":
+        why = "the source was running" if was_running else "the destination was resumed"
         raise HopFailure("destination-load-failed", hop,
-                         f"the source was running but destination {dst.name} is "
+                         f"{why} but destination {dst.name} is "
                          f"{status!r} after the stream", process=dst.name)
-    if connect if connect is not None else was_running:
+    if connect if connect is not None else run_on:
         if session is not None:
             ping_watching(dst, hop, Deadline(SSH_SECONDS, f"hop {hop} SSH answer from "
                                                           f"{dst.name}"))

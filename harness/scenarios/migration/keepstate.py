@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
 from harness.errors import HarnessError
 from harness.guest.running import Guest
@@ -47,15 +48,26 @@ class KeptState:
                 "disk_copy_s": round(self.disks_s, 3), "directory": str(self.directory)}
 
 
+class StreamRewrite(Protocol):
+    def feed(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+    def verify(self, hop: int) -> None: ...   # HarnessError when it did not do its job
+
+
 class StreamTee:
     """A unix socket the source migrates into; every byte goes on to the destination
-    (`target`, a QEMU migration URI: unix:PATH or tcp:HOST:PORT) and into `stream`."""
+    (`target`, a QEMU migration URI: unix:PATH or tcp:HOST:PORT) and into the kept
+    state's `stream` file, if any; `rewrite` may change it on the way (switchstop's
+    RunstateRewrite), and the kept stream is what the destination read."""
 
-    def __init__(self, listen_path: Path, target: str, stream: Path, kept: KeptState):
+    def __init__(self, listen_path: Path, target: str, hop: int, kept: KeptState | None = None,
+                 rewrite: StreamRewrite | None = None):
         self.listen_path = listen_path
         self.target = target
-        self.stream = stream
+        self.hop = hop
+        self.stream = kept.directory / "stream" if kept is not None else None
         self.kept = kept
+        self.rewrite = rewrite
         self.error: BaseException | None = None
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(listen_path))
@@ -84,16 +96,17 @@ class StreamTee:
             dst.settimeout(None)
             back = threading.Thread(target=_copy_back, args=(dst, src), daemon=True)
             back.start()  # the destination's return path (nothing to keep)
-            with src, dst, open(self.stream, "wb") as out:
+            with src, dst, open(self.stream or os.devnull, "wb") as out:
                 while True:
                     data = src.recv(RELAY_BUF)
-                    if not data:
+                    end = not data
+                    if self.rewrite is not None:
+                        data = self.rewrite.flush() if end else self.rewrite.feed(data)
+                    if data:
+                        dst.sendall(data)
+                        self._keep(out, data)
+                    if end:
                         break
-                    dst.sendall(data)
-                    t0 = time.monotonic()
-                    out.write(data)
-                    self.kept.stream_s += time.monotonic() - t0
-                    self.kept.stream_bytes += len(data)
                 try:
                     dst.shutdown(socket.SHUT_WR)
                 except OSError:
@@ -103,13 +116,21 @@ class StreamTee:
         finally:
             self._listener.close()
 
+    def _keep(self, out: IO[bytes], data: bytes) -> None:
+        if self.kept is None:
+            return
+        t0 = time.monotonic()
+        out.write(data)
+        self.kept.stream_s += time.monotonic() - t0
+        self.kept.stream_bytes += len(data)
+
     def close(self, timeout: float = 30.0) -> None:
         self._thread.join(timeout)
         if self._thread.is_alive():
-            raise HarnessError(f"the stream relay for hop {self.kept.hop} did not finish "
+            raise HarnessError(f"the stream relay for hop {self.hop} did not finish "
                                f"within {timeout:g} s")
         if self.error is not None:
-            raise HarnessError(f"the stream relay for hop {self.kept.hop} failed: "
+            raise HarnessError(f"the stream relay for hop {self.hop} failed: "
                                f"{self.error!r}")
 
 
@@ -198,28 +219,48 @@ def write_replay(path: Path, kept: KeptState, argv: Sequence[str], run_dir: Path
     os.chmod(path, 0o755)
 
 
-class HopKeeper:
-    """Keeps one hop's state: the stream the destination reads (relayed into a file)
-    and its disks as they are once it has loaded, paused, before it runs.
+class HopRelay:
+    """The relay between one hop's QEMUs: it keeps the stream (`kept`, for
+    --keep-states) and/or rewrites it on the way (`rewrite`, a switch point).
 
     `wrap_uri` goes to `migrate` (the source sends into the relay), `before_resume`
-    runs while the destination is paused, `write_replay` once the hop is kept.
+    runs once the destination has loaded: the relay has finished by then.
+    """
+
+    def __init__(self, hop: int, destination: Guest, kept: KeptState | None = None,
+                 rewrite: StreamRewrite | None = None) -> None:
+        self.hop = hop
+        self.destination = destination
+        self.kept = kept
+        self.rewrite = rewrite
+        self.tee: StreamTee | None = None
+
+    def wrap_uri(self, uri: str) -> str:
+        self.tee = StreamTee(self.destination.run_dir / "tee.sock", uri, self.hop, self.kept,
+                             self.rewrite)
+        return self.tee.uri
+
+    def before_resume(self, loaded: Guest) -> None:
+        if self.tee is not None:
+            self.tee.close()
+        if self.rewrite is not None:
+            self.rewrite.verify(self.hop)
+
+
+class HopKeeper:
+    """Keeps one hop's state: the stream the destination reads (relayed into a file
+    by HopRelay) and its disks as they are once it has loaded, paused, before it runs.
+
+    `before_resume` runs while the destination is paused, `write_replay` once the
+    hop is kept.
     """
 
     def __init__(self, kept: KeptState, destination: Guest) -> None:
         self.kept = kept
         self.destination = destination
         self.disks = [d.path for d in destination.rendered.scratch_disks]
-        self.tee: StreamTee | None = None
-
-    def wrap_uri(self, uri: str) -> str:
-        self.tee = StreamTee(self.destination.run_dir / "tee.sock", uri,
-                             self.kept.directory / "stream", self.kept)
-        return self.tee.uri
 
     def before_resume(self, loaded: Guest) -> None:
-        if self.tee is not None:
-            self.tee.close()
         copy_disks(self.disks, self.kept)
 
     def write_replay(self, artifacts: Path) -> Path:

@@ -54,6 +54,7 @@ from harness.scenarios.migration.hop import (
 )
 from harness.scenarios.migration.keepstate import (
     HopKeeper,
+    HopRelay,
     KeptState,
     prune,
 )
@@ -65,6 +66,7 @@ from harness.scenarios.migration.loads import (
 )
 from harness.scenarios.migration.ramdiff import compare_ram
 from harness.scenarios.migration.reference import PciReference
+from harness.scenarios.migration.switchstop import RunstateRewrite, StopRecord, Switcher
 from harness.scenarios.threeview import collect_views
 from harness.workloads.disk import DataMismatch, LoadStalled, Verified
 
@@ -89,6 +91,8 @@ class PingPong:
                             migrating_ssh=True)
         if options.dst_binary is not None:
             self.plan = pin_machine(self.plan, options.dst_binary)
+        if options.switch is not None and options.switch.kind == "io-error":
+            self.plan = replace(self.plan, halt_on_disk_error=True)
         self.artifacts = artifacts
         self.options = options
         self.progress = progress or (lambda message: None)
@@ -103,6 +107,8 @@ class PingPong:
         self.kept: list[KeptState] = []
         self.injected: list[str] = []
         self._next: tuple[Guest, float] | None = None  # pre-spawned destination, its launch_s
+        self.switcher = Switcher(options.switch, self.progress) if options.switch else None
+        self.stops: dict[int, StopRecord] = {}
 
     # ---- set-up ----------------------------------------------------------
     def boot(self) -> Guest:
@@ -117,6 +123,8 @@ class PingPong:
         self.current = guest
         if self.options.load != "none":
             self._start_loads(guest)
+        if self.switcher is not None:  # a bad symbol is a UserError before the first hop
+            self.switcher.prepare(guest)
         self.refresh_reference()
         return guest
 
@@ -172,8 +180,16 @@ class PingPong:
         for kind, at in self.options.inject:
             if at == number:
                 self._inject(kind)
+        stop = self.switcher.stop(src, number) if self.switcher is not None else None
+        if stop is not None:
+            self.stops[number] = stop
         keeper = self._keeper(number, dst)
-        hooks: list[Callable[[Guest], None]] = [keeper.before_resume] if keeper else []
+        relay = None
+        if keeper is not None or stop is not None:
+            relay = HopRelay(number, dst, keeper.kept if keeper else None,
+                             RunstateRewrite() if stop and stop.runstate == "debug" else None)
+        hooks: list[Callable[[Guest], None]] = [relay.before_resume] if relay else []
+        hooks += [keeper.before_resume] if keeper else []
         ram_s: list[float] = []
         if self.options.comparing_ram:
             hooks.append(lambda loaded: ram_s.append(self._compare_ram(src, loaded, number)))
@@ -183,8 +199,9 @@ class PingPong:
                 hook(loaded)
 
         stats = replace(migrate(src, dst, number, transport=self.options.transport,
-                                wrap_uri=keeper.wrap_uri if keeper else None,
-                                before_resume=before_resume if hooks else None),
+                                wrap_uri=relay.wrap_uri if relay else None,
+                                before_resume=before_resume if hooks else None,
+                                resume=stop is not None),
                         launch_s=launch_s)
         if keeper:
             self._kept_done(keeper)
@@ -194,6 +211,8 @@ class PingPong:
             # start-up leaves the hop's critical path.
             self._spawn(number + 1)
         self.live.remove(src)
+        if self.switcher is not None:
+            self.switcher.release()
         rc = src.shutdown()
         if rc not in (0, None):
             raise died(src, number, "quit after a completed migration")
@@ -201,7 +220,7 @@ class PingPong:
         verified = self.check(number, src)
         record = HopRecord(stats, time.monotonic() - t0, verified,
                            self.kept[-1] if self.kept and self.kept[-1].hop == number else None,
-                           ram_s[0] if ram_s else None)
+                           ram_s[0] if ram_s else None, stop)
         with open(self.artifacts / "hops.jsonl", "a") as out:
             out.write(json.dumps(record.as_dict(), default=str) + "\n")
         return record
@@ -337,12 +356,15 @@ class PingPong:
             result.final_checks = (f"skipped: {self.stop_requested or 'interrupted'} "
                                    "during the run or its final checks")
         finally:
+            if self.switcher is not None:
+                self.switcher.release()
             for guest in self.guests:
                 guest.shutdown()
             result.notes = list(self.reference.notes) if self.reference else []
             result.stopped_by = self.stop_requested
             result.injected = list(self.injected)
             result.kept_states = list(self.kept)
+            result.stops = dict(self.stops)
             for load in self.loads:
                 summary = getattr(load, "summary", None)
                 result.load_summaries[load.name] = summary() if summary else {}
@@ -390,9 +412,13 @@ class PingPong:
         kept = (f"; state kept ({record.kept.stream_bytes / 1e6:.0f} MB stream, "
                 f"{record.kept.disk_bytes / 1e6:.0f} MB disks, "
                 f"{record.kept.disks_s:.2f} s disk copy)" if record.kept else "")
+        switch = record.switch or {}
+        what = f"{switch['instruction']}, " if switch.get("instruction") else ""
+        where = (f" stopped at {switch['where']} ({what}{switch['stop_s']:.2f} s),"
+                 if switch else "")
         ram = (f", RAM identical at the switchover ({record.ram_compare_s:.2f} s)"
                if record.ram_compare_s is not None else "")
-        self.progress(f"hop {s.hop} {s.source}->{s.destination}: {s.total_s:.2f} s "
+        self.progress(f"hop {s.hop} {s.source}->{s.destination}:{where} {s.total_s:.2f} s "
                       f"(downtime {down}, {(s.ram_bytes or 0) / 1e6:.0f} MB{ram}), "
                       f"checks {record.check_s:.2f} s: verified {record.verified_mib:.1f} MiB, "
                       f"{record.verified_files} files in {record.verify_s:.2f} s{kept}")
