@@ -111,6 +111,9 @@ class GdbStub:
         stub = cls(sock, transcript)
         try:
             stub.stop = StopReply(stub.request("?", deadline, stop_reply=True))
+            # In sync from here: 7.2.22's answer to '?' may still be queued behind
+            # its own report; `g` skips it, so `s` and `c` get their own answers.
+            stub.registers(deadline)
         except BaseException:
             stub.close(detach=False)
             raise

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 
-
 def _qemu_pids_mentioning(marker: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():

@@ -121,10 +121,12 @@ class PingPong:
         # login on a destination whose code TCG has not translated yet.
         guest.open_migrating_session(Deadline(SESSION_SECONDS, "the migrating SSH session"))
         self.current = guest
+        if self.switcher is not None:  # a bad symbol is a UserError before the first hop
+            # Before the loads start: the write load's ring fills in a few seconds
+            # without a check, and a full ring issues no command to stop at.
+            self.switcher.prepare(guest)
         if self.options.load != "none":
             self._start_loads(guest)
-        if self.switcher is not None:  # a bad symbol is a UserError before the first hop
-            self.switcher.prepare(guest)
         self.refresh_reference()
         return guest
 
