@@ -1,15 +1,41 @@
-"""Firmware versions for the known-gap table (harness/qemu/known.py): a gap between
-a QEMU and a firmware release holds only where both are in range (the QEMU side is
-known.VersionRange)."""
+"""Version ranges for the known-gap table (harness/qemu/known.py): the QEMU versions
+a gap holds for (VersionRange), and the firmware versions, since a gap between a
+QEMU and a firmware release holds only where both are in range (FirmwareRange)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from harness.qemu.facts import show_version
+from harness.qemu.facts import Version, show_version
 
 FirmwareVersion = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """introduced <= version < fixed; None leaves that end open."""
+
+    introduced: Version | None = None
+    fixed: Version | None = None
+
+    def __contains__(self, version: Version) -> bool:
+        return ((self.introduced is None or version >= self.introduced)
+                and (self.fixed is None or version < self.fixed))
+
+    def __str__(self) -> str:
+        if self.introduced is None and self.fixed is None:
+            return "every version"
+        if self.introduced is None:
+            assert self.fixed is not None
+            return f"before {show_version(self.fixed)}"
+        if self.fixed is None:
+            return f"{show_version(self.introduced)} and later"
+        return f"{show_version(self.introduced)} to before {show_version(self.fixed)}"
+
+
+#: Every QEMU version.
+ALWAYS = VersionRange()
 
 
 def parse_firmware_version(text: str) -> FirmwareVersion | None:
