@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.deadline import set_timeout_scale
-from harness.errors import QemuExited
+from harness.errors import QemuExited, UserError
 from harness.guest.image import GuestImage, ensure_image
 from harness.guest.running import Guest, LaunchPlan
 from harness.options import RunSettings
 from harness.progress import Progress, stderr_progress
 from harness.qemu.accel import Accel, ProbeBoot, announce, resolve_accel
 from harness.qemu.binary import QemuBinary, find_qemu
+from harness.qemu.facts import KERNEL_BOOT_MIN_MACHINE, machine_type_version
 from harness.qemu.firmware import Firmware, resolve_firmware
 from harness.qemu.probe import ProbedFacts, probed_facts
 from harness.snapshot import SnapshotCache
@@ -45,6 +46,19 @@ def pin_alias(topology: Topology, facts: ProbedFacts) -> Topology:
     return topology if pinned == topology.machine else replace(topology, machine=pinned)
 
 
+def check_kernel_boot(topology: Any) -> None:
+    """Machine types before 4.0 cannot boot the guest's kernel (no PVH): refuse
+    before QEMU does with "linux kernel too old to load a ram disk"."""
+    version = machine_type_version(topology.machine)
+    if topology.boot_disk is None and version is not None \
+            and version < KERNEL_BOOT_MIN_MACHINE:
+        raise UserError(f"machine type {topology.machine} cannot boot the harness's guest "
+                        "kernel: -kernel vmlinux boots through PVH, which machine types "
+                        "before 4.0 turn off",
+                        fix='use machine = "q35", "pc" or a versioned type from 4.0 on '
+                            "(or a boot disk, which the firmware boots)")
+
+
 class GuestFactory:
     """Resolves binary, image and accelerator once; then launches guests."""
 
@@ -67,6 +81,8 @@ class GuestFactory:
     def plan(self, topology: Topology, **overrides: Any) -> LaunchPlan:
         """The launch plan of TOPOLOGY on this binary, its machine alias pinned."""
         self.binary.check_machine(topology.machine)
+        if overrides.get("boot_guest", True):
+            check_kernel_boot(topology)
         return LaunchPlan(binary=self.binary, accel=self.accel, image=self.image,
                           topology=pin_alias(topology, probed_facts(self.binary)),
                           firmware=self.settings.firmware, **overrides)

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Protocol
 
-from harness.cli import boot, bootstress, hotplug, intx, nightly, pingpong, qemu, topology
+from harness.cli import boot, bootstress, explore, hotplug, intx, nightly, pingpong, qemu, topology
 from harness.errors import HarnessError
 from harness.qemu.process import kill_all_live
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Modules that add verbs, in `--help` order: each has `register(subparsers)`
 #: and takes its shared helpers from harness.cli.common.
-VERB_MODULES: tuple[VerbModule, ...] = (boot, topology, pingpong, hotplug, nightly, intx,
+VERB_MODULES: tuple[VerbModule, ...] = (boot, topology, explore, pingpong, hotplug, nightly, intx,
                                          bootstress, qemu)
 
 

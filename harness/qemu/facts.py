@@ -258,6 +258,27 @@ ROOT_PORT_DEFAULT_LINK: VersionedFact[tuple[float, int]] = VersionedFact(
     (FactChange(_BASE, (2.5, 1), "machine types before 4.0 keep the old 2.5 GT/s x1"),
      FactChange((4, 0), (16.0, 32), MEASURED + " with q35")))
 
+#: MSI-X vectors of a virtio function left without `vectors=`, where a machine
+#: type's compat property changed it (drivers not listed: the driver table).
+#: Found by `pci-harness explore` (issue 25): the model said 4 / 2 on old types.
+VIRTIO_DEFAULT_VECTORS: dict[str, VersionedFact[int]] = {
+    "virtio-net-pci": VersionedFact(
+        "virtio-net-default-vectors", "machine", "virtio-net-pci MSI-X table size",
+        (Change(_BASE, 3, MEASURED + ": pc-i440fx-5.2 and pc-q35-5.2 show 3"),
+         Change((6, 0), 4, MEASURED + ": pc-q35-6.0, pc-i440fx-6.0 and later show 4"))),
+    "virtio-rng-pci": VersionedFact(
+        "virtio-rng-default-vectors", "machine", "virtio-rng-pci MSI-X table size (0: none)",
+        (Change(_BASE, 0, MEASURED + ": pc-i440fx-7.1, pc-q35-6.0 and older: no MSI-X"),
+         Change((7, 2), 2, MEASURED + ": pc-q35-7.2 / pc-i440fx-7.2 and later: 2"))),
+}
+
+#: The harness boots its guest with -kernel vmlinux (an ELF, started through
+#: PVH); machine types before 4.0 turn PVH off (compat), and QEMU then reads
+#: the ELF as a bzImage: "linux kernel too old to load a ram disk" (measured
+#: with pc-q35-3.1 on 7.2.22; found by explore).  Firmware boot (boot_disk)
+#: needs no PVH.
+KERNEL_BOOT_MIN_MACHINE: Version = (4, 0)
+
 # A compat property listed in hw_compat_X_Y keeps the old behaviour for machine
 # types up to X.Y, so the new one starts with the next type (measured for
 # x-pcie-ext-tag: pc-q35-9.1 without, pc-q35-9.2 with).
@@ -296,7 +317,8 @@ VERSIONED_FACTS: tuple[VersionedFact[object], ...] = (  # type: ignore[assignmen
     Q35_ROOT_BUS_QOM_HANDLER, HOTPLUG_OFF_PORT_QOM_HANDLER, HOTPLUG_OFF_PORT_REFUSAL,
     ACPI_HOTPLUG_OFF_PORT_REFUSAL,
     Q35_ACPI_BRIDGE_HOTPLUG, ROOT_PORT_DEFAULT_LINK, AER_UNCOR_MASK_WRITABLE, ARI_NEXTFN_1,
-    SLOT_IMPLEMENTED_READ_ONLY, VIRTIO_PM_NO_SOFT_RESET, DEVCAP_EXT_TAG)
+    SLOT_IMPLEMENTED_READ_ONLY, VIRTIO_PM_NO_SOFT_RESET, DEVCAP_EXT_TAG,
+    *VIRTIO_DEFAULT_VECTORS.values())
 
 
 def machine_fact(fact: VersionedFact[T], machine: str, qemu: Version) -> T:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from harness.qemu.drivers import BUILTIN, BarSpec, DriverInfo, PropertyQuirk, driver_info
-from harness.qemu.facts import ROOT_PORT_DEFAULT_LINK
+from harness.qemu.facts import ROOT_PORT_DEFAULT_LINK, VIRTIO_DEFAULT_VECTORS
 from harness.topology.data import Device, Topology, machine_version
 from harness.topology.placement import resolve
 from harness.topology.tree import buses, mgmt_device, path_of
@@ -104,6 +104,7 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
     msix = info.msix_table_size
     if info.virtio_type is not None:
         device_id, subsystem, bars, caps = _virtio(topo, dev, info, pcie)
+    dev = _default_vectors(topo, dev)
     vectors = dev.prop("vectors")
     if vectors is not None and "msix" in caps:
         msix = int(vectors)  # the table has as many entries as vectors asked for
@@ -140,6 +141,17 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
     if info.bridge is not None:
         fields["bus_hotplug"] = bus_hotplug(topo, dev, info)
     return PciFunction(**fields)
+
+
+def _default_vectors(topo: Topology, dev: Device) -> Device:
+    """DEV with the `vectors` its machine type gives it when the topology sets
+    none and a compat property changed the default (facts.VIRTIO_DEFAULT_VECTORS)."""
+    fact = VIRTIO_DEFAULT_VECTORS.get(dev.driver)
+    if fact is None or dev.prop("vectors") is not None:
+        return dev
+    version = machine_version(topo.machine)
+    vectors = fact.at(version) if version is not None else fact.latest()
+    return replace(dev, props=dev.props + (("vectors", vectors),))
 
 
 def quirk_applies(dev: Device, quirk: PropertyQuirk) -> bool:

@@ -40,6 +40,9 @@ from harness.topology.placement import validate
 from harness.views.pciview import EXPECT_KEYS, is_expect_key
 
 TOP_KEYS = ("machine", "memory", "ahci_disk", "acpi_hotplug", "device")
+# Tables a topology file may carry that are not the machine: a found case's
+# [explore] table (scenarios/explore/case.py).  The machine ignores them.
+META_KEYS = ("explore",)
 _DEVICE_KEYS = ("id", "driver", "bus", "addr", "disk", "expect")
 
 
@@ -60,7 +63,7 @@ def load_topology(path: str | Path) -> Topology:
 def topology_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Topology:
     """Build and validate a Topology from the TOML structure (also handy in tests)."""
     where = f" in {source}" if source else ""
-    unknown = sorted(set(data) - set(TOP_KEYS))
+    unknown = sorted(set(data) - set(TOP_KEYS) - set(META_KEYS))
     if unknown:
         raise TopologyError(f"unknown top-level key(s) {', '.join(map(repr, unknown))}{where}",
                             fix=f"use only {', '.join(TOP_KEYS)}; device properties go in a "
