@@ -46,7 +46,7 @@ def pin_alias(topology: Topology, facts: ProbedFacts) -> Topology:
     return topology if pinned == topology.machine else replace(topology, machine=pinned)
 
 
-def check_kernel_boot(topology: Any) -> None:
+def check_kernel_boot(topology: Topology) -> None:
     """Machine types before 4.0 cannot boot the guest's kernel (no PVH): refuse
     before QEMU does with "linux kernel too old to load a ram disk"."""
     version = machine_type_version(topology.machine)

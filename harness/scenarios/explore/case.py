@@ -20,8 +20,8 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.scenarios.explore.check import Outcome, Signature
+from harness.topology.data import Topology
 from harness.topology.load import topology_from_dict
-from harness.topology.model import Topology
 
 EXPECTED = ("passes", "fails")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

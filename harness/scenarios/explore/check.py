@@ -30,11 +30,11 @@ from harness.errors import HarnessError, QemuRefused, TopologyError
 from harness.factory import GuestFactory
 from harness.qemu.facts import parse_version
 from harness.qemu.known import gap_for_difference
+from harness.scenarios.threeview import collect_views
 from harness.scenarios.where import where
-from harness.topology.layout import validate
-from harness.topology.model import Address, Device, Topology
+from harness.topology.data import Address, Device, Topology
+from harness.topology.placement import validate
 from harness.views.compare import Difference
-from harness.views.threeview import snapshot
 
 Kind = Literal["agree", "differs", "refused", "console", "placement", "error"]
 Signature = frozenset[tuple[str, str, str]]
@@ -159,7 +159,7 @@ class MachineCheck:
         guest = self.factory.launch(topology, artifacts, name="explore")
         try:
             boot_s = time.monotonic() - t0
-            views = snapshot(guest, lspci=False)
+            views = collect_views(guest, lspci=False)
             assert guest.console is not None
             trouble = guest.console.trouble()
             probe = self.probe_driver(topology)

@@ -28,7 +28,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from harness.paths import cache_root
 from harness.scenarios.explore.strategies import MAX_DEVICES, Props, machines
-from harness.topology.model import Topology
+from harness.topology.data import Topology
 
 BATCH = 200
 

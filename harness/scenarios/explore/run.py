@@ -24,8 +24,8 @@ from harness.scenarios.explore.check import Checker, Outcome
 from harness.scenarios.explore.draws import Space, draw, example_database
 from harness.scenarios.explore.shrink import shrink
 from harness.stats import latency
+from harness.topology.data import Topology
 from harness.topology.load import topology_from_dict
-from harness.topology.model import Topology
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 
 from harness.errors import TopologyError
 from harness.scenarios.explore.check import Checker, Outcome, Signature, same_failure
-from harness.topology.layout import validate
-from harness.topology.model import Device, Topology, machine_kind
+from harness.topology.data import Device, Topology, machine_kind
+from harness.topology.placement import validate
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 
 from harness.qemu.drivers import DRIVERS, DriverInfo
 from harness.qemu.facts import MACHINES
+from harness.topology.data import Address, Device, PropValue, Topology
 from harness.topology.expect import PORT_SPEEDS
-from harness.topology.layout import BusInfo, buses, device_role, validate
-from harness.topology.model import Address, Device, PropValue, Topology
+from harness.topology.placement import BusInfo, buses, device_role, validate
 from harness.topology.rules import free_slot_candidates, placement, reserved_slots, slot_allowed
 
 #: Machine types drawn: the aliases and versioned types both reference QEMUs
