@@ -93,6 +93,9 @@ class DriverInfo:
     default_props: tuple[tuple[str, str], ...] = ()
     quirks: tuple[PropertyQuirk, ...] = ()  # property values that remove parts (NO_ROM added
                                             # for every driver with a ROM BAR)
+    # A port's LnkCap (speed GT/s, width) when fixed: the port has no x-speed /
+    # x-width properties, so the machine type's default does not apply.
+    link: tuple[float, int] | None = None
 
     def property_quirks(self) -> tuple[PropertyQuirk, ...]:
         has_rom = any(bar.index == 6 for bar in self.bars)
@@ -163,9 +166,11 @@ _TABLE = (
                bars=(BarSpec(0, "mem", 4096),), capabilities=("msix", "ssvid"),
                pcie="always", pcie_type="root-port", msix_table_size=1, bridge="root-port",
                guest_driver="pcieport"),
-    DriverInfo("ioh3420", 0x8086, 0x3420, 0x060400, 0, 0, 1, capabilities=("msi", "ssvid"),
+    # ioh3420: SSVID 8086:0000 and a fixed 2.5 GT/s x1 link (no x-speed/x-width);
+    # found by `explore`, measured on 7.2.22 and 10.0.2.
+    DriverInfo("ioh3420", 0x8086, 0x3420, 0x060400, 0x8086, 0, 1, capabilities=("msi", "ssvid"),
                pcie="always", pcie_type="root-port", bridge="root-port",
-               guest_driver="pcieport"),
+               guest_driver="pcieport", link=(2.5, 1)),
     DriverInfo("x3130-upstream", 0x104C, 0x8232, 0x060400, 0, 0, 0,
                capabilities=("msi", "ssvid"), pcie="always", pcie_type="upstream",
                bridge="upstream", guest_driver="pcieport"),

@@ -192,6 +192,9 @@ def _virtio(topo: Topology, dev: Device, info: DriverInfo,
 def port_link_cap(topo: Topology, dev: Device) -> tuple[float, int]:
     """A root port's LnkCap: x-speed/x-width, default 16 GT/s x32 (machine types >= 4.0;
     older ones keep the 2.5 GT/s x1 that QEMU advertised before these properties)."""
+    info = driver_info(dev.driver)
+    if info is not None and info.link is not None:
+        return info.link
     version = machine_version(topo.machine)
     default = (ROOT_PORT_DEFAULT_LINK.at(version) if version is not None
                else ROOT_PORT_DEFAULT_LINK.latest())

@@ -12,7 +12,7 @@ from the binary, see qemu/devprops.py).
 
 The example database (Hypothesis's DirectoryBasedExampleDatabase, under the
 harness cache) keeps the machines that failed, as topology TOML, keyed by the
-QEMU version: a later run tries them first, and drops one that passes.
+QEMU: a later run tries them first, and drops one that passes.
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ def first_index(run_seed: int, index: int, space: Space = Space()) -> int:
     return index
 
 
-def example_database(qemu_version: str) -> tuple[DirectoryBasedExampleDatabase, bytes]:
-    """The database of failing machines and this QEMU's key in it."""
+def example_database(qemu_version: str, binary: str) -> tuple[DirectoryBasedExampleDatabase,
+                                                              bytes]:
+    """The database of failing machines and this QEMU's key in it (version and
+    path: a wrapper around the same binary is another QEMU)."""
     path = Path(cache_root()) / "explore" / "examples"
     path.mkdir(parents=True, exist_ok=True)
-    return DirectoryBasedExampleDatabase(str(path)), f"explore:{qemu_version}".encode()
+    return DirectoryBasedExampleDatabase(str(path)), f"explore:{qemu_version}:{binary}".encode()

@@ -122,7 +122,7 @@ class Explorer:
     def _database_machines(self) -> list[Topology]:
         if not self.use_database:
             return []
-        db, key = example_database(self.qemu_version)
+        db, key = example_database(self.qemu_version, self.qemu_binary)
         out = []
         for value in db.fetch(key):
             try:
@@ -162,7 +162,7 @@ class Explorer:
     def _database(self, outcome: Outcome) -> None:
         if not self.use_database:
             return
-        db, key = example_database(self.qemu_version)
+        db, key = example_database(self.qemu_version, self.qemu_binary)
         value = topology_toml(outcome.topology).encode()
         if outcome.failed:
             db.save(key, value)
