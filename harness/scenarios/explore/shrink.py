@@ -9,7 +9,7 @@ cache_key):
 
 1. keep only the devices a problem names and their bridges (usually one boot);
 2. remove each device with everything below it;
-3. hoist a device to its parent's bus (shallower nesting);
+3. hoist a device to the root bus, or to its parent's bus (shallower nesting);
 4. drop each property, disk, chosen address; ACPI bridge hotplug back on;
    a versioned machine type to its alias.
 
@@ -79,7 +79,9 @@ def candidates(topo: Topology, named: set[str]) -> Iterator[Topology]:
     for dev in topo.devices:
         if dev.bus is not None:
             parent = topo.device(dev.bus)
-            yield _with_device(topo, replace(dev, bus=parent.bus, addr=None))
+            yield _with_device(topo, replace(dev, bus=None, addr=None))  # to the root bus
+            if parent.bus is not None:
+                yield _with_device(topo, replace(dev, bus=parent.bus, addr=None))
     for dev in topo.devices:
         for i in range(len(dev.props)):
             yield _with_device(topo, replace(dev, props=dev.props[:i] + dev.props[i + 1:]))
@@ -107,12 +109,20 @@ def _named(outcome: Outcome) -> set[str]:
     return {str(p.get("device")) for p in outcome.problems} & ids
 
 
+def first_failure(outcome: Outcome) -> Signature:
+    """What to shrink for: the problems of the first problem's driver.  A machine
+    with two unrelated faults is shrunk for one; the other shows again later."""
+    driver = str(outcome.problems[0].get("driver", "")) if outcome.problems else ""
+    return frozenset(s for s in outcome.signature if s[1] == driver) or outcome.signature
+
+
 def shrink(check: Checker, failing: Outcome, *, budget_s: float = 300.0,
-           max_evaluations: int = 60,
+           max_evaluations: int = 60, wanted: Signature | None = None,
            say: Callable[[str], None] = lambda m: None) -> Shrunk:
-    """The smallest machine reachable from FAILING that fails the same way."""
+    """The smallest machine reachable from FAILING that fails the same way
+    (WANTED: default, first_failure(FAILING))."""
     started = time.monotonic()
-    wanted: Signature = failing.signature
+    wanted = wanted or first_failure(failing)
     seen: dict[str, Outcome] = {failing.topology.cache_key(): failing}
     best = failing
     evaluations = 0
