@@ -96,6 +96,9 @@ class DriverInfo:
     # A port's LnkCap (speed GT/s, width) when fixed: the port has no x-speed /
     # x-width properties, so the machine type's default does not apply.
     link: tuple[float, int] | None = None
+    # QEMU refuses the device without a drive= (virtio-blk-pci: "drive property not
+    # set", 7.2.22 and 10.0.2; found by explore).
+    needs_drive: bool = False
 
     def property_quirks(self) -> tuple[PropertyQuirk, ...]:
         has_rom = any(bar.index == 6 for bar in self.bars)
@@ -110,7 +113,7 @@ _ROM_256K = BarSpec(6, "mem", 256 * 1024)
 
 def _virtio(driver: str, vtype: int, io_size: int, class_code: int, modules: tuple[str, ...],
             *, disk: DiskRole | None = None, msix: int | None = None,
-            rom: bool = False) -> DriverInfo:
+            rom: bool = False, needs_drive: bool = False) -> DriverInfo:
     # Transitional ids 0x1000 + n; expect.py switches to 0x1040 + type behind a port.
     # Subsystem = virtio type when transitional (legacy drivers match on it).
     bars = (BarSpec(6, "mem", 256 * 1024),) if rom else ()
@@ -118,13 +121,14 @@ def _virtio(driver: str, vtype: int, io_size: int, class_code: int, modules: tup
                       capabilities=("msix", "vendor"), pcie="behind-port", pcie_type="endpoint",
                       msix_table_size=msix, modules=("virtio_pci",) + modules,
                       guest_driver="virtio-pci", disk=disk, virtio_type=vtype,
-                      legacy_io_size=io_size, quirks=(NO_VECTORS,))
+                      legacy_io_size=io_size, quirks=(NO_VECTORS,), needs_drive=needs_drive)
 
 
 _TABLE = (
     # virtio: MSI-X table size for blk and scsi follows the vCPU count (one queue per
     # vCPU), which the topology does not fix, so it is None unless `vectors` is set.
-    _virtio("virtio-blk-pci", 2, 128, 0x010000, ("virtio_blk",), disk="self"),
+    _virtio("virtio-blk-pci", 2, 128, 0x010000, ("virtio_blk",), disk="self",
+            needs_drive=True),
     _virtio("virtio-net-pci", 1, 32, 0x020000, ("virtio_net",), msix=4, rom=True),
     _virtio("virtio-scsi-pci", 8, 64, 0x010000, ("virtio_scsi", "sd_mod"), disk="scsi"),
     _virtio("virtio-rng-pci", 4, 32, 0x00FF00, ("virtio_rng",), msix=2),
@@ -135,6 +139,9 @@ _TABLE = (
                bars=(BarSpec(0, "mem", 128 * 1024), BarSpec(1, "mem", 128 * 1024),
                      BarSpec(2, "io", 32), BarSpec(3, "mem", 16 * 1024), _ROM_256K),
                capabilities=("pm", "msi", "msix"), pcie="always", pcie_type="endpoint",
+               # on pcie.0 a root complex integrated endpoint (found by explore; 7.2.22
+               # and 10.0.2; on pc's conventional root bus it stays an endpoint)
+               integrated_on_root=True,
                msix_table_size=5, modules=("e1000e",), guest_driver="e1000e"),
     DriverInfo("ich9-ahci", 0x8086, 0x2922, 0x010601, *QEMU_SUBSYS, 1,
                bars=(BarSpec(4, "io", 32), BarSpec(5, "mem", 4096)),

@@ -112,6 +112,9 @@ def _check_device(topology: Topology, dev: Device, bus_map: dict[str, BusInfo]) 
     if dev.prop("drive") is not None and dev.disk is not None:
         raise _err(topology, dev, "has both disk= and drive=",
                    "use disk = SIZE and let the harness create the drive")
+    if info is not None and info.needs_drive and dev.disk is None and dev.prop("drive") is None:
+        raise _err(topology, dev, f"{dev.driver} needs a disk (QEMU refuses it without a "
+                   "drive)", 'add disk = "64M"')
     if dev.prop("addr") is not None or dev.prop("bus") is not None:
         raise _err(topology, dev, "addr/bus must be written as the keys addr/bus",
                    'write addr = "2.0" and bus = "rp1"')

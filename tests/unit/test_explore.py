@@ -279,3 +279,14 @@ def test_a_machine_with_two_faults_is_shrunk_for_the_first() -> None:
     first = failing.problems[0]["driver"]
     shrunk = shrink(check, failing)
     assert [d.driver for d in shrunk.outcome.topology.devices] == [first]
+
+
+def test_model_rules_explore_found() -> None:
+    with pytest.raises(TopologyError, match="needs a disk"):
+        topology_from_dict({"device": [{"id": "b", "driver": "virtio-blk-pci"}]})
+    topology_from_dict({"device": [{"id": "b", "driver": "virtio-blk-pci", "drive": "x"}]})
+    on_root = expected_view(topology_from_dict({"device": [{"id": "n", "driver": "e1000e"}]}))
+    assert on_root.function("n").pcie_type == "rc-endpoint"
+    on_pc = expected_view(topology_from_dict({"machine": "pc", "device": [
+        {"id": "n", "driver": "e1000e"}]}))
+    assert on_pc.function("n").pcie_type == "endpoint"

@@ -44,8 +44,8 @@ def test_builtin_functions() -> None:
 
 def test_virtio_is_modern_only_behind_a_port() -> None:
     view = model([{"id": "rp", "driver": "pcie-root-port"},
-                  {"id": "a", "driver": "virtio-blk-pci", "bus": "rp"},
-                  {"id": "b", "driver": "virtio-blk-pci"}])
+                  {"id": "a", "driver": "virtio-blk-pci", "bus": "rp", "disk": "1M"},
+                  {"id": "b", "driver": "virtio-blk-pci", "disk": "1M"}])
     behind, root = view.function("a"), view.function("b")
     assert behind.device == 0x1042 and root.device == 0x1001
     assert [b.index for b in behind.bars or ()] == [1, 4]

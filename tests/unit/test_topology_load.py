@@ -205,7 +205,7 @@ def test_bad_toml(tmp_path: Path) -> None:
 def test_resolve_assigns_slots_and_chassis() -> None:
     t = resolve(load([{"id": "rp1", "driver": "pcie-root-port"},
                       {"id": "rp2", "driver": "pcie-root-port", "chassis": 1},
-                      {"id": "d", "driver": "virtio-blk-pci", "bus": "rp1"},
+                      {"id": "d", "driver": "virtio-blk-pci", "bus": "rp1", "disk": "1M"},
                       {"id": "b", "driver": "pci-bridge", "addr": "1.0"},
                       {"id": "n", "driver": "e1000", "bus": "b"}]))
     addrs = {d.id: d.addr for d in t.devices}

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from harness.qemu.drivers import DRIVERS, DriverInfo
-from harness.qemu.facts import MACHINES
+from harness.qemu.machines import MACHINES
 from harness.topology.data import Address, Device, PropValue, Topology
 from harness.topology.expect import PORT_SPEEDS
-from harness.topology.placement import BusInfo, buses, device_role, validate
+from harness.topology.placement import device_role, validate
 from harness.topology.rules import free_slot_candidates, placement, reserved_slots, slot_allowed
+from harness.topology.tree import BusInfo, buses
 
 #: Machine types drawn: the aliases and versioned types both reference QEMUs
 #: (7.2.22, 10.0.2) build, chosen where a compat rule of the model changes:
@@ -177,7 +178,7 @@ def _device_props(draw: st.DrawFn, draft: _Draft, info: DriverInfo, props: Props
             draft.acpi_indexes.add(index)
             out.append(("acpi-index", index))
     disk = None
-    if info.disk is not None and draw(st.booleans()):
+    if info.disk is not None and (info.needs_drive or draw(st.booleans())):
         disk = draw(st.sampled_from(DISK_SIZES))
     return out, disk
 

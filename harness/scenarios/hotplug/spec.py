@@ -15,6 +15,7 @@ from harness.errors import DeadlineExceeded, HarnessError, UserError
 from harness.qemu.drivers import driver_info
 from harness.topology import Address, Device
 from harness.topology.data import ExpectValue
+from harness.topology.render import node_name
 
 __all__ = [
     "DISK_BYTES",
@@ -112,6 +113,8 @@ class PlugSpec:
         expect: tuple[tuple[str, ExpectValue], ...] = ()
         if self.chassis_nr is not None:
             props = (("chassis_nr", self.chassis_nr),)
+        if self.kind == "disk":  # plug.py adds the drive under the scratch disk's node name
+            props = (("drive", node_name(self.id)),)
         if self.kind == "bridge":
             # The spec names no mechanism for a hot-added bridge's bus, only that
             # devices plugged behind it work (the cold-plug rule of expect.py, ACPI
