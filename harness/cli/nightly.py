@@ -61,6 +61,12 @@ def register(subparsers: Any) -> None:
          help="with two or more --qemu: ping-pong N hops between the first two QEMUs each "
               "way (a guest booted on the first, then one booted on the second), on what "
               "q35 means on the older; 0 to turn off (default 6)")
+    _add(parser, "--explore-minutes", type=float, default=0.0, metavar="M",
+         help="boot drawn machines (tests/pci/test_explore.py) for M minutes per QEMU, "
+              "filling the workers alongside the suite; 0 (default): the smoke handful")
+    _add(parser, "--explore-seed", type=int, default=1, metavar="S",
+         help="the seed the nightly's machines are drawn from (default 1: the same "
+              "machines every night, so a failure is new against the baseline)")
     _add(parser, "--tx", action="append", default=[], metavar="SPEC",
          help="pytest-xdist gateway, repeatable: ssh=HOST//python=PATH/.venv/bin/python"
               "//chdir=PATH (replaces -n unless --jobs is given too)")

@@ -56,6 +56,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"where per-test artifact directories go (default: the {ARTIFACTS_INI} "
                          "ini key, else artifacts/<run> under the rootdir when run from "
                          "inside it, else under the current directory)")
+    group.addoption("--explore-examples", type=int, default=4, metavar="N",
+                    help="tests/pci/test_explore.py: drawn machines, one test each (default 4)")
+    group.addoption("--explore-seed", type=int, default=1, metavar="S",
+                    help="tests/pci/test_explore.py: the seed the machines are drawn from")
+    group.addoption("--explore-minutes", type=float, default=None, metavar="M",
+                    help="tests/pci/test_explore.py: stop booting drawn machines after M "
+                         "minutes (the rest skip); with it --explore-examples is a maximum")
     parser.addini(ARTIFACTS_INI, "directory for per-test artifact directories (relative to "
                   "the rootdir); --artifacts-dir overrides it", default="")
 

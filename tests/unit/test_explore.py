@@ -290,3 +290,11 @@ def test_model_rules_explore_found() -> None:
     on_pc = expected_view(topology_from_dict({"machine": "pc", "device": [
         {"id": "n", "driver": "e1000e"}]}))
     assert on_pc.function("n").pcie_type == "endpoint"
+
+
+def test_shrinking_a_function_of_a_multifunction_slot_takes_one_boot() -> None:
+    check = FakeCheck("e1000")
+    failing = check(replace(BIG, devices=tuple(d for d in BIG.devices if d.id != "n1")))
+    shrunk = shrink(check, failing)
+    assert [d.driver for d in shrunk.outcome.topology.devices] == ["e1000"]
+    assert shrunk.evaluations <= 8, shrunk.evaluations

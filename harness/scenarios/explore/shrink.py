@@ -51,10 +51,15 @@ def _below(topo: Topology, dev_id: str) -> set[str]:
 
 
 def _ancestors(topo: Topology, dev_id: str) -> set[str]:
+    """DEV_ID, the bridges above it, and the function 0 of each one's slot (a
+    function 1-7 is not scanned without it)."""
     out: set[str] = set()
     cur = next((d for d in topo.devices if d.id == dev_id), None)
     while cur is not None:
         out.add(cur.id)
+        if cur.addr is not None and cur.addr.function:
+            out |= {d.id for d in topo.devices if d.bus == cur.bus and d.addr is not None
+                    and d.addr.slot == cur.addr.slot and d.addr.function == 0}
         cur = next((d for d in topo.devices if d.id == cur.bus), None) if cur.bus else None
     return out
 
@@ -74,6 +79,11 @@ def candidates(topo: Topology, named: set[str]) -> Iterator[Topology]:
         keep |= _ancestors(topo, dev_id)
     if keep and len(keep) < len(topo.devices):
         yield replace(topo, devices=tuple(d for d in topo.devices if d.id in keep))
+    if named and len(named) < len(topo.devices):  # only them, on the root bus
+        yield replace(topo, devices=tuple(
+            replace(d, bus=None, addr=None, props=tuple(
+                (k, v) for k, v in d.props if k != "multifunction"))
+            for d in topo.devices if d.id in named))
     for dev in reversed(topo.devices):
         yield _without(topo, _below(topo, dev.id))
     for dev in topo.devices:
