@@ -135,7 +135,8 @@ def _cmd_adopt(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"ok": True, "adopted": str(out), "qemu_version": binary.version,
                               "expect": args.expect, "failures": []}
     emit(result, args.json, lambda r: print(f"adopted {r['adopted']}: expected to "
-                                            f"{r['expect'][:-1]} on QEMU {r['qemu_version']}"))
+                                            f"{r['expect'][:4]} on QEMU "
+                                            f"{r['qemu_version']} and its release series"))
     return 0
 
 

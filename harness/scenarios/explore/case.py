@@ -151,6 +151,10 @@ def adopt(path: Path, directory: Path, qemu_version: str, expected: str) -> Path
     out = directory / path.name
     text = path.read_text()
     text = re.sub(r"\n\[explore\.expect\]\n(?:[^\[\n].*\n?)*", "\n", text).rstrip("\n") + "\n"
+    # The replay now names the kept copy, on whatever QEMU the reader gives.
+    replay = f"pci-harness explore --replay {out}"
+    text = re.sub(r"(?m)^replay = .*$", f"replay = {_value(replay)}", text)
+    text = re.sub(r"(?m)^# Replay: .*$", f"# Replay: {replay}", text)
     text += "\n[explore.expect]\n" + "".join(
         f"{_key(k)} = {_value(v)}\n" for k, v in sorted(meta["expect"].items()))
     out.write_text(text)
