@@ -3,7 +3,7 @@
 Hypothesis draws the machines (strategies.machines) in batches: batch b of
 seed S is one generate-only run of Hypothesis seeded with (S, b) whose test
 body only records what it is given, so a batch costs milliseconds and is the
-same list wherever it is drawn.  Example N is entry N % BATCH of batch
+same list wherever it is drawn (then shuffled with the same seed).  Example N is entry N % BATCH of batch
 N // BATCH.  That is what lets workers split one seed's examples by index with
 no two of them booting the same machine (a later index that repeats an
 earlier machine is a duplicate and is skipped), and what makes `--seed S`
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def _batch(run_seed: int, batch: int, space: Space) -> tuple[Topology, ...]:
         out.append(topology)
 
     record()
+    # Hypothesis starts a run with its simplest machines (no devices) and then
+    # mutates what it drew; in index order that spends the first boots of every
+    # batch on empty machines and puts near-twins side by side.  A seeded shuffle
+    # keeps the batch and spreads both out.
+    random.Random(_batch_seed(run_seed, batch)).shuffle(out)
     return tuple(out)
 
 

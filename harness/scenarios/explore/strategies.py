@@ -192,11 +192,17 @@ def _add_device(draw: st.DrawFn, draft: _Draft, drivers: tuple[DriverInfo, ...],
                 props: Props | None) -> None:
     """Draw one device (or a multifunction slot of several) onto the draft."""
     choices = [d for d in drivers if not (_is_display(d) and draft.displays)]
-    info = draw(st.sampled_from(choices))
-    candidates = _candidate_buses(draft, info)
-    if not candidates:
+    # Bridges and endpoints alike often: a tree, not a flat row of endpoints.
+    want_bridge = draw(st.booleans())
+    pool = [d for d in choices if (d.bridge is not None) == want_bridge
+            and _candidate_buses(draft, d)]
+    if not pool:
         return
-    bus = candidates[draw(st.integers(0, len(candidates) - 1))]
+    info = draw(st.sampled_from(pool))
+    candidates = _candidate_buses(draft, info)
+    # Half the time the deepest bus: nesting 4 deep and more is then common.
+    deepest = draw(st.booleans())
+    bus = candidates[0] if deepest else candidates[draw(st.integers(0, len(candidates) - 1))]
     explicit = draw(st.booleans())
     free = _free_slots(draft, bus, explicit)
     if not free:
