@@ -73,15 +73,20 @@ def cmd_explore(args: argparse.Namespace) -> int:
         props = device_properties(factory.binary, DRIVERS)
         space = Space.of(props, probed_facts(factory.binary).port_link_speeds,
                          args.max_devices)
+        dst = find_qemu(args.dst_qemu) if args.dst_qemu else None
         check = MachineCheck(factory, run.artifacts, say=run.progress,
                              probe_driver=probe_driver_for(drawable_drivers(props))
-                             if not args.no_placement else (lambda t: None))
+                             if not args.no_placement else (lambda t: None),
+                             hotplug=args.hotplug, migrate=args.migrate, dst_binary=dst)
         save = Path(args.save) if args.save else run.artifacts / "found"
         explorer = Explorer(check, seed=seed, space=space,
                             budget=Budget(args.examples, args.minutes, args.shrink_minutes),
                             qemu_version=factory.binary.version, qemu_binary=binary,
                             save_dir=save, replay_command=_command(args, binary),
-                            use_database=not args.no_database, say=run.progress)
+                            use_database=not args.no_database, say=run.progress,
+                            meta={"hotplug": args.hotplug or None,
+                                  "migrate": args.migrate or None,
+                                  "dst_qemu": str(dst.path) if dst else None})
         report = explorer.run().to_dict()
         return {**report, "seed": seed, "qemu_version": factory.binary.version,
                 "accel": factory.accel.name}
@@ -106,7 +111,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     case = load_case(Path(args.replay))
 
     def body(run: VerbRun) -> Result:
-        check = MachineCheck(run.factory, run.artifacts, say=run.progress)
+        meta = case.meta
+        dst = find_qemu(args.dst_qemu or meta["dst_qemu"]) if (
+            args.dst_qemu or meta.get("dst_qemu")) else None
+        check = MachineCheck(run.factory, run.artifacts, say=run.progress,
+                             hotplug=bool(args.hotplug or meta.get("hotplug")),
+                             migrate=bool(args.migrate or meta.get("migrate")), dst_binary=dst)
         outcome = check(case.topology)
         same = same_failure(case.signature, outcome) if case.signature else outcome.failed
         run.progress(f"replay: {describe(case.topology)}: {outcome.summary()}")
@@ -165,6 +175,14 @@ def register(subparsers: Any) -> None:
                    help="time budget for shrinking one failure (default 5)")
     p.add_argument("--no-database", action="store_true",
                    help="neither try nor record failing machines in the example database")
+    p.add_argument("--hotplug", action="store_true",
+                   help="also plug and unplug a NIC on every hot-pluggable bus of each machine "
+                        "(up to 4), views checked after each step")
+    p.add_argument("--migrate", action="store_true",
+                   help="also migrate each machine once and compare the views after the hop")
+    p.add_argument("--dst-qemu", metavar="PATH",
+                   help="migrate to this QEMU (implies --migrate; machines use a type both "
+                        "build)")
     p.add_argument("--no-placement", action="store_true",
                    help="skip the placement probe (where's answers against the model)")
     add_common_options(p)

@@ -28,15 +28,19 @@ from typing import Any, Literal
 
 from harness.errors import HarnessError, QemuRefused, TopologyError
 from harness.factory import GuestFactory
+from harness.qemu.binary import QemuBinary
 from harness.qemu.facts import parse_version
 from harness.qemu.known import gap_for_difference
+from harness.scenarios.explore.steps import hotplug_problems, migrate_problems
+from harness.scenarios.migration.hop import shared_machine
 from harness.scenarios.threeview import collect_views
 from harness.scenarios.where import where
 from harness.topology.data import Address, Device, Topology
 from harness.topology.placement import validate
 from harness.views.compare import Difference
 
-Kind = Literal["agree", "differs", "refused", "console", "placement", "error"]
+Kind = Literal["agree", "differs", "refused", "console", "placement", "hotplug", "migration",
+               "error"]
 Signature = frozenset[tuple[str, str, str]]
 _ID_IN_TEXT = re.compile(r"\bd\d+\b|'d\d+'|id=d\d+")
 
@@ -133,11 +137,15 @@ class MachineCheck:
 
     def __init__(self, factory: GuestFactory, artifacts: Path, *,
                  probe_driver: Callable[[Topology], str | None] = lambda t: None,
-                 say: Callable[[str], None] = lambda m: None):
+                 say: Callable[[str], None] = lambda m: None, hotplug: bool = False,
+                 migrate: bool = False, dst_binary: QemuBinary | None = None):
         self.factory = factory
         self.artifacts = artifacts
         self.probe_driver = probe_driver
         self.say = say
+        self.hotplug = hotplug
+        self.migrate = migrate or dst_binary is not None
+        self.dst_binary = dst_binary
         self.version = parse_version(factory.binary.version)
         self.count = 0
 
@@ -155,8 +163,13 @@ class MachineCheck:
         return replace(outcome, seconds=time.monotonic() - started)
 
     def _check(self, topology: Topology, artifacts: Path) -> Outcome:
+        if self.dst_binary is not None:  # a machine type both QEMUs build
+            topology = replace(topology, machine=shared_machine(
+                topology.machine, self.factory.binary, self.dst_binary))
         t0 = time.monotonic()
         guest = self.factory.launch(topology, artifacts, name="explore")
+        steps: list[dict[str, Any]] = []
+        step_kind: Kind = "agree"
         try:
             boot_s = time.monotonic() - t0
             views = collect_views(guest, lspci=False)
@@ -166,6 +179,11 @@ class MachineCheck:
             answer = None
             if probe is not None and guest.qmp is not None:
                 answer = where(guest.qmp, probe, root_hotplug=guest.root_bus_hotplug())
+            if self.hotplug and not views.differences() and not trouble:
+                steps, step_kind = hotplug_problems(guest, artifacts, self.count), "hotplug"
+            if self.migrate and not steps and not views.differences() and not trouble:
+                steps = migrate_problems(guest, views, artifacts, self.dst_binary)
+                step_kind = "migration"
         finally:
             guest.shutdown()
         machine = self.factory.binary.resolve_machine(topology.machine)
@@ -184,6 +202,8 @@ class MachineCheck:
             return Outcome(topology, "console", tuple(
                 {"device": "", "driver": "", "field": line.split(":", 1)[0], "text": line}
                 for line in trouble), tuple(known), timings=timings)
+        if steps:
+            return Outcome(topology, step_kind, tuple(steps), tuple(known), timings=timings)
         if answer is not None:
             placement = placement_problems(topology, answer.to_dict())
             if placement:

@@ -94,7 +94,8 @@ class Explorer:
     def __init__(self, check: Checker, *, seed: int, budget: Budget, space: Space,
                  qemu_version: str, qemu_binary: str, save_dir: Path | None,
                  replay_command: str, shard: tuple[int, int] = (0, 1),
-                 use_database: bool = True, say: Callable[[str], None] = lambda m: None):
+                 use_database: bool = True, say: Callable[[str], None] = lambda m: None,
+                 meta: dict[str, Any] | None = None):
         self.check = check
         self.seed = seed
         self.budget = budget
@@ -106,6 +107,7 @@ class Explorer:
         self.shard = shard
         self.use_database = use_database
         self.say = say
+        self.meta = meta or {}  # how the machines were checked (--hotplug ...): for replay
         self.report = Report()
         self.started = time.monotonic()
 
@@ -185,6 +187,7 @@ class Explorer:
                             original_devices=len(outcome.topology.devices),
                             shrink={"s": round(shrunk.seconds, 1), "boots": shrunk.evaluations,
                                     "complete": shrunk.complete})
+        meta.update(self.meta)
         saved = save_case(self.save_dir, best, meta) if self.save_dir is not None else None
         self.say(f"explore: minimal failing machine: {describe(best.topology)} "
                  f"after {shrunk.evaluations} boot(s), {shrunk.seconds:.0f} s"
