@@ -298,3 +298,29 @@ def test_shrinking_a_function_of_a_multifunction_slot_takes_one_boot() -> None:
     shrunk = shrink(check, failing)
     assert [d.driver for d in shrunk.outcome.topology.devices] == ["e1000"]
     assert shrunk.evaluations <= 8, shrunk.evaluations
+
+
+def test_the_budget_is_shared_through_a_stamp(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from harness.scenarios.explore.session import budget_left
+
+    stamp = tmp_path / "stamp"
+    assert budget_left(stamp, None) and not stamp.exists()
+    assert budget_left(stamp, 1.0) and stamp.exists()  # the first caller starts it
+    old = time.time() - 120
+    os.utime(stamp, (old, old))
+    assert not budget_left(stamp, 1.0)  # started two minutes ago by another worker
+    assert budget_left(stamp, 3.0)
+
+
+def test_the_nightly_passes_the_exploration_budget() -> None:
+    import argparse
+
+    from harness.nightly import explore_argv
+
+    assert explore_argv(argparse.Namespace(explore_minutes=0.0, explore_seed=3)) == [
+        "--explore-seed=3"]
+    argv = explore_argv(argparse.Namespace(explore_minutes=2.0, explore_seed=1))
+    assert argv == ["--explore-seed=1", "--explore-minutes=2.0", "--explore-examples=60"]
