@@ -41,3 +41,20 @@ def test_drawn_machine_agrees(example: int, explore_runner: ExampleRunner, artif
         pytest.skip(f"draws the same machine as example {earlier}")
     verdict = explore_runner.run(example, artifacts)
     assert not verdict.outcome.failed, verdict.message()
+
+
+def test_placement_problems_carry_qemus_own_answer(explore_runner: ExampleRunner,
+                                                   artifacts: Path) -> None:
+    """A placement the model refuses is put to QEMU (paused, no guest): below a
+    root port slot 3 is accepted by QEMU against the spec; slot 0x1f of q35's
+    root bus (the LPC's) is refused."""
+    from harness.scenarios.explore.check import MachineCheck
+    from harness.topology import topology_from_dict
+
+    check = MachineCheck(explore_runner.factory, artifacts)
+    topo = topology_from_dict({"machine": "q35", "device": [
+        {"id": "rp1", "driver": "pcie-root-port"}]})
+    lenient = check._qemu_side(topo, {"device": "e1000e@rp1:0x3", "text": "t"})
+    assert lenient["qemu"] == "accepted", lenient
+    taken = check._qemu_side(topo, {"device": "e1000e@pcie.0:0x1f", "text": "t"})
+    assert taken["qemu"].startswith("refused: "), taken

@@ -9,7 +9,9 @@ Disagreements count both ways:
 - the placement probe: `where` (QEMU's QOM) lists a bus and slot for a driver
   that the model refuses there ("placement": the model's rules and QEMU's
   answer disagree; a slot QEMU takes only against the spec, which `where`
-  itself flags, is not one);
+  itself flags, is not one); QEMU itself is then asked (the machine started
+  paused with that device) and its answer, accepted or refused, is the
+  problem's "qemu" side;
 - anything else that stopped the check ("error": a boot that never finished).
 
 An Outcome's `signature` names what failed in terms that survive shrinking
@@ -26,8 +28,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.errors import HarnessError, QemuRefused, TopologyError
+from harness.errors import HarnessError, QemuExited, QemuRefused, TopologyError
 from harness.factory import GuestFactory
+from harness.guest.running import Guest
 from harness.qemu.binary import QemuBinary
 from harness.qemu.facts import parse_version
 from harness.qemu.known import gap_for_difference
@@ -37,6 +40,7 @@ from harness.scenarios.threeview import collect_views
 from harness.scenarios.where import where
 from harness.topology.data import Address, Device, Topology
 from harness.topology.placement import validate
+from harness.topology.render import probe_device_args
 from harness.views.compare import Difference
 
 Kind = Literal["agree", "differs", "refused", "console", "placement", "hotplug", "migration",
@@ -205,8 +209,26 @@ class MachineCheck:
         if steps:
             return Outcome(topology, step_kind, tuple(steps), tuple(known), timings=timings)
         if answer is not None:
-            placement = placement_problems(topology, answer.to_dict())
+            placement = [self._qemu_side(topology, p)
+                         for p in placement_problems(topology, answer.to_dict())[:2]]
             if placement:
                 return Outcome(topology, "placement", tuple(placement), tuple(known),
                                timings=timings)
         return Outcome(topology, "agree", (), tuple(known), timings=timings)
+
+    def _qemu_side(self, topology: Topology, problem: dict[str, Any]) -> dict[str, Any]:
+        """QEMU's own answer to a placement the model refuses: start the machine
+        paused with the device added as `where` placed it."""
+        driver, rest = problem["device"].split("@", 1)
+        bus, slot = rest.rsplit(":", 1)
+        extra = ("-S", *probe_device_args(driver, "probe", bus, int(slot, 16)))
+        probe = Guest(self.factory.plan(topology, boot_guest=False, extra_args=extra),
+                      self.artifacts / f"m{self.count:04d}-placement", name="placement")
+        try:
+            probe.launch()
+            side = "accepted"
+        except QemuExited as exc:
+            side = "refused: " + (exc.stderr.strip().splitlines() or [""])[-1][:200]
+        finally:
+            probe.shutdown()
+        return {**problem, "qemu": side, "text": f"{problem['text']}; QEMU {side}"}
