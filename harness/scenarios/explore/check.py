@@ -184,9 +184,10 @@ class MachineCheck:
             if probe is not None and guest.qmp is not None:
                 answer = where(guest.qmp, probe, root_hotplug=guest.root_bus_hotplug())
             if self.hotplug and not views.differences() and not trouble:
-                steps, step_kind = hotplug_problems(guest, artifacts, self.count), "hotplug"
+                steps = hotplug_problems(guest, artifacts, self.count, self.say)
+                step_kind = "hotplug"
             if self.migrate and not steps and not views.differences() and not trouble:
-                steps = migrate_problems(guest, views, artifacts, self.dst_binary)
+                steps = migrate_problems(guest, views, artifacts, self.dst_binary, self.say)
                 step_kind = "migration"
         finally:
             guest.shutdown()

@@ -15,6 +15,7 @@ Each problem is a dict like check.py's, so signatures and shrinking work alike.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ HOTPLUG_DRIVER = "virtio-net-pci"
 MAX_HOTPLUG_BUSES = 4
 
 
-def hotplug_problems(guest: Guest, artifacts: Path, seed: int) -> list[dict[str, Any]]:
+def hotplug_problems(guest: Guest, artifacts: Path, seed: int,
+                     say: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
     """Plug and unplug a NIC on each hot-pluggable bus (at most MAX_HOTPLUG_BUSES)."""
     assert guest.qmp is not None
     answer = where(guest.qmp, HOTPLUG_DRIVER, hotplug_only=True,
@@ -57,11 +59,16 @@ def hotplug_problems(guest: Guest, artifacts: Path, seed: int) -> list[dict[str,
             break  # the machine's state is unknown after a step that did not finish
         out += [{"device": spec.id, "driver": f"hotplug:{bus.hotplug}", "field": f.step,
                  "text": f"{where_text}: {f.step}: {f.what}"} for f in report.failures]
+        say(f"  hotplug: {where_text}: plugged, unplugged, "
+            f"{len(report.failures)} problem(s)")
+    if not answer.buses:
+        say("  hotplug: no bus of this machine takes device_add")
     return out
 
 
 def migrate_problems(src: Guest, before: ThreeViews, artifacts: Path,
-                     dst_binary: QemuBinary | None) -> list[dict[str, Any]]:
+                     dst_binary: QemuBinary | None,
+                     say: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
     """One hop; the destination's views against themselves and the source's."""
     plan = destination_plan(src, dst_binary)
     if dst_binary is not None:
@@ -71,6 +78,7 @@ def migrate_problems(src: Guest, before: ThreeViews, artifacts: Path,
         dst = start_destination(src, artifacts, "dst", 1, plan=plan)
         migrate(src, dst, 1)
         after = collect_views(dst, lspci=False)
+        say(f"  migrated to {dst.plan.binary.version} ({dst.plan.topology.machine})")
     except HarnessError as exc:
         return [{"device": "", "driver": "migration", "field": type(exc).__name__,
                  "text": f"migration: {exc.message}"}]
