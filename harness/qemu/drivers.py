@@ -53,6 +53,8 @@ class PropertyQuirk:
     value: str
     drops_capability: str | None = None
     drops_bars: tuple[int, ...] = ()
+    also_drops: tuple[str, ...] = ()   # more capabilities that go with it
+    drops_interrupt_pin: bool = False  # the function then raises no INTx
 
 
 #: Every driver with an expansion ROM (BAR 6) loses it with `romfile=`.
@@ -60,8 +62,11 @@ NO_ROM = PropertyQuirk("no option ROM", "romfile", "", drops_bars=(6,))
 #: virtio: no MSI-X vectors, so no MSI-X capability and no BAR 1 for its table.
 NO_VECTORS = PropertyQuirk("no MSI-X vectors", "vectors", "0", drops_capability="msix",
                            drops_bars=(1,))
-#: SHPC bridges: the SHPC capability and its 256-byte register block in BAR 0.
-NO_SHPC = PropertyQuirk("no SHPC", "shpc", "off", drops_capability="shpc", drops_bars=(0,))
+#: SHPC bridges: the SHPC capability and its 256-byte register block in BAR 0;
+#: pci-bridge then also has no MSI ("not applicable without SHPC") and
+#: interrupt pin 0 (found by explore; 7.2.22 and 10.0.2, pc and q35).
+NO_SHPC = PropertyQuirk("no SHPC", "shpc", "off", drops_capability="shpc", drops_bars=(0,),
+                        also_drops=("msi",), drops_interrupt_pin=True)
 
 
 @dataclass(frozen=True)

@@ -108,10 +108,12 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
     vectors = dev.prop("vectors")
     if vectors is not None and "msix" in caps:
         msix = int(vectors)  # the table has as many entries as vectors asked for
+    interrupt_pin = info.interrupt_pin
     for quirk in info.property_quirks():
         if quirk_applies(dev, quirk):
-            caps.discard(quirk.drops_capability or "")
+            caps -= {quirk.drops_capability or "", *quirk.also_drops}
             bars = [b for b in bars if b.index not in quirk.drops_bars]
+            interrupt_pin = 0 if quirk.drops_interrupt_pin else interrupt_pin
     ptype = ""
     if pcie:
         caps.add("pcie")
@@ -123,7 +125,7 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
         "path": path, "id": dev.id, "vendor": info.vendor, "device": device_id,
         "subsystem_vendor": info.subsystem_vendor, "subsystem": subsystem,
         "class_code": info.class_code >> 8, "prog_if": info.class_code & 0xFF,
-        "header_type": 1 if info.bridge else 0, "interrupt_pin": info.interrupt_pin,
+        "header_type": 1 if info.bridge else 0, "interrupt_pin": interrupt_pin,
         "bars": tuple(sorted(bars, key=lambda b: b.index)), "capabilities": tuple(sorted(caps)),
         "msix_table_size": msix if "msix" in caps else None, "pcie_type": ptype,
         "driver": info.guest_driver}

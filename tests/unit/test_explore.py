@@ -324,3 +324,19 @@ def test_the_nightly_passes_the_exploration_budget() -> None:
         "--explore-seed=3"]
     argv = explore_argv(argparse.Namespace(explore_minutes=2.0, explore_seed=1))
     assert argv == ["--explore-seed=1", "--explore-minutes=2.0", "--explore-examples=60"]
+
+
+def test_pci_bridge_without_shpc_has_no_msi_and_no_interrupt_pin() -> None:
+    view = expected_view(topology_from_dict({"machine": "pc", "device": [
+        {"id": "b", "driver": "pci-bridge", "shpc": "off"}, {"id": "c", "driver": "pci-bridge"}]}))
+    off, on = view.function("b"), view.function("c")
+    assert (off.interrupt_pin, off.capabilities) == (0, ("slotid",))
+    assert (on.interrupt_pin, on.capabilities) == (1, ("msi", "shpc", "slotid"))
+
+
+def test_the_placement_probe_never_asks_about_a_driver_that_needs_a_drive() -> None:
+    from harness.scenarios.explore.run import probe_driver_for
+
+    choose = probe_driver_for(tuple(drivers.DRIVERS.values()))
+    asked = {choose(draw(2, i)) for i in range(200)}
+    assert "virtio-blk-pci" not in asked and len(asked) > 5

@@ -201,7 +201,9 @@ class Explorer:
 def probe_driver_for(drivers: tuple[Any, ...]) -> Callable[[Topology], str | None]:
     """The driver whose placements `where` is asked about on a machine: one of
     the table's, chosen by the machine's key (the same machine, the same driver)."""
-    names = sorted(d.driver for d in drivers)
+    # A driver that needs a backend QEMU refuses without (a drive) cannot be
+    # placed bare; asking about it would only find that.
+    names = sorted(d.driver for d in drivers if not d.needs_drive)
 
     def choose(topology: Topology) -> str | None:
         if not names:
