@@ -61,6 +61,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
             args.minutes is not None and args.minutes <= 0):
         raise UserError("--examples and --minutes must be positive",
                         fix="give e.g. --examples 20 or --minutes 5")
+    shard = _shard(args.shard)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     progress(f"explore: seed {seed} (--seed {seed} draws the same machines again)")
 
@@ -84,6 +85,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
                             qemu_version=factory.binary.version, qemu_binary=binary,
                             save_dir=save, replay_command=_command(args, binary),
                             use_database=not args.no_database, say=run.progress,
+                            shard=shard,
                             meta={"hotplug": args.hotplug or None,
                                   "migrate": args.migrate or None,
                                   "dst_qemu": str(dst.path) if dst else None})
@@ -92,6 +94,20 @@ def cmd_explore(args: argparse.Namespace) -> int:
                 "accel": factory.accel.name}
 
     return run_verb(args, "explore", body, _print_report)
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    """"K/N" -> (K, N): this process takes example indexes K, K+N, K+2N, ..."""
+    if text is None:
+        return (0, 1)
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        k, n = -1, 0
+    if not 0 <= k < n:
+        raise UserError(f"--shard {text!r} is not K/N with 0 <= K < N",
+                        fix="give e.g. --shard 0/2 and --shard 1/2 to two processes")
+    return (k, n)
 
 
 def _print_report(result: Result) -> None:
@@ -162,6 +178,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--minutes", type=float, help="time budget for drawing and booting")
     p.add_argument("--seed", type=int, help="the same seed draws the same machines "
                    "(default: random, printed)")
+    p.add_argument("--shard", metavar="K/N", help="take only example indexes K, K+N, ... "
+                   "(N processes with one seed draw disjoint machines)")
     p.add_argument("--save", metavar="DIR", help="where found cases go (default: the run's "
                    "artifacts/found)")
     p.add_argument("--replay", metavar="FILE", help="boot a saved case again")

@@ -340,3 +340,18 @@ def test_the_placement_probe_never_asks_about_a_driver_that_needs_a_drive() -> N
     choose = probe_driver_for(tuple(drivers.DRIVERS.values()))
     asked = {choose(draw(2, i)) for i in range(200)}
     assert "virtio-blk-pci" not in asked and len(asked) > 5
+
+
+def test_shards_of_one_seed_boot_disjoint_machines(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    for k in range(2):
+        booted: list[str] = []
+
+        def check(topo: Topology, booted: list[str] = booted) -> Outcome:
+            booted.append(topo.cache_key())
+            return Outcome(topo, "agree")
+        Explorer(check, seed=8, budget=Budget(examples=15), space=Space(), qemu_version="7.2",
+                 qemu_binary="/q", save_dir=None, replay_command="", shard=(k, 2),
+                 use_database=False).run()
+        seen.append(booted)
+    assert not set(seen[0]) & set(seen[1])

@@ -24,6 +24,8 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     (["--minutes", "-1"], "--examples and --minutes must be positive"),
     (["--replay", "/nonexistent/case.toml"], "does not exist"),
     (["--adopt", "/nonexistent/case.toml"], "--adopt needs --expect"),
+    (["--shard", "2/2"], "is not K/N"),
+    (["--shard", "x"], "is not K/N"),
 ])
 def test_bad_input_is_one_paragraph_and_status_2(argv: list[str], needle: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from harness.errors import TopologyError
 from harness.scenarios.explore.case import outcome_meta, problem_lines, save_case, topology_toml
 from harness.scenarios.explore.check import Checker, Outcome
-from harness.scenarios.explore.draws import Space, draw, example_database
+from harness.scenarios.explore.draws import Space, draw, example_database, first_index
 from harness.scenarios.explore.shrink import shrink
 from harness.stats import latency
 from harness.topology.data import Topology
@@ -142,7 +142,10 @@ class Explorer:
         index = self.shard[0]
         while self._more():
             topology = draw(self.seed, index, self.space)
-            if topology.cache_key() not in self.report.distinct:
+            # Another shard boots a machine an earlier index drew (first_index).
+            sharded_twin = self.shard[1] > 1 and first_index(self.seed, index,
+                                                             self.space) != index
+            if topology.cache_key() not in self.report.distinct and not sharded_twin:
                 self._one(topology, index)
             index += self.shard[1]
         self.report.elapsed_s = time.monotonic() - self.started
