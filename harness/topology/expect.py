@@ -16,7 +16,13 @@ from harness.qemu.drivers import BUILTIN, BarSpec, DriverInfo, PropertyQuirk, dr
 from harness.qemu.facts import ROOT_PORT_DEFAULT_LINK, VIRTIO_DEFAULT_VECTORS
 from harness.topology.data import Device, Topology, machine_version
 from harness.topology.placement import resolve
-from harness.topology.tree import buses, mgmt_device, path_of
+from harness.topology.tree import (
+    acpi_bridge_hotplug,
+    buses,
+    mgmt_device,
+    path_of,
+    shpc_handles,
+)
 from harness.views.pciview import Bar, PciFunction, PciView, bar_expect_key
 
 # virtio transitional device ids (0x1000 + n, a legacy numbering) by virtio type.
@@ -91,7 +97,11 @@ def _has_pcie_cap(topo: Topology, dev: Device, info: DriverInfo) -> bool:
     """
     bus = buses(topo)[topo.bus_of(dev)]
     return {"never": False, "always": True, "express-bus": bus.express,
-            "behind-port": bus.role == "slot"}[info.pcie]
+            # virtio: legacy-only (disable-modern=on) stays conventional even
+            # there (QEMU adds the capability to modern devices only; 7.2.22 and
+            # 10.0.2, found by explore).
+            "behind-port": bus.role == "slot" and dev.flag("disable-modern") is not True,
+            }[info.pcie]
 
 
 def _function(topo: Topology, dev: Device, info: DriverInfo,
@@ -222,11 +232,6 @@ def _port_link_status(by_path: dict[tuple[str, ...], PciFunction],
             "link_width": min(me.link_cap_width, child.link_cap_width)}
 
 
-def _acpi_bridge_hotplug(topo: Topology) -> bool:
-    """ACPI hotplug behind bridges: on by default; on q35 only from machine type 6.1."""
-    return topo.facts.bridge_acpi(machine_version(topo.machine), topo.acpi_hotplug)
-
-
 def bus_hotplug(topo: Topology, dev: Device, info: DriverInfo) -> str | None:
     """Mechanism of the bus a bridge creates (the QOM hotplug-handler's kind).
 
@@ -237,12 +242,12 @@ def bus_hotplug(topo: Topology, dev: Device, info: DriverInfo) -> str | None:
     """
     if info.bridge in ("root-port", "downstream") and dev.flag("hotplug") is False:
         return "none"
-    if _acpi_bridge_hotplug(topo):  # every bridge bus, even a switch's internal one
+    if acpi_bridge_hotplug(topo):  # every bridge bus, even a switch's internal one
         return topo.facts.acpi_mechanism
     if info.bridge in ("root-port", "downstream"):
         return "pcie-native"
     if info.bridge in ("pci-bridge", "pcie-pci-bridge"):
-        return "none" if dev.flag("shpc") is False else "shpc"
+        return "shpc" if shpc_handles(topo, dev) else "none"
     return None  # switch-internal and DMI bridge buses without ACPI: not modelled
 
 

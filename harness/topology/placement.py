@@ -25,7 +25,7 @@ from harness.topology.rules import (
     placement,
     slot_allowed,
 )
-from harness.topology.tree import BusInfo, buses, reserved_slots
+from harness.topology.tree import BusInfo, buses, reserved_slots, shpc_handles
 
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 MAX_ID_LEN = 26  # node names ("<id>.disk") must stay within QEMU's 31 characters
@@ -127,6 +127,11 @@ def _check_device(topology: Topology, dev: Device, bus_map: dict[str, BusInfo]) 
         if not rule.allowed:
             raise _err(topology, dev, f"on port {bus_name!r}: {rule.reason}",
                        rule.fix or "use slot 0")
+        if dev.addr.slot == 0 and bus.owner is not None and shpc_handles(topology, bus.owner):
+            raise _err(topology, dev, f"slot 0 of {bus_name!r}, a bus its SHPC controller "
+                       "hot-plugs: QEMU refuses slot 0 there",
+                       "use slot 1-1f, or turn SHPC off (shpc = false) or ACPI bridge "
+                       "hotplug on")
 
 
 def device_role(info: DriverInfo | None) -> DeviceRole:

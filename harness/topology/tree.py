@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from harness.errors import HarnessError, TopologyError
 from harness.qemu.drivers import BUILTIN, driver_info
 from harness.qemu.machines import MGMT_SLOT
-from harness.topology.data import MGMT_ID, Address, Device, Topology
+from harness.topology.data import MGMT_ID, Address, Device, Topology, machine_version
 from harness.topology.rules import BusRole
 from harness.topology.rules import reserved_slots as machine_reserved_slots
 
-__all__ = ["BusInfo", "builtin_path", "buses", "mgmt_device", "parents_first", "path_of",
-           "reserved_slots"]
+__all__ = ["BusInfo", "acpi_bridge_hotplug", "builtin_path", "buses", "mgmt_device",
+           "parents_first", "path_of", "reserved_slots", "shpc_handles"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,22 @@ def buses(topology: Topology) -> dict[str, BusInfo]:
         else:
             out[dev.id] = BusInfo(dev.id, False, "bridge", dev)
     return out
+
+
+def acpi_bridge_hotplug(topology: Topology) -> bool:
+    """ACPI hotplug behind bridges: on by default; on q35 only from machine type 6.1."""
+    return topology.facts.bridge_acpi(machine_version(topology.machine), topology.acpi_hotplug)
+
+
+def shpc_handles(topology: Topology, bridge: Device) -> bool:
+    """Whether the bus BRIDGE creates is hot-plugged by its own SHPC controller:
+    an SHPC bridge (pci-bridge, pcie-pci-bridge) with SHPC on and no ACPI bridge
+    hotplug.  QEMU then refuses any device at slot 0 of that bus, cold-plugged
+    too ("Unsupported PCI slot 0 for standard hotplug controller"; 7.2.22 and
+    10.0.2, found by explore)."""
+    info = driver_info(bridge.driver)
+    return (info is not None and info.bridge in ("pci-bridge", "pcie-pci-bridge")
+            and bridge.flag("shpc") is not False and not acpi_bridge_hotplug(topology))
 
 
 def reserved_slots(topology: Topology) -> dict[int, str]:

@@ -355,3 +355,27 @@ def test_shards_of_one_seed_boot_disjoint_machines(tmp_path: Path) -> None:
                  use_database=False).run()
         seen.append(booted)
     assert not set(seen[0]) & set(seen[1])
+
+
+def test_slot_0_of_a_bus_its_shpc_controller_hotplugs_is_refused() -> None:
+    def topo(machine: str, acpi: bool, shpc: str = "on") -> dict[str, Any]:
+        return {"machine": machine, "acpi_hotplug": acpi, "device": [
+            {"id": "b", "driver": "pci-bridge", "shpc": shpc},
+            {"id": "n", "driver": "e1000", "bus": "b", "addr": "0.0"}]}
+    with pytest.raises(TopologyError, match="QEMU refuses slot 0"):
+        topology_from_dict(topo("pc", False))
+    with pytest.raises(TopologyError, match="QEMU refuses slot 0"):
+        topology_from_dict({"machine": "pc-q35-4.0", "device": [
+            {"id": "b", "driver": "pcie-pci-bridge"},
+            {"id": "n", "driver": "e1000", "bus": "b", "addr": "0.0"}]})
+    topology_from_dict(topo("pc", True))            # ACPI handles the bus
+    topology_from_dict(topo("pc", False, "off"))    # no SHPC at all
+
+
+def test_legacy_only_virtio_behind_a_port_has_no_pcie_capability() -> None:
+    view = expected_view(topology_from_dict({"machine": "q35", "device": [
+        {"id": "rp", "driver": "pcie-root-port"},
+        {"id": "r", "driver": "virtio-rng-pci", "bus": "rp", "disable-legacy": "off",
+         "disable-modern": "on"}]}))
+    rng = view.function("r")
+    assert (rng.pcie_type, rng.capabilities) == ("", ("msix",))

@@ -32,7 +32,7 @@ from harness.topology.data import Address, Device, PropValue, Topology
 from harness.topology.expect import PORT_SPEEDS
 from harness.topology.placement import device_role, validate
 from harness.topology.rules import free_slot_candidates, placement, reserved_slots, slot_allowed
-from harness.topology.tree import BusInfo, buses
+from harness.topology.tree import BusInfo, buses, shpc_handles
 
 #: Machine types drawn: the aliases and versioned types both reference QEMUs
 #: (7.2.22, 10.0.2) build, chosen where a compat rule of the model changes:
@@ -105,8 +105,9 @@ def _free_slots(draft: _Draft, bus: BusInfo, explicit: bool = False) -> list[int
     machine = draft.topology.facts
     reserved = reserved_slots(machine) if bus.role == "root" else {}
     slots = range(32) if explicit else free_slot_candidates(machine, bus.role)
-    return [s for s in slots
-            if s not in used and s not in reserved and slot_allowed(bus.role, s).allowed]
+    shpc = bus.owner is not None and shpc_handles(draft.current(), bus.owner)
+    return [s for s in slots if s not in used and s not in reserved
+            and slot_allowed(bus.role, s).allowed and not (shpc and s == 0)]
 
 
 @st.composite
