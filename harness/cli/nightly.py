@@ -4,6 +4,7 @@ binary, crash hunts, boot-stress, reports) is harness/nightly.py."""
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from harness.cli.common import add_common_options
@@ -18,6 +19,27 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
     if any(f in known for f in flags) or dest in known:
         return
     parser.add_argument(*flags, **kwargs)
+
+
+#: An upper bound of drawn machines per minute of budget (about 4 s each on two
+#: quiet TCG cores); the tests past the budget skip at once.
+EXPLORE_PER_MINUTE = 30
+
+
+def explore_argv(args: argparse.Namespace) -> list[str]:
+    """tests/pci/test_explore.py's options: a budget, and enough examples to fill it."""
+    minutes = float(getattr(args, "explore_minutes", 0.0) or 0.0)
+    seed = int(getattr(args, "explore_seed", 1))
+    if minutes <= 0:  # the smoke handful, on the seed asked for
+        return [] if seed == 1 else [f"--explore-seed={seed}"]
+    return [f"--explore-seed={seed}", f"--explore-minutes={minutes}",
+            f"--explore-examples={max(4, math.ceil(minutes * EXPLORE_PER_MINUTE))}"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    """run_nightly with the exploration's pytest options in front of the user's."""
+    args.pytest_args = [*explore_argv(args), *args.pytest_args]
+    return run_nightly(args)
 
 
 def register(subparsers: Any) -> None:
@@ -77,4 +99,4 @@ def register(subparsers: Any) -> None:
     _add(parser, "pytest_args", nargs="*", help="extra arguments for pytest (after --)")
     if fresh:
         add_common_options(parser, skip=("--firmware",))
-    parser.set_defaults(func=run_nightly)
+    parser.set_defaults(func=_run)

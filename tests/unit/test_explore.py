@@ -90,10 +90,10 @@ def test_the_same_seed_draws_the_same_machines_and_another_seed_others() -> None
 
 
 def test_a_repeated_machine_names_its_first_index() -> None:
-    keys = [draw(4, i).cache_key() for i in range(60)]
-    dup = next(i for i in range(1, 60) if keys[i] in keys[:i])
+    keys = [draw(4, i).cache_key() for i in range(400)]
+    dup = next(i for i in range(1, 400) if keys[i] in keys[:i])
     assert first_index(4, dup) == keys.index(keys[dup]) < dup
-    new = next(i for i in range(60) if keys[i] not in keys[:i])
+    new = next(i for i in range(400) if keys[i] not in keys[:i])
     assert first_index(4, new) == new
 
 
@@ -318,10 +318,11 @@ def test_the_budget_is_shared_through_a_stamp(tmp_path: Path) -> None:
 def test_the_nightly_passes_the_exploration_budget() -> None:
     import argparse
 
-    from harness.nightly import explore_argv
+    from harness.cli.nightly import explore_argv
 
     assert explore_argv(argparse.Namespace(explore_minutes=0.0, explore_seed=3)) == [
         "--explore-seed=3"]
+    assert explore_argv(argparse.Namespace(explore_minutes=0.0, explore_seed=1)) == []
     argv = explore_argv(argparse.Namespace(explore_minutes=2.0, explore_seed=1))
     assert argv == ["--explore-seed=1", "--explore-minutes=2.0", "--explore-examples=60"]
 
