@@ -380,3 +380,10 @@ def test_legacy_only_virtio_behind_a_port_has_no_pcie_capability() -> None:
          "disable-modern": "on"}]}))
     rng = view.function("r")
     assert (rng.pcie_type, rng.capabilities) == ("", ("msix",))
+
+
+def test_a_refusal_for_the_same_reason_is_the_same_failure_whatever_the_driver() -> None:
+    def refused(driver: str, why: str) -> Outcome:
+        return Outcome(BIG, "refused", ({"device": "x", "driver": driver, "field": why},))
+    assert same_failure(refused("e1000", "slot 0").signature, refused("e1000e", "slot 0"))
+    assert not same_failure(refused("e1000", "slot 0").signature, refused("e1000", "other"))

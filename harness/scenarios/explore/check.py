@@ -68,8 +68,12 @@ class Outcome:
 
     @property
     def signature(self) -> Signature:
-        """(kind, driver, what) for each problem: stable when ids are renumbered."""
-        return frozenset((self.kind, str(p.get("driver", "")), str(p.get("field", "")))
+        """(kind, driver, what) for each problem: stable when ids are renumbered.
+        A refusal is QEMU's reason alone: the same reason for another driver (slot 0
+        of an SHPC bus, whatever sits there) is the same failure."""
+        def driver(p: dict[str, Any]) -> str:
+            return "" if self.kind == "refused" else str(p.get("driver", ""))
+        return frozenset((self.kind, driver(p), str(p.get("field", "")))
                          for p in self.problems) or frozenset({(self.kind, "", "")})
 
     def summary(self) -> str:
