@@ -219,12 +219,14 @@ def port_link_cap(topo: Topology, dev: Device) -> tuple[float, int]:
 def _port_link_status(by_path: dict[tuple[str, ...], PciFunction],
                       port: tuple[str, ...]) -> dict[str, Any]:
     """A port's LnkSta is the trained link: the lower of its own LnkCap and that of
-    function 0 below it; an empty port shows its own maximum."""
+    function 0 below it; an empty port shows its own maximum, and so does a port
+    whose function 0 has no PCI Express capability (a legacy-only virtio device:
+    no link to train; 10.0.2, found by explore)."""
     me = by_path[port]
     child = by_path.get(port + ("00.0",))
     if me.link_cap_speed is None or me.link_cap_width is None:
         return {}
-    if child is None:
+    if child is None or child.pcie_type == "":
         return {"link_speed": me.link_cap_speed, "link_width": me.link_cap_width}
     if child.link_cap_speed is None or child.link_cap_width is None:
         return {}

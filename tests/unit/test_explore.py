@@ -380,6 +380,8 @@ def test_legacy_only_virtio_behind_a_port_has_no_pcie_capability() -> None:
          "disable-modern": "on"}]}))
     rng = view.function("r")
     assert (rng.pcie_type, rng.capabilities) == ("", ("msix",))
+    port = view.function("rp")  # no link to train: its own maximum, as if empty
+    assert (port.link_speed, port.link_width) == (port.link_cap_speed, port.link_cap_width)
 
 
 def test_a_refusal_for_the_same_reason_is_the_same_failure_whatever_the_driver() -> None:
