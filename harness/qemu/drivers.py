@@ -57,6 +57,17 @@ class PropertyQuirk:
     drops_interrupt_pin: bool = False  # the function then raises no INTx
 
 
+@dataclass(frozen=True)
+class CompatLayout:
+    """What an older machine type's compat properties make of a driver instead of
+    its table row (qemu/facts.DRIVER_COMPAT says for which types): other ids,
+    other BARs.  None keeps the row's value."""
+
+    vendor: int | None = None
+    device: int | None = None
+    bars: tuple[BarSpec, ...] | None = None
+
+
 #: Every driver with an expansion ROM (BAR 6) loses it with `romfile=`.
 NO_ROM = PropertyQuirk("no option ROM", "romfile", "", drops_bars=(6,))
 #: virtio: no MSI-X vectors, so no MSI-X capability and no BAR 1 for its table.

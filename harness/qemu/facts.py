@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 from harness.errors import UserError
+from harness.qemu.drivers import BarSpec, CompatLayout
 
 #: (major, minor) or (major, minor, micro): tuples compare as versions, and a
 #: series (10, 0) sorts before every release of it ((10, 0, 0), (10, 0, 2)).
@@ -272,6 +273,24 @@ VIRTIO_DEFAULT_VECTORS: dict[str, VersionedFact[int]] = {
          FactChange((7, 2), 2, MEASURED + ": pc-q35-7.2 / pc-i440fx-7.2 and later: 2"))),
 }
 
+#: Drivers an older machine type builds otherwise (None: the table row holds).
+#: nvme, measured on 7.2.22 and 10.0.2 (found by explore on 10.0.2): types before
+#: 5.2 keep Intel's ids 8086:5845 (use-intel-id); types before 6.0 keep the MSI-X
+#: table out of BAR 0 (BAR 0 8 KiB, the table in a 32-bit 4 KiB BAR 4).
+_NVME_SPLIT_BARS = (BarSpec(0, "mem", 8 * 1024, is_64bit=True), BarSpec(4, "mem", 4096))
+DRIVER_COMPAT: dict[str, tuple[VersionedFact[CompatLayout | None], ...]] = {
+    "nvme": (
+        VersionedFact("nvme-ids", "machine", "nvme's PCI ids",
+                      (FactChange(_BASE, CompatLayout(vendor=0x8086, device=0x5845),
+                                  MEASURED + ": pc-q35-5.1 shows 8086:5845"),
+                       FactChange((5, 2), None, MEASURED + ": pc-q35-5.2 shows 1b36:0010"))),
+        VersionedFact("nvme-msix-bar", "machine", "where nvme's MSI-X table lives",
+                      (FactChange(_BASE, CompatLayout(bars=_NVME_SPLIT_BARS),
+                                  MEASURED + ": pc-q35-5.2, pc-i440fx-5.2: BAR 0 8 KiB + BAR 4"),
+                       FactChange((6, 0), None, MEASURED + ": pc-q35-6.0 on: BAR 0 16 KiB"))),
+    ),
+}
+
 #: The harness boots its guest with -kernel vmlinux (an ELF, started through
 #: PVH); machine types before 4.0 turn PVH off (compat), and QEMU then reads
 #: the ELF as a bzImage: "linux kernel too old to load a ram disk" (measured
@@ -318,7 +337,8 @@ VERSIONED_FACTS: tuple[VersionedFact[object], ...] = (  # type: ignore[assignmen
     ACPI_HOTPLUG_OFF_PORT_REFUSAL,
     Q35_ACPI_BRIDGE_HOTPLUG, ROOT_PORT_DEFAULT_LINK, AER_UNCOR_MASK_WRITABLE, ARI_NEXTFN_1,
     SLOT_IMPLEMENTED_READ_ONLY, VIRTIO_PM_NO_SOFT_RESET, DEVCAP_EXT_TAG,
-    VIRTIO_DEFAULT_VECTORS["virtio-net-pci"], VIRTIO_DEFAULT_VECTORS["virtio-rng-pci"])
+    VIRTIO_DEFAULT_VECTORS["virtio-net-pci"], VIRTIO_DEFAULT_VECTORS["virtio-rng-pci"],
+    DRIVER_COMPAT["nvme"][0], DRIVER_COMPAT["nvme"][1])
 
 
 def machine_fact(fact: VersionedFact[T], machine: str, qemu: Version) -> T:

@@ -12,8 +12,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from harness.qemu.drivers import BUILTIN, BarSpec, DriverInfo, PropertyQuirk, driver_info
-from harness.qemu.facts import ROOT_PORT_DEFAULT_LINK, VIRTIO_DEFAULT_VECTORS
+from harness.qemu.drivers import (
+    BUILTIN,
+    BarSpec,
+    CompatLayout,
+    DriverInfo,
+    PropertyQuirk,
+    driver_info,
+)
+from harness.qemu.facts import DRIVER_COMPAT, ROOT_PORT_DEFAULT_LINK, VIRTIO_DEFAULT_VECTORS
 from harness.topology.data import Device, Topology, machine_version
 from harness.topology.placement import resolve
 from harness.topology.tree import (
@@ -112,6 +119,10 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
     device_id = info.device
     subsystem = info.subsystem
     msix = info.msix_table_size
+    vendor = info.vendor
+    for layout in compat_layouts(topo, dev.driver):
+        vendor, device_id = layout.vendor or vendor, layout.device or device_id
+        bars = list(_bars(layout.bars)) if layout.bars is not None else bars
     if info.virtio_type is not None:
         device_id, subsystem, bars, caps = _virtio(topo, dev, info, pcie)
     dev = _default_vectors(topo, dev)
@@ -132,7 +143,7 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
         if info.integrated_on_root and bus.role == "root" and bus.express:
             ptype = "rc-endpoint"
     fields: dict[str, Any] = {
-        "path": path, "id": dev.id, "vendor": info.vendor, "device": device_id,
+        "path": path, "id": dev.id, "vendor": vendor, "device": device_id,
         "subsystem_vendor": info.subsystem_vendor, "subsystem": subsystem,
         "class_code": info.class_code >> 8, "prog_if": info.class_code & 0xFF,
         "header_type": 1 if info.bridge else 0, "interrupt_pin": interrupt_pin,
@@ -153,6 +164,17 @@ def _function(topo: Topology, dev: Device, info: DriverInfo,
     if info.bridge is not None:
         fields["bus_hotplug"] = bus_hotplug(topo, dev, info)
     return PciFunction(**fields)
+
+
+def compat_layouts(topo: Topology, driver: str) -> list[CompatLayout]:
+    """What the machine type's compat properties change of DRIVER (facts.DRIVER_COMPAT)."""
+    version = machine_version(topo.machine)
+    out = []
+    for fact in DRIVER_COMPAT.get(driver, ()):
+        layout = fact.at(version) if version is not None else fact.latest()
+        if layout is not None:
+            out.append(layout)
+    return out
 
 
 def _default_vectors(topo: Topology, dev: Device) -> Device:

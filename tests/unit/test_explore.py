@@ -389,3 +389,14 @@ def test_a_refusal_for_the_same_reason_is_the_same_failure_whatever_the_driver()
         return Outcome(BIG, "refused", ({"device": "x", "driver": driver, "field": why},))
     assert same_failure(refused("e1000", "slot 0").signature, refused("e1000e", "slot 0"))
     assert not same_failure(refused("e1000", "slot 0").signature, refused("e1000", "other"))
+
+
+def test_nvme_on_older_machine_types() -> None:
+    def nvme(machine: str) -> Any:
+        return expected_view(topology_from_dict({"machine": machine, "device": [
+            {"id": "n", "driver": "nvme", "disk": "4M"}]})).function("n")
+    old, mid, new = nvme("pc-q35-5.1"), nvme("pc-q35-5.2"), nvme("pc-q35-6.0")
+    assert (old.vendor, old.device) == (0x8086, 0x5845)
+    assert (mid.vendor, mid.device) == (new.vendor, new.device) == (0x1B36, 0x0010)
+    assert [(b.index, b.size) for b in mid.bars or ()] == [(0, 8192), (4, 4096)]
+    assert [(b.index, b.size) for b in new.bars or ()] == [(0, 16384)]
