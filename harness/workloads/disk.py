@@ -343,6 +343,10 @@ class DiskLoad:
         return self.verify_range(shell, first, written)
 
 
+class DataLost(DataMismatch):
+    """What the load wrote is gone: a file it wrote is missing."""
+
+
 class LoadStalled(HarnessError):
     """A load made no progress within the hop's deadline."""
 

@@ -18,7 +18,7 @@ from harness.deadline import Deadline
 from harness.errors import UserError
 from harness.scenarios.migration.loads import parse_loads
 from harness.workloads import fs as fsload
-from harness.workloads.disk import DataMismatch
+from harness.workloads.disk import DataLost, DataMismatch
 from harness.workloads.fs import FILES, FsLoad, file_bytes
 from harness.workloads.memory import MemoryLoad, MemoryMismatch, MemState, build_checker
 
@@ -153,6 +153,25 @@ def test_fs_load_names_the_file_and_offset_of_a_corrupted_write(tmp_path):
     assert f"file {load.mount}/f{k} " in message, message
     assert "differs from offset 6408" in message and "LOST" in message, message
     assert info.value.block == 6408
+
+
+def test_a_missing_file_is_lost_data_named_by_its_path(tmp_path):
+    """md5sum exits 1 for a file that is gone: data-lost naming the file, never a
+    failed guest command (which the ping-pong called ssh-dead)."""
+    load, shell, proc = _fs_load(tmp_path)
+    try:
+        load.after_hop(shell, 1, Deadline(20, "check", scaled=False))
+    finally:
+        (tmp_path / "state" / "ahci" / "stop").touch()
+        proc.wait(timeout=30)
+    state = load.state(shell)
+    victim = sorted(load.expected(state.written))[-1]
+    (tmp_path / "mnt" / f"f{victim}").unlink()
+    with pytest.raises(DataLost) as info:
+        load._verify(shell, state, 2)
+    message = info.value.message
+    assert f"file {load.mount}/f{victim} " in message and "is missing" in message, message
+    assert "No such file" in message, message
 
 
 def test_load_lists_parse_and_refuse_bad_input():

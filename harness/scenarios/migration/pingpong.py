@@ -68,7 +68,7 @@ from harness.scenarios.migration.ramdiff import compare_ram
 from harness.scenarios.migration.reference import PciReference
 from harness.scenarios.migration.switchstop import RunstateRewrite, StopRecord, Switcher
 from harness.scenarios.threeview import collect_views
-from harness.workloads.disk import DataMismatch, LoadStalled, Verified
+from harness.workloads.disk import DataLost, DataMismatch, LoadStalled, Verified
 
 __all__ = ["HopRecord", "PingPong", "PingPongOptions", "PingPongResult", "disk_targets",
            "write_reproduce"]
@@ -309,8 +309,8 @@ class PingPong:
                                   else load.after_hop(dst, number, deadline))
             except DataMismatch as exc:
                 self._console_check(number, dst, dst)  # a crash explains a mismatch first
-                raise HopFailure("data-mismatch", number, exc.message, tail=exc.tail,
-                                 process=dst.name) from None
+                raise HopFailure("data-lost" if isinstance(exc, DataLost) else "data-mismatch",
+                                 number, exc.message, tail=exc.tail, process=dst.name) from None
             except LoadStalled as exc:
                 self._console_check(number, dst, dst)
                 raise HopFailure("load-stalled", number, exc.message,
