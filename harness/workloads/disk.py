@@ -315,12 +315,15 @@ class DiskLoad:
             timeout=300)
         got = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
         bad = []
+        right = 0   # blocks read back and found right: the count returned
         for block in sorted(writes, key=writes.__getitem__):
             index = writes[block]
             gen = self.plan.generation_of(index)
             want = block_md5(self.plan.name, self.plan.seed, block, gen, self.plan.block_size)
             if got.get(str(block)) != want:
                 bad.append((index, block, gen, want))
+            else:
+                right += 1
         if bad:
             index, block, gen, want = bad[0]
             head = shell.execute(f"dd if={self.device} bs={self.plan.block_size} "
@@ -335,7 +338,7 @@ class DiskLoad:
                 disk=self.plan.name, block=block,
                 tail="bad writes (index block generation): "
                      + ", ".join(f"#{i} {b} {g}" for i, b, g, _ in bad[:20]))
-        return len(writes)
+        return right
 
     def verify_all(self, shell: Shell, written: int) -> int:
         """Read back the newest generation of every block (whatever was acknowledged)."""

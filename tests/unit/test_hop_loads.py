@@ -98,6 +98,39 @@ def test_memory_checker_state_is_clean_without_a_fault(tmp_path):
     assert state.first_bad == "-" and state.pages == 64
 
 
+class StateShell:
+    """Answers `cat .../state` with the next of some checker state lines."""
+
+    def __init__(self, *lines: str):
+        self.lines = list(lines)
+
+    def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        return 0, self.lines.pop(0) if len(self.lines) > 1 else self.lines[0]
+
+
+def test_memory_check_counts_what_the_sweep_read_back(tmp_path):
+    """after_hop's bytes are the page checks of a sweep that began after the hop,
+    as the checker counted them (2 x 64 pages here): not the working set's size
+    restated, so a checker whose sweep skipped pages shows a smaller count."""
+    binary = build_checker()
+    load = MemoryLoad(2, 0)
+    load.pages = 64
+    shell = HostShell({"/tmp/pcih-mem": str(tmp_path)})
+    proc = subprocess.Popen([str(binary), str(tmp_path), "64", "2000"])
+    try:
+        _wait_state(tmp_path / "state", lambda s: s.done >= 1)
+        verified = load.after_hop(shell, 1, Deadline(20, "sweep", scaled=False))
+    finally:
+        (tmp_path / "stop").touch()
+        proc.wait(timeout=30)
+    assert verified.bytes == 2 * 64 * 4096, verified
+    # A sweep that read back 100 page copies of 128 says so.
+    short = StateShell("sweep=9 done=8 checked=900 swept=128 bad=0 pages=64 first_bad=-",
+                       "sweep=11 done=10 checked=1000 swept=100 bad=0 pages=64 first_bad=-")
+    verified = load.after_hop(short, 2, Deadline(5, "sweep", scaled=False))
+    assert verified.bytes == 100 * 4096, verified
+
+
 def _fs_load(tmp_path: Path) -> tuple[FsLoad, HostShell, subprocess.Popen[bytes]]:
     mount = tmp_path / "mnt"
     mount.mkdir()

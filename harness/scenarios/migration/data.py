@@ -121,3 +121,9 @@ class PingPongResult:
     login_s: float | None = None   # the new SSH login to the last process, at the end
     notes: list[str] = field(default_factory=list)  # e.g. how two QEMU versions differ
     stops: dict[int, StopRecord] = field(default_factory=dict)   # hop -> switch point reached
+
+    def read_back(self, name: str) -> int:
+        """Units load `name`'s checks read back and found right: after every hop and
+        at the end (each write is read back once, by the first check after it)."""
+        return (sum(r.verified[name].units for r in self.records if name in r.verified)
+                + (self.final[name].units if name in self.final else 0))

@@ -381,8 +381,12 @@ class PingPong:
             if load.kind in ("write", "mixed"):
                 written = int(getattr(last, "written", 0))
                 result.writes[load.name] = written
-                # every write was read back by a check (after a hop or at the end)
-                result.verified_blocks[load.name] = written
+                # what the checks read back, counted: every write once, or the run fails
+                result.verified_blocks[load.name] = result.read_back(load.name)
+                if result.verified_blocks[load.name] != written:
+                    raise HopFailure("harness-error", self._hop, (
+                        f"{load.name}: {written} writes, but the checks read back "
+                        f"{result.verified_blocks[load.name]} blocks"), process=None)
             self.progress(f"{load.kind} {load.name}: final check {verified.units} "
                           f"{'files' if load.kind == 'fs' else 'units'}, "
                           f"{verified.bytes / 2**20:.1f} MiB in {verified.seconds:.2f} s")
