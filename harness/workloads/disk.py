@@ -183,6 +183,7 @@ class DiskLoad:
         self.plan = plan
         self.device = device
         self.mode = mode
+        self.kind = mode   # "write" or "mixed": what --inject and the reports name
         self.name = plan.name
         self.dir = f"{STATE_DIR}/{plan.name}"
         self.acked = 0      # every write below this index was read back by the host

@@ -147,13 +147,13 @@ def test_inside_the_range_a_known_failure_and_an_unexpected_pass_fails(tmp_path)
 
 
 @pytest.mark.parametrize("name, got", [
-    ("test_killed_destination", "HopFailure of kind qemu-died: hop 1: qemu-died: destination "
-                                "dst: killed by SIGKILL"),
-    ("test_another_message", "HopFailure of kind destination-load-failed: hop 1: "
-                             "destination-load-failed: destination dst exited with status 1: "
-                             "Unknown savevm section"),
-    ("test_an_assertion", "AssertionError: destination-load-failed: AHCI: Failed to start FIS "
-                          "receive engine"),
+    ("test_killed_destination", ("HopFailure of kind qemu-died: hop 1: qemu-died: destination "
+                                 "dst: killed by SIGKILL")),
+    ("test_another_message", ("HopFailure of kind destination-load-failed: hop 1: "
+                              "destination-load-failed: destination dst exited with status 1: "
+                              "Unknown savevm section")),
+    ("test_an_assertion", ("AssertionError: destination-load-failed: AHCI: Failed to start FIS "
+                           "receive engine")),
     ("test_fails_another_way", "RuntimeError: precondition: no AHCI disk"),
 ])
 def test_a_failure_with_another_signature_is_a_fail_naming_the_gap(tmp_path, name, got):

@@ -116,6 +116,7 @@ class PingPongResult:
     injected: list[str] = field(default_factory=list)
     stopped_by: str | None = None   # "SIGINT"/"SIGTERM" when a signal ended the run
     final_checks: str = "not run"   # "done", or why not
+    incomplete: str | None = None   # why a run without a failed hop is still not ok
     kept_states: list[KeptState] = field(default_factory=list)
     boot_s: float = 0.0
     login_s: float | None = None   # the new SSH login to the last process, at the end

@@ -344,8 +344,12 @@ class PingPong:
             if self.stop_requested is not None:
                 self.progress(f"{self.stop_requested}: stopping after {self._hop} hops; "
                               "final checks (send it again to skip them)")
+            elif not result.records:
+                # --max-time used up by the boot: nothing was migrated, nothing shown
+                result.incomplete = (f"no hop ran: --max-time {self.options.max_time_s:g} s "
+                                     f"ran out during the boot ({result.boot_s:.1f} s)")
             self.guarded(lambda: self._finish(result))
-            result.ok = True
+            result.ok = result.incomplete is None
         except HopFailure as failure:
             result.failure = write_post_mortem(
                 failure, self.artifacts, self.guests, self.current,
@@ -353,10 +357,14 @@ class PingPong:
                     self.current, f, self.artifacts, self.plan.topology.memory,
                     any(load.kind == "memory" for load in self.loads), self.progress))
         except KeyboardInterrupt:
-            # A second signal: no final checks, but the summary of what was done.
-            result.ok = True
+            # A second signal: no final checks, so not verified (not ok), but the
+            # summary of what was done.
+            result.ok = False
             result.final_checks = (f"skipped: {self.stop_requested or 'interrupted'} "
                                    "during the run or its final checks")
+            result.incomplete = (f"final checks skipped: a second signal "
+                                 f"({self.stop_requested or 'interrupted'}) stopped the run "
+                                 f"after {len(result.records)} hops")
         finally:
             if self.switcher is not None:
                 self.switcher.release()

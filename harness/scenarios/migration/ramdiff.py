@@ -190,6 +190,10 @@ def _dump_dir(guest: Guest) -> str | None:
 def compare_ram(src: Guest, dst: Guest, hop: int, artifacts: Path) -> RamDiff:
     """Dump both paused guests' RAM and compare; the differing pages go to
     ARTIFACTS/ram-diff-hop-N.txt."""
+    pids = [g.process.pid if g.process is not None else None for g in (src, dst)]
+    if src is dst or (pids[0] is not None and pids[0] == pids[1]):
+        raise HarnessError(f"ramdiff asked to compare {src.name} with itself (process "
+                           f"{pids[0]}): a comparison that can never find a difference")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pcih-ram-", dir=_dump_dir(src)) as tmp:
         paths = Path(tmp) / "source.core", Path(tmp) / "destination.core"
