@@ -163,3 +163,15 @@ def test_compare_ram_refuses_to_compare_a_guest_with_itself(tmp_path) -> None:
     for dst in (src, _guest("g00-again", 100, core)):
         with pytest.raises(HarnessError, match="compare g00 with itself"):
             compare_ram(src, dst, 1, tmp_path)
+
+
+def test_pages_kept_for_a_replay_read_back_by_address(tmp_path) -> None:
+    from harness.scenarios.migration.ramdiff import core_pages, load_pages, save_pages
+
+    high = bytearray(3 * PAGE)
+    high[PAGE:2 * PAGE] = bytes([7]) * PAGE
+    core = _core([(0, bytes(PAGE)), (0x100000, bytes(high))])
+    pages = core_pages(core, [0x101000, 0])
+    assert pages == {0x101000: bytes([7]) * PAGE, 0: bytes(PAGE)}
+    save_pages(pages, tmp_path / "source-pages.bin")
+    assert load_pages(tmp_path / "source-pages.bin") == pages

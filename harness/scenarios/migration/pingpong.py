@@ -200,11 +200,16 @@ class PingPong:
             for hook in hooks:
                 hook(loaded)
 
-        stats = replace(migrate(src, dst, number, transport=self.options.transport,
-                                wrap_uri=relay.wrap_uri if relay else None,
-                                before_resume=before_resume if hooks else None,
-                                resume=stop is not None),
-                        launch_s=launch_s)
+        try:
+            stats = replace(migrate(src, dst, number, transport=self.options.transport,
+                                    wrap_uri=relay.wrap_uri if relay else None,
+                                    before_resume=before_resume if hooks else None,
+                                    resume=stop is not None),
+                            launch_s=launch_s)
+        except HopFailure:
+            if keeper and keeper.loaded:  # failed after its state was kept: replayable
+                self._kept_done(keeper)
+            raise
         if keeper:
             self._kept_done(keeper)
         self.current = dst
@@ -229,7 +234,9 @@ class PingPong:
 
     def _compare_ram(self, src: Guest, dst: Guest, number: int) -> float:
         """Both paused: a page that differs is a write the migration lost."""
-        diff = compare_ram(src, dst, number, self.artifacts)
+        kept = self.artifacts / "states" / f"hop{number:02d}"
+        diff = compare_ram(src, dst, number, self.artifacts,
+                           kept / "source-pages.bin" if self.options.keep_states > 0 else None)
         if not diff.clean:
             raise HopFailure("lost-dirty-pages", number, diff.describe(),
                              tail=(self.artifacts / f"ram-diff-hop-{number}.txt").read_text(),
