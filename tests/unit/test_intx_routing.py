@@ -187,8 +187,8 @@ def test_a_pair_that_shares_its_irq_with_another_driver_stays_and_says_so():
                            {link: (5, 10, 11) for link in range(4)}, {10: "ata_piix"})
     assert plan.moves == {}
     assert plan.unseparated == (
-        "PIRQB and PIRQA are both steered to IRQ 10, which also serves ata_piix (a device of "
-        "unknown link): a swizzle error between them cannot be seen",)
+        ("PIRQB and PIRQA are both steered to IRQ 10, which also serves ata_piix (a device of "
+        "unknown link): a swizzle error between them cannot be seen"),)
 
 
 def test_a_swizzle_error_between_paired_links_is_named():
