@@ -263,9 +263,10 @@ class FsLoad:
             want = file_bytes(self.disk, self.seed, k, expected[k])
             size += len(want)
             path = f"{self.mount}/f{k}"
-            said = next((line for line in out.splitlines() if line.startswith("md5sum: ")
-                         and f"/f{k}: " in line), None)
-            if said is not None and "No such file" in said:
+            # GNU: "md5sum: /mnt/x/f3: No such file ...", busybox: "... can't open '/mnt/x/f3'"
+            said = next((line for line in out.splitlines() if "No such file" in line
+                         and re.search(rf"/f{k}\b", line)), None)
+            if said is not None:
                 raise DataLost(f"{self.name} ({self.device}): file {path} (generation "
                                f"{expected[k]}, written after hop "
                                f"{self._made_after.get(k, hop - 1)}, checked after hop {hop}) "
