@@ -95,7 +95,7 @@ def test_a_file_gone_from_the_fs_load_is_data_lost(harness_factory, artifacts):
     topology = _q35(ahci_disk="64M")
     run = PingPong(harness_factory.plan(topology), artifacts, PingPongOptions(
         hops=1, seed=62, load="fs", disks=disk_targets(topology, ("ahci",))))
-    guest = run.boot()
+    run.boot()
     try:
         load = run.loads[0]
         verify = load._verify
