@@ -198,6 +198,12 @@ class FsLoad:
         if written.poll(lambda: written_past(self.state(shell), index)) is None:
             raise LoadStalled(f"{written.describe()}: the fs load on {self.disk} "
                               f"({self.device}) did not resume after the injection")
+        # Held again until the next check (after_hop lifts it): running on, the loop
+        # rewrites every file within 32 writes, and a hop that takes longer than that
+        # erased the corruption before any check saw it (--inject fs@1 went unnoticed
+        # in a real ping-pong under bin/test).
+        self._hold(shell, Deadline(20, f"the fs load on {self.disk} pausing after the "
+                                       "injection"))
         return (f"{self.name}: file f{index % FILES} (write #{index}) gets 'LOST' at offset "
                 f"{64 * 100 + 8} before its fsync")
 
