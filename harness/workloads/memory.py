@@ -164,6 +164,15 @@ class MemoryLoad:
         """Skip the writes of one page (both copies) in the next sweep: a lost write."""
         page = self.pages // 3
         shell.succeed(f"echo {page} > {GUEST_DIR}/inject")
+        # Back once the checker took it (its state names the sweep that skips the
+        # page): a check that waits for a sweep begun after a hop that follows then
+        # always covers the sweep that finds the page stale.
+        deadline = Deadline(30, "the memory checker taking the injection")
+        while not self.state(shell).injected.startswith(f"{page}@"):
+            if deadline.expired():
+                raise LoadStalled(f"{deadline.describe()}: the memory checker did not take "
+                                  f"the injection (page {page})")
+            time.sleep(0.05)
         return f"memory: writes of page {page} (regions A and B) skipped in the next sweep"
 
     def after_hop(self, shell: Shell, hop: int, deadline: Deadline) -> Verified:
