@@ -8,7 +8,9 @@ made at all (bad options, no QEMU, a guest that never booted).
 SIGINT and SIGTERM end the run like a limit reached: the current hop ends,
 the final checks run, the summary (and with --json the JSON object) is
 printed, and the status is what the checks found.  A second signal skips the
-final checks.  The QEMUs die either way.
+final checks: the run is then not verified (exit 1, "incomplete" says why).
+A run in which no hop ran (--max-time used up by the boot) is not ok either.
+The QEMUs die either way.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def summary(result: PingPongResult, seed: int) -> dict[str, Any]:
     kept = [k.as_dict() for k in result.kept_states]
     out: dict[str, Any] = {
         "ok": result.ok, "hops": len(result.records), "seed": seed,
-        "failures": [] if result.failure is None else [result.failure.describe()],
+        "failures": ([result.failure.describe()] if result.failure is not None
+                     else [result.incomplete] if result.incomplete else []),
+        "incomplete": result.incomplete,
         "hop_s": latency(hops, 3),
         "downtime_ms": {"p50": latency(downs, 3)["p50"], "max": _r(max(downs, default=None))},
         "boot_s": _r(result.boot_s), "login_s": _r(result.login_s), "writes": result.writes,
@@ -262,7 +266,8 @@ def cmd_pingpong(args: argparse.Namespace) -> int:
 
 def _print_table(report: dict[str, Any]) -> None:
     hop_s, down = report["hop_s"], report["downtime_ms"]
-    verdict = "ok" if report["ok"] else f"FAILED ({report['failure']['kind']})"
+    verdict = ("ok" if report["ok"] else f"FAILED ({report['failure']['kind']})"
+               if "failure" in report else f"NOT VERIFIED ({report['incomplete']})")
     print(f"pingpong {verdict}: {report['hops']} hops, hop p50 {hop_s['p50']} s "
           f"p95 {hop_s['p95']} s, downtime p50 {down['p50']} ms max {down['max']} ms, "
           f"seed {report['seed']}")

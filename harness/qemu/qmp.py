@@ -35,6 +35,10 @@ class QmpCommandError(QemuRefused):
         self.error_class = error_class
 
 
+class QmpTimeout(DeadlineExceeded):
+    """QEMU's monitor did not answer a command in time: QEMU, not the guest, is stuck."""
+
+
 class QmpConnectionLost(HarnessError):
     """The QMP connection broke (QEMU most likely died)."""
 
@@ -67,7 +71,7 @@ class Qmp:
             self._record("<", {"error": {"class": exc.error_class, "desc": str(exc)}})
             raise QmpCommandError(command, str(exc), exc.error_class) from None
         except TimeoutError:
-            raise DeadlineExceeded(f"QMP {command} got no answer within {timeout:.0f} s") from None
+            raise QmpTimeout(f"QMP {command} got no answer within {timeout:.0f} s") from None
         except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several types on a dead peer
             self._record("!", repr(exc))
             raise QmpConnectionLost(f"QMP connection lost during {command}: {exc!r}") from None

@@ -131,7 +131,9 @@ while [ ! -e $d/stop ]; do
       mv $d/state.new $d/state; sleep 0.05; continue
     fi
   fi
-  if [ -e $d/skip ]; then read skip < $d/skip; rm -f $d/skip; fi
+  if [ -e $d/skip ]; then
+    read skip < $d/skip; rm -f $d/skip; [ $skip -ge $i ] || skip=$i; echo $skip > $d/skipped
+  fi
   b=$(( (i * {plan.stride} + {plan.offset}) % {n} + {plan.base} )); g=$(( i / {n} ))
   if [ $i != $skip ]; then
   {_gen_cmd(plan, "$b", "$g")} | dd of={device} bs={bs} seek=$b count=1 iflag=fullblock oflag=direct conv=notrunc 2>>$d/dd.err || ioerr=$((ioerr+1))
@@ -183,6 +185,7 @@ class DiskLoad:
         self.plan = plan
         self.device = device
         self.mode = mode
+        self.kind = mode   # "write" or "mixed": what --inject and the reports name
         self.name = plan.name
         self.dir = f"{STATE_DIR}/{plan.name}"
         self.acked = 0      # every write below this index was read back by the host
@@ -220,8 +223,21 @@ class DiskLoad:
         """Make the loop skip (lose) one write a few writes from now: the harness's own
         lost write, which the next check must catch and name."""
         state = self.state(shell)
-        index = state.written + 2
-        shell.succeed(f"echo {index} > {self.dir}/skip")
+        shell.succeed(f"rm -f {self.dir}/skipped; echo {state.written + 2} > {self.dir}/skip")
+        # The loop may have passed that write before it read the request (a fast
+        # disk: the injection then went unnoticed): it skips its next write
+        # instead and says which (`skipped`).  Back once the write is skipped.
+        deadline = Deadline(30, f"the {self.plan.name} load skipping a write")
+        while True:
+            status, out = shell.execute(f"cat {self.dir}/skipped 2>/dev/null")
+            if status == 0 and out.strip().isdigit() and \
+                    self.state(shell).written > int(out.strip()):
+                index = int(out.strip())
+                break
+            if deadline.expired():
+                raise LoadStalled(f"{deadline.describe()}: the load on {self.plan.name} "
+                                  f"({self.device}) did not reach the write to skip")
+            time.sleep(0.05)
         return (f"{self.plan.name}: write #{index} (block {self.plan.block_of(index)}, "
                 f"generation {self.plan.generation_of(index)}) skipped")
 
@@ -315,12 +331,15 @@ class DiskLoad:
             timeout=300)
         got = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
         bad = []
+        right = 0   # blocks read back and found right: the count returned
         for block in sorted(writes, key=writes.__getitem__):
             index = writes[block]
             gen = self.plan.generation_of(index)
             want = block_md5(self.plan.name, self.plan.seed, block, gen, self.plan.block_size)
             if got.get(str(block)) != want:
                 bad.append((index, block, gen, want))
+            else:
+                right += 1
         if bad:
             index, block, gen, want = bad[0]
             head = shell.execute(f"dd if={self.device} bs={self.plan.block_size} "
@@ -335,12 +354,16 @@ class DiskLoad:
                 disk=self.plan.name, block=block,
                 tail="bad writes (index block generation): "
                      + ", ".join(f"#{i} {b} {g}" for i, b, g, _ in bad[:20]))
-        return len(writes)
+        return right
 
     def verify_all(self, shell: Shell, written: int) -> int:
         """Read back the newest generation of every block (whatever was acknowledged)."""
         first = max(0, written - self.plan.blocks)
         return self.verify_range(shell, first, written)
+
+
+class DataLost(DataMismatch):
+    """What the load wrote is gone: a file it wrote is missing."""
 
 
 class LoadStalled(HarnessError):

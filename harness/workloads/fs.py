@@ -40,6 +40,7 @@ from harness.errors import DeadlineExceeded, HarnessError, UserError
 from harness.guest.functions import put_file
 from harness.protocols import Shell
 from harness.workloads.disk import (
+    DataLost,
     DataMismatch,
     LoadStalled,
     Verified,
@@ -197,6 +198,12 @@ class FsLoad:
         if written.poll(lambda: written_past(self.state(shell), index)) is None:
             raise LoadStalled(f"{written.describe()}: the fs load on {self.disk} "
                               f"({self.device}) did not resume after the injection")
+        # Held again until the next check (after_hop lifts it): running on, the loop
+        # rewrites every file within 32 writes, and a hop that takes longer than that
+        # erased the corruption before any check saw it (--inject fs@1 went unnoticed
+        # in a real ping-pong under bin/test).
+        self._hold(shell, Deadline(20, f"the fs load on {self.disk} pausing after the "
+                                       "injection"))
         return (f"{self.name}: file f{index % FILES} (write #{index}) gets 'LOST' at offset "
                 f"{64 * 100 + 8} before its fsync")
 
@@ -252,16 +259,26 @@ class FsLoad:
         for i in range(self.last.written if self.last else 0, state.written):
             self._made_after[i % FILES] = hop - 1
         files = " ".join(f"{self.mount}/f{k}" for k in sorted(expected))
-        out = shell.succeed(f"sync; echo 3 > /proc/sys/vm/drop_caches; md5sum {files}",
-                            timeout=120)
+        # md5sum exits 1 for a missing file: that is lost data, not a dead SSH.
+        _, out = shell.execute(f"sync; echo 3 > /proc/sys/vm/drop_caches; md5sum {files} 2>&1",
+                               timeout=120)
         got = {line.split()[1].rsplit("/", 1)[-1]: line.split()[0]
                for line in out.splitlines() if len(line.split()) == 2}
         size = 0
         for k in sorted(expected):
             want = file_bytes(self.disk, self.seed, k, expected[k])
             size += len(want)
+            path = f"{self.mount}/f{k}"
+            # GNU: "md5sum: /mnt/x/f3: No such file ...", busybox: "... can't open '/mnt/x/f3'"
+            said = next((line for line in out.splitlines() if "No such file" in line
+                         and re.search(rf"/f{k}\b", line)), None)
+            if said is not None:
+                raise DataLost(f"{self.name} ({self.device}): file {path} (generation "
+                               f"{expected[k]}, written after hop "
+                               f"{self._made_after.get(k, hop - 1)}, checked after hop {hop}) "
+                               f"is missing: {said}", disk=self.name, block=None, tail=out)
             if got.get(f"f{k}") != hashlib.md5(want).hexdigest():
-                raise self._mismatch(shell, f"{self.mount}/f{k}", k, expected[k], want,
+                raise self._mismatch(shell, path, k, expected[k], want,
                                      got.get(f"f{k}"), hop)
         return len(expected), size
 

@@ -75,6 +75,7 @@ class MemState:
     pages: int       # pages per region
     first_bad: str   # "sweep:S,page:P,region:R,va:..,pa:..,expected_gen:..,..." or "-"
     injected: str = ""
+    swept: int = 0   # page checks the last completed sweep made (A and B count apart)
 
     @classmethod
     def parse(cls, line: str) -> MemState:
@@ -82,7 +83,7 @@ class MemState:
         try:
             return cls(int(fields["sweep"]), int(fields["done"]), int(fields["checked"]),
                        int(fields["bad"]), int(fields["pages"]), fields.get("first_bad", "-"),
-                       fields.get("injected", ""))
+                       fields.get("injected", ""), int(fields.get("swept", "0")))
         except (KeyError, ValueError):
             raise HarnessError(f"unreadable memory checker state {line!r}") from None
 
@@ -163,6 +164,15 @@ class MemoryLoad:
         """Skip the writes of one page (both copies) in the next sweep: a lost write."""
         page = self.pages // 3
         shell.succeed(f"echo {page} > {GUEST_DIR}/inject")
+        # Back once the checker took it (its state names the sweep that skips the
+        # page): a check that waits for a sweep begun after a hop that follows then
+        # always covers the sweep that finds the page stale.
+        deadline = Deadline(30, "the memory checker taking the injection")
+        while not self.state(shell).injected.startswith(f"{page}@"):
+            if deadline.expired():
+                raise LoadStalled(f"{deadline.describe()}: the memory checker did not take "
+                                  f"the injection (page {page})")
+            time.sleep(0.05)
         return f"memory: writes of page {page} (regions A and B) skipped in the next sweep"
 
     def after_hop(self, shell: Shell, hop: int, deadline: Deadline) -> Verified:
@@ -183,9 +193,10 @@ class MemoryLoad:
             time.sleep(0.05)
             state = self.state(shell)
         self.last = state
-        # bytes: the working set, every page of which a sweep after the hop checked;
-        # units: the page checks made since the previous check (continuous checking)
-        return Verified(bytes=2 * self.pages * PAGE, units=state.checked - before,
+        # bytes: what the last completed sweep (one that began after the hop) read
+        # back, as the checker counted it: the working set when it checked every
+        # page; units: the page checks made since the previous check
+        return Verified(bytes=state.swept * PAGE, units=state.checked - before,
                         seconds=time.monotonic() - t0)
 
     def finish(self, shell: Shell, hop: int, deadline: Deadline) -> Verified:

@@ -18,7 +18,7 @@ from harness.deadline import Deadline
 from harness.errors import UserError
 from harness.scenarios.migration.loads import parse_loads
 from harness.workloads import fs as fsload
-from harness.workloads.disk import DataMismatch
+from harness.workloads.disk import DataLost, DataMismatch
 from harness.workloads.fs import FILES, FsLoad, file_bytes
 from harness.workloads.memory import MemoryLoad, MemoryMismatch, MemState, build_checker
 
@@ -98,6 +98,39 @@ def test_memory_checker_state_is_clean_without_a_fault(tmp_path):
     assert state.first_bad == "-" and state.pages == 64
 
 
+class StateShell:
+    """Answers `cat .../state` with the next of some checker state lines."""
+
+    def __init__(self, *lines: str):
+        self.lines = list(lines)
+
+    def execute(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        return 0, self.lines.pop(0) if len(self.lines) > 1 else self.lines[0]
+
+
+def test_memory_check_counts_what_the_sweep_read_back(tmp_path):
+    """after_hop's bytes are the page checks of a sweep that began after the hop,
+    as the checker counted them (2 x 64 pages here): not the working set's size
+    restated, so a checker whose sweep skipped pages shows a smaller count."""
+    binary = build_checker()
+    load = MemoryLoad(2, 0)
+    load.pages = 64
+    shell = HostShell({"/tmp/pcih-mem": str(tmp_path)})
+    proc = subprocess.Popen([str(binary), str(tmp_path), "64", "2000"])
+    try:
+        _wait_state(tmp_path / "state", lambda s: s.done >= 1)
+        verified = load.after_hop(shell, 1, Deadline(20, "sweep", scaled=False))
+    finally:
+        (tmp_path / "stop").touch()
+        proc.wait(timeout=30)
+    assert verified.bytes == 2 * 64 * 4096, verified
+    # A sweep that read back 100 page copies of 128 says so.
+    short = StateShell("sweep=9 done=8 checked=900 swept=128 bad=0 pages=64 first_bad=-",
+                       "sweep=11 done=10 checked=1000 swept=100 bad=0 pages=64 first_bad=-")
+    verified = load.after_hop(short, 2, Deadline(5, "sweep", scaled=False))
+    assert verified.bytes == 100 * 4096, verified
+
+
 def _fs_load(tmp_path: Path) -> tuple[FsLoad, HostShell, subprocess.Popen[bytes]]:
     mount = tmp_path / "mnt"
     mount.mkdir()
@@ -153,6 +186,25 @@ def test_fs_load_names_the_file_and_offset_of_a_corrupted_write(tmp_path):
     assert f"file {load.mount}/f{k} " in message, message
     assert "differs from offset 6408" in message and "LOST" in message, message
     assert info.value.block == 6408
+
+
+def test_a_missing_file_is_lost_data_named_by_its_path(tmp_path):
+    """md5sum exits 1 for a file that is gone: data-lost naming the file, never a
+    failed guest command (which the ping-pong called ssh-dead)."""
+    load, shell, proc = _fs_load(tmp_path)
+    try:
+        load.after_hop(shell, 1, Deadline(20, "check", scaled=False))
+    finally:
+        (tmp_path / "state" / "ahci" / "stop").touch()
+        proc.wait(timeout=30)
+    state = load.state(shell)
+    victim = max(load.expected(state.written))
+    (tmp_path / "mnt" / f"f{victim}").unlink()
+    with pytest.raises(DataLost) as info:
+        load._verify(shell, state, 2)
+    message = info.value.message
+    assert f"file {load.mount}/f{victim} " in message and "is missing" in message, message
+    assert "No such file" in message, message
 
 
 def test_load_lists_parse_and_refuse_bad_input():

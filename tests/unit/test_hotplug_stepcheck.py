@@ -58,6 +58,16 @@ def test_a_predicted_link_change_that_did_not_happen_is_reported() -> None:
             "(the view shows no change)") in problems, problems
 
 
+def test_a_predicted_change_whose_value_became_unknown_is_reported() -> None:
+    """The guest's decoder did not know the new LnkSta code: link_speed is None
+    after the plug, where the model predicts 2.5; that is not a change to skip."""
+    before, plugged = recorded("before"), recorded("plugged")
+    unknown = with_function(plugged, "guest", PORT, link_speed=None)
+    problems = step_problems(before, unknown, PATH, added=True)
+    assert ("guest view: predicted change 02.0: link_speed: 16.0 -> 2.5 did not happen "
+            "(the view shows 16.0 -> None)") in problems, problems
+
+
 def test_a_predicted_change_to_another_value_is_reported_and_views_disagree() -> None:
     before, plugged = recorded("before"), recorded("plugged")
     wrong = with_function(plugged, "guest", PORT, link_speed=5.0)

@@ -134,6 +134,7 @@ def _pc_stress(guest_irq: int) -> IntxStress:
     stress.routes = {"d1": IntxRoute("d1", (1,), 4, 0)}
     stress.expected = {}
     stress._choices = {0: (5, 10, 11)}
+    stress.steering = None   # the exact-link check has its own tests below
     return stress
 
 
@@ -154,3 +155,61 @@ def test_pc_pin_outside_the_links_prs_is_reported() -> None:
     assert stress.check_probe(ProbeResult("d1", 6, {9: 6})) == [
         ("d1: QEMU delivered its INT#x on IO-APIC pin 9, not one of the DSDT's _PRS "
         "interrupts for LNKA: [5, 10, 11]")]
+
+
+# SeaBIOS's PIIX steering (setpci -s 00:01.0 60.L): A, B -> 10, C, D -> 11.
+SEABIOS_STEERING = 0x0B0B0A0A
+
+
+def test_piix_steering_register_reads_per_link():
+    from harness.scenarios.intx.steering import parse_steering
+
+    assert parse_steering(SEABIOS_STEERING) == {0: 10, 1: 10, 2: 11, 3: 11}
+    assert parse_steering(0x800B0A05) == {0: 5, 1: 10, 2: 11, 3: None}
+
+
+def test_the_partner_of_a_used_link_gets_an_irq_of_its_own():
+    from harness.scenarios.intx.steering import parse_steering, plan_separation
+
+    plan = plan_separation(parse_steering(SEABIOS_STEERING), {0},
+                           {link: (5, 10, 11) for link in range(4)}, {})
+    assert plan.moves == {1: 5} and plan.unseparated == ()
+    assert plan.steering == {0: 10, 1: 5, 2: 11, 3: 11}
+    # Used C: D leaves 11 (5 is the first choice neither A/B's 10 nor 11 takes).
+    assert plan_separation(parse_steering(SEABIOS_STEERING), {2},
+                           {link: (5, 10, 11) for link in range(4)}, {}).moves == {3: 5}
+
+
+def test_a_pair_that_shares_its_irq_with_another_driver_stays_and_says_so():
+    from harness.scenarios.intx.steering import parse_steering, plan_separation
+
+    plan = plan_separation(parse_steering(SEABIOS_STEERING), {0},
+                           {link: (5, 10, 11) for link in range(4)}, {10: "ata_piix"})
+    assert plan.moves == {}
+    assert plan.unseparated == (
+        ("PIRQB and PIRQA are both steered to IRQ 10, which also serves ata_piix (a device of "
+        "unknown link): a swizzle error between them cannot be seen"),)
+
+
+def test_a_swizzle_error_between_paired_links_is_named():
+    """QEMU swizzles a device the model puts on PIRQA to PIRQB.  With SeaBIOS's
+    steering both are IRQ 10 and the old check (a _PRS choice, the guest's IRQ)
+    passed; separated, its interrupts arrive on B's IRQ 5 and the link is named."""
+    stress = _pc_stress(guest_irq=10)
+    stress.steering = {0: 10, 1: 5, 2: 11, 3: 11}
+    assert stress.check_probe(ProbeResult("d1", 0, {5: 6}, "dd did not finish")) == [
+        "d1: its I/O did not complete: dd did not finish",
+        "d1: its line IRQ 10 did not count any interrupt while it alone did I/O",
+        ("d1: its INT#x arrived on IO-APIC pin 5, the route of PIRQB; the model's swizzle "
+         "says PIRQA, which PIIX steers to IRQ 10"),
+        "d1: the guest handles its INT#x as IRQ 10, QEMU delivered it on IO-APIC pin 5"]
+    # Not separated (the old steering), the same error is invisible: that is why.
+    stress = _pc_stress(guest_irq=10)
+    stress.steering = {0: 10, 1: 10, 2: 11, 3: 11}
+    assert stress.check_probe(ProbeResult("d1", 6, {10: 6})) == []
+
+
+def test_the_right_link_on_its_separated_irq_passes():
+    stress = _pc_stress(guest_irq=10)
+    stress.steering = {0: 10, 1: 5, 2: 11, 3: 11}
+    assert stress.check_probe(ProbeResult("d1", 6, {10: 6})) == []

@@ -65,7 +65,9 @@ def test_replay_script_loads_the_kept_stream_into_copies_of_the_kept_disks(tmp_p
     write_replay(script, kept, argv, run_dir, artifacts, [disk])
     text = script.read_text()
     assert f"exec:cat {kept.directory / 'stream'}" in text
-    assert '"-incoming" "defer"' not in text and '"-S"' not in text  # it resumes at once
+    assert '"-incoming" "defer"' not in text
+    # paused after loading, once: a developer attaches, dumps, then sends cont
+    assert text.count('"-S"') == 1 and "cont" in text
     assert "file.filename=$RUN/ahci.qcow2" in text and str(disk) not in text.split("cp ")[0]
     assert f"cp {kept.directory / 'disks' / 'ahci.qcow2'}" in text
     assert "unix:$RUN/ssh-hop.sock" in text and os.access(script, os.X_OK)

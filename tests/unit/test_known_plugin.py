@@ -39,9 +39,32 @@ import pytest
 pytestmark = pytest.mark.seed("ahci-stability")
 
 
+class HopFailure(Exception):   # the signature names the class, as migration/watch.py's
+    def __init__(self, kind, message):
+        super().__init__(f"hop 1: {kind}: {message}")
+        self.kind = kind
+
+
 @pytest.mark.known_gap("ahci-bus-master-cleared-migration")
 def test_shows_the_gap():
-    assert False, "destination exited with status 1"
+    raise HopFailure("destination-load-failed", "destination dst exited with status 1 while "
+                     "loading the migration stream: AHCI: Failed to start FIS receive engine")
+
+
+@pytest.mark.known_gap("ahci-bus-master-cleared-migration")
+def test_killed_destination():
+    raise HopFailure("qemu-died", "destination dst: killed by SIGKILL")
+
+
+@pytest.mark.known_gap("ahci-bus-master-cleared-migration")
+def test_another_message():
+    raise HopFailure("destination-load-failed", "destination dst exited with status 1: "
+                     "Unknown savevm section")
+
+
+@pytest.mark.known_gap("ahci-bus-master-cleared-migration")
+def test_an_assertion():
+    assert False, "destination-load-failed: AHCI: Failed to start FIS receive engine"
 
 
 @pytest.mark.known_gap("ahci-bus-master-cleared-migration")
@@ -62,12 +85,14 @@ def test_plain():
 COMPAT_CONFTEST = '''
 import harness.pytestplugin.marking
 from harness.qemu.known import KnownGap, Measurement, VersionRange
+from harness.qemu.signature import Signature
 
 harness.pytestplugin.marking.KNOWN_GAPS += (KnownGap(
     id="fake-uncor-mask", seed="link-speed-width", does_instead="UNCOR_MASK reads 0",
     spec="writable", versions=VersionRange((7, 2)), tests=("test_compat",),
     evidence=(Measurement("7.2.22", "fails", ("q35",)),), machines=frozenset({"q35"}),
-    compat_property="x-pcie-err-unc-mask", machine_types=VersionRange(fixed=(8, 0))),)
+    compat_property="x-pcie-err-unc-mask", machine_types=VersionRange(fixed=(8, 0)),
+    signature=Signature(pattern="^UNCOR_MASK reads 0")),)
 '''
 
 COMPAT_SUITE = '''
@@ -78,7 +103,7 @@ import pytest
 @pytest.mark.known_gap("fake-uncor-mask")
 @pytest.mark.parametrize("machine", ["q35", "pc-q35-7.2", "pc"])
 def test_compat(machine):
-    assert False, machine
+    assert False, f"UNCOR_MASK reads 0 on {machine}"
 '''
 
 
@@ -113,17 +138,49 @@ def test_inside_the_range_a_known_failure_and_an_unexpected_pass_fails(tmp_path)
     proc, tests = run_suite(tmp_path, "7.2.22")
     assert {name: t["outcome"] for name, t in tests.items()} == {
         "test_shows_the_gap": "xfailed", "test_passes": "xpassed",
-        "test_fails_another_way": "failed", "test_plain": "passed"}, proc.stdout
+        "test_fails_another_way": "failed", "test_plain": "passed",
+        "test_killed_destination": "failed", "test_another_message": "failed",
+        "test_an_assertion": "failed"}, proc.stdout
     assert tests["test_shows_the_gap"]["xfail_reason"] == AHCI.reason
     assert proc.returncode == 1, "a strict xfail that passes must fail the run"
     assert f"[XPASS(strict)] {AHCI.reason}" in proc.stdout
+
+
+@pytest.mark.parametrize("name, got", [
+    ("test_killed_destination", ("HopFailure of kind qemu-died: hop 1: qemu-died: destination "
+                                 "dst: killed by SIGKILL")),
+    ("test_another_message", ("HopFailure of kind destination-load-failed: hop 1: "
+                              "destination-load-failed: destination dst exited with status 1: "
+                              "Unknown savevm section")),
+    ("test_an_assertion", ("AssertionError: destination-load-failed: AHCI: Failed to start FIS "
+                           "receive engine")),
+    ("test_fails_another_way", "RuntimeError: precondition: no AHCI disk"),
+])
+def test_a_failure_with_another_signature_is_a_fail_naming_the_gap(tmp_path, name, got):
+    """Only the gap's signature is the known failure: the JSON's message and the
+    terminal say which gap it failed differently from, what it expected, what came."""
+    proc, tests = run_suite(tmp_path, "7.2.22")
+    want = (f"failed differently from known gap {AHCI.id}: expected "
+            f"{AHCI.signature.words()}, got {got}")
+    assert tests[name]["outcome"] == "failed", tests[name]
+    assert tests[name]["message"] == want[:300], (tests[name]["message"], want)
+    assert tests[name]["xfail_reason"] is None
+    assert want in proc.stdout, proc.stdout[-3000:]
+
+
+def test_every_gap_has_a_signature_that_takes_a_message_or_kind():
+    """A signature of a bare AssertionError would take any assertion again."""
+    bare = [g.id for g in KNOWN_GAPS if g.signature.kind is None and g.signature.pattern is None]
+    assert bare == [], f"gaps whose signature takes any {bare and 'exception of its class'}"
 
 
 def test_outside_the_range_a_plain_test_with_a_note(tmp_path):
     proc, tests = run_suite(tmp_path, "10.0.2")
     assert {name: t["outcome"] for name, t in tests.items()} == {
         "test_shows_the_gap": "failed", "test_passes": "passed",
-        "test_fails_another_way": "failed", "test_plain": "passed"}, proc.stdout
+        "test_fails_another_way": "failed", "test_plain": "passed",
+        "test_killed_destination": "failed", "test_another_message": "failed",
+        "test_an_assertion": "failed"}, proc.stdout
     assert tests["test_shows_the_gap"]["xfail_reason"] is None
     assert ("known gap ahci-bus-master-cleared-migration (ahci-stability: with Bus Master "
             "Enable cleared") in proc.stdout
@@ -173,7 +230,11 @@ from harness.qemu.binary import find_qemu
 @pytest.mark.known_gap("ahci-bus-master-cleared-migration")
 def test_fixed_in_10(pytestconfig):
     version = find_qemu(pytestconfig.getoption("--qemu-binary")).version
-    assert not version.startswith("7."), f"QEMU {version}: the destination exits with status 1"
+    if version.startswith("7."):
+        from harness.scenarios.migration.watch import HopFailure
+
+        raise HopFailure("destination-load-failed", 1, f"QEMU {version}: the destination exits "
+                         "with status 1: AHCI: Failed to start FIS receive engine")
 
 
 @pytest.mark.seed("ahci-stability")

@@ -14,7 +14,8 @@
  *
  * usage: memcheck DIR PAGES RATE_PAGES_PER_S
  *   DIR/state   rewritten (atomically) several times a sweep:
- *               "sweep=S done=D checked=C bad=B pages=N first_bad=..."
+ *               "sweep=S done=D checked=C swept=W bad=B pages=N first_bad=..."
+ *               (W: the page checks the last completed sweep made, A and B apart)
  *   DIR/stop    the program exits at the end of the current sweep
  *   DIR/inject  "P": skip the writes of page P (A and B) in the next sweep,
  *               the harness's own lost write, to show a mismatch is caught
@@ -167,6 +168,7 @@ static u64 phys_of(u64 va)
 }
 
 static u64 sweep, done, checked, bad, pages, injected_page = ~0UL, injected_sweep;
+static u64 swept, this_sweep; /* page checks of the last completed sweep, of this one */
 static struct buf first_bad;
 
 static void write_state(void)
@@ -178,6 +180,8 @@ static void write_state(void)
 	putu(&o, done);
 	put(&o, " checked=");
 	putu(&o, checked);
+	put(&o, " swept=");
+	putu(&o, swept);
 	put(&o, " bad=");
 	putu(&o, bad);
 	put(&o, " pages=");
@@ -313,11 +317,13 @@ static int run(int argc, char **argv)
 			injected_page = skip;
 			injected_sweep = sweep;
 		}
+		this_sweep = 0;
 		for (u64 i = 0; i < pages; i++) {
 			u64 *a = (u64 *)(A + i * PAGE), *b = (u64 *)(B + i * PAGE);
 			if (!holds(a, TAG_A, i, sweep - 1) || !holds(b, TAG_B, i, sweep - 1))
 				report(a, b, i, sweep - 1);
 			checked += 2;
+			this_sweep += 2;
 			if (i != skip) {
 				fill(a, TAG_A, i, sweep);
 				fill(b, TAG_B, i, sweep);
@@ -333,6 +339,7 @@ static int run(int argc, char **argv)
 		}
 		/* A skipped page must fail the next check, not this sweep's repair. */
 		done = sweep;
+		swept = this_sweep;
 		write_state();
 		if (exists(path_stop))
 			break;

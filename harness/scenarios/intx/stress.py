@@ -38,12 +38,14 @@ from harness.guest.acpi import pci_interrupt_links
 from harness.guest.console import kernel_trouble
 from harness.guest.functions import GuestFunction, functions_by_path
 from harness.protocols import RunningGuest
+from harness.qemu.machines import machine_facts
 from harness.scenarios.intx.io import (
     CHUNK,
     counter_delta,
     parse_info_irq,
     parse_proc_interrupts,
 )
+from harness.scenarios.intx.steering import link_mismatch, parse_steering, plan_separation
 from harness.scenarios.intx.topology import (
     DISK_BYTES,
     LINK_NAMES,
@@ -74,6 +76,7 @@ class ProbeResult:
     device: str
     guest_delta: int              # the device's line in /proc/interrupts
     qemu_pins: dict[int, int]     # IO-APIC pins whose `info irq` count grew
+    error: str | None = None      # the I/O did not complete (an interrupt lost?)
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,8 @@ class IntxStress:
         # (q35), or on pc the IO-APIC pin QEMU counted in the device's solo probe.
         self.expected: dict[str, int] = {}
         self._choices: dict[int, tuple[int, ...]] | None = None
+        # pc: {PIRQ link: the IRQ PIIX steers it to}, paired links separated first
+        self.steering: dict[int, int | None] | None = None
 
     # ---- discovery and routing --------------------------------------------
     def discover(self) -> list[str]:
@@ -230,7 +235,29 @@ class IntxStress:
                              f"ip addr replace {dev.guest_ip}/24 dev {fn.net}")
         if setup:
             self.guest.succeed(" && ".join(setup))
-        return failures
+        return failures + self._separate_pairs()
+
+    def _separate_pairs(self) -> list[str]:
+        """pc: read PIIX's PIRQ steering and give every link that shares an IRQ with
+        a link the stress uses an IRQ of its own (steering.py); what cannot be."""
+        where = machine_facts(self.layout.topology.machine).pirq_steering
+        if where is None:
+            return []
+        bdf, offset = where
+        register = int(self.guest.succeed(f"setpci -s {bdf} {offset:x}.L").strip(), 16)
+        stress = {fn.virtio for fn in self.fns.values() if fn.virtio}
+        others = {}
+        for irq, (_, _, actions) in parse_proc_interrupts(
+                self.guest.succeed("cat /proc/interrupts")).items():
+            names = [a.strip() for a in actions.split(",") if a.strip() not in stress]
+            if any(names):
+                others[irq] = ", ".join(n for n in names if n)
+        plan = plan_separation(parse_steering(register), {r.link for r in self.routes.values()},
+                               self._link_choices(), others)
+        for link, irq in plan.moves.items():
+            self.guest.succeed(f"setpci -s {bdf} {offset + link:x}.b={irq:02x}")
+        self.steering = plan.steering
+        return list(plan.unseparated)
 
     def _link_choices(self) -> dict[int, tuple[int, ...]]:
         """{PIRQ link index: the interrupts its _PRS offers} from the guest's DSDT
@@ -259,9 +286,18 @@ class IntxStress:
         else:
             cmd = f"timeout 30 nc {dev.host_ip} {self.server.port} | md5sum"
         q0, g0 = self._qemu_pins(), self._line_counts()
-        self.guest.succeed(cmd, timeout=60)
-        q1, g1 = self._qemu_pins(), self._line_counts()
-        return ProbeResult(device_id, g1.get(fn.irq, 0) - g0.get(fn.irq, 0), counter_delta(q0, q1))
+        error = None
+        try:
+            self.guest.succeed(cmd, timeout=60)
+        except HarnessError as exc:  # an interrupt that went to another line never completes
+            error = exc.message
+        q1 = self._qemu_pins()
+        try:
+            g1 = self._line_counts()
+        except HarnessError:
+            g1 = g0
+        return ProbeResult(device_id, g1.get(fn.irq, 0) - g0.get(fn.irq, 0),
+                           counter_delta(q0, q1), error)
 
     def check_probe(self, probe: ProbeResult) -> list[str]:
         """The line of the device counted, and QEMU's IO-APIC pin is the model's
@@ -269,6 +305,8 @@ class IntxStress:
         every other device on the link)."""
         failures = []
         fn, route = self.fns[probe.device], self.routes[probe.device]
+        if probe.error is not None:
+            failures.append(f"{probe.device}: its I/O did not complete: {probe.error}")
         if probe.guest_delta <= 0:
             failures.append(f"{probe.device}: its line IRQ {fn.irq} did "
                             "not count any interrupt while it alone did I/O")
@@ -281,6 +319,10 @@ class IntxStress:
                     f"{sorted(pci_pins)} ({probe.qemu_pins}) while it alone did I/O; "
                     f"expected exactly one, the line of {route.link_name}")]
             pin = next(iter(pci_pins))
+            wrong_link = (link_mismatch(probe.device, route.link, pin, self.steering)
+                          if self.steering is not None else None)
+            if wrong_link is not None:
+                failures.append(wrong_link)
             choices = self._link_choices().get(route.link, ())
             if pin not in choices:
                 failures.append(f"{probe.device}: QEMU delivered its INT#x on IO-APIC pin "

@@ -116,8 +116,15 @@ class PingPongResult:
     injected: list[str] = field(default_factory=list)
     stopped_by: str | None = None   # "SIGINT"/"SIGTERM" when a signal ended the run
     final_checks: str = "not run"   # "done", or why not
+    incomplete: str | None = None   # why a run without a failed hop is still not ok
     kept_states: list[KeptState] = field(default_factory=list)
     boot_s: float = 0.0
     login_s: float | None = None   # the new SSH login to the last process, at the end
     notes: list[str] = field(default_factory=list)  # e.g. how two QEMU versions differ
     stops: dict[int, StopRecord] = field(default_factory=dict)   # hop -> switch point reached
+
+    def read_back(self, name: str) -> int:
+        """Units load `name`'s checks read back and found right: after every hop and
+        at the end (each write is read back once, by the first check after it)."""
+        return (sum(r.verified[name].units for r in self.records if name in r.verified)
+                + (self.final[name].units if name in self.final else 0))

@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.deadline import Deadline
-from harness.errors import DeadlineExceeded, HarnessError
+from harness.errors import DeadlineExceeded, GuestCommandFailed, HarnessError
 from harness.guest.running import Guest
 from harness.qemu.process import core_dump_policy
+from harness.qemu.qmp import QmpTimeout
 from harness.scenarios.migration.watch import HopFailure, died, exits_soon
 
 __all__ = ["classify_failure", "save_dmesg", "write_post_mortem"]
@@ -37,14 +38,29 @@ def classify_failure(exc: HarnessError, hop: int, live: Sequence[Guest],
                               f"the console of {guest.name} shows: {trouble[0].strip()} "
                               f"(then: {exc.message})", tail="\n".join(trouble[-20:]),
                               process=guest.name)
+    # QEMU's monitor not answering is QEMU stuck, not the guest (dump-guest-memory
+    # and query-pci run during the checks).
+    if isinstance(exc, QmpTimeout):
+        return HopFailure("qemu-hang", hop, f"{exc.message}: QEMU's monitor, not the guest, "
+                          "stopped answering", tail=exc.tail, process=_name(current))
     if isinstance(exc, DeadlineExceeded):
         return HopFailure("guest-hang", hop, exc.message, tail=exc.tail)
     from harness.guest.ssh import SshUnavailable
 
     if isinstance(exc, SshUnavailable):
         return HopFailure("ssh-dead", hop, exc.message, tail=exc.tail)
-    return HopFailure("guest-hang" if "timeout" in exc.message else "ssh-dead",
-                      hop, exc.message, tail=exc.tail)
+    if isinstance(exc, GuestCommandFailed):
+        # SSH works (the command ran and answered): a check's command failed.
+        return HopFailure("guest-command-failed", hop, exc.message, tail=exc.tail)
+    # Anything else is not the guest's doing (a command QEMU refused, such as a
+    # dump-guest-memory; a lost QMP connection to a live QEMU; a harness bug):
+    # named as such, so no known gap of the guest's or QEMU's behaviour takes it.
+    return HopFailure("harness-error", hop, f"{type(exc).__name__}: {exc.message}",
+                      tail=exc.tail)
+
+
+def _name(guest: Guest | None) -> str | None:
+    return guest.name if guest is not None else None
 
 
 def write_post_mortem(failure: HopFailure, artifacts: Path, guests: Sequence[Guest],

@@ -3,9 +3,12 @@
 `--keep-states K` keeps, for the last K hops, the migration stream exactly as
 the destination read it and the disks exactly as they were when it finished
 loading, and writes `replay-hopNN.sh`, which starts that destination again
-from them (`-incoming exec:cat STREAM`) and lets it run.  A QEMU developer can
-then rerun the failing step alone, under gdb or with traces, as often as needed:
-the script works on copies, the kept files stay as they were.
+from them (`-incoming exec:cat STREAM`), paused before it runs its first
+instruction (-S: attach a debugger, dump its RAM, then `cont` over QMP).  A QEMU
+developer can rerun the failing step alone, under gdb or with traces, as often
+as needed: the script works on copies, the kept files stay as they were.  A hop
+that fails after its state was kept (lost dirty pages found at the switchover,
+a crash right after resume) gets its script like any other.
 
 How: the source migrates into a relay (`StreamTee`) that copies every byte
 to the destination's socket and to the stream file; the destination is started
@@ -175,8 +178,8 @@ def write_replay(path: Path, kept: KeptState, argv: Sequence[str], run_dir: Path
 
     The command line is the destination's own (qemu.cmdline), with the stream
     file as `-incoming`, copies of the kept disks, QMP as a server socket and
-    the console on the terminal.  Not paused: it resumes the guest at once
-    (add -S to the command to stop first and `cont` over QMP).
+    the console on the terminal.  Paused (-S, as the destination was): once the
+    stream is loaded the guest waits for `cont` over QMP.
     """
     disk_map = {str(d): f"$RUN/{d.name}" for d in disks}
     out: list[str] = []
@@ -188,8 +191,6 @@ def write_replay(path: Path, kept: KeptState, argv: Sequence[str], run_dir: Path
         if arg == "-incoming":
             skip_next = True
             continue
-        if arg == "-S":
-            continue
         arg = arg.replace(str(run_dir / "authorized_keys"), str(artifacts / "authorized_keys"))
         arg = arg.replace(str(run_dir / "ssh-hop.sock"), "$RUN/ssh-hop.sock")
         for host, copy in disk_map.items():
@@ -200,6 +201,8 @@ def write_replay(path: Path, kept: KeptState, argv: Sequence[str], run_dir: Path
             arg = "stdio,id=console,signal=off"
         out.append(arg)
     stream = kept.directory / "stream"
+    if "-S" not in out:
+        out.append("-S")
     out += ["-incoming", f"exec:cat {shlex.quote(str(stream))}"]
     quoted = " ".join('"' + a.replace('"', '\\"').replace("`", "\\`") + '"' for a in out)
     copies = " ".join(shlex.quote(str(kept.directory / "disks" / d.name)) for d in disks)
@@ -207,9 +210,10 @@ def write_replay(path: Path, kept: KeptState, argv: Sequence[str], run_dir: Path
         "#!/bin/sh\n"
         f"# Starts the destination of hop {kept.hop} from exactly what it was given: the\n"
         f"# migration stream ({kept.stream_bytes} bytes) and the disks as they were when\n"
-        "# it had loaded it.  It resumes the guest at once; the serial console is on this\n"
-        "# terminal, QMP on $RUN/qmp.sock.  Run it as often as you like (it works on\n"
-        "# copies); put `gdb --args` before the QEMU binary or add -trace options.\n"
+        "# it had loaded it.  It stays paused after loading (-S): attach gdb or dump its\n"
+        "# RAM (dump-guest-memory), then send `cont` over QMP ($RUN/qmp.sock) to run it.\n"
+        "# The serial console is on this terminal.  Run it as often as you like (it works\n"
+        "# on copies); put `gdb --args` before the QEMU binary or add -trace options.\n"
         "set -e\nRUN=$(mktemp -d)\necho \"QMP socket: $RUN/qmp.sock\" >&2\n"
         f"cp {copies} \"$RUN\"/\n"
         "# The guest's migrated SSH session ends in this socket (the harness's relay).\n"
@@ -259,9 +263,11 @@ class HopKeeper:
         self.kept = kept
         self.destination = destination
         self.disks = [d.path for d in destination.rendered.scratch_disks]
+        self.loaded = False   # stream and disks kept: the hop can be replayed
 
     def before_resume(self, loaded: Guest) -> None:
         copy_disks(self.disks, self.kept)
+        self.loaded = True
 
     def write_replay(self, artifacts: Path) -> Path:
         path = artifacts / f"replay-hop{self.kept.hop:02d}.sh"

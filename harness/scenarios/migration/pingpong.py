@@ -68,7 +68,7 @@ from harness.scenarios.migration.ramdiff import compare_ram
 from harness.scenarios.migration.reference import PciReference
 from harness.scenarios.migration.switchstop import RunstateRewrite, StopRecord, Switcher
 from harness.scenarios.threeview import collect_views
-from harness.workloads.disk import DataMismatch, LoadStalled, Verified
+from harness.workloads.disk import DataLost, DataMismatch, LoadStalled, Verified
 
 __all__ = ["HopRecord", "PingPong", "PingPongOptions", "PingPongResult", "disk_targets",
            "write_reproduce"]
@@ -200,11 +200,16 @@ class PingPong:
             for hook in hooks:
                 hook(loaded)
 
-        stats = replace(migrate(src, dst, number, transport=self.options.transport,
-                                wrap_uri=relay.wrap_uri if relay else None,
-                                before_resume=before_resume if hooks else None,
-                                resume=stop is not None),
-                        launch_s=launch_s)
+        try:
+            stats = replace(migrate(src, dst, number, transport=self.options.transport,
+                                    wrap_uri=relay.wrap_uri if relay else None,
+                                    before_resume=before_resume if hooks else None,
+                                    resume=stop is not None),
+                            launch_s=launch_s)
+        except HopFailure:
+            if keeper and keeper.loaded:  # failed after its state was kept: replayable
+                self._kept_done(keeper)
+            raise
         if keeper:
             self._kept_done(keeper)
         self.current = dst
@@ -229,7 +234,9 @@ class PingPong:
 
     def _compare_ram(self, src: Guest, dst: Guest, number: int) -> float:
         """Both paused: a page that differs is a write the migration lost."""
-        diff = compare_ram(src, dst, number, self.artifacts)
+        kept = self.artifacts / "states" / f"hop{number:02d}"
+        diff = compare_ram(src, dst, number, self.artifacts,
+                           kept / "source-pages.bin" if self.options.keep_states > 0 else None)
         if not diff.clean:
             raise HopFailure("lost-dirty-pages", number, diff.describe(),
                              tail=(self.artifacts / f"ram-diff-hop-{number}.txt").read_text(),
@@ -309,8 +316,8 @@ class PingPong:
                                   else load.after_hop(dst, number, deadline))
             except DataMismatch as exc:
                 self._console_check(number, dst, dst)  # a crash explains a mismatch first
-                raise HopFailure("data-mismatch", number, exc.message, tail=exc.tail,
-                                 process=dst.name) from None
+                raise HopFailure("data-lost" if isinstance(exc, DataLost) else "data-mismatch",
+                                 number, exc.message, tail=exc.tail, process=dst.name) from None
             except LoadStalled as exc:
                 self._console_check(number, dst, dst)
                 raise HopFailure("load-stalled", number, exc.message,
@@ -344,8 +351,12 @@ class PingPong:
             if self.stop_requested is not None:
                 self.progress(f"{self.stop_requested}: stopping after {self._hop} hops; "
                               "final checks (send it again to skip them)")
+            elif not result.records:
+                # --max-time used up by the boot: nothing was migrated, nothing shown
+                result.incomplete = (f"no hop ran: --max-time {self.options.max_time_s:g} s "
+                                     f"ran out during the boot ({result.boot_s:.1f} s)")
             self.guarded(lambda: self._finish(result))
-            result.ok = True
+            result.ok = result.incomplete is None
         except HopFailure as failure:
             result.failure = write_post_mortem(
                 failure, self.artifacts, self.guests, self.current,
@@ -353,10 +364,14 @@ class PingPong:
                     self.current, f, self.artifacts, self.plan.topology.memory,
                     any(load.kind == "memory" for load in self.loads), self.progress))
         except KeyboardInterrupt:
-            # A second signal: no final checks, but the summary of what was done.
-            result.ok = True
+            # A second signal: no final checks, so not verified (not ok), but the
+            # summary of what was done.
+            result.ok = False
             result.final_checks = (f"skipped: {self.stop_requested or 'interrupted'} "
                                    "during the run or its final checks")
+            result.incomplete = (f"final checks skipped: a second signal "
+                                 f"({self.stop_requested or 'interrupted'}) stopped the run "
+                                 f"after {len(result.records)} hops")
         finally:
             if self.switcher is not None:
                 self.switcher.release()
@@ -381,8 +396,12 @@ class PingPong:
             if load.kind in ("write", "mixed"):
                 written = int(getattr(last, "written", 0))
                 result.writes[load.name] = written
-                # every write was read back by a check (after a hop or at the end)
-                result.verified_blocks[load.name] = written
+                # what the checks read back, counted: every write once, or the run fails
+                result.verified_blocks[load.name] = result.read_back(load.name)
+                if result.verified_blocks[load.name] != written:
+                    raise HopFailure("harness-error", self._hop, (
+                        f"{load.name}: {written} writes, but the checks read back "
+                        f"{result.verified_blocks[load.name]} blocks"), process=None)
             self.progress(f"{load.kind} {load.name}: final check {verified.units} "
                           f"{'files' if load.kind == 'fs' else 'units'}, "
                           f"{verified.bytes / 2**20:.1f} MiB in {verified.seconds:.2f} s")

@@ -172,6 +172,30 @@ def compare_cores(src: bytes | mmap.mmap, dst: bytes | mmap.mmap, hop: int) -> R
     return diff
 
 
+def core_pages(core: bytes | mmap.mmap, addresses: list[int]) -> dict[int, bytes]:
+    """{guest-physical page address: its PAGE bytes} from a dump-guest-memory core."""
+    segments = ram_segments(core)
+    out: dict[int, bytes] = {}
+    for address in addresses:
+        seg = next((s for s in segments if s.physical <= address < s.physical + s.size), None)
+        if seg is None:
+            raise HarnessError(f"guest-physical {address:#x} is in no RAM block of the dump")
+        start = seg.offset + address - seg.physical
+        out[address] = bytes(core[start:start + PAGE])
+    return out
+
+
+def save_pages(pages: dict[int, bytes], path: Path) -> None:
+    """Pages as a file: per page its guest-physical address (8 bytes, LE), then PAGE bytes."""
+    path.write_bytes(b"".join(_WORD.pack(a) + data for a, data in sorted(pages.items())))
+
+
+def load_pages(path: Path) -> dict[int, bytes]:
+    data = path.read_bytes()
+    step = 8 + PAGE
+    return {_WORD.unpack_from(data, n)[0]: data[n + 8:n + step] for n in range(0, len(data), step)}
+
+
 def _dump(guest: Guest, path: Path) -> None:
     assert guest.qmp is not None
     guest.qmp.execute("dump-guest-memory", {"paging": False, "protocol": f"file:{path}"})
@@ -187,9 +211,16 @@ def _dump_dir(guest: Guest) -> str | None:
     return "/dev/shm" if free > 4 * guest.plan.topology.memory + 2**30 else None
 
 
-def compare_ram(src: Guest, dst: Guest, hop: int, artifacts: Path) -> RamDiff:
+def compare_ram(src: Guest, dst: Guest, hop: int, artifacts: Path,
+                source_pages: Path | None = None) -> RamDiff:
     """Dump both paused guests' RAM and compare; the differing pages go to
-    ARTIFACTS/ram-diff-hop-N.txt."""
+    ARTIFACTS/ram-diff-hop-N.txt, and the source's contents of the listed pages
+    to `source_pages` when given (save_pages: what a replay of the hop is
+    compared with once the source is gone)."""
+    pids = [g.process.pid if g.process is not None else None for g in (src, dst)]
+    if src is dst or (pids[0] is not None and pids[0] == pids[1]):
+        raise HarnessError(f"ramdiff asked to compare {src.name} with itself (process "
+                           f"{pids[0]}): a comparison that can never find a difference")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pcih-ram-", dir=_dump_dir(src)) as tmp:
         paths = Path(tmp) / "source.core", Path(tmp) / "destination.core"
@@ -199,6 +230,8 @@ def compare_ram(src: Guest, dst: Guest, hop: int, artifacts: Path) -> RamDiff:
                 mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as a, \
                 mmap.mmap(g.fileno(), 0, prot=mmap.PROT_READ) as b:
             diff = compare_cores(a, b, hop)  # its memoryviews are gone when it returns
+            if source_pages is not None and not diff.clean:
+                save_pages(core_pages(a, [p.physical for p in diff.pages]), source_pages)
     diff.seconds = time.monotonic() - t0
     if not diff.clean:
         (artifacts / f"ram-diff-hop-{hop}.txt").write_text(

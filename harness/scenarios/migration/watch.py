@@ -19,9 +19,10 @@ __all__ = ["EXIT_GRACE_S", "FAILURE_KINDS", "LOGIN_CHECK_SECONDS", "FailureKind"
            "ping_watching"]
 
 FailureKind = Literal["qemu-died", "migration-failed", "destination-load-failed",
-                      "guest-trouble", "guest-hang", "ssh-dead", "data-mismatch",
+                      "guest-trouble", "guest-hang", "ssh-dead", "data-mismatch", "data-lost",
                       "pci-state-changed", "load-stalled", "no-convergence",
-                      "lost-dirty-pages", "switch-point-not-reached"]
+                      "lost-dirty-pages", "switch-point-not-reached", "qemu-hang",
+                      "guest-command-failed", "harness-error"]
 FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
 LOGIN_CHECK_SECONDS = 10.0    # the new login that tells a broken session from a dead guest
 EXIT_GRACE_S = 5.0            # a broken connection: time for a dying QEMU to finish dying

@@ -21,7 +21,7 @@ import pytest
 from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.guest.running import Guest
-from harness.scenarios.migration.hop import HopFailure, migrate, start_destination
+from harness.scenarios.migration.hop import migrate, start_destination
 from harness.topology import topology_from_dict
 from harness.topology.tree import builtin_path
 from harness.workloads.blocks import BLOCK_SIZE, block_bytes, block_md5, find_disk
@@ -56,19 +56,15 @@ def test_bus_master_cleared_then_migrated_destination_loads_and_disk_works(make_
     src.succeed(f"setpci -s {AHCI_PCI} COMMAND=0000:{COMMAND_BME:04x}")
     command = int(src.succeed(f"setpci -s {AHCI_PCI} COMMAND").strip(), 16)
     if command & COMMAND_BME:
-        # A precondition, not the known bug: the known failure is an AssertionError
-        # only, so a guest that did not boot or a BME that did not clear fails for real.
+        # A precondition, not the known bug: a harness error, which the gap's
+        # signature does not take.
         raise HarnessError(f"BME still set after clearing it: COMMAND={command:#06x}")
     dst = start_destination(src, artifacts / "dst", "dst", 1)
     try:
-        failure = None
-        try:
-            migrate(src, dst, 1)
-        except HopFailure as exc:
-            failure = exc
-        assert failure is None, (
-            f"expected: the destination loads the AHCI state and runs; QEMU did: "
-            f"{failure.kind}: {failure.detail}" if failure else "")
+        # The gap is a HopFailure of kind destination-load-failed with QEMU's own
+        # message (its signature in harness/qemu/known.py); any other failure of
+        # the hop (a killed QEMU, a dead SSH) is a plain failure.
+        migrate(src, dst, 1)
         dst.succeed(f"setpci -s {AHCI_PCI} COMMAND={COMMAND_BME:04x}:{COMMAND_BME:04x}")
         got = _read_md5(dst, device, 3)
         want = block_md5("bme", SEED, 3, 0)

@@ -18,7 +18,7 @@ import pytest
 from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.qemu.gdbstub import GdbStub
-from harness.scenarios.migration.hop import HopFailure, migrate, start_destination
+from harness.scenarios.migration.hop import migrate, start_destination
 from harness.scenarios.migration.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.scenarios.migration.switchpoint import SwitchPlan, SwitchPoint
 from harness.topology import topology_from_dict
@@ -160,14 +160,9 @@ def test_vm_stopped_by_the_gdbstub_migrates_and_runs_on(make_guest, artifacts):
             raise HarnessError(f"precondition: runstate {status!r} after a gdbstub step")
         dst = start_destination(src, artifacts / "dst", "dst", 1)
         try:
-            failure = None
-            try:
-                stats = migrate(src, dst, 1, resume=True, connect=False)
-            except HopFailure as exc:
-                failure = exc
-            assert failure is None, (
-                "expected: the destination loads the stream and runs; QEMU did: "
-                f"{failure.kind}: {failure.detail}; stderr: {failure.tail}" if failure else "")
+            # The gap is the destination's SIGABRT (qemu-died with QEMU's runstate
+            # message, its signature in known.py); any other failure is plain.
+            stats = migrate(src, dst, 1, resume=True, connect=False)
             assert stats.destination_status == "running", stats
         finally:
             dst.shutdown()
