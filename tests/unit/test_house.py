@@ -102,3 +102,22 @@ def test_the_checks_see_what_they_refuse(tmp_path: Path) -> None:
     assert topology_any(root) == ["harness/a.py:4 topology: Any"]
     assert long_modules(root) == {"harness/b.py": MAX_LINES + 3}
     assert stray_scenario_modules(root) == ["pingpong_data.py"]
+
+
+def same_basenames(tests: Path) -> dict[str, list[str]]:
+    """Test files sharing a name: pytest (rootdir import mode) refuses to collect both."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(tests.rglob("test_*.py")):
+        found[path.name].append(str(path.relative_to(tests)))
+    return {name: paths for name, paths in found.items() if len(paths) > 1}
+
+
+def test_no_two_test_files_share_a_name(tmp_path: Path) -> None:
+    tests = Path(__file__).resolve().parents[1]
+    assert same_basenames(tests) == {}
+    (tmp_path / "unit").mkdir()
+    (tmp_path / "pci").mkdir()
+    (tmp_path / "unit" / "test_explore.py").write_text("")
+    (tmp_path / "pci" / "test_explore.py").write_text("")
+    assert same_basenames(tmp_path) == {"test_explore.py": ["pci/test_explore.py",
+                                                            "unit/test_explore.py"]}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.scenarios.explore.check import Outcome, Signature
+from harness.scenarios.explore.check import Outcome, OutcomeSignature
 from harness.topology.data import Topology
 from harness.topology.load import topology_from_dict
 
@@ -71,7 +71,7 @@ class Case:
     meta: dict[str, Any]
 
     @property
-    def signature(self) -> Signature:
+    def signature(self) -> OutcomeSignature:
         return frozenset(tuple(s) for s in self.meta.get("signature", []))
 
     def expected(self, qemu_version: str) -> str | None:

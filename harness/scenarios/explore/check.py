@@ -43,9 +43,9 @@ from harness.topology.placement import validate
 from harness.topology.render import probe_device_args
 from harness.views.compare import Difference
 
-Kind = Literal["agree", "differs", "refused", "console", "placement", "hotplug", "migration",
+OutcomeKind = Literal["agree", "differs", "refused", "console", "placement", "hotplug", "migration",
                "error"]
-Signature = frozenset[tuple[str, str, str]]
+OutcomeSignature = frozenset[tuple[str, str, str]]
 _ID_IN_TEXT = re.compile(r"\bd\d+\b|'d\d+'|id=d\d+")
 
 
@@ -55,7 +55,7 @@ class Outcome:
     side each view took (model / qemu / guest, or where / model)."""
 
     topology: Topology
-    kind: Kind
+    kind: OutcomeKind
     problems: tuple[dict[str, Any], ...] = ()
     known: tuple[dict[str, Any], ...] = ()
     seconds: float = 0.0
@@ -67,7 +67,7 @@ class Outcome:
         return self.kind != "agree"
 
     @property
-    def signature(self) -> Signature:
+    def signature(self) -> OutcomeSignature:
         """(kind, driver, what) for each problem: stable when ids are renumbered.
         A refusal is QEMU's reason alone: the same reason for another driver (slot 0
         of an SHPC bus, whatever sits there) is the same failure."""
@@ -85,7 +85,7 @@ class Outcome:
         return f"{self.kind}: {text}{more}"
 
 
-def same_failure(wanted: Signature, outcome: Outcome) -> bool:
+def same_failure(wanted: OutcomeSignature, outcome: Outcome) -> bool:
     """Does OUTCOME fail the way WANTED did (any one of its problems again)?"""
     return outcome.failed and bool(wanted & outcome.signature)
 
@@ -177,7 +177,7 @@ class MachineCheck:
         t0 = time.monotonic()
         guest = self.factory.launch(topology, artifacts, name="explore")
         steps: list[dict[str, Any]] = []
-        step_kind: Kind = "agree"
+        step_kind: OutcomeKind = "agree"
         try:
             boot_s = time.monotonic() - t0
             views = collect_views(guest, lspci=False)

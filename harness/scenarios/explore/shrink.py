@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from harness.errors import TopologyError
-from harness.scenarios.explore.check import Checker, Outcome, Signature, same_failure
+from harness.scenarios.explore.check import Checker, Outcome, OutcomeSignature, same_failure
 from harness.topology.data import Device, Topology, machine_kind
 from harness.topology.placement import validate
 
@@ -119,7 +119,7 @@ def _named(outcome: Outcome) -> set[str]:
     return {str(p.get("device")) for p in outcome.problems} & ids
 
 
-def first_failure(outcome: Outcome) -> Signature:
+def first_failure(outcome: Outcome) -> OutcomeSignature:
     """What to shrink for: the problems of the first problem's driver.  A machine
     with two unrelated faults is shrunk for one; the other shows again later."""
     driver = str(outcome.problems[0].get("driver", "")) if outcome.problems else ""
@@ -127,7 +127,7 @@ def first_failure(outcome: Outcome) -> Signature:
 
 
 def shrink(check: Checker, failing: Outcome, *, budget_s: float = 300.0,
-           max_evaluations: int = 60, wanted: Signature | None = None,
+           max_evaluations: int = 60, wanted: OutcomeSignature | None = None,
            say: Callable[[str], None] = lambda m: None) -> Shrunk:
     """The smallest machine reachable from FAILING that fails the same way
     (WANTED: default, first_failure(FAILING))."""
