@@ -112,6 +112,10 @@ class BootStressOptions:
     # Guest commands the ssh phase runs after its own checks (a user's smoke check);
     # the kernel log is scanned after them.
     ssh_commands: tuple[str, ...] = ()
+    # False: a firmware stall (an AHCI request timeout in SeaBIOS's log) is waited out
+    # and the boot judged on, for checks about later phases (phases.past_a_firmware_stall
+    # gives the firmware phase the room); the stall itself is judged with the default.
+    stalls_stop: bool = True
 
 
 @dataclass
@@ -228,7 +232,7 @@ class BootStress:
         what = "boot loader" if self.firmware.uefi else "boot sector"
         while True:
             view = self._firmware_view(guest)
-            if view.stalls:
+            if view.stalls and self.options.stalls_stop:
                 raise self._stalled(guest, view.stalls[0])
             if view.handed_off:
                 if not view.ahci_disks:
