@@ -156,3 +156,21 @@ def kill_all_live() -> None:
     for proc in procs:
         proc.signal_group(signal.SIGKILL)
         proc.reap()
+
+
+def qemu_pids_mentioning(marker: str) -> list[int]:
+    """Live QEMU processes whose command line contains `marker` (a run's own
+    directory): what a test checks to see that no QEMU outlived it."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # it ended while we looked
+        if state != "Z" and argv and b"qemu-system" in argv[0] and \
+                marker.encode() in b" ".join(argv):
+            pids.append(int(proc.name))
+    return pids

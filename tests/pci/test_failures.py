@@ -16,24 +16,11 @@ import pytest
 
 from harness.qemu import install
 from harness.qemu.binary import find_qemu
+from harness.qemu.process import qemu_pids_mentioning
 
 pytestmark = pytest.mark.smoke
 
 
-def qemu_pids_mentioning(marker: str) -> list[int]:
-    """QEMU processes whose command line contains `marker` (a per-test path)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and argv and b"qemu-system" in argv[0] and marker.encode() in b" ".join(argv):
-            pids.append(int(proc.name))
-    return pids
 
 
 def cli(tmp_path, *args, timeout=120):

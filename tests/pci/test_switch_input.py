@@ -7,25 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-
-def _qemu_pids_mentioning(marker: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and argv and b"qemu-system" in argv[0] and \
-                marker.encode() in b" ".join(argv):
-            pids.append(int(proc.name))
-    return pids
+from harness.qemu.process import qemu_pids_mentioning
 
 
 def _pingpong(tmp_path, qemu_binary, *args):
@@ -53,7 +38,7 @@ def test_bad_switch_point_is_exit_2_and_leaves_no_qemu(tmp_path, qemu_binary, sp
     assert "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, f"{fragment!r} not in stderr:\n{result.stderr}"
-    assert _qemu_pids_mentioning(str(tmp_path)) == []
+    assert qemu_pids_mentioning(str(tmp_path)) == []
 
 
 def test_switch_point_never_reached_fails_the_hop(tmp_path, qemu_binary):
@@ -63,4 +48,4 @@ def test_switch_point_never_reached_fails_the_hop(tmp_path, qemu_binary):
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     assert "hop 1: switch-point-not-reached: ahci_pmp_attach" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    assert _qemu_pids_mentioning(str(tmp_path)) == []
+    assert qemu_pids_mentioning(str(tmp_path)) == []
