@@ -149,11 +149,13 @@ def run_nightly(args: argparse.Namespace) -> int:
     clock = time.monotonic()
     runs, tests, problems = [], [], []
     with stopping.stoppable() as stop:
-        for info, results, trouble in run_suites(args, binaries, labels, output, machines):
+        suites, boot_stress = run_suites(
+            args, binaries, labels, output, machines,
+            boot_runs.boot_stress_cells(args, binaries, labels, machines, output))
+        for info, results, trouble in suites:
             runs.append(info)
             tests += results
             problems += trouble
-        boot_stress = boot_runs.boot_stress_runs(args, binaries, labels, machines, output)
         hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)
                  if not stopping.stopped()] if args.until_fail_minutes > 0 else []
         if cross and not stop.requested:

@@ -10,12 +10,12 @@ own section (harness/report/bootstress.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from harness.nightly_stop import stopped
 from harness.qemu.binary import QemuBinary
 from harness.qemu.firmware import parse_specs, resolve_firmware
 from harness.report import hunt
@@ -63,17 +63,19 @@ def firmware_tags(binary: QemuBinary, specs: Sequence[str]) -> list[str]:
     return tags
 
 
-def boot_stress_runs(args: argparse.Namespace, binaries: Sequence[QemuBinary],
-                     labels: Sequence[str], machines: Sequence[str],
-                     output: Path) -> list[HuntResult]:
-    """One run per QEMU, firmware and machine; none with --boot-stress-boots 0."""
+def boot_stress_cells(args: argparse.Namespace, binaries: Sequence[QemuBinary],
+                      labels: Sequence[str], machines: Sequence[str],
+                      output: Path) -> list[Callable[[], HuntResult]]:
+    """One run per QEMU, firmware and machine, each to be called once (the suites'
+    threads take them as they finish: nightly_suite.run_suites); none with
+    --boot-stress-boots 0."""
     if args.boot_stress_boots <= 0:
         return []
     specs = parse_specs(getattr(args, "firmware", None))
-    return [_run(args, binary, label, machine, spec, tag, output)
+    return [functools.partial(_run, args, binary, label, machine, spec, tag, output)
             for binary, label in zip(binaries, labels, strict=True)
             for spec, tag in zip(specs, firmware_tags(binary, specs), strict=True)
-            for machine in machines if not stopped()]
+            for machine in machines]
 
 
 def _run(args: argparse.Namespace, binary: QemuBinary, label: str, machine: str,

@@ -15,8 +15,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from harness.paths import suite_root
 from harness.qemu.binary import QemuBinary
 from harness.report import hunt
 from harness.report.baseline import find_previous
-from harness.report.document import RunInfo
+from harness.report.document import HuntResult, RunInfo
 from harness.report.results import TestResult
 
 #: Tests of the nightly itself: each starts nightlies of its own, which would fight the
@@ -37,7 +38,14 @@ from harness.report.results import TestResult
 SELF_TESTS = ("tests/pci/test_nightly.py", "tests/pci/test_nightly_ssh.py",
               "tests/pci/test_wheel_install.py",
               "tests/unit/test_report_nightly.py")
+#: Tests of the harness itself, whose verdict does not depend on the QEMU under test
+#: (unit tests; the nightly's stop handling, which runs a nightly of its own): with
+#: several --qemu they run in one suite only (`once_per_night`), not once per binary.
+#: On 2 cores they were 190 s of each suite's 1,200-1,800 test-seconds.
+ONCE_PER_NIGHT = ("tests/unit/", "tests/pci/test_nightly_stop.py")
 DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "worksteal", "each", "no")
+#: One suite's outcome: its run, its tests, the problems to report.
+SuiteOutcome = tuple[RunInfo, list[TestResult], list[str]]
 _PYTEST_MEANING = {2: "pytest was interrupted", 3: "pytest hit an internal error",
                    5: "no tests were collected"}
 
@@ -58,8 +66,9 @@ def workers(jobs: str) -> str:
 
 
 def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_dir: Path,
-                machines: Sequence[str]) -> list[str]:
-    """The pytest command for one QEMU binary.
+                machines: Sequence[str], *, once_per_night: bool = True) -> list[str]:
+    """The pytest command for one QEMU binary (ONCE_PER_NIGHT's tests only when
+    ONCE_PER_NIGHT is true: the suite that carries them).
 
     Paths are passed as `--opt=PATH` and no test path is added (pyproject's
     testpaths applies): pytest-xdist rewrites existing local paths for remote
@@ -93,6 +102,8 @@ def pytest_argv(args: argparse.Namespace, binary: QemuBinary, label: str, run_di
         argv.append("--no-snapshot")
     if not getattr(args, "self_tests", False):
         argv += [f"--deselect={path}" for path in SELF_TESTS]
+    if not once_per_night:
+        argv += [f"--deselect={path}" for path in ONCE_PER_NIGHT]
     return argv + list(args.pytest_args)
 
 
@@ -158,10 +169,10 @@ def _previous_durations(output: Path, version: str) -> dict[str, float]:
 
 
 def run_suite(args: argparse.Namespace, binary: QemuBinary, label: str, output: Path,
-             machines: Sequence[str]) -> tuple[RunInfo, list[TestResult], list[str]]:
+              machines: Sequence[str], *, once_per_night: bool = True) -> SuiteOutcome:
     run_dir = output / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
     run_dir.mkdir(parents=True, exist_ok=True)
-    argv = pytest_argv(args, binary, label, run_dir, machines)
+    argv = pytest_argv(args, binary, label, run_dir, machines, once_per_night=once_per_night)
     durations = _previous_durations(output, binary.version)
     if durations and not any(parse_gateway(spec).remote for spec in getattr(args, "tx", None)
                              or ()):
@@ -183,7 +194,8 @@ def run_suite(args: argparse.Namespace, binary: QemuBinary, label: str, output: 
                              {t.nodeid: (t.outcome, t.message) for t in tests})
         tests, lost = [t for t in tests if t.nodeid not in not_run], list[LostHost]()
     else:
-        tests, lost = _recover_lost_hosts(args, binary, label, run_dir, machines, tests, data)
+        tests, lost = _recover_lost_hosts(args, binary, label, run_dir, machines, tests, data,
+                                          once_per_night)
     problems = [f"QEMU {label}: host lost: {host.words()}" for host in lost]
     if stopping.stopped():
         pass  # the report says it once, with the tests not run (NightlyReport.interrupted)
@@ -206,7 +218,8 @@ def run_suite(args: argparse.Namespace, binary: QemuBinary, label: str, output: 
 
 def _recover_lost_hosts(args: argparse.Namespace, binary: QemuBinary, label: str,
                         run_dir: Path, machines: Sequence[str], tests: list[TestResult],
-                        data: dict[str, Any]) -> tuple[list[TestResult], list[LostHost]]:
+                        data: dict[str, Any], once_per_night: bool
+                        ) -> tuple[list[TestResult], list[LostHost]]:
     """Every collected test gets an outcome even when a host went away mid-run.
 
     xdist (with --max-worker-restart=0) stops the whole run when a worker is
@@ -232,7 +245,8 @@ def _recover_lost_hosts(args: argparse.Namespace, binary: QemuBinary, label: str
         (rerun_dir / "nodeids.txt").write_text("\n".join(missing) + "\n")
         again = argparse.Namespace(**vars(args))
         again.tx = survivors
-        argv = pytest_argv(again, binary, label, rerun_dir, machines)
+        argv = pytest_argv(again, binary, label, rerun_dir, machines,
+                           once_per_night=once_per_night)
         argv.append(f"--report-only-nodeids={rerun_dir / 'nodeids.txt'}")
         _run_pytest(argv, rerun_dir / "pytest.log", suite_dir(args))
         rerun = {t.nodeid: t for t in _load_results(rerun_dir / "results.json")[0]}
@@ -268,34 +282,68 @@ def shares(args: argparse.Namespace, count: int) -> list[argparse.Namespace]:
     return [argparse.Namespace(**(vars(args) | {"jobs": share})) for _ in range(count)]
 
 
+def carrier(binaries: Sequence[QemuBinary], output: Path) -> int:
+    """The index of the suite that runs ONCE_PER_NIGHT's tests: the one that took
+    least time on the last night (the most time to spare), else the first."""
+    totals = [sum(_previous_durations(output, b.version).values()) for b in binaries]
+    if len(binaries) < 2 or not all(totals):
+        return 0
+    return totals.index(min(totals))
+
+
 def run_suites(args: argparse.Namespace, binaries: Sequence[QemuBinary], labels: Sequence[str],
-               output: Path, machines: Sequence[str]
-               ) -> list[tuple[RunInfo, list[TestResult], list[str]]]:
+               output: Path, machines: Sequence[str],
+               extra: Sequence[Callable[[], HuntResult]] = ()
+               ) -> tuple[list[SuiteOutcome], list[HuntResult]]:
     """Every binary's suite: at the same time (`--qemu-runs together`, the default
-    without remote gateways), else one after the other.
+    without remote gateways), else one after the other; then EXTRA's runs (the
+    boot-stress cells), each taken by whichever suite's thread is free first.
 
     Why together: a suite's wall time is mostly its longest tests (the 24-hop memory
     ping-pong, the AHCI boots) while the other workers idle; two QEMUs' suites on one
-    worker pool (2 + 2 instead of 4, then 4) overlap those tails.
+    worker pool (2 + 2 instead of 4, then 4) overlap those tails.  Why a shared queue
+    for EXTRA: the shorter suite's thread runs the cells while the longer suite is
+    still going, instead of every cell waiting for the last suite (the 8 cells of a
+    two-firmware night took 224 s after both suites had ended).
     """
     together = (len(binaries) > 1 and getattr(args, "qemu_runs", "together") == "together"
                 and not getattr(args, "tx", None))
+    once = carrier(binaries, output)
+    queue = list(enumerate(extra))
+    lock = threading.Lock()
+    done_extra: dict[int, HuntResult] = {}
+
+    def take_extra() -> None:
+        while not stopping.stopped():
+            with lock:
+                if not queue:
+                    return
+                index, work = queue.pop(0)
+            done_extra[index] = work()
+
+    def suite(index: int, a: argparse.Namespace) -> SuiteOutcome:
+        binary, label = binaries[index], labels[index]
+        outcome = run_suite(a, binary, label, output, machines, once_per_night=index == once)
+        take_extra()
+        return outcome
+
     if not together:
         done = []
         for index, (binary, label) in enumerate(zip(binaries, labels)):
             if stopping.stopped():
                 break
             _say(f"[{index + 1}/{len(binaries)}] QEMU {label} ({binary.path}) on {machines}")
-            done.append(run_suite(args, binary, label, output, machines))
-        return done
+            done.append(run_suite(args, binary, label, output, machines,
+                                  once_per_night=index == once))
+        take_extra()
+        return done, [done_extra[i] for i in sorted(done_extra)]
     each = shares(args, len(binaries))
     _say(f"{len(binaries)} QEMUs at the same time on {machines}, -n {each[0].jobs} each: "
          + ", ".join(f"{label} ({binary.path})" for binary, label in zip(binaries, labels)))
     with ThreadPoolExecutor(len(binaries), thread_name_prefix="suite") as pool:
-        futures = [pool.submit(run_suite, a, b, label, output, machines)
-                   for a, b, label in zip(each, binaries, labels)]
+        futures = [pool.submit(suite, index, a) for index, a in enumerate(each)]
         # Short waits: the main thread takes SIGTERM/SIGINT between them (NightlyStop
         # passes the stop on to every pytest).
         while not all(f.done() for f in futures):
             wait(futures, timeout=0.5)
-        return [f.result() for f in futures]
+        return [f.result() for f in futures], [done_extra[i] for i in sorted(done_extra)]
