@@ -20,9 +20,9 @@ B = SimpleNamespace(version="10.0.2", path=Path("/opt/qemu-b"))
 
 
 def _args(**over: object) -> argparse.Namespace:
-    base = dict(jobs="4", accel="tcg", timeout_multiplier=1.0, keep_artifacts=False,
-                no_snapshot=False, pytest_args=[], firmware=None, qemu_runs="together",
-                tx=None, dist=None)
+    base = {"jobs": "4", "accel": "tcg", "timeout_multiplier": 1.0, "keep_artifacts": False,
+            "no_snapshot": False, "pytest_args": [], "firmware": None,
+            "qemu_runs": "together", "tx": None, "dist": None}
     return argparse.Namespace(**(base | over))
 
 

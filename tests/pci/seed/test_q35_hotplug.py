@@ -181,3 +181,29 @@ def test_native_pcie_and_shpc_hotplug(make_guest, artifacts: Path, request, how)
     states.append(_slot_occupied(guest, "00:02.0"))
     assert states == [False, True, False], f"rp1 Presence Detect State empty/plugged/unplugged: {states}"
     assert guest.console is not None and guest.console.trouble() == []
+
+
+@pytest.mark.known_gap("acpi-hotplug-stops-at-hotplug-off-port")
+@pytest.mark.parametrize("machine", ["q35"])
+def test_bridges_below_a_hotplug_off_port_are_acpi_hotplugged(make_guest, machine):
+    """With ACPI hotplug on, every cold-plugged bridge's bus is ACPI's, also below a
+    root port with hotplug=off (found by `pci-harness explore` on 7.2.22: a switch's
+    upstream port and a pci-bridge below ioh3420,hotplug=off kept their own handlers)."""
+    guest = make_guest(topology_from_dict({"machine": machine, "device": [
+        {"id": "rp", "driver": "ioh3420", "hotplug": "off"},
+        {"id": "up", "driver": "x3130-upstream", "bus": "rp"},
+        {"id": "dn", "driver": "xio3130-downstream", "bus": "up", "chassis": 5, "slot": 1},
+        {"id": "rp2", "driver": "pcie-root-port", "hotplug": "off"},
+        {"id": "pb", "driver": "pci-bridge", "bus": "rp2"},
+        {"id": "rp3", "driver": "pcie-root-port", "hotplug": "off"},
+        {"id": "ppb", "driver": "pcie-pci-bridge", "bus": "rp3"}]}))
+    views = collect_views(guest, lspci=False)
+    # The model says acpi-pcihp for each (topology/expect.py bus_hotplug).
+    assert {f.id: f.bus_hotplug for f in views.model.functions
+            if f.id in ("up", "dn", "pb", "ppb")} == dict.fromkeys(("up", "dn", "pb", "ppb"),
+                                                                    "acpi-pcihp")
+    others = [d for d in views.differences() if d.field != "bus_hotplug"]
+    assert not others, "\n".join(str(d) for d in others)
+    wrong = {d.device: d.qemu for d in views.differences() if d.field == "bus_hotplug"}
+    assert not wrong, ("bridges below a hotplug=off port not ACPI-hotplugged: QEMU says "
+                       f"{wrong}, the model acpi-pcihp for each")
