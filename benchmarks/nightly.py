@@ -11,7 +11,8 @@ durations order the tests), then reads the report it wrote.  Prints the wall tim
 against the goal (8 minutes for the two-QEMU nightly with exploration on 2
 cores), the share of CPU busy overall and per minute (idle cores in a slice
 mean the schedule, not the work, set the wall time there), each suite's pytest
-time and test-seconds, the boot-stress cells and the ten longest tests.
+time, test-seconds and CPU-seconds (each test's own and its reaped QEMUs'), the
+boot-stress cells, the longest tests, and the CPU by test file and test.
 The 1-minute load average before the run is printed too: on a shared host the
 figure is only worth what the host's quiet was.
 """
@@ -86,9 +87,15 @@ def main() -> int:
         tests = [t for t in report["tests"] if t.get("run") == run["label"]]
         suites.append({"label": run["label"], "pytest_s": run["duration_s"],
                        "tests": len(tests),
-                       "test_seconds": round(sum(t["duration"] or 0 for t in tests), 1)})
+                       "test_seconds": round(sum(t["duration"] or 0 for t in tests), 1),
+                       "test_cpu_s": round(sum(t.get("cpu_s") or 0 for t in tests), 1)})
     cells = [{"run": b["run"], "s": b["duration_s"]} for b in report.get("boot_stress", [])]
     longest = sorted(report["tests"], key=lambda t: -(t["duration"] or 0))[:10]
+    costliest = sorted(report["tests"], key=lambda t: -(t.get("cpu_s") or 0))[:15]
+    by_file: dict[str, float] = {}
+    for t in report["tests"]:
+        name = t["nodeid"].split("::")[0]
+        by_file[name] = by_file.get(name, 0.0) + (t.get("cpu_s") or 0)
     result = {"wall_s": round(wall, 1), "goal_s": GOAL_S, "ratio": round(wall / GOAL_S, 2),
               "exit": proc.returncode, "ok": report.get("ok"),
               "cpu_busy": round(busy_share(samples, 0, len(samples) - 1), 2),
@@ -96,7 +103,11 @@ def main() -> int:
               "loadavg_before": round(load0, 2), "suites": suites, "boot_stress": cells,
               "counts": report.get("counts"),
               "longest": [{"test": t["nodeid"], "run": t["run"], "s": t["duration"]}
-                          for t in longest], "report": str(output)}
+                          for t in longest],
+              "costliest": [{"test": t["nodeid"], "run": t["run"], "cpu_s": t.get("cpu_s")}
+                            for t in costliest],
+              "cpu_s_by_file": dict(sorted(by_file.items(), key=lambda kv: -kv[1])[:15]),
+              "report": str(output)}
     if args.json:
         print(json.dumps(result))
         return 0 if proc.returncode == 0 else 1
@@ -106,12 +117,18 @@ def main() -> int:
           + " ".join(f"{m:.0%}" for m in minutes))
     for s in suites:
         print(f"  suite {s['label']}: pytest {s['pytest_s']:.0f} s, {s['tests']} tests, "
-              f"{s['test_seconds']:.0f} test-seconds")
+              f"{s['test_seconds']:.0f} test-seconds, {s['test_cpu_s']:.0f} CPU-seconds")
     for c in cells:
         print(f"  boot-stress {c['run']}: {c['s']:.0f} s")
     print("  longest tests:")
     for t in result["longest"]:
         print(f"    {t['s']:6.1f} s  {t['run']:>8}  {t['test']}")
+    print("  CPU-seconds by test file (both QEMUs):")
+    for name, cpu in result["cpu_s_by_file"].items():
+        print(f"    {cpu:6.1f} s  {name}")
+    print("  costliest tests (CPU):")
+    for t in result["costliest"]:
+        print(f"    {t['cpu_s'] or 0:6.1f} s  {t['run']:>8}  {t['test']}")
     print(f"report: {output}")
     return 0 if proc.returncode == 0 else 1
 

@@ -36,13 +36,12 @@ from harness.report.results import TestResult
 #: Tests of the nightly itself: each starts nightlies of its own, which would fight the
 #: outer run for the cores.  A nightly deselects them unless --self-tests is given.
 SELF_TESTS = ("tests/pci/test_nightly.py", "tests/pci/test_nightly_ssh.py",
-              "tests/pci/test_wheel_install.py",
+              "tests/pci/test_nightly_stop.py", "tests/pci/test_wheel_install.py",
               "tests/unit/test_report_nightly.py")
-#: Tests of the harness itself, whose verdict does not depend on the QEMU under test
-#: (unit tests; the nightly's stop handling, which runs a nightly of its own): with
-#: several --qemu they run in one suite only (`once_per_night`), not once per binary.
-#: On 2 cores they were 190 s of each suite's 1,200-1,800 test-seconds.
-ONCE_PER_NIGHT = ("tests/unit/", "tests/pci/test_nightly_stop.py")
+#: Tests of the harness itself, whose verdict does not depend on the QEMU under test:
+#: with several --qemu they run in one suite only (`once_per_night`), not once per
+#: binary (85 of each suite's 1,200-1,800 test-seconds on 2 cores).
+ONCE_PER_NIGHT = ("tests/unit/",)
 DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "worksteal", "each", "no")
 #: One suite's outcome: its run, its tests, the problems to report.
 SuiteOutcome = tuple[RunInfo, list[TestResult], list[str]]

@@ -26,7 +26,8 @@ from harness.errors import QemuExited, UserError
 from harness.factory import GuestFactory
 from harness.guest.running import Guest
 from harness.qemu.facts import parse_version
-from harness.qemu.known import KnownGap, gap_for_difference
+from harness.qemu.gap import KnownGap
+from harness.qemu.known import gap_for_difference
 from harness.scenarios.threeview import ThreeViews, collect_views
 from harness.scenarios.where import WhereAnswer, where
 from harness.topology import Topology, default_topology, load_topology, validate

@@ -27,7 +27,8 @@ import pytest
 
 from harness.errors import UserError
 from harness.qemu.facts import Version, parse_version
-from harness.qemu.known import KNOWN_GAPS, KnownGap
+from harness.qemu.gap import KnownGap
+from harness.qemu.known import KNOWN_GAPS
 
 MARKER = "known_gap"
 #: user_properties key: the gap this run expects the test to show (inside the range).

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from harness.errors import UserError
 from harness.qemu.facts import Version, is_development, machine_kind_of, parse_version, show_version
-from harness.qemu.known import FAILS, PASSES, KnownGap, Measurement
+from harness.qemu.gap import FAILS, PASSES, KnownGap, Measurement
 from harness.qemu.ranges import family_version
 
 

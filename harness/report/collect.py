@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -38,6 +39,16 @@ from harness.topology import Topology
 
 _ANNOTATION = pytest.StashKey[dict[str, Any]]()
 _FAILED = pytest.StashKey[bool]()
+_CPU_AT_SETUP = pytest.StashKey[float]()
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of every child it has reaped (each
+    guest's QEMU, a CLI run's whole tree): a test's share is the difference.  On a
+    saturated host the wall time of a test says little; this says what it costs."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
 _CONSOLE_LINES = 40
 _CONSOLE_CHARS = 6000
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
@@ -175,6 +186,7 @@ def _observe_plans(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     _PLANNED.clear()
+    item.stash[_CPU_AT_SETUP] = cpu_seconds()
     try:
         return (yield)
     finally:
@@ -218,6 +230,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         path = dict(item.user_properties).get("artifacts")
         if path:
             annotation["console_tail"] = console_tails(Path(str(path)))
+    if report.when == "teardown" and _CPU_AT_SETUP in item.stash:
+        # A QEMU a fixture keeps for later tests counts for the test that reaps it.
+        annotation["cpu_s"] = round(cpu_seconds() - item.stash[_CPU_AT_SETUP], 2)
     setattr(report, REPORT_ATTRIBUTE, annotation)
     return report
 

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 from harness.errors import UserError
 from harness.qemu.facts import development_notes, parse_version
-from harness.qemu.known import KNOWN_GAPS, Basis, KnownGap
+from harness.qemu.gap import Basis, KnownGap
+from harness.qemu.known import KNOWN_GAPS
 
 
 @dataclass(frozen=True)

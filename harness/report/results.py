@@ -78,6 +78,7 @@ class TestResult:
     worker: str | None = None           # xdist gateway id ("gw0")
     host: str | None = None             # host name the worker ran on
     figures: Mapping[str, float] = field(default_factory=dict)  # record_figure(): name -> value
+    cpu_s: float | None = None          # CPU of the worker and its reaped children (QEMU)
 
     @property
     def bad(self) -> bool:
@@ -206,7 +207,8 @@ def result_from_reports(nodeid: str, reports: Sequence[PhaseReport], *, run: str
         console_tail={str(k): str(v) for k, v in dict(tail).items()}
         if isinstance(tail, (dict, list, tuple)) and tail else {},
         worker=worker, host=str(props["host"]) if props.get("host") else None,
-        figures=test_figures(props))
+        figures=test_figures(props),
+        cpu_s=float(cpu) if isinstance(cpu := props.get("cpu_s"), (int, float)) else None)
 
 
 def counts(results: Iterable[TestResult]) -> dict[str, int]:

@@ -4,6 +4,10 @@ written for the tests that ran, marked interrupted with the signal and the
 tests not run, stderr says so, the exit status is 128 + the signal, and no
 QEMU of it is left.  (issue 23: `nightly -- -m smoke` SIGTERMed after 25 s
 exited 143 at once, said nothing and wrote no report.)
+
+Each test starts a nightly of its own, so a nightly leaves them out
+(harness.nightly_suite.SELF_TESTS; `nightly --self-tests` runs them) and
+bin/test runs them in the smoke set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.smoke
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 #: The issue's figure: a CI timeout 25 s into the run.

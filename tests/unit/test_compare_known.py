@@ -10,7 +10,10 @@ from test_threeview import ROOT, recorded
 
 from harness.cli.topology import compare_result, known_gap_of
 from harness.qemu import known
-from harness.qemu.known import KnownGap, Measurement, Shows, VersionRange, gap_for_difference
+from harness.qemu.gap import KnownGap, Measurement
+from harness.qemu.known import gap_for_difference
+from harness.qemu.ranges import VersionRange
+from harness.qemu.signature import Shows
 from harness.scenarios.threeview import ThreeViews
 
 # As if QEMU before 10.0 reported the pci-bridge's secondary bus handled by nothing.

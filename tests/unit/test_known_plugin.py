@@ -84,7 +84,8 @@ def test_plain():
 # A gap a compat property decides: the machine type, not the binary, says whether it holds.
 COMPAT_CONFTEST = '''
 import harness.pytestplugin.marking
-from harness.qemu.known import KnownGap, Measurement, VersionRange
+from harness.qemu.gap import KnownGap, Measurement
+from harness.qemu.ranges import VersionRange
 from harness.qemu.signature import Signature
 
 harness.pytestplugin.marking.KNOWN_GAPS += (KnownGap(

@@ -87,18 +87,20 @@ def test_properties_from_every_phase_are_merged():
     call = Phase("call", "failed", "E  boom", user_properties=[("seed", "master-abort")])
     teardown = Phase("teardown", "passed",
                      user_properties=[("seed", "master-abort"), ("artifacts", "/a/t")])
-    setattr(teardown, REPORT_ATTRIBUTE, {"machine": "pc-q35-6.0", "console_tail": {"src": "oops"}})
+    setattr(teardown, REPORT_ATTRIBUTE, {"machine": "pc-q35-6.0", "console_tail": {"src": "oops"},
+                                         "cpu_s": 4.25})
     result = result_from_reports("t.py::test", [setup, call, teardown], run="7.2.22",
                                  qemu_version="7.2.22", qemu_binary="/q", worker="gw2")
     assert (result.outcome, result.seed, result.machine, result.machine_kind, result.host,
-            result.artifacts, dict(result.console_tail), result.worker, result.duration) == \
+            result.artifacts, dict(result.console_tail), result.worker, result.duration,
+            result.cpu_s) == \
         ("failed", "master-abort", "pc-q35-6.0", "q35", "kvm-host-3", "/a/t", {"src": "oops"},
-         "gw2", 3.0)
+         "gw2", 3.0, 4.25)
 
 
 def test_round_trip_through_a_dict():
     result = TestResult("t.py::x[pc]", "xfailed", 2.5, run="9.1.0", machine="pc", seed="s",
-                        xfail_reason="s: why", console_tail={"guest": "tail"})
+                        xfail_reason="s: why", console_tail={"guest": "tail"}, cpu_s=1.5)
     assert TestResult.from_dict(result.to_dict() | {"unknown_later_field": 1}) == result
 
 

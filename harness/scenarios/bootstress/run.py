@@ -29,7 +29,8 @@ from harness.guest.running import FIRMWARE_LOG, Guest, LaunchPlan
 from harness.plan import plan_firmware
 from harness.progress import Progress
 from harness.qemu.facts import parse_version
-from harness.qemu.known import KnownGap, gaps_for_firmware
+from harness.qemu.gap import KnownGap
+from harness.qemu.known import gaps_for_firmware
 from harness.qemu.machines import machine_facts
 from harness.scenarios.bootstress.phases import (
     STOP_LINE,
