@@ -2,15 +2,20 @@
 (issue 23).  Elsewhere: qemu-died and ssh-dead (seed/test_ahci_stability.py),
 destination-load-failed by QEMU's own AHCI gap (seed/test_ahci_stability_cases.py,
 7.2.22), lost-dirty-pages (test_ramdiff_red.py), data-mismatch (--inject,
-test_pingpong_verdicts.py); guest-hang and qemu-hang are unit-tested only
-(tests/unit/test_failure_kinds.py): a guest command's deadline is minutes long.
+test_pingpong_verdicts.py).  A guest silent on SSH while its QEMU lives is asked
+why (watch.stuck_verdict): here the VM paused (vm-stopped), the whole QEMU
+stopped (qemu-hang) and the guest's userspace frozen (guest-hang).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from harness.deadline import Deadline
+from harness.scenarios import threeview
 from harness.scenarios.migration import hop as hopmod
 from harness.scenarios.migration import pingpong as pingpongmod
 from harness.scenarios.migration.hop import HopFailure, migrate, start_destination
@@ -148,3 +153,63 @@ def test_a_kernel_crash_right_after_resume_is_guest_trouble(harness_factory, art
     finally:
         for g in run.guests:
             g.shutdown()
+
+
+def _checks_after(harness_factory, artifacts, monkeypatch, seed, before_checks):
+    """One hop; BEFORE_CHECKS(destination) runs right before the checks after it;
+    the HopFailure they end in.  The guest dump's SSH deadline is cut to 8 s: the
+    verdict, not the wait, is under test."""
+    monkeypatch.setattr(threeview, "GUEST_DUMP_SECONDS", 8.0)
+    run = PingPong(harness_factory.plan(_q35()), artifacts,
+                   PingPongOptions(hops=1, seed=seed, load="none"))
+    run.boot()
+    check = run.check
+
+    def meddle_then_check(number, src):
+        assert run.current is not None
+        before_checks(run.current)
+        return check(number, src)
+
+    run.check = meddle_then_check
+    try:
+        with pytest.raises(HopFailure) as info:
+            run.guarded(run.hop)
+        return info.value
+    finally:
+        for g in run.guests:
+            if g.process is not None and g.process.alive():
+                os.kill(g.process.pid, signal.SIGCONT)  # a stopped QEMU cannot quit
+            g.shutdown()
+
+
+def test_a_destination_paused_before_the_checks_is_vm_stopped(harness_factory, artifacts,
+                                                              monkeypatch):
+    failure = _checks_after(harness_factory, artifacts, monkeypatch, 64,
+                            lambda dst: dst.qmp_execute("stop"))
+    assert (failure.kind, failure.hop) == ("vm-stopped", 1), failure.describe()
+    assert "QEMU reports the VM 'paused'" in failure.detail, failure.detail
+
+
+def test_a_destination_qemu_that_stops_answering_is_qemu_hang(harness_factory, artifacts,
+                                                              monkeypatch):
+    def freeze(dst):
+        assert dst.process is not None
+        os.kill(dst.process.pid, signal.SIGSTOP)   # QEMU itself: monitor, vCPU, slirp
+
+    failure = _checks_after(harness_factory, artifacts, monkeypatch, 65, freeze)
+    assert (failure.kind, failure.hop) == ("qemu-hang", 1), failure.describe()
+    assert "QEMU's monitor does not answer query-status" in failure.detail, failure.detail
+
+
+def test_a_guest_silent_on_ssh_and_its_console_is_guest_hang(harness_factory, artifacts,
+                                                             monkeypatch):
+    def freeze_userspace(dst):
+        assert dst.console is not None
+        # sshd stopped, and the console's shell replaced by a sleep: the VM runs,
+        # nothing in the guest answers.
+        dst.console.send_line("kill -STOP $(pidof dropbear); exec sleep 600")
+
+    failure = _checks_after(harness_factory, artifacts, monkeypatch, 66, freeze_userspace)
+    assert (failure.kind, failure.hop) == ("guest-hang", 1), failure.describe()
+    assert "the VM runs, but the guest does not answer on its serial console" in \
+        failure.detail, failure.detail

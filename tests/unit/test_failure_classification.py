@@ -42,3 +42,76 @@ def test_a_console_that_shows_trouble_names_it_before_the_error():
     failure = classify_failure(SshUnavailable("gone"), 2,
                                [_guest("g02", ["[ 9.1] Oops: 0002 [#1] SMP"])], None)
     assert failure.kind == "guest-trouble" and "Oops: 0002" in failure.detail, failure.detail
+
+
+class _Monitor:
+    """query-status answers STATUS, or times out (None)."""
+
+    def __init__(self, status: str | None):
+        self.status = status
+
+    def execute(self, command: str, arguments: Any = None, timeout: float = 60.0) -> Any:
+        assert command == "query-status", command
+        if self.status is None:
+            raise QmpTimeout(f"QMP query-status got no answer within {timeout:g} s")
+        return {"status": self.status, "running": self.status == "running"}
+
+
+class _Console:
+    """A serial console whose shell echoes (answers=True) or stays silent."""
+
+    def __init__(self, answers: bool):
+        self.answers = answers
+        self.sent: list[str] = []
+
+    def trouble(self) -> list[str]:
+        return []
+
+    def send_line(self, line: str) -> None:
+        self.sent.append(line)
+
+    def expect(self, pattern: str, deadline: Any) -> str:
+        import re
+
+        # The shell's answer is what `echo` prints after expanding $((...)); the
+        # echoed command line itself must not match.
+        typed = self.sent[-1]
+        printed = re.sub(r"\$\(\(0\+(\d)\)\)", r"\1", typed.removeprefix("echo "))
+        assert not re.search(pattern, typed), (pattern, typed)
+        if self.answers and re.search(pattern, printed):
+            return printed
+        raise DeadlineExceeded("no echo on the console")
+
+    def tail(self) -> str:
+        return "login: "
+
+
+def _live(status: str | None, answers: bool) -> Any:
+    # A QEMU that stays alive: wait() returns None (no exit status) at its deadline.
+    process = SimpleNamespace(alive=lambda: True, wait=lambda deadline: None)
+    return SimpleNamespace(name="g04", process=process, qmp=_Monitor(status),
+                           console=_Console(answers))
+
+
+@pytest.mark.parametrize("status, answers, error, kind", [
+    (None, True, SshUnavailable("SSH connection to the guest is gone (ping)"), "qemu-hang"),
+    ("paused", True, SshUnavailable("SSH connection to the guest is gone (ping)"),
+     "vm-stopped"),
+    ("io-error", False, DeadlineExceeded("the guest command 'sync' did not finish"),
+     "vm-stopped"),
+    ("running", False, SshUnavailable("SSH connection to the guest is gone (ping)"),
+     "guest-hang"),
+    ("running", True, SshUnavailable("SSH connection to the guest is gone (ping)"),
+     "ssh-dead"),
+    ("running", True, DeadlineExceeded("the guest command 'sync' did not finish"),
+     "guest-hang"),
+])
+def test_a_silent_guest_on_a_live_qemu_is_asked_why(status, answers, error, kind):
+    """QEMU's runstate, then the serial console, decide between QEMU stuck, the VM
+    stopped, the guest hung and SSH alone broken."""
+    guest = _live(status, answers)
+    failure = classify_failure(error, 4, [guest], guest)
+    assert (failure.kind, failure.hop) == (kind, 4), failure.describe()
+    assert error.message in failure.detail, failure.detail
+    if kind == "vm-stopped":
+        assert repr(status) in failure.detail, failure.detail

@@ -43,7 +43,8 @@ class FakeQmp:
         self.guest = guest
         self.sent: list[str] = []
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    def execute(self, command: str, arguments: dict[str, Any] | None = None,
+                timeout: float = 60.0) -> Any:
         self.sent.append(command)
         return self.guest.answer(command, arguments or {})
 

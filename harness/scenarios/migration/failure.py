@@ -11,7 +11,7 @@ from harness.errors import DeadlineExceeded, GuestCommandFailed, HarnessError
 from harness.guest.running import Guest
 from harness.qemu.process import core_dump_policy
 from harness.qemu.qmp import QmpTimeout
-from harness.scenarios.migration.watch import HopFailure, died, exits_soon
+from harness.scenarios.migration.watch import HopFailure, died, exits_soon, stuck_verdict
 
 __all__ = ["classify_failure", "save_dmesg", "write_post_mortem"]
 
@@ -43,10 +43,17 @@ def classify_failure(exc: HarnessError, hop: int, live: Sequence[Guest],
     if isinstance(exc, QmpTimeout):
         return HopFailure("qemu-hang", hop, f"{exc.message}: QEMU's monitor, not the guest, "
                           "stopped answering", tail=exc.tail, process=_name(current))
-    if isinstance(exc, DeadlineExceeded):
-        return HopFailure("guest-hang", hop, exc.message, tail=exc.tail)
     from harness.guest.ssh import SshUnavailable
 
+    if isinstance(exc, (DeadlineExceeded, SshUnavailable)) and current is not None \
+            and current in live:
+        # Ask the live QEMU why its guest is silent: a stuck monitor or a VM that
+        # is not running is QEMU's doing, whatever the SSH symptom was.
+        stuck = stuck_verdict(current, hop, exc.message)
+        if stuck is not None:
+            return stuck
+    if isinstance(exc, DeadlineExceeded):
+        return HopFailure("guest-hang", hop, exc.message, tail=exc.tail)
     if isinstance(exc, SshUnavailable):
         return HopFailure("ssh-dead", hop, exc.message, tail=exc.tail)
     if isinstance(exc, GuestCommandFailed):

@@ -1,7 +1,10 @@
 """What broke in a migration hop: the failure kinds, a QEMU that died (its
 status and stderr), and SSH exchanges run while the process and the console are
 watched, so a dead QEMU or a kernel oops is named at once instead of showing up
-as an SSH timeout.  A broken session is told from a dead guest by a new login.
+as an SSH timeout.  A guest that stops answering SSH on a live QEMU is asked
+why (`stuck_verdict`): QEMU's monitor silent (qemu-hang), the VM not running
+(vm-stopped), or the guest silent on its serial console too (guest-hang).  A
+broken session is told from a dead guest by a new login.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ FailureKind = Literal["qemu-died", "migration-failed", "destination-load-failed"
                       "guest-trouble", "guest-hang", "ssh-dead", "data-mismatch", "data-lost",
                       "pci-state-changed", "load-stalled", "no-convergence",
                       "lost-dirty-pages", "switch-point-not-reached", "qemu-hang",
-                      "guest-command-failed", "harness-error"]
+                      "vm-stopped", "guest-command-failed", "harness-error"]
 FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
 LOGIN_CHECK_SECONDS = 10.0    # the new login that tells a broken session from a dead guest
 EXIT_GRACE_S = 5.0            # a broken connection: time for a dying QEMU to finish dying
+RUNSTATE_SECONDS = 5.0        # query-status on a live QEMU: its monitor answers in ms
+CONSOLE_PROBE_SECONDS = 10.0  # an echo on the serial console's shell (TCG, loaded host)
 
 
 class HopFailure(HarnessError):
@@ -139,10 +144,56 @@ def _watching(guest: Guest, hop: int, deadline: Deadline, action: Callable[[], A
         raise died(guest, hop, "SSH", "destination")
     reason = error.message if isinstance(error, HarnessError) else repr(error)
     when = f"{deadline.describe()}: " if "done" not in outcome else ""
+    stuck = stuck_verdict(guest, hop, f"{when}{guest.name} {failing} "
+                                      f"({reason if error else 'no answer'})")
+    if stuck is not None:
+        raise stuck
     verdict = f"; {diagnose()}" if diagnose is not None else ""
     raise HopFailure("ssh-dead", hop, f"{when}the guest on {guest.name} is "
                      f"running but {failing} ({reason if error else 'no answer'}){verdict}",
                      tail=guest.console.tail() if guest.console else None, process=guest.name)
+
+
+def stuck_verdict(guest: Guest, hop: int, symptom: str) -> HopFailure | None:
+    """Why the guest of a live QEMU does not answer (SYMPTOM says how it showed):
+    QEMU's monitor silent too ("qemu-hang"), the VM not running ("vm-stopped":
+    paused, io-error, postmigrate ...), or the VM running and the guest silent on
+    its serial console as well ("guest-hang").  None when the console answers:
+    the guest runs and SSH itself is what broke (the caller says ssh-dead)."""
+    if guest.qmp is None:
+        return None
+    from harness.qemu.qmp import QmpTimeout
+
+    try:
+        status = guest.qmp.execute("query-status", timeout=RUNSTATE_SECONDS)
+    except QmpTimeout:
+        return HopFailure("qemu-hang", hop, f"{symptom}; QEMU's monitor does not answer "
+                          f"query-status within {RUNSTATE_SECONDS:g} s either: QEMU, not the "
+                          "guest, is stuck", process=guest.name)
+    except HarnessError:
+        return None  # a lost monitor: the caller's own verdict (a dying QEMU is seen there)
+    if not status.get("running", True):
+        return HopFailure("vm-stopped", hop, f"{symptom}; QEMU reports the VM "
+                          f"{status.get('status')!r}, not running: the guest executes "
+                          "nothing", process=guest.name)
+    if guest.console is None or console_answers(guest):
+        return None
+    return HopFailure("guest-hang", hop, f"{symptom}; the VM runs, but the guest does not "
+                      f"answer on its serial console either (an echo, {CONSOLE_PROBE_SECONDS:g} "
+                      "s)", tail=guest.console.tail(), process=guest.name)
+
+
+def console_answers(guest: Guest) -> bool:
+    """Whether the serial console's shell echoes a marker back in time."""
+    assert guest.console is not None
+    marker = f"PCIH-ALIVE-{threading.get_ident() % 10007}"
+    # Written as arithmetic so that the terminal's echo of the command is no answer.
+    guest.console.send_line(f"echo {marker[:-1]}$((0+{marker[-1]}))")
+    try:
+        guest.console.expect(marker, Deadline(CONSOLE_PROBE_SECONDS, "a console echo"))
+    except HarnessError:
+        return False
+    return True
 
 
 def exits_soon(guest: Guest, seconds: float = EXIT_GRACE_S) -> bool:
