@@ -9,9 +9,10 @@ run on the machine type `q35` means on the older QEMU, the one both have.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.errors import UserError
@@ -68,11 +69,14 @@ def _cross_version(args: argparse.Namespace, src: QemuBinary, dst: QemuBinary,
                          run_dir / "pingpong-artifacts", args.timeout_multiplier)
 
 
-def cross_version_both_ways(args: argparse.Namespace, binaries: Sequence[QemuBinary],
-                            labels: Sequence[str], machine: str,
-                            output: Path) -> list[HuntResult]:
+def cross_version_runs(args: argparse.Namespace, binaries: Sequence[QemuBinary],
+                       labels: Sequence[str], machine: str,
+                       output: Path) -> list[Callable[[], HuntResult]]:
     """old -> new and new -> old (in --qemu order, then reversed), each its own
-    verdict: a guest born on either QEMU must survive the move to the other."""
+    verdict: a guest born on either QEMU must survive the move to the other.
+    Each is to be called once (the nightly's suite threads take them as they end)."""
     a, b = binaries[0], binaries[1]
-    return [_cross_version(args, a, b, (labels[0], labels[1]), machine, output),
-            _cross_version(args, b, a, (labels[1], labels[0]), machine, output)]
+    return [functools.partial(_cross_version, args, a, b, (labels[0], labels[1]), machine,
+                              output),
+            functools.partial(_cross_version, args, b, a, (labels[1], labels[0]), machine,
+                              output)]

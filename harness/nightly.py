@@ -31,7 +31,7 @@ from pathlib import Path
 
 from harness import nightly_boot_stress as boot_runs
 from harness import nightly_stop as stopping
-from harness.cross_version import cross_version_both_ways, cross_version_machine
+from harness.cross_version import cross_version_machine, cross_version_runs
 from harness.errors import UserError
 from harness.lab import check_gateways
 from harness.nightly_suite import run_suites, suite_dir
@@ -149,17 +149,19 @@ def run_nightly(args: argparse.Namespace) -> int:
     clock = time.monotonic()
     runs, tests, problems = [], [], []
     with stopping.stoppable() as stop:
-        suites, boot_stress = run_suites(
-            args, binaries, labels, output, machines,
-            boot_runs.boot_stress_cells(args, binaries, labels, machines, output))
+        cells = boot_runs.boot_stress_cells(args, binaries, labels, machines, output)
+        crossing = cross_version_runs(args, binaries, labels, cross_machine,
+                                      output) if cross else []
+        suites, extra = run_suites(args, binaries, labels, output, machines, cells + crossing)
+        boot_stress = [r for r in extra[:len(cells)] if r is not None]
+        crossed = [r for r in extra[len(cells):] if r is not None]
         for info, results, trouble in suites:
             runs.append(info)
             tests += results
             problems += trouble
         hunts = [_hunt(args, b, l, output) for b, l in zip(binaries, labels)
                  if not stopping.stopped()] if args.until_fail_minutes > 0 else []
-        if cross and not stop.requested:
-            hunts += cross_version_both_ways(args, binaries, labels, cross_machine, output)
+        hunts += crossed
     interrupted = stopping.interruption(stop, labels[len(runs):], runs, clock)
     merge_junit([(r.label, output / r.directory / "junit.xml") for r in runs],
                 output / "junit.xml")

@@ -293,10 +293,12 @@ def carrier(binaries: Sequence[QemuBinary], output: Path) -> int:
 def run_suites(args: argparse.Namespace, binaries: Sequence[QemuBinary], labels: Sequence[str],
                output: Path, machines: Sequence[str],
                extra: Sequence[Callable[[], HuntResult]] = ()
-               ) -> tuple[list[SuiteOutcome], list[HuntResult]]:
+               ) -> tuple[list[SuiteOutcome], list[HuntResult | None]]:
     """Every binary's suite: at the same time (`--qemu-runs together`, the default
     without remote gateways), else one after the other; then EXTRA's runs (the
-    boot-stress cells), each taken by whichever suite's thread is free first.
+    boot-stress cells, the cross-version runs), each taken by whichever suite's
+    thread is free first; their results in EXTRA's order, None for one a stop
+    left unrun.
 
     Why together: a suite's wall time is mostly its longest tests (the 24-hop memory
     ping-pong, the AHCI boots) while the other workers idle; two QEMUs' suites on one
@@ -335,7 +337,7 @@ def run_suites(args: argparse.Namespace, binaries: Sequence[QemuBinary], labels:
             done.append(run_suite(args, binary, label, output, machines,
                                   once_per_night=index == once))
         take_extra()
-        return done, [done_extra[i] for i in sorted(done_extra)]
+        return done, [done_extra.get(i) for i in range(len(extra))]
     each = shares(args, len(binaries))
     _say(f"{len(binaries)} QEMUs at the same time on {machines}, -n {each[0].jobs} each: "
          + ", ".join(f"{label} ({binary.path})" for binary, label in zip(binaries, labels)))
@@ -345,4 +347,4 @@ def run_suites(args: argparse.Namespace, binaries: Sequence[QemuBinary], labels:
         # passes the stop on to every pytest).
         while not all(f.done() for f in futures):
             wait(futures, timeout=0.5)
-        return [f.result() for f in futures], [done_extra[i] for i in sorted(done_extra)]
+        return [f.result() for f in futures], [done_extra.get(i) for i in range(len(extra))]

@@ -89,4 +89,11 @@ def test_boot_stress_cells_go_to_the_suite_that_ends_first(tmp_path: Path,
     monkeypatch.setattr(nightly_suite.stopping, "stopped", lambda: False)
     suites, cells = run_suites(_args(qemu_runs="one-by-one"), [A, B], ["long", "short"],  # type: ignore[list-item]
                                tmp_path, ["pc"], [cell(n) for n in range(2)])
-    assert len(suites) == 2 and len(cells) == 2, (suites, cells)
+    assert len(suites) == 2 and len(cells) == 2 and None not in cells, (suites, cells)
+
+    # A stop before the cells: each is None in its place, none run.
+    monkeypatch.setattr(nightly_suite.stopping, "stopped", lambda: True)
+    who.clear()
+    suites, cells = run_suites(_args(qemu_runs="one-by-one"), [A, B], ["long", "short"],  # type: ignore[list-item]
+                               tmp_path, ["pc"], [cell(n) for n in range(3)])
+    assert cells == [None, None, None] and who == {}, (cells, who)

@@ -287,8 +287,10 @@ def test_two_qemus_get_a_cross_version_pingpong_each_way(tmp_path, monkeypatch):
     # --qemu NEW --qemu OLD: the machine is still what q35 means on the older QEMU.
     machine = cross_version.cross_version_machine(new, old)
     assert machine == "pc-q35-7.2"
-    verdicts = cross_version.cross_version_both_ways(args, [new, old], ["10.0.2", "7.2.22"],
-                                                      machine, tmp_path)
+    runs = cross_version.cross_version_runs(args, [new, old], ["10.0.2", "7.2.22"],
+                                            machine, tmp_path)
+    assert seen == []  # nothing runs until a suite's thread takes it
+    verdicts = [run() for run in runs]
     assert verdicts == ["verdict 1", "verdict 2"]
     assert [s["label"] for s in seen] == ["10.0.2 -> 7.2.22 (cross-version, pc-q35-7.2)",
                                           "7.2.22 -> 10.0.2 (cross-version, pc-q35-7.2)"]
