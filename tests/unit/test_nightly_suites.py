@@ -55,6 +55,11 @@ def test_the_suite_with_the_most_time_to_spare_carries_them(tmp_path: Path) -> N
     assert carrier([A, B], tonight) == 1  # type: ignore[list-item]
     assert carrier([B, A], tonight) == 0  # type: ignore[list-item]
     assert carrier([A], tonight) == 0  # type: ignore[list-item]
+    # The next night: B carried the unit tests, which made its suite the longer one;
+    # they do not count, so B keeps the duty instead of handing it back.
+    _night(tmp_path, "20261207-010000", [("t::x", "7.2.22", 900.0), ("t::y", "10.0.2", 40.0),
+                                         ("tests/unit/test_a.py::t", "10.0.2", 2000.0)])
+    assert carrier([A, B], tmp_path / "20261208-010000") == 1  # type: ignore[list-item]
 
 
 def test_boot_stress_cells_go_to_the_suite_that_ends_first(tmp_path: Path,
