@@ -34,7 +34,7 @@ from harness import nightly_stop as stopping
 from harness.cross_version import cross_version_machine, cross_version_runs
 from harness.errors import UserError
 from harness.lab import check_gateways
-from harness.nightly_suite import run_suites, suite_dir
+from harness.nightly_suite import ONCE_PER_NIGHT, run_suites, suite_dir
 from harness.paths import cache_root
 from harness.pytestplugin.seed_index import SEED_ITEMS
 from harness.qemu.binary import QemuBinary, find_qemu
@@ -174,7 +174,8 @@ def run_nightly(args: argparse.Namespace) -> int:
             baseline = load_baseline(previous) if previous else None
         except UserError as exc:  # found, not asked for: never lose tonight's report to it
             baseline, note = None, f"the previous run could not be read: {exc.message}"
-    diff = compare([r.ref() for r in runs], tests, items, baseline, args.pytest_args) \
+    diff = compare([r.ref() for r in runs], tests, items, baseline, args.pytest_args,
+                   ONCE_PER_NIGHT) \
         if baseline else None
     duration = time.monotonic() - clock
     figures = nightly_figures(runs, tests, hunts, duration, socket.gethostname())

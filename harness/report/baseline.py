@@ -23,6 +23,7 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.report.results import (
+    BUDGET_SPENT,
     ERROR,
     FAILED,
     PASSED,
@@ -164,9 +165,30 @@ def classify(before: str | None, after: str | None) -> str | None:
     return None
 
 
+#: The run label under which tests that run once per night (whichever QEMU's
+#: suite carried them) are compared.
+ONCE = "(once per night)"
+
+
+def _once(tests: Sequence[TestResult], prefixes: tuple[str, ...]) -> dict[tuple[str, str],
+                                                                        TestResult]:
+    """(run, nodeid) -> result; a test under PREFIXES is keyed (ONCE, nodeid), so it
+    is matched with itself whichever suite ran it on either night."""
+    return {((ONCE if prefixes and t.nodeid.startswith(prefixes) else t.run), t.nodeid): t
+            for t in tests}
+
+
+def _budget_skip(result: TestResult | None) -> bool:
+    return result is not None and result.outcome == SKIPPED and BUDGET_SPENT in result.message
+
+
 def compare(current_runs: Sequence[RunRef], current: Sequence[TestResult],
             current_items: Mapping[str, Mapping[str, Mapping[str, str]]],
-            baseline: Baseline, current_args: Sequence[str] = ()) -> BaselineDiff:
+            baseline: Baseline, current_args: Sequence[str] = (),
+            once_per_night: tuple[str, ...] = ()) -> BaselineDiff:
+    """Tonight against BASELINE, test by test within paired runs.  Node ids under
+    ONCE_PER_NIGHT are compared across runs (one suite runs them, not always the
+    same); a test skipped because a budget ran out (BUDGET_SPENT) is not missing."""
     pairs = pair_runs(current_runs, baseline.runs)
     notes: list[str] = []
     for run in current_runs:
@@ -177,16 +199,17 @@ def compare(current_runs: Sequence[RunRef], current: Sequence[TestResult],
     if tuple(current_args) != baseline.pytest_args:
         notes.append(f"pytest arguments differ: now {list(current_args)}, "
                      f"baseline {list(baseline.pytest_args)}")
-    old = {(t.run, t.nodeid): t for t in baseline.tests}
-    new = {(t.run, t.nodeid): t for t in current}
+    old = _once(baseline.tests, once_per_night)
+    new = _once(current, once_per_night)
     found: dict[str, list[BaselineChange]] = {}
-    for label, old_label in pairs.items():
+    compared = dict(pairs) | ({ONCE: ONCE} if once_per_night else {})
+    for label, old_label in compared.items():
         nodeids = {n for (r, n) in new if r == label} | {n for (r, n) in old if r == old_label}
         for nodeid in sorted(nodeids):
             before, after = old.get((old_label, nodeid)), new.get((label, nodeid))
             category = classify(before.outcome if before else None,
                                 after.outcome if after else None)
-            if category is None:
+            if category is None or (category == "missing" and _budget_skip(after)):
                 continue
             ref = after or before
             assert ref is not None

@@ -34,6 +34,10 @@ SKIPPED = "skipped"
 OUTCOMES = (PASSED, FAILED, ERROR, XFAILED, XPASSED, SKIPPED)
 #: Outcomes that make the nightly exit 1.
 BAD_OUTCOMES = frozenset({FAILED, ERROR, XPASSED})
+#: How a skip message starts when a time budget ran out before the test (the
+#: nightly's exploration): it could run, tonight it did not get to; against a
+#: baseline it is not "missing".
+BUDGET_SPENT = "budget spent"
 
 _STRICT_XPASS = "[XPASS(strict)]"
 #: pytest-xdist puts "[gw0] linux -- Python 3.11.7 /path/python" above a worker's failure.

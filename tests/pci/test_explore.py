@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.report.results import BUDGET_SPENT
 from harness.scenarios.explore.session import ExampleRunner, budget_left
 
 pytestmark = pytest.mark.smoke
@@ -35,7 +36,7 @@ def test_drawn_machine_agrees(example: int, explore_runner: ExampleRunner, artif
                               pytestconfig: pytest.Config) -> None:
     stamp = artifacts.parent / f"explore-budget-{explore_runner.seed}"
     if not budget_left(stamp, pytestconfig.getoption("--explore-minutes")):
-        pytest.skip("the exploration budget (--explore-minutes) is spent")
+        pytest.skip(f"{BUDGET_SPENT}: the exploration budget (--explore-minutes) ran out")
     earlier = explore_runner.duplicate_of(example)
     if earlier is not None:
         pytest.skip(f"draws the same machine as example {earlier}")

@@ -122,3 +122,27 @@ def test_load_baseline_refuses_what_is_not_a_report(tmp_path):
     (tmp_path / "report.json").write_text('{"tests": []}')
     with pytest.raises(UserError, match="is not a nightly report"):
         load_baseline(tmp_path)
+
+
+def test_once_per_night_tests_match_across_runs_and_budget_skips_are_not_missing(tmp_path):
+    """Unit tests ran in 10.0.2's suite last night and in 7.2.22's tonight: the
+    same tests, not 'missing' from one run and new in the other.  An exploration
+    example the budget left out tonight is not missing either; one skipped for
+    another reason is."""
+    runs = [RunRef("7.2.22", "/q7"), RunRef("10.0.2", "/q10")]
+    old = [t("tests/unit/test_a.py::x", "passed", run="10.0.2"),
+           t("tests/unit/test_a.py::y", "passed", run="10.0.2"),
+           t("explore::ex3", "passed", run="7.2.22"), t("other", "passed", run="7.2.22")]
+    new = [t("tests/unit/test_a.py::x", "passed", run="7.2.22"),
+           t("tests/unit/test_a.py::y", "failed", run="7.2.22"),
+           TestResult("explore::ex3", "skipped", 0.0, run="7.2.22",
+                      message="Skipped: budget spent: the exploration budget ran out"),
+           TestResult("other", "skipped", 0.0, run="7.2.22", message="Skipped: no disk")]
+    baseline = Baseline(tmp_path, "2026-01-01T00:00:00+00:00", tuple(runs), tuple(old), {}, ())
+    diff = compare(runs, new, {}, baseline, [], ("tests/unit/",))
+    assert [(c.nodeid, c.before, c.after) for c in diff.regressions] == \
+        [("tests/unit/test_a.py::y", "passed", "failed")], diff.regressions
+    assert [c.nodeid for c in diff.missing] == ["other"], diff.missing
+    # Without the once-per-night prefixes the unit tests are missing from 10.0.2.
+    plain = compare(runs, new, {}, baseline, [])
+    assert {c.nodeid for c in plain.missing} >= {"tests/unit/test_a.py::x"}, plain.missing
