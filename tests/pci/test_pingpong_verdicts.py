@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.qemu.facts import parse_version
+from harness.qemu.known import KNOWN_GAPS
 from harness.scenarios.migration.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.topology import topology_from_dict
 
@@ -36,13 +38,37 @@ def _named(load: str, injected: str, detail: str) -> bool:
             and "differs from offset 6408" in detail)
 
 
+#: 7.2.22's own lost dirty pages under TCG (known gap) can crash the guest at hop 1
+#: before the check sees the injection: "general protection fault" on the console,
+#: guest-trouble (1 of 4 nightlies on 7.2.22, load "mixed").  Such a run says
+#: nothing about the injection; a fresh one is run, at most this many in all.
+ATTEMPTS_WHERE_PAGES_ARE_LOST = 3
+LOST_PAGES = next(g for g in KNOWN_GAPS if g.id == "tcg-migration-loses-dirty-pages")
+
+
+def _preempted_by_lost_pages(failure, binary) -> bool:
+    return (failure is not None and failure.hop == 1
+            and failure.kind in ("guest-trouble", "lost-dirty-pages")
+            and LOST_PAGES.holds(parse_version(binary.version), "q35"))
+
+
 @pytest.mark.parametrize("load", ["write", "mixed", "memory", "fs"])
 def test_each_loads_injected_fault_is_caught_after_the_hop(harness_factory, artifacts, load):
     topology = _q35_ahci()
-    run = PingPong(harness_factory.plan(topology), artifacts, PingPongOptions(
-        hops=2, seed=31, load=load, disks=disk_targets(topology, ("ahci",)),
-        memory_mib=16, memory_rate_mib_s=16, compare_ram=False, inject=((load, 1),)))
-    result = run.run()
+    preempted = []
+    for attempt in range(ATTEMPTS_WHERE_PAGES_ARE_LOST):
+        run = PingPong(harness_factory.plan(topology), artifacts / f"attempt{attempt + 1}",
+                       PingPongOptions(hops=2, seed=31, load=load,
+                                       disks=disk_targets(topology, ("ahci",)), memory_mib=16,
+                                       memory_rate_mib_s=16, compare_ram=False,
+                                       inject=((load, 1),)))
+        result = run.run()
+        if not _preempted_by_lost_pages(result.failure, harness_factory.binary):
+            break
+        preempted.append(result.failure.describe().splitlines()[0])
+    else:
+        pytest.fail(f"every attempt ended in QEMU's own lost dirty pages before the check: "
+                    f"{preempted}")
     assert len(result.injected) == 1, result.injected
     injected = result.injected[0]
     failure = result.failure
