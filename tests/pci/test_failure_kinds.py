@@ -126,35 +126,6 @@ def test_a_file_gone_from_the_fs_load_is_data_lost(harness_factory, artifacts):
             g.shutdown()
 
 
-def test_a_kernel_crash_right_after_resume_is_guest_trouble(harness_factory, artifacts):
-    """The guest-oops case: the kernel crashes (sysrq c: "Kernel panic - not
-    syncing: sysrq triggered crash" on Linux 6.1) on the destination just before
-    the checks after the hop; the verdict names the console line."""
-    run = PingPong(harness_factory.plan(_q35()), artifacts,
-                   PingPongOptions(hops=1, seed=63, load="none"))
-    run.boot()
-    check = run.check
-
-    def oops_then_check(number, src):
-        dst = run.current
-        assert dst is not None and dst.console is not None
-        dst.console.send_line("echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger")
-        dst.console.expect("sysrq triggered crash", Deadline(30, "the crash on the console"))
-        return check(number, src)
-
-    run.check = oops_then_check
-    try:
-        with pytest.raises(HopFailure) as info:
-            run.guarded(run.hop)
-        failure = info.value
-        assert (failure.kind, failure.hop) == ("guest-trouble", 1), failure.describe()
-        assert failure.detail.startswith("the console of g01 shows: ") and \
-            "Kernel panic - not syncing: sysrq triggered crash" in failure.detail, failure.detail
-    finally:
-        for g in run.guests:
-            g.shutdown()
-
-
 def _checks_after(harness_factory, artifacts, monkeypatch, seed, before_checks):
     """One hop; BEFORE_CHECKS(destination) runs right before the checks after it;
     the HopFailure they end in.  The guest dump's SSH deadline is cut to 8 s: the
@@ -213,3 +184,19 @@ def test_a_guest_silent_on_ssh_and_its_console_is_guest_hang(harness_factory, ar
     assert (failure.kind, failure.hop) == ("guest-hang", 1), failure.describe()
     assert "the VM runs, but the guest does not answer on its serial console" in \
         failure.detail, failure.detail
+
+
+def test_a_kernel_crash_right_after_resume_is_guest_trouble(harness_factory, artifacts,
+                                                           monkeypatch):
+    """The guest-oops case: the kernel crashes (sysrq c: "Kernel panic - not
+    syncing: sysrq triggered crash" on Linux 6.1) on the destination just before
+    the checks after the hop; the verdict names the console line."""
+    def oops(dst):
+        assert dst.console is not None
+        dst.console.send_line("echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger")
+        dst.console.expect("sysrq triggered crash", Deadline(30, "the crash on the console"))
+
+    failure = _checks_after(harness_factory, artifacts, monkeypatch, 63, oops)
+    assert (failure.kind, failure.hop) == ("guest-trouble", 1), failure.describe()
+    assert failure.detail.startswith("the console of g01 shows: ") and \
+        "Kernel panic - not syncing: sysrq triggered crash" in failure.detail, failure.detail

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.pytestplugin.marking import gap_by_id
 from harness.qemu.facts import parse_version
-from harness.qemu.known import KNOWN_GAPS
 from harness.scenarios.migration.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.topology import topology_from_dict
 
@@ -43,7 +43,7 @@ def _named(load: str, injected: str, detail: str) -> bool:
 #: guest-trouble (1 of 4 nightlies on 7.2.22, load "mixed").  Such a run says
 #: nothing about the injection; a fresh one is run, at most this many in all.
 ATTEMPTS_WHERE_PAGES_ARE_LOST = 3
-LOST_PAGES = next(g for g in KNOWN_GAPS if g.id == "tcg-migration-loses-dirty-pages")
+LOST_PAGES = gap_by_id("tcg-migration-loses-dirty-pages")
 
 
 def _preempted_by_lost_pages(failure, binary) -> bool:

@@ -76,7 +76,8 @@ class _Console:
         # The shell's answer is what `echo` prints after expanding $((...)); the
         # echoed command line itself must not match.
         typed = self.sent[-1]
-        printed = re.sub(r"\$\(\(0\+(\d)\)\)", r"\1", typed.removeprefix("echo "))
+        printed = re.sub(r"\$\(\((\d+)\+(\d+)\)\)",
+                         lambda m: str(int(m[1]) + int(m[2])), typed.removeprefix("echo "))
         assert not re.search(pattern, typed), (pattern, typed)
         if self.answers and re.search(pattern, printed):
             return printed
@@ -115,3 +116,13 @@ def test_a_silent_guest_on_a_live_qemu_is_asked_why(status, answers, error, kind
     assert error.message in failure.detail, failure.detail
     if kind == "vm-stopped":
         assert repr(status) in failure.detail, failure.detail
+
+
+def test_each_console_probe_asks_with_a_new_marker():
+    """A late echo of an earlier probe must not answer a later one."""
+    from harness.scenarios.migration.watch import console_answers
+
+    guest = _live("running", True)
+    assert console_answers(guest) and console_answers(guest)
+    first, second = guest.console.sent
+    assert first != second, (first, second)

@@ -80,31 +80,19 @@ def test_an_elf_core_is_compared_by_its_ram_blocks() -> None:
     one PT_LOAD per RAM block, paddr = guest-physical), then the blocks."""
     from harness.scenarios.migration.ramdiff import compare_cores, ram_segments
 
-    def core(blocks: list[tuple[int, bytes]]) -> bytes:
-        phoff, phsize = 64, 56
-        data_at = phoff + phsize * (len(blocks) + 1)
-        headers = struct.pack("<IIQQQQQQ", 4, 0, data_at, 0, 0, 0, 0, 0)  # PT_NOTE, empty
-        body = b""
-        for paddr, data in blocks:
-            headers += struct.pack("<IIQQQQQQ", 1, 0, data_at + len(body), 0, paddr,
-                                   len(data), len(data), 0)
-            body += data
-        ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 4, 0x3E,
-                           1, 0, phoff, 0, 0, 64, phsize, len(blocks) + 1, 0, 0, 0)
-        return ehdr + headers + body
-
     low, high = bytes(0xA0000), bytes(2 * PAGE)
     changed = bytearray(high)
     changed[PAGE + 40] = 7
-    src = core([(0, low), (0x100000, high)])
+    src = _core([(0, low), (0x100000, high)])
     assert [(s.physical, s.size) for s in ram_segments(src)] == [(0, 0xA0000), (0x100000, 8192)]
-    diff = compare_cores(src, core([(0, low), (0x100000, bytes(changed))]), hop=4)
+    diff = compare_cores(src, _core([(0, low), (0x100000, bytes(changed))]), hop=4)
     assert diff.differing == 1 and diff.pages[0].physical == 0x101000, diff.pages
     assert diff.pages[0].first_offset == 40
 
 
 def _core(blocks: list[tuple[int, bytes]]) -> bytes:
-    """An ELF64 core as dump-guest-memory writes it (see the test above)."""
+    """An ELF64 core as dump-guest-memory writes it: ELF header, a PT_NOTE, one
+    PT_LOAD per RAM block (paddr = guest-physical), then the blocks."""
     phoff, phsize = 64, 56
     data_at = phoff + phsize * (len(blocks) + 1)
     headers = struct.pack("<IIQQQQQQ", 4, 0, data_at, 0, 0, 0, 0, 0)

@@ -9,6 +9,7 @@ broken session is told from a dead guest by a new login.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
@@ -31,6 +32,7 @@ LOGIN_CHECK_SECONDS = 10.0    # the new login that tells a broken session from a
 EXIT_GRACE_S = 5.0            # a broken connection: time for a dying QEMU to finish dying
 RUNSTATE_SECONDS = 5.0        # query-status on a live QEMU: its monitor answers in ms
 CONSOLE_PROBE_SECONDS = 10.0  # an echo on the serial console's shell (TCG, loaded host)
+_PROBES = itertools.count(1)
 
 
 class HopFailure(HarnessError):
@@ -186,9 +188,10 @@ def stuck_verdict(guest: Guest, hop: int, symptom: str) -> HopFailure | None:
 def console_answers(guest: Guest) -> bool:
     """Whether the serial console's shell echoes a marker back in time."""
     assert guest.console is not None
-    marker = f"PCIH-ALIVE-{threading.get_ident() % 10007}"
-    # Written as arithmetic so that the terminal's echo of the command is no answer.
-    guest.console.send_line(f"echo {marker[:-1]}$((0+{marker[-1]}))")
+    # A new number per probe: a late answer to an earlier probe is no answer to this
+    # one; the arithmetic keeps the terminal's echo of the command from matching.
+    marker = f"PCIH-ALIVE-{next(_PROBES)}-42"
+    guest.console.send_line(f"echo {marker[:-3]}-$((40+2))")
     try:
         guest.console.expect(marker, Deadline(CONSOLE_PROBE_SECONDS, "a console echo"))
     except HarnessError:
