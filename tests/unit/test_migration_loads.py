@@ -180,3 +180,31 @@ def test_a_ring_filled_before_the_first_look_is_checked_not_stalled(tmp_path):
     checked = load.after_hop(shell, 1, Deadline(5, "check", scaled=False))
     assert checked.units == plan.blocks, checked
     load.finish(shell, 1, Deadline(20, "stop", scaled=False))
+
+
+def test_an_injection_into_a_full_ring_is_made_and_caught_after_the_hop(tmp_path):
+    """A loop that filled its ring before the first hop waits for an acknowledgement;
+    --inject then waited 30 s for a skip that could not come (LoadStalled in CI on
+    --inject write@1).  The writes so far are checked and acknowledged, the skip
+    happens, and the check after hop 1 names the skipped write as made before it."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * (8 * BLOCK_SIZE))
+    shell = HostShell(tmp_path / "state")
+    plan = LoadPlan.from_seed("d1", 5, 8 * BLOCK_SIZE)
+    load = DiskLoad(plan, str(disk), "write")
+    load.start(shell)
+    deadline = time.monotonic() + 30
+    while (state := load.state(shell)).waits == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.written == plan.blocks and state.waits > 0, state
+    try:
+        what = load.inject(shell)
+        index = int(what.split("#")[1].split()[0])
+        assert index >= plan.blocks, (index, plan.blocks)   # after the full ring
+        with pytest.raises(DataMismatch) as info:
+            load.after_hop(shell, 1, Deadline(20, "check", scaled=False))
+    finally:
+        shell.succeed(f"touch {tmp_path}/state/d1/stop")
+    block = plan.block_of(index)
+    assert f"block {block}, write #{index} (generation {index // plan.blocks}, made after " \
+        f"hop 0)" in info.value.message, (index, info.value.message)

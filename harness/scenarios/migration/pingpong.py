@@ -248,7 +248,12 @@ class PingPong:
         targets = [load for load in self.loads if load.kind == kind]
         if not targets:
             raise HarnessError(f"--inject {kind}: no {kind} load runs in this ping-pong")
-        what = targets[0].inject(self.current)
+        try:  # a disk load checks a full ring before it skips: it can find a mismatch
+            what = targets[0].inject(self.current)
+        except (DataMismatch, LoadStalled) as exc:
+            raise HopFailure("load-stalled" if isinstance(exc, LoadStalled)
+                             else "data-mismatch", self._hop, f"while injecting: {exc.message}",
+                             tail=exc.tail, process=self.current.name) from None
         self.injected.append(f"before hop {self._hop}: {what}")
         self.progress(f"injected fault before hop {self._hop}: {what}")
 
@@ -364,8 +369,7 @@ class PingPong:
                     self.current, f, self.artifacts, self.plan.topology.memory,
                     any(load.kind == "memory" for load in self.loads), self.progress))
         except KeyboardInterrupt:
-            # A second signal: no final checks, so not verified (not ok), but the
-            # summary of what was done.
+            # A second signal: no final checks, not ok, but a summary of what was done.
             result.ok = False
             result.final_checks = (f"skipped: {self.stop_requested or 'interrupted'} "
                                    "during the run or its final checks")
