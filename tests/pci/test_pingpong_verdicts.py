@@ -69,7 +69,8 @@ def test_each_loads_injected_fault_is_caught_after_the_hop(harness_factory, arti
     else:
         pytest.fail(f"every attempt ended in QEMU's own lost dirty pages before the check: "
                     f"{preempted}")
-    assert len(result.injected) == 1, result.injected
+    assert len(result.injected) == 1, \
+        (result.injected, result.failure.describe() if result.failure else "no failure")
     injected = result.injected[0]
     failure = result.failure
     assert failure is not None, f"--inject {load}@1 ({injected}) went unnoticed"
