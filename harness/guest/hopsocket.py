@@ -22,9 +22,14 @@ the session's EOF.
 
 from __future__ import annotations
 
+import fcntl
 import select
 import socket
+import struct
+import termios
 import threading
+import time
+from dataclasses import dataclass, field
 
 GUESTFWD_IP = "10.0.2.100"
 GUESTFWD_PORT = 2222
@@ -46,23 +51,64 @@ def guest_command(sshd: str) -> str:
             "</dev/null >/dev/null 2>&1 &")
 
 
+@dataclass
+class Leg:
+    """What went over one QEMU's connection: when an ssh-dead verdict asks whether
+    bytes went to a QEMU after its state was saved (lost) or came from two (twice)."""
+
+    name: str
+    sent: int = 0
+    received: int = 0
+    opened: float = field(default_factory=time.monotonic)
+    last_sent: float | None = None
+    last_received: float | None = None
+    followed: float | None = None   # when the session moved on to the next QEMU
+
+    def describe(self, now: float) -> str:
+        def ago(t: float | None) -> str:
+            return "never" if t is None else f"{now - t:.2f} s ago"
+        moved = f", left {ago(self.followed)}" if self.followed is not None else ""
+        return (f"{self.name}: sent {self.sent} B (last {ago(self.last_sent)}), received "
+                f"{self.received} B (last {ago(self.last_received)}){moved}")
+
+
 class HopSocket:
     """Socket-like object for paramiko: reads and writes the current QEMU's connection."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, name: str = "g00"):
         self._current = sock
         self._previous: list[socket.socket] = []   # oldest first, drained before current
         self._timeout: float | None = None
         self._lock = threading.Lock()
         self._closed = False  # paramiko's Transport.close() reads it
+        self._legs: dict[int, Leg] = {id(sock): Leg(name)}
+        self._order: list[Leg] = [self._legs[id(sock)]]
 
     # -- called by the harness ------------------------------------------------
-    def follow(self, sock: socket.socket) -> None:
+    def follow(self, sock: socket.socket, name: str = "next") -> None:
         """From now on write to `sock`; read it once the previous connections are drained."""
         sock.settimeout(self._timeout)
         with self._lock:
+            self._legs[id(self._current)].followed = time.monotonic()
             self._previous.append(self._current)
             self._current = sock
+            self._legs[id(sock)] = leg = Leg(name)
+            self._order.append(leg)
+
+    def unsent(self) -> int:
+        """Bytes written to the current QEMU's connection that QEMU has not read yet
+        (SIOCOUTQ of a unix socket; kernel accounting, so 0 means all read)."""
+        with self._lock:
+            current = self._current
+        raw = fcntl.ioctl(current.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
+
+    def ledger(self, last: int = 3) -> str:
+        """The bytes each of the last `last` connections carried, and when."""
+        now = time.monotonic()
+        with self._lock:
+            legs = self._order[-last:]
+            return "; ".join(leg.describe(now) for leg in legs)
 
     # -- the socket interface paramiko uses -----------------------------------
     def settimeout(self, timeout: float | None) -> None:
@@ -86,9 +132,11 @@ class HopSocket:
             if data is None:
                 continue  # nothing waiting (its QEMU is stopped and has not quit yet)
             if data:
+                self._count(old, received=len(data))
                 return data
             self._retire(old)
         data = current.recv(size)
+        self._count(current, received=len(data))
         if not data:
             with self._lock:
                 moved = current is not self._current
@@ -101,12 +149,15 @@ class HopSocket:
     def send(self, data: bytes) -> int:
         with self._lock:
             current = self._current
-        return current.send(data)
+        sent = current.send(data)
+        self._count(current, sent=sent)
+        return sent
 
     def sendall(self, data: bytes) -> None:
         with self._lock:
             current = self._current
         current.sendall(data)
+        self._count(current, sent=len(data))
 
     def close(self) -> None:
         with self._lock:
@@ -116,8 +167,24 @@ class HopSocket:
         for sock in socks:
             sock.close()
 
+    def _count(self, sock: socket.socket, sent: int = 0, received: int = 0) -> None:
+        if not sent and not received:
+            return
+        now = time.monotonic()
+        with self._lock:
+            leg = self._legs.get(id(sock))
+            if leg is None:
+                return
+            if sent:
+                leg.sent += sent
+                leg.last_sent = now
+            if received:
+                leg.received += received
+                leg.last_received = now
+
     def _retire(self, old: socket.socket) -> None:
         with self._lock:
             if old in self._previous:
                 self._previous.remove(old)
+            self._legs.pop(id(old), None)
         old.close()

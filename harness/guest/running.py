@@ -366,7 +366,7 @@ class Guest:
                      + guest_command(sshd))
         session = GuestShell(None, self.key, self.artifacts / "ssh.log")
         try:
-            session.attach(HopSocket(self.hop_sock), deadline)
+            session.attach(HopSocket(self.hop_sock, self.name), deadline)
         except BaseException:
             session.close()
             raise

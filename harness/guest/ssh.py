@@ -104,12 +104,19 @@ class GuestShell:
         """True for a session over a HopSocket: it can follow the guest to another QEMU."""
         return self._hop_socket is not None
 
-    def follow(self, sock: socket.socket, log_path: Path) -> None:
-        """The guest now runs in another QEMU: talk through that QEMU's connection."""
+    def follow(self, sock: socket.socket, log_path: Path, name: str = "next") -> None:
+        """The guest now runs in another QEMU (`name`): talk through its connection."""
         if self._hop_socket is None:
             raise HarnessError("this SSH session cannot follow a migration")
-        self._hop_socket.follow(sock)
+        self._hop_socket.follow(sock, name)
         self.relog(log_path)
+        # What the previous QEMU's connection carried, for an ssh-dead post-mortem.
+        self._log.write(f"# session moved to {name}: {self._hop_socket.ledger(2)}\n")
+
+    def ledger(self) -> str | None:
+        """Bytes the migrating session carried over its last connections (None for a
+        session that does not migrate)."""
+        return self._hop_socket.ledger() if self._hop_socket is not None else None
 
     def ping(self, deadline: Deadline) -> float:
         """One request/answer round trip with sshd, no command run: open a channel
@@ -130,13 +137,30 @@ class GuestShell:
         return seconds
 
     def settle(self, deadline: Deadline) -> bool:
-        """Until the last command's channel is closed both ways: sshd sends its
-        CLOSE after the exit status, and paramiko answers it from its own thread,
-        so right after `execute` returns the harness may still be sending.  False
-        when the deadline came first."""
+        """Until nothing the harness sent is on its way: the last command's channel
+        is closed both ways, and (a migrating session) QEMU has read every byte.
+        False when the deadline came first.
+
+        sshd sends its CLOSE after the exit status, and paramiko answers it from
+        its own thread, so right after `execute` returns the harness may still be
+        sending; `channel.closed` is set before that answer is written, not after
+        (a sweep lost it at hop 2 under load: the session moved on 0.44 s after
+        its last send to a source already stopped).  A ping's round trip comes
+        after it in the stream, and the ping's own CLOSE is written by this
+        thread; then the socket's send queue says when QEMU read it."""
         channel = self._last_channel
-        return channel is None or deadline.poll(
-            lambda: True if channel.closed else None, interval=0.005) is not None
+        if channel is not None and deadline.poll(
+                lambda: True if channel.closed else None, interval=0.005) is None:
+            return False
+        hop_socket = self._hop_socket
+        if hop_socket is None:
+            return True
+        try:
+            self.ping(deadline)
+        except SshUnavailable:
+            return False
+        return deadline.poll(lambda: True if hop_socket.unsent() == 0 else None,
+                             interval=0.005) is not None
 
     def relog(self, log_path: Path) -> None:
         """Log later commands to `log_path` (the session moved to another process)."""

@@ -93,3 +93,35 @@ def test_netdev_option_and_guest_command_agree_on_the_address():
     option = guestfwd_option("/run/x/ssh-hop.sock")
     assert option == "guestfwd=tcp:10.0.2.100:2222-unix:/run/x/ssh-hop.sock"
     assert "nc 10.0.2.100 2222 -e /run/sshd" in guest_command("/run/sshd")
+
+
+def test_the_ledger_counts_each_qemus_bytes_both_ways():
+    old_ours, old_qemu = _pair()
+    new_ours, new_qemu = _pair()
+    hop = HopSocket(old_ours, "g00")
+    hop.settimeout(0.1)
+    hop.sendall(b"12345")             # 5 B to g00
+    old_qemu.sendall(b"abc")          # 3 B from g00, read after the follow
+    hop.follow(new_ours, "g01")
+    hop.sendall(b"1234567")           # 7 B to g01
+    new_qemu.sendall(b"xy")
+    assert hop.recv(100) == b"abc"
+    assert hop.recv(100) == b"xy"
+    ledger = hop.ledger()
+    g00, g01 = ledger.split("; ")
+    assert g00.startswith("g00: sent 5 B (last ") and "received 3 B" in g00 and "left" in g00, \
+        ledger
+    assert g01.startswith("g01: sent 7 B (last ") and "received 2 B" in g01 \
+        and "left" not in g01, ledger
+
+
+def test_unsent_counts_what_the_qemu_end_has_not_read():
+    ours, qemu = _pair()
+    hop = HopSocket(ours)
+    assert hop.unsent() == 0
+    hop.sendall(b"x" * 96)            # the size of a channel CLOSE
+    assert hop.unsent() > 0
+    assert qemu.recv(40) == b"x" * 40
+    assert hop.unsent() > 0           # part of it still waits
+    assert qemu.recv(100) == b"x" * 56
+    assert hop.unsent() == 0

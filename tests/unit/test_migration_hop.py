@@ -167,12 +167,15 @@ class FakeSession:
         self.followed: list[Any] = []
         self.pings = 0
 
-    def follow(self, sock: Any, log_path: Path) -> None:
+    def follow(self, sock: Any, log_path: Path, name: str = "next") -> None:
         self.followed.append(sock)
 
     def ping(self, deadline: Any) -> float:
         self.pings += 1
         return 0.01
+
+    def ledger(self) -> str:
+        return "g03: sent 96 B (last 0.40 s ago); g04: sent 0 B"
 
 
 def test_the_session_follows_the_guest_to_the_destination():
@@ -297,6 +300,9 @@ def test_broken_session_but_a_new_login_works_blames_the_migrated_connection():
     assert failure.kind == "ssh-dead" and failure.hop == 4
     assert "does not answer on its SSH session" in failure.detail
     assert "a new SSH login works" in failure.detail and "slirp guestfwd" in failure.detail
+    # The session's bytes per QEMU are part of the verdict: lost or doubled bytes show.
+    assert "(session bytes: g03: sent 96 B (last 0.40 s ago); g04: sent 0 B)" \
+        in failure.detail, failure.detail
     assert logins and logins[0].closed
 
 

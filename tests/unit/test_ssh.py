@@ -97,3 +97,41 @@ def test_output_ended_but_no_exit_status_ends_at_the_deadline(tmp_path):
         shell.execute("frozen", timeout=0.3)
     assert "half" in (info.value.tail or "")
     assert "# status TIMEOUT" in (tmp_path / "ssh.log").read_text()
+
+
+def test_a_migrating_session_settles_only_when_qemu_has_read_every_byte(tmp_path):
+    """paramiko marks a channel closed before its thread writes the CLOSE answer:
+    settle must not end on `closed` alone.  It pings (a round trip behind that
+    answer) and then waits until the QEMU end has read all (the send queue)."""
+    import socket
+
+    from harness.deadline import Deadline
+    from harness.guest.hopsocket import HopSocket
+
+    ours, qemu = socket.socketpair()
+    hop_socket = HopSocket(ours, "g01")
+    events: list[str] = []
+    ping_channel = mock.Mock()
+    ping_channel.close.side_effect = lambda: (events.append("ping"),
+                                              hop_socket.sendall(b"c" * 96))
+    transport = mock.Mock()
+    transport.is_active.return_value = True
+    transport.open_session.return_value = ping_channel
+    shell = GuestShell(None, SshKey(), tmp_path / "ssh.log")
+    shell._session = transport
+    shell._hop_socket = hop_socket
+    shell._last_channel = mock.Mock(closed=True)
+    # QEMU has not read the ping's CLOSE: not settled.
+    assert shell.settle(Deadline(0.3, "settle", scaled=False)) is False
+    assert events == ["ping"]
+    # A QEMU that reads what arrives: settled.
+    import threading
+
+    threading.Thread(target=lambda: [qemu.recv(4096) for _ in range(3)], daemon=True).start()
+    assert shell.settle(Deadline(2, "settle", scaled=False)) is True
+    assert hop_socket.unsent() == 0
+    assert events == ["ping", "ping"]
+    # A channel still open (no CLOSE from sshd yet) is not settled either, and no ping.
+    shell._last_channel = mock.Mock(closed=False)
+    assert shell.settle(Deadline(0.2, "settle", scaled=False)) is False
+    assert events == ["ping", "ping"]

@@ -217,7 +217,7 @@ def migrate(src: Guest, dst: Guest, hop: int, *, transport: Transport = "unix",
         if dst.hop_sock is None:
             raise HarnessError(f"destination {dst.name} has no guestfwd connection for the "
                                "migrating SSH session (launch it with migrating_ssh=True)")
-        session.follow(dst.hop_sock, dst.artifacts / "ssh.log")
+        session.follow(dst.hop_sock, dst.artifacts / "ssh.log", dst.name)
         dst.hop_sock, src.shell, dst.shell = None, None, session
     status = _wait_loaded(src, dst, hop, Deadline(LOAD_SECONDS, f"hop {hop} destination load"))
     run_on = was_running or resume

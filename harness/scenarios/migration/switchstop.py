@@ -29,7 +29,11 @@ with a plain QMP `stop` 0.4 s before the migration as well (7.2.22: hop 2 of
 gdbstub's doing.  The hop waits until paramiko has answered sshd's channel
 CLOSE (it does so from its own thread, after `execute` returned: a sweep that
 checked only the queues broke at hop 32 with SendQ 96 on the source) and the
-guestfwd connection's RecvQ and SendQ are 0.
+guestfwd connection's RecvQ and SendQ are 0.  paramiko marks the channel closed
+before it writes that answer, so the quiet check could still pass ahead of it
+(1 sweep in 20 under CPU load, a new login working, the session's last send
+0.44 s before the move): the session now also pings (a round trip behind that
+answer) and waits until QEMU has read every byte (the socket's send queue).
 
 Breakpoints are software breakpoints (`Z0`), which TCG checks by PC without
 patching guest code.  Under KVM they would be written into guest memory (and

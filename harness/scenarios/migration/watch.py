@@ -77,7 +77,7 @@ def ping_watching(guest: Guest, hop: int, deadline: Deadline) -> None:
               lambda: shell.ping(Deadline(max(deadline.remaining(), 0.1),
                                           f"SSH answer from {guest.name}", scaled=False)),
               "does not answer on its SSH session (it was open before the hop)",
-              diagnose=lambda: _new_login_verdict(guest))
+              diagnose=lambda: _new_login_verdict(guest, shell.ledger()))
 
 
 def new_login_error(guest: Guest, seconds: float) -> str | None:
@@ -95,14 +95,17 @@ def new_login_error(guest: Guest, seconds: float) -> str | None:
     return None
 
 
-def _new_login_verdict(guest: Guest) -> str:
+def _new_login_verdict(guest: Guest, ledger: str | None = None) -> str:
     """After the followed session broke: does a new login work?  Yes points at the
-    migrated TCP connection (slirp's guestfwd state), no at the guest."""
+    migrated TCP connection (slirp's guestfwd state), no at the guest.  The
+    session's bytes per QEMU (`ledger`) show whether any went to a source after its
+    stop or came from two QEMUs."""
     error = new_login_error(guest, LOGIN_CHECK_SECONDS)
+    bytes_moved = f" (session bytes: {ledger})" if ledger else ""
     if error is not None:
-        return f"a new SSH login fails too: {error}"
+        return f"a new SSH login fails too: {error}{bytes_moved}"
     return ("a new SSH login works, so the session's migrated TCP connection "
-            "(slirp guestfwd state) is what broke")
+            f"(slirp guestfwd state) is what broke{bytes_moved}")
 
 
 def _watching(guest: Guest, hop: int, deadline: Deadline, action: Callable[[], Any],
