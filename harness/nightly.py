@@ -148,7 +148,7 @@ def run_nightly(args: argparse.Namespace) -> int:
     started = dt.datetime.now().astimezone()
     clock = time.monotonic()
     runs, tests, problems = [], [], []
-    with stopping.stoppable() as stop:
+    with stopping.stoppable(float(getattr(args, "max_minutes", 0.0) or 0.0)) as stop:
         cells = boot_runs.boot_stress_cells(args, binaries, labels, machines, output)
         crossing = cross_version_runs(args, binaries, labels, cross_machine,
                                       output) if cross else []
@@ -195,10 +195,11 @@ def run_nightly(args: argparse.Namespace) -> int:
         problems=tuple(problems), interrupted=interrupted,
         figures=figures, slowdowns=tuple(slowdowns(history, figures)), history=tuple(history))
     status = _finish(report, output, args.json)
-    if stop.signum is not None and interrupted:
+    if interrupted:  # a signal's exit status, or the verdict's (FAIL) for the deadline
+        if stop.signum is not None:
+            status = 128 + stop.signum
         _say(f"{interrupted['words']}: reports for the {len(tests)} test(s) that ran are in "
-             f"{output}; exit {128 + stop.signum}")
-        return 128 + stop.signum
+             f"{output}; exit {status}")
     return status
 
 

@@ -1,4 +1,5 @@
-"""SIGTERM or SIGINT during a nightly: stop the workers, keep what ran, say so.
+"""SIGTERM, SIGINT or the nightly's own deadline: stop the workers, keep what ran,
+say so.
 
 A CI job that times out sends SIGTERM to the nightly; a person presses
 Ctrl-C.  Either way the tests that already ran are results worth keeping, so
@@ -10,6 +11,11 @@ summary).  The nightly then starts nothing new and writes every report for
 what ran, marked interrupted with the signal and the tests not run
 (harness/nightly.py).  A second signal no longer waits: the child is
 terminated (pytest) or killed (a hunt's process group).
+
+`--max-minutes` (`NightlyStop.expire`) stops a nightly that outlives its
+deadline the same way, as a first signal would; if the children are still
+running GRACE_SECONDS later, as a second.  A test that hangs in a way no
+deadline of its own catches can thus not hold a night's reports back for good.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +35,9 @@ from typing import Any
 
 #: The signals a nightly survives to write its reports.
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: After the deadline's stop, how long the children get to end before they are
+#: terminated (pytest) or killed (a hunt's group).
+GRACE_SECONDS = 60.0
 
 
 @dataclass
@@ -35,17 +45,38 @@ class NightlyStop:
     """The stop request of one nightly and the children it must pass on to."""
 
     signum: int | None = None
-    at: float = 0.0             # time.monotonic() of the first signal
+    at: float = 0.0             # time.monotonic() of the first signal (or the deadline)
+    deadline: str = ""          # "the --max-minutes M deadline" once that stopped it
     _children: list[tuple[subprocess.Popen[Any], bool]] = field(default_factory=list)
     _previous: dict[int, Any] = field(default_factory=dict)
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or bool(self.deadline)
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
+        """What stopped the nightly: a signal's name or its deadline."""
+        return signal.Signals(self.signum).name if self.signum is not None else self.deadline
+
+    def expire(self, minutes: float, grace_s: float = GRACE_SECONDS) -> None:
+        """The nightly's deadline (a timer thread): stop as a first signal would,
+        and as a second if the children still run `grace_s` later."""
+        if self.requested:
+            return
+        self.deadline, self.at = f"the --max-minutes {minutes:g} deadline", time.monotonic()
+        print(f"pci-harness nightly: {self.deadline} passed: stopping the running tests; "
+              f"the reports will hold what ran (what still runs in {grace_s:g} s is stopped "
+              "at once)", file=sys.stderr, flush=True)
+        for proc, group in list(self._children):
+            _pass_on(proc, group, True)
+        escalate = threading.Timer(grace_s, self._escalate)
+        escalate.daemon = True
+        escalate.start()
+
+    def _escalate(self) -> None:
+        for proc, group in list(self._children):
+            _pass_on(proc, group, False)
 
     def install(self) -> None:
         for signum in SIGNALS:
@@ -57,7 +88,7 @@ class NightlyStop:
         self._previous.clear()
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        first = self.signum is None
+        first = not self.requested
         if first:
             self.signum, self.at = signum, time.monotonic()
             print(f"pci-harness nightly: {signal.Signals(signum).name}: stopping the running "
@@ -72,7 +103,7 @@ class NightlyStop:
         a stop that came before it started reaches it at once."""
         self._children.append((proc, group))
         try:
-            if self.signum is not None:
+            if self.requested:
                 _pass_on(proc, group, True)
             yield
         finally:
@@ -97,15 +128,23 @@ ACTIVE: NightlyStop | None = None
 
 
 @contextmanager
-def stoppable() -> Iterator[NightlyStop]:
-    """Install a NightlyStop for the duration of a nightly."""
+def stoppable(max_minutes: float = 0.0) -> Iterator[NightlyStop]:
+    """Install a NightlyStop for the duration of a nightly, with its deadline
+    (`max_minutes`, 0 for none)."""
     global ACTIVE
     stop = NightlyStop()
     stop.install()
     ACTIVE = stop
+    timer = None
+    if max_minutes > 0:
+        timer = threading.Timer(max_minutes * 60, stop.expire, args=(max_minutes,))
+        timer.daemon = True
+        timer.start()
     try:
         yield stop
     finally:
+        if timer is not None:
+            timer.cancel()
         ACTIVE = None
         stop.restore()
 
@@ -116,7 +155,7 @@ def interruption(stop: NightlyStop, not_started: Sequence[str], runs: Sequence[A
     signal, how long after `started` (time.monotonic()) it came, how many
     collected tests did not run, the QEMU runs never started; `runs` are
     RunInfo with their `not_run` lists."""
-    if stop.signum is None:
+    if not stop.requested:
         return None
     after_s = stop.at - started
     not_run = sum(len(r.not_run) for r in runs)
@@ -124,7 +163,8 @@ def interruption(stop: NightlyStop, not_started: Sequence[str], runs: Sequence[A
                     for r in runs)
     words = (f"interrupted by {stop.name} after {after_s:.0f} s; {ran or 'no run started'}"
              + (f"; not started: QEMU {', '.join(not_started)}" if not_started else ""))
-    return {"signal": stop.name, "after_s": round(after_s, 3), "not_run": not_run,
+    return {"signal": stop.name if stop.signum is not None else None,
+            "deadline": stop.deadline or None, "after_s": round(after_s, 3), "not_run": not_run,
             "runs_not_started": list(not_started), "words": words}
 
 

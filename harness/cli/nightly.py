@@ -21,6 +21,10 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
     parser.add_argument(*flags, **kwargs)
 
 
+#: The nightly's own deadline: here a two-QEMU night takes 11 minutes; a test
+#: that hangs past every deadline of its own must not hold the reports back.
+DEFAULT_MAX_MINUTES = 180.0
+
 #: An upper bound of drawn machines per minute of budget (about 4 s each on two
 #: quiet TCG cores); the tests past the budget skip at once.
 EXPLORE_PER_MINUTE = 30
@@ -89,6 +93,10 @@ def register(subparsers: Any) -> None:
     _add(parser, "--explore-seed", type=int, default=1, metavar="S",
          help="the seed the nightly's machines are drawn from (default 1: the same "
               "machines every night, so a failure is new against the baseline)")
+    _add(parser, "--max-minutes", type=float, default=DEFAULT_MAX_MINUTES, metavar="M",
+         help="stop the nightly after M minutes as SIGTERM would: what ran is reported, "
+              "what did not is listed as not run, and the night fails (default "
+              f"{DEFAULT_MAX_MINUTES:g}; 0: no deadline)")
     _add(parser, "--tx", action="append", default=[], metavar="SPEC",
          help="pytest-xdist gateway, repeatable: ssh=HOST//python=PATH/.venv/bin/python"
               "//chdir=PATH (replaces -n unless --jobs is given too)")

@@ -178,3 +178,33 @@ def test_a_killed_nightly_leaves_no_pytest_and_no_qemu(tmp_path: Path) -> None:
     while _processes_of(out) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _processes_of(out) == [], "left running after kill -9 of the nightly"
+
+
+def test_a_nightly_past_its_max_minutes_stops_itself_and_fails(tmp_path: Path) -> None:
+    """`--max-minutes`: the nightly stops its own tests at the deadline as SIGTERM
+    would, writes every report for what ran, and fails (exit 1) saying why."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    minutes = 0.5
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "nightly", "--accel", "tcg", "--output", str(out),
+         "--boot-stress-boots", "0", "--timeout-multiplier", "4", "--max-minutes",
+         str(minutes), "--", "-m", "smoke"],
+        check=False, cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=300,
+        start_new_session=True)
+    took = time.monotonic() - started
+    deadline = f"the --max-minutes {minutes:g} deadline"
+    assert proc.returncode == 1, f"exit {proc.returncode}, expected 1\n{proc.stderr[-3000:]}"
+    assert minutes * 60 <= took < minutes * 60 + 90, f"ended after {took:.0f} s"
+    assert f"{deadline} passed: stopping the running tests" in proc.stderr, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    interrupted = report["interrupted"]
+    assert interrupted and (interrupted["signal"], interrupted["deadline"]) == (None, deadline), \
+        interrupted
+    assert minutes * 60 - 1 < interrupted["after_s"] < minutes * 60 + 30, interrupted
+    assert interrupted["not_run"] > 0 and report["runs"][0]["not_run"], interrupted
+    assert report["ok"] is False and any(f"interrupted by {deadline}" in r
+                                         for r in report["reasons"]), report["reasons"]
+    time.sleep(1)
+    assert _processes_of(out) == [], "left running after the nightly's deadline"
