@@ -100,7 +100,8 @@ def known_gap_of(topology: Topology, qemu_version: str,
     version = parse_version(qemu_version)
 
     def lookup(d: Difference) -> KnownGap | None:
-        return gap_for_difference(drivers.get(d.device), d.field, d.qemu, version, machine)
+        return gap_for_difference(drivers.get(d.device), d.field, d.qemu, version, machine,
+                                  ancestors=topology.ancestors(d.device))
 
     return lookup
 

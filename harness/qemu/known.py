@@ -32,6 +32,9 @@ facts of what a version does right live in qemu/facts.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from harness.qemu.facts import Version
 from harness.qemu.gap import FAILS, PASSES, KnownGap, Measurement
 from harness.qemu.ranges import FirmwareRange, VersionRange
@@ -40,11 +43,14 @@ from harness.qemu.signature import Shows, Signature
 
 def gap_for_difference(driver: str | None, field: str, qemu_value: object,
                        qemu_version: Version, machine: str,
-                       gaps: tuple[KnownGap, ...] | None = None) -> KnownGap | None:
+                       gaps: tuple[KnownGap, ...] | None = None,
+                       ancestors: Sequence[Any] = ()) -> KnownGap | None:
     """The known gap that explains a three-view difference on this QEMU and machine
-    type (versioned: resolve aliases first), or None: an unexpected difference."""
+    type (versioned: resolve aliases first), or None: an unexpected difference.
+    `ancestors`: the topology's devices above the device (Topology.ancestors), for
+    gaps that show only in one place (Shows.below)."""
     for gap in KNOWN_GAPS if gaps is None else gaps:
-        if any(s.matches(driver, field, qemu_value) for s in gap.shows) \
+        if any(s.matches(driver, field, qemu_value, ancestors) for s in gap.shows) \
                 and gap.holds(qemu_version, machine):
             return gap
     return None
@@ -245,10 +251,10 @@ KNOWN_GAPS: tuple[KnownGap, ...] = (
              "whatever port it sits below",
         versions=VersionRange((7, 2), fixed=(10, 0)),
         machines=frozenset({"q35"}),
-        shows=(Shows("bus_hotplug", "pci-bridge", "shpc"),
-               Shows("bus_hotplug", "pcie-pci-bridge", "shpc"),
-               Shows("bus_hotplug", "xio3130-downstream", "pcie-native"),
-               Shows("bus_hotplug", "x3130-upstream", "none")),
+        shows=tuple(Shows("bus_hotplug", driver, handler, below=("hotplug", False))
+                    for driver, handler in (("pci-bridge", "shpc"), ("pcie-pci-bridge", "shpc"),
+                                            ("xio3130-downstream", "pcie-native"),
+                                            ("x3130-upstream", "none"))),
         signature=Signature(pattern=r"^bridges below a hotplug=off port not ACPI-hotplugged"),
         tests=("test_bridges_below_a_hotplug_off_port_are_acpi_hotplugged",),
         evidence=(

@@ -22,7 +22,9 @@ Class names, not classes: qemu/ imports neither the guest nor the scenarios.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Shows", "Signature"]
 
@@ -82,7 +84,18 @@ class Shows:
     field: str
     driver: str | None = None
     qemu: object = None          # the value QEMU reports instead; None: whatever it is
+    #: Where the device must sit: (property, value) some device above it has, such
+    #: as ("hotplug", False) for "below a port with hotplug=off"; None: anywhere.
+    below: tuple[str, object] | None = None
 
-    def matches(self, driver: str | None, field: str, qemu_value: object) -> bool:
+    def matches(self, driver: str | None, field: str, qemu_value: object,
+                ancestors: Sequence[Any] = ()) -> bool:
+        """`ancestors`: the topology's devices above this one (Topology.ancestors)."""
         return (field == self.field and self.driver in (None, driver)
-                and (self.qemu is None or qemu_value == self.qemu))
+                and (self.qemu is None or qemu_value == self.qemu)
+                and (self.below is None or any(_has(a, *self.below) for a in ancestors)))
+
+
+def _has(device: Any, name: str, value: object) -> bool:
+    """Does the topology device have property `name` = `value` (booleans as QEMU reads)?"""
+    return bool((device.flag(name) if isinstance(value, bool) else device.prop(name)) == value)

@@ -168,6 +168,17 @@ class Topology:
     def bus_of(self, dev: Device) -> str:
         return dev.bus or self.root_bus
 
+    def ancestors(self, device_id: str) -> tuple[Device, ...]:
+        """The devices above `device_id`, nearest first: the bridge or port whose bus
+        it sits on, that one's, ... (a bus is named after the device that makes it)."""
+        by_id = {d.id: d for d in self.devices}
+        out: list[Device] = []
+        dev = by_id.get(device_id)
+        while dev is not None and dev.bus in by_id and by_id[dev.bus] not in out:
+            dev = by_id[dev.bus]
+            out.append(dev)
+        return tuple(out)
+
     def describe(self, dev: Device | None = None) -> str:
         """"device 'x' in FILE" for messages."""
         text = f"device {dev.id!r}" if dev is not None else "topology"

@@ -80,3 +80,46 @@ def test_a_gap_matches_its_driver_field_and_value_only():
 def test_with_no_difference_there_is_nothing_known():
     result = compare_result(recorded("q35-pcie-to-pci"), [])
     assert (result["ok"], result["differences"], result["known_failures"]) == (True, [], [])
+
+
+def _bridge_below(port_hotplug: str | None):
+    from harness.topology import topology_from_dict
+
+    port = {"id": "rp1", "driver": "ioh3420"} | ({"hotplug": port_hotplug} if port_hotplug
+                                                 else {})
+    return topology_from_dict({"machine": "q35", "device": [
+        port, {"id": "up1", "driver": "x3130-upstream", "bus": "rp1"},
+        {"id": "dn1", "driver": "xio3130-downstream", "bus": "up1", "chassis": 3, "slot": 0},
+        {"id": "pb1", "driver": "pci-bridge", "bus": "dn1", "chassis_nr": 4},
+        {"id": "top", "driver": "pci-bridge", "chassis_nr": 5}]})
+
+
+def test_ancestors_are_the_devices_above_nearest_first():
+    topology = _bridge_below("off")
+    assert [d.id for d in topology.ancestors("pb1")] == ["dn1", "up1", "rp1"]
+    assert topology.ancestors("top") == () and topology.ancestors("rp1") == ()
+    assert topology.ancestors("no-such-device") == ()
+
+
+def test_the_hotplug_off_port_gap_explains_a_bridge_only_below_such_a_port():
+    """The gap's Shows say where it shows (below=("hotplug", False)): the same SHPC
+    handler on a bridge anywhere else is an unexpected difference (it was taken
+    for this gap when Shows matched by driver and value alone)."""
+    from harness.qemu.facts import parse_version
+
+    v722, v1002 = parse_version("7.2.22"), parse_version("10.0.2")
+
+    def gap(topology, device: str, driver: str, handler: str, version=v722):
+        found = gap_for_difference(driver, "bus_hotplug", handler, version, "pc-q35-7.2",
+                                   ancestors=topology.ancestors(device))
+        return found.id if found else None
+
+    below_off, below_on, nothing = _bridge_below("off"), _bridge_below("on"), _bridge_below(None)
+    want = "acpi-hotplug-stops-at-hotplug-off-port"
+    assert gap(below_off, "pb1", "pci-bridge", "shpc") == want
+    assert gap(below_off, "dn1", "xio3130-downstream", "pcie-native") == want
+    assert gap(below_off, "up1", "x3130-upstream", "none") == want
+    assert gap(below_off, "pb1", "pci-bridge", "shpc", v1002) is None   # fixed in 10.0
+    assert gap(below_off, "top", "pci-bridge", "shpc") is None          # not below the port
+    assert gap(below_on, "pb1", "pci-bridge", "shpc") is None
+    assert gap(nothing, "pb1", "pci-bridge", "shpc") is None

@@ -200,7 +200,8 @@ class MachineCheck:
         known: list[dict[str, Any]] = []
         for d in views.differences():
             problem = difference_problem(topology, d)
-            gap = gap_for_difference(problem["driver"], d.field, d.qemu, self.version, machine)
+            gap = gap_for_difference(problem["driver"], d.field, d.qemu, self.version, machine,
+                                     ancestors=topology.ancestors(d.device))
             (known if gap is not None else problems).append(
                 problem if gap is None else {**problem, "gap": gap.id})
         timings = {"boot_s": boot_s, **{f"{k}_s": v for k, v in views.seconds.items()}}
