@@ -103,11 +103,12 @@ class HopSocket:
         raw = fcntl.ioctl(current.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
         return int(struct.unpack("i", raw)[0])
 
-    def ledger(self, last: int = 3) -> str:
-        """The bytes each of the last `last` connections carried, and when."""
+    def ledger(self, last: int = 3, current: bool = True) -> str:
+        """The bytes each of the last `last` connections carried, and when (without
+        the current one unless `current`)."""
         now = time.monotonic()
         with self._lock:
-            legs = self._order[-last:]
+            legs = (self._order if current else self._order[:-1])[-last:]
             return "; ".join(leg.describe(now) for leg in legs)
 
     # -- the socket interface paramiko uses -----------------------------------

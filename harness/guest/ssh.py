@@ -111,7 +111,7 @@ class GuestShell:
         self._hop_socket.follow(sock, name)
         self.relog(log_path)
         # What the previous QEMU's connection carried, for an ssh-dead post-mortem.
-        self._log.write(f"# session moved to {name}: {self._hop_socket.ledger(2)}\n")
+        self._log.write(f"# session moved to {name}: {self._hop_socket.ledger(1, current=False)}\n")
 
     def ledger(self) -> str | None:
         """Bytes the migrating session carried over its last connections (None for a

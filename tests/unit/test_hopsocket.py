@@ -125,3 +125,12 @@ def test_unsent_counts_what_the_qemu_end_has_not_read():
     assert hop.unsent() > 0           # part of it still waits
     assert qemu.recv(100) == b"x" * 56
     assert hop.unsent() == 0
+
+
+def test_the_ledger_without_the_current_connection():
+    old_ours, _ = _pair()
+    new_ours, _ = _pair()
+    hop = HopSocket(old_ours, "g00")
+    hop.follow(new_ours, "g01")
+    assert hop.ledger(1, current=False).startswith("g00: sent 0 B"), hop.ledger(1, current=False)
+    assert hop.ledger(1).startswith("g01: "), hop.ledger(1)
