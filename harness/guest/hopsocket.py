@@ -100,7 +100,10 @@ class HopSocket:
         (SIOCOUTQ of a unix socket; kernel accounting, so 0 means all read)."""
         with self._lock:
             current = self._current
-        raw = fcntl.ioctl(current.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        try:
+            raw = fcntl.ioctl(current.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):  # closed: nothing of it will be read any more
+            return 0
         return int(struct.unpack("i", raw)[0])
 
     def ledger(self, last: int = 3, current: bool = True) -> str:

@@ -134,3 +134,11 @@ def test_the_ledger_without_the_current_connection():
     hop.follow(new_ours, "g01")
     assert hop.ledger(1, current=False).startswith("g00: sent 0 B"), hop.ledger(1, current=False)
     assert hop.ledger(1).startswith("g01: "), hop.ledger(1)
+
+
+def test_a_closed_connection_has_nothing_unsent():
+    ours, _ = _pair()
+    hop = HopSocket(ours)
+    hop.sendall(b"x")
+    hop.close()
+    assert hop.unsent() == 0
