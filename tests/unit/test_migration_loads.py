@@ -162,10 +162,8 @@ def test_state_lines_parse():
     assert parse_states(text) == {"ahci": LoadState(5, 0, 0, "", 1)}
 
 
-def test_a_ring_filled_before_the_first_look_is_checked_not_stalled(tmp_path):
-    """The loop can fill its whole ring before wait_started looks (a fast disk): the
-    first check must read those writes back and acknowledge them, not wait for a
-    progress the loop cannot make until it is acknowledged (it stalled at 8 writes)."""
+def _full_ring(tmp_path):
+    """A write load on an 8-block file whose loop has filled its ring and waits."""
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"\0" * (8 * BLOCK_SIZE))
     shell = HostShell(tmp_path / "state")
@@ -176,6 +174,15 @@ def test_a_ring_filled_before_the_first_look_is_checked_not_stalled(tmp_path):
     while (state := load.state(shell)).waits == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert state.written == plan.blocks and state.waits > 0, state
+    return load, shell
+
+
+def test_a_ring_filled_before_the_first_look_is_checked_not_stalled(tmp_path):
+    """The loop can fill its whole ring before wait_started looks (a fast disk): the
+    first check must read those writes back and acknowledge them, not wait for a
+    progress the loop cannot make until it is acknowledged (it stalled at 8 writes)."""
+    load, shell = _full_ring(tmp_path)
+    plan = load.plan
     assert load.wait_started(shell, Deadline(5, "first write", scaled=False)).written == plan.blocks
     checked = load.after_hop(shell, 1, Deadline(5, "check", scaled=False))
     assert checked.units == plan.blocks, checked
@@ -187,16 +194,8 @@ def test_an_injection_into_a_full_ring_is_made_and_caught_after_the_hop(tmp_path
     --inject then waited 30 s for a skip that could not come (LoadStalled in CI on
     --inject write@1).  The writes so far are checked and acknowledged, the skip
     happens, and the check after hop 1 names the skipped write as made before it."""
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(b"\0" * (8 * BLOCK_SIZE))
-    shell = HostShell(tmp_path / "state")
-    plan = LoadPlan.from_seed("d1", 5, 8 * BLOCK_SIZE)
-    load = DiskLoad(plan, str(disk), "write")
-    load.start(shell)
-    deadline = time.monotonic() + 30
-    while (state := load.state(shell)).waits == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert state.written == plan.blocks and state.waits > 0, state
+    load, shell = _full_ring(tmp_path)
+    plan = load.plan
     try:
         what = load.inject(shell)
         index = int(what.split("#")[1].split()[0])
