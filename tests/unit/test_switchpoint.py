@@ -262,3 +262,31 @@ def test_session_queues_read_the_guestfwd_row_of_info_usernet():
     assert session_queues(USERNET) == (0, 96)
     assert session_queues(USERNET.replace("    96", "     0")) == (0, 0)
     assert session_queues(USERNET, port=2223) is None
+
+
+def test_a_failed_switched_hop_says_where_the_source_was_stopped():
+    """A sweep's pytest failure showed only "hop 2: ssh-dead: ...": the hop whose
+    source a switch point stopped now names the place and the options to stop
+    there again; a hop without a stop is left as it was."""
+    from harness.scenarios.migration.pingpong import PingPong
+
+    plan = SwitchPlan("sweep", point=SwitchPoint("ahci_qc_issue"))
+    run = PingPong.__new__(PingPong)   # guarded() needs only the stops and the hop
+    run.stops = {2: StopRecord(plan.for_hop(2), 0x15, "ahci_qc_issue+0x5 [libahci]", "push %rbp",
+                               "55", 0.25)}
+    run._hop, run.live, run.current = 2, [], None
+
+    def failing(hop: int):
+        def step():
+            raise HopFailure("ssh-dead", hop, "no answer")
+        return step
+
+    with pytest.raises(HopFailure) as info:
+        run.guarded(failing(2))
+    assert str(info.value).startswith(
+        "hop 2: ssh-dead: no answer; the source was stopped at ahci_qc_issue+0x5 [libahci] "
+        "(push %rbp) [--switch-at ahci_qc_issue --step 1]"), str(info.value)
+    assert info.value.detail.endswith("[--switch-at ahci_qc_issue --step 1]")
+    with pytest.raises(HopFailure) as info:
+        run.guarded(failing(3))
+    assert str(info.value) == "hop 3: ssh-dead: no answer.", str(info.value)

@@ -91,6 +91,24 @@ class HopRecord:
     def verify_s(self) -> float:
         return sum(v.seconds for v in self.verified.values())
 
+    def describe(self) -> str:
+        """The hop's progress line."""
+        s = self.stats
+        down = f"{s.downtime_ms:.0f} ms" if s.downtime_ms is not None else "?"
+        kept = (f"; state kept ({self.kept.stream_bytes / 1e6:.0f} MB stream, "
+                f"{self.kept.disk_bytes / 1e6:.0f} MB disks, "
+                f"{self.kept.disks_s:.2f} s disk copy)" if self.kept else "")
+        switch = self.switch or {}
+        what = f"{switch['instruction']}, " if switch.get("instruction") else ""
+        where = (f" stopped at {switch['where']} ({what}{switch['stop_s']:.2f} s),"
+                 if switch else "")
+        ram = (f", RAM identical at the switchover ({self.ram_compare_s:.2f} s)"
+               if self.ram_compare_s is not None else "")
+        return (f"hop {s.hop} {s.source}->{s.destination}:{where} {s.total_s:.2f} s "
+                f"(downtime {down}, {(s.ram_bytes or 0) / 1e6:.0f} MB{ram}), "
+                f"checks {self.check_s:.2f} s: verified {self.verified_mib:.1f} MiB, "
+                f"{self.verified_files} files in {self.verify_s:.2f} s{kept}")
+
     def as_dict(self) -> dict[str, Any]:
         return {**self.stats.as_dict(), "check_s": round(self.check_s, 3),
                 "verified_mib": round(self.verified_mib, 2),

@@ -352,7 +352,7 @@ class PingPong:
                     break
                 record = self.guarded(self.hop)
                 result.records.append(record)
-                self._show(record)
+                self.progress(record.describe())
             if self.stop_requested is not None:
                 self.progress(f"{self.stop_requested}: stopping after {self._hop} hops; "
                               "final checks (send it again to skip them)")
@@ -426,25 +426,20 @@ class PingPong:
         """Run a step; turn any harness error into a HopFailure of the right kind."""
         try:
             return step()
-        except HopFailure:
+        except HopFailure as exc:
+            self._at_switch_point(exc)
             raise
         except HarnessError as exc:
-            raise classify_failure(exc, self._hop, self.live, self.current) from None
+            raise self._at_switch_point(
+                classify_failure(exc, self._hop, self.live, self.current)) from None
 
-    def _show(self, record: HopRecord) -> None:
-        s = record.stats
-        down = f"{s.downtime_ms:.0f} ms" if s.downtime_ms is not None else "?"
-        kept = (f"; state kept ({record.kept.stream_bytes / 1e6:.0f} MB stream, "
-                f"{record.kept.disk_bytes / 1e6:.0f} MB disks, "
-                f"{record.kept.disks_s:.2f} s disk copy)" if record.kept else "")
-        switch = record.switch or {}
-        what = f"{switch['instruction']}, " if switch.get("instruction") else ""
-        where = (f" stopped at {switch['where']} ({what}{switch['stop_s']:.2f} s),"
-                 if switch else "")
-        ram = (f", RAM identical at the switchover ({record.ram_compare_s:.2f} s)"
-               if record.ram_compare_s is not None else "")
-        self.progress(f"hop {s.hop} {s.source}->{s.destination}:{where} {s.total_s:.2f} s "
-                      f"(downtime {down}, {(s.ram_bytes or 0) / 1e6:.0f} MB{ram}), "
-                      f"checks {record.check_s:.2f} s: verified {record.verified_mib:.1f} MiB, "
-                      f"{record.verified_files} files in {record.verify_s:.2f} s{kept}")
+    def _at_switch_point(self, failure: HopFailure) -> HopFailure:
+        """A failed hop whose source a switch point had stopped says where, and how to
+        stop there again (a sweep's pytest failure showed only the hop number)."""
+        stop = self.stops.get(failure.hop)
+        if stop is not None:
+            what = f" ({stop.instruction})" if stop.instruction else ""
+            failure.add(f"the source was stopped at {stop.where}{what} "
+                        f"[{' '.join(stop.point.options())}]")
+        return failure
 

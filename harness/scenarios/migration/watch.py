@@ -46,6 +46,13 @@ class HopFailure(HarnessError):
         self.detail = message
         self.process = process  # the process (guest name) the failure is about
 
+    def add(self, words: str) -> None:
+        """Say more about the failure (e.g. where a switch point stopped the source);
+        in place, so the traceback of where it failed stays."""
+        self.detail = f"{self.detail}; {words}"
+        self.message = f"hop {self.hop}: {self.kind}: {self.detail}"
+        self.args = (self.message,)
+
 
 def died(guest: Guest, hop: int, during: str, role: str = "source") -> HopFailure:
     """HopFailure("qemu-died") for a process that is gone, with its status and stderr."""
