@@ -12,7 +12,7 @@ import shlex
 from typing import Any
 
 from harness.errors import UserError
-from harness.scenarios.migration.data import PingPongResult
+from harness.scenarios.migration.data import PingPongResult, switch_rows
 from harness.scenarios.migration.switchhalt import parse_io_error
 from harness.scenarios.migration.switchpoint import SwitchPlan, SwitchPoint, parse_switch_spec
 
@@ -96,21 +96,9 @@ def boundaries(result: PingPongResult, plan: SwitchPlan, base: list[str]) -> lis
     failing hop with the command that replays its switch point alone on a fresh
     guest (BASE: the run's argv without --hops and the switch options;
     reproduce.sh replays the whole run up to it)."""
-    out: list[dict[str, Any]] = []
-    for record in result.records:
-        if record.stop is None:
-            continue
-        out.append({"hop": record.stats.hop, **record.stop.as_dict(), "verdict": "ok",
-                    "hop_s": round(record.stats.total_s + record.stop.stop_s, 3)})
-    failure = result.failure
-    if failure is None:
-        return out
-    stop = result.stops.get(failure.hop)
-    point = stop.point if stop is not None else plan.for_hop(failure.hop)
-    row: dict[str, Any] = stop.as_dict() if stop is not None else {
-        "spec": point.spec(), "steps": point.steps, "address": None, "where": None,
-        "instruction": None}
-    out = [r for r in out if r["hop"] != failure.hop]
-    out.append({"hop": failure.hop, **row, "verdict": failure.kind, "hop_s": None,
-                "replay": shlex.join(base + ["--hops", "1"] + point.options())})
+    out = switch_rows(result.records, result.stops, result.failure, plan)
+    if result.failure is not None and out and out[-1]["hop"] == result.failure.hop:
+        stop = result.stops.get(result.failure.hop)
+        point = stop.point if stop is not None else plan.for_hop(result.failure.hop)
+        out[-1]["replay"] = shlex.join(base + ["--hops", "1"] + point.options())
     return out

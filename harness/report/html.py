@@ -34,6 +34,7 @@ from harness.report.matrix import (
     short_nodeid,
 )
 from harness.report.results import TestResult
+from harness.report.switchpoints import switch_point_html
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
@@ -336,6 +337,7 @@ def render_html(report: NightlyReport, report_dir: Path) -> str:
     status, _ = report.verdict()
     body = (_header(report) + _matrix(report) + _baseline(report) + _failures(report, report_dir)
             + _known(report.tests) + _gaps(report) + boot_stress_html(report.boot_stress)
+            + switch_point_html(report.tests)
             + _hunts(report)
             + render_history_html(list(report.history) + [report.as_night(report_dir.name)],
                                   report.slowdowns)

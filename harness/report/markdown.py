@@ -14,6 +14,7 @@ from harness.report.document import NightlyReport
 from harness.report.gaps import cell_word, failure_basis, run_notes
 from harness.report.matrix import FAIL, KNOWN, NO_TEST, NOT_RUN, PASS, XPASS, count_words
 from harness.report.results import counts
+from harness.report.switchpoints import switch_point_lines
 
 _WORD = {PASS: "pass", KNOWN: "known failure", FAIL: "**FAIL**", XPASS: "**XPASS**",
          NOT_RUN: "not run"}
@@ -127,6 +128,7 @@ def render_markdown(report: NightlyReport) -> str:
         lines += [f"- {_cell(s.words())}" for s in report.slowdowns]
         lines.append("")
     lines += boot_stress_markdown(report.boot_stress)
+    lines += switch_point_lines(report.tests)
     if report.hunts:
         lines += ["## Ping-pong crash hunt", ""]
         for h in report.hunts:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from harness.report.figures import test_figures
+from harness.report.switchpoints import test_switch_points
 
 PASSED = "passed"
 FAILED = "failed"
@@ -83,6 +84,7 @@ class TestResult:
     host: str | None = None             # host name the worker ran on
     figures: Mapping[str, float] = field(default_factory=dict)  # record_figure(): name -> value
     cpu_s: float | None = None          # CPU of the worker and its reaped children (QEMU)
+    switch_points: tuple[Mapping[str, Any], ...] = ()   # record_switch_points(): per hop
 
     @property
     def bad(self) -> bool:
@@ -92,6 +94,7 @@ class TestResult:
         data = asdict(self)
         data["console_tail"] = dict(self.console_tail)
         data["figures"] = dict(self.figures)
+        data["switch_points"] = [dict(row) for row in self.switch_points]
         return data
 
     @classmethod
@@ -100,6 +103,8 @@ class TestResult:
         values = {k: v for k, v in data.items() if k in known}
         values["console_tail"] = dict(values.get("console_tail") or {})
         values["figures"] = {str(k): float(v) for k, v in (values.get("figures") or {}).items()}
+        values["switch_points"] = tuple(dict(r) for r in values.get("switch_points") or ()
+                                        if isinstance(r, Mapping))
         return cls(**values)
 
 
@@ -211,7 +216,7 @@ def result_from_reports(nodeid: str, reports: Sequence[PhaseReport], *, run: str
         console_tail={str(k): str(v) for k, v in dict(tail).items()}
         if isinstance(tail, (dict, list, tuple)) and tail else {},
         worker=worker, host=str(props["host"]) if props.get("host") else None,
-        figures=test_figures(props),
+        figures=test_figures(props), switch_points=test_switch_points(props),
         cpu_s=float(cpu) if isinstance(cpu := props.get("cpu_s"), (int, float)) else None)
 
 

@@ -17,7 +17,7 @@ from harness.scenarios.migration.switchstop import StopRecord
 from harness.topology import Topology
 from harness.workloads.disk import Verified
 
-__all__ = ["HopRecord", "PingPongOptions", "PingPongResult", "disk_targets"]
+__all__ = ["HopRecord", "PingPongOptions", "PingPongResult", "disk_targets", "switch_rows"]
 
 
 def disk_targets(topology: Topology, kinds: Sequence[str]) -> tuple[DiskTarget, ...]:
@@ -146,3 +146,31 @@ class PingPongResult:
         at the end (each write is read back once, by the first check after it)."""
         return (sum(r.verified[name].units for r in self.records if name in r.verified)
                 + (self.final[name].units if name in self.final else 0))
+
+
+def switch_rows(records: Sequence[HopRecord], stops: dict[int, StopRecord],
+                failure: HopFailure | None, plan: SwitchPlan | None) -> list[dict[str, Any]]:
+    """Per switched hop: where the source stopped (StopRecord.as_dict), the verdict
+    ("ok" or the failure's kind) and the hop's time with its stop; a failing hop
+    that never reached its point is named from `plan`."""
+    out: list[dict[str, Any]] = []
+    for record in records:
+        if record.stop is None:
+            continue
+        out.append({"hop": record.stats.hop, **record.stop.as_dict(), "verdict": "ok",
+                    "hop_s": round(record.stats.total_s + record.stop.stop_s, 3)})
+    if failure is None:
+        return out
+    stop = stops.get(failure.hop)
+    row: dict[str, Any]
+    if stop is not None:
+        row = stop.as_dict()
+    elif plan is not None:
+        point = plan.for_hop(failure.hop)
+        row = {"spec": point.spec(), "steps": point.steps, "address": None, "where": None,
+               "instruction": None}
+    else:
+        return out
+    out = [r for r in out if r["hop"] != failure.hop]
+    out.append({"hop": failure.hop, **row, "verdict": failure.kind, "hop_s": None})
+    return out

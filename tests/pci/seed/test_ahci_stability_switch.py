@@ -18,9 +18,12 @@ import pytest
 from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.qemu.gdbstub import GdbStub
+from harness.report.switchpoints import record_switch_points
+from harness.scenarios.migration.data import switch_rows
 from harness.scenarios.migration.hop import migrate, start_destination
 from harness.scenarios.migration.pingpong import PingPong, PingPongOptions, disk_targets
 from harness.scenarios.migration.switchpoint import SwitchPlan, SwitchPoint
+from harness.scenarios.migration.watch import HopFailure
 from harness.topology import topology_from_dict
 
 pytestmark = pytest.mark.seed("ahci-stability")
@@ -36,7 +39,24 @@ def _topology(disk: str):
                                **({"ahci_disk": "64M"} if disk == "ahci" else {})})
 
 
-def _sweep(harness_factory, artifacts, symbol: str, disk: str, *, ncq: bool = True,
+def _hops(run: PingPong, request, count: int) -> list:
+    """`count` hops of RUN; each hop's stop and verdict go to the nightly's "Switch
+    points" table (harness/report/switchpoints.py), the failing one too."""
+    records: list = []
+    failure = None
+    try:
+        for _ in range(count):
+            records.append(run.guarded(run.hop))
+    except HopFailure as exc:
+        failure = exc
+        raise
+    finally:
+        record_switch_points(request, switch_rows(records, run.stops, failure,
+                                                  run.switcher.plan if run.switcher else None))
+    return records
+
+
+def _sweep(harness_factory, artifacts, request, symbol: str, disk: str, *, ncq: bool = True,
            seed: int = 31):
     topology = _topology(disk)
     kinds = ("ahci",) if disk == "ahci" else ("virtio-blk",)
@@ -52,7 +72,7 @@ def _sweep(harness_factory, artifacts, symbol: str, disk: str, *, ncq: bool = Tr
         if disk == "ahci":
             depth = int(guest.succeed("cat /sys/block/sda/device/queue_depth"))
             assert (depth > 1) == ncq, f"queue_depth {depth}, NCQ wanted: {ncq}"
-        records = [run.guarded(run.hop) for _ in range(STEPS)]
+        records = _hops(run, request, STEPS)
         final = run.guarded(lambda: run._check_loads(STEPS, run.current, finish=True))
     finally:
         if run.switcher is not None:
@@ -76,24 +96,24 @@ def _sweep(harness_factory, artifacts, symbol: str, disk: str, *, ncq: bool = Tr
     return records
 
 
-def test_sweep_over_ahci_command_issue_ncq(harness_factory, artifacts):
-    _sweep(harness_factory, artifacts, "ahci_qc_issue", "ahci", ncq=True)
+def test_sweep_over_ahci_command_issue_ncq(harness_factory, artifacts, request):
+    _sweep(harness_factory, artifacts, request, "ahci_qc_issue", "ahci", ncq=True)
 
 
-def test_sweep_over_ahci_command_issue_non_ncq(harness_factory, artifacts):
-    _sweep(harness_factory, artifacts, "ahci_qc_issue", "ahci", ncq=False)
+def test_sweep_over_ahci_command_issue_non_ncq(harness_factory, artifacts, request):
+    _sweep(harness_factory, artifacts, request, "ahci_qc_issue", "ahci", ncq=False)
 
 
-def test_sweep_over_ahci_completion_interrupt(harness_factory, artifacts):
+def test_sweep_over_ahci_completion_interrupt(harness_factory, artifacts, request):
     # q35's AHCI has one MSI vector: libahci's single-level handler takes it.
-    _sweep(harness_factory, artifacts, "ahci_single_level_irq_intr", "ahci")
+    _sweep(harness_factory, artifacts, request, "ahci_single_level_irq_intr", "ahci")
 
 
-def test_sweep_over_virtio_blk_kick(harness_factory, artifacts):
-    _sweep(harness_factory, artifacts, "vp_notify", "virtio-blk")
+def test_sweep_over_virtio_blk_kick(harness_factory, artifacts, request):
+    _sweep(harness_factory, artifacts, request, "vp_notify", "virtio-blk")
 
 
-def test_atapi_dma_read_in_flight_migrates(harness_factory, artifacts):
+def test_atapi_dma_read_in_flight_migrates(harness_factory, artifacts, request):
     """An ATAPI read on q35's AHCI CD-ROM, stopped where ahci_qc_issue returns: the
     command is issued (PORT_CMD_ISSUE written), its DMA read in flight, when the
     hop migrates; every read of the whole CD in the guest must equal the image."""
@@ -112,7 +132,7 @@ def test_atapi_dma_read_in_flight_migrates(harness_factory, artifacts):
         guest.wait_until_succeeds("test -b /dev/sr0", timeout=30)
         guest.succeed("(while :; do dd if=/dev/sr0 bs=65536 iflag=direct 2>/dev/null | "
                       "md5sum >> /tmp/cd-sums; done) >/dev/null 2>&1 &")
-        records = [run.guarded(run.hop) for _ in range(hops)]
+        records = _hops(run, request, hops)
         sums = run.current.wait_until_succeeds(
             f"test $(wc -l < /tmp/cd-sums) -gt {hops} && cat /tmp/cd-sums", timeout=60)
     finally:
@@ -126,7 +146,7 @@ def test_atapi_dma_read_in_flight_migrates(harness_factory, artifacts):
     assert got and all(s == want for s in got), f"CD reads: {got}, image md5 {want}"
 
 
-def test_halted_virtio_blk_write_survives_hops(harness_factory, artifacts):
+def test_halted_virtio_blk_write_survives_hops(harness_factory, artifacts, request):
     """io-error:write on virtio-blk: each hop's source halts on a failed write
     (werror=stop) and the destination retries it; every block reads back."""
     topology = _topology("virtio-blk")
@@ -134,6 +154,8 @@ def test_halted_virtio_blk_write_survives_hops(harness_factory, artifacts):
         hops=3, seed=34, load="write", disks=disk_targets(topology, ("virtio-blk",)),
         switch=SwitchPlan("io-error", point=SwitchPoint("io-error:write:vblk1"))))
     result = run.run()
+    record_switch_points(request, switch_rows(result.records, result.stops, result.failure,
+                                              run.switcher.plan if run.switcher else None))
     assert result.failure is None, result.failure.describe()
     stops = [r.stop for r in result.records]
     assert all(s is not None and s.runstate == "io-error" and "write on vblk1.disk" in s.where
