@@ -29,7 +29,7 @@ import struct
 import termios
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 GUESTFWD_IP = "10.0.2.100"
 GUESTFWD_PORT = 2222
@@ -59,7 +59,6 @@ class Leg:
     name: str
     sent: int = 0
     received: int = 0
-    opened: float = field(default_factory=time.monotonic)
     last_sent: float | None = None
     last_received: float | None = None
     followed: float | None = None   # when the session moved on to the next QEMU
