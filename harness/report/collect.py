@@ -165,6 +165,15 @@ _PLANNED: list[str] = []
 _OBSERVED = "_pci_report_observed"
 
 
+def note_machine(machine: str) -> None:
+    """The running test uses a guest of this machine type that it did not plan
+    itself: one a module- or session-scoped fixture booted for an earlier test
+    and keeps.  Without it the test's machine column depended on which test of
+    the module the xdist worker ran first (8 tests changed columns between two
+    nights, and their matrix cells read "pass -> not-run")."""
+    _PLANNED.append(machine)
+
+
 def _observe_plans(item: pytest.Item) -> None:
     """Wrap the session's GuestFactory.plan once to note each planned machine type."""
     funcargs: dict[str, Any] = getattr(item, "funcargs", {}) or {}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.factory import GuestFactory
+from harness.report.collect import note_machine
 from harness.scenarios.threeview import ThreeViews, collect_views
 from harness.topology import Topology, default_topology, load_topology
 from harness.views import PciFunction
@@ -40,6 +41,7 @@ def views_of(harness_factory: GuestFactory,
     base = tmp_path_factory.mktemp("compare-guests")
 
     def get(name: str) -> tuple[Topology, ThreeViews, list[str]]:
+        note_machine(topology_named(name).machine)  # booted now or for an earlier test
         if name not in cache:
             topology = topology_named(name)
             with harness_factory.guest(topology, base / name, name=name) as guest:

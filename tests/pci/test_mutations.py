@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from harness.factory import GuestFactory
+from harness.report.collect import note_machine
 from harness.scenarios.threeview import ThreeViews, collect_views
 from harness.topology import Address, Topology, expected_view, load_topology
 from harness.topology.data import ExpectValue
@@ -63,8 +64,8 @@ CASES: list[tuple[str, str, str, str]] = [
 
 
 @pytest.fixture(scope="module")
-def real(harness_factory: GuestFactory,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, ThreeViews]]:
+def module_guest(harness_factory: GuestFactory,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, ThreeViews]]:
     """The module's one guest: its topology and three views (guest shut down after)."""
     topology = load_topology(TOPOLOGY)
     base = tmp_path_factory.mktemp("mutation-guest")
@@ -74,6 +75,14 @@ def real(harness_factory: GuestFactory,
     assert diffs == [], "the unmutated guest must compare clean:\n" + "\n".join(map(str, diffs))
     yield topology, views
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def real(module_guest: tuple[Topology, ThreeViews]) -> tuple[Topology, ThreeViews]:
+    """The module's guest, for one test: the report files the test under its machine
+    whichever test booted the guest."""
+    note_machine(module_guest[0].machine)
+    return module_guest
 
 
 def real_value(views: ThreeViews, device_id: str, key: str) -> Any:
