@@ -156,9 +156,13 @@ def shared_services(recipe_path: Path) -> Path:
     return recipe_path.parent / "common" / "services.sh"
 
 
-def image_key(recipe_path: Path, versions: dict[str, str]) -> str:
+def image_key(recipe_path: Path, versions: dict[str, str], builder_source: bytes = b"") -> str:
+    """The build's cache key: the recipe's files, the resolved package versions,
+    BUILDER_VERSION, and a flavour builder's own source (`builder_source`)."""
     digest = hashlib.sha256()
     digest.update(BUILDER_VERSION.encode())
+    if builder_source:
+        digest.update(b"builder\0" + builder_source)
     for path in [*sorted(recipe_path.iterdir()), shared_services(recipe_path)]:
         if path.is_file():  # recipe.toml, init.sh, helper scripts, the shared services
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -186,6 +190,18 @@ FlavourBuilder = Callable[[Path, dict[str, Any], Path, Path, Path, str, Progress
                           dict[str, Any]]
 
 
+def builder_source(builder: FlavourBuilder | None) -> bytes:
+    """A flavour builder's module source: a change to how the AHCI-root disk is built
+    (harness/guest/diskimage.py) is a new disk, not a stale cached one.  The
+    default initramfs builder lives here and is keyed by BUILDER_VERSION instead,
+    so an edit to this module does not throw away every cached guest."""
+    if builder is None:
+        return b""
+    module = sys.modules.get(builder.__module__)
+    path = getattr(module, "__file__", None)
+    return Path(path).read_bytes() if path else builder.__qualname__.encode()
+
+
 def ensure_built(name: str, progress: Progress | None = None,
                  builder: FlavourBuilder | None = None) -> tuple[str, Path, dict[str, Any]]:
     """(key, directory, manifest) of the recipe's cached build, building it if needed.
@@ -206,7 +222,7 @@ def ensure_built(name: str, progress: Progress | None = None,
     images = cache_root() / "images"
     images.mkdir(parents=True, exist_ok=True)
     versions = _cached_versions(recipe, images / f"{name}-resolved.json")
-    key = image_key(rdir, versions)
+    key = image_key(rdir, versions, builder_source(builder))
     final = images / f"{name}-{key}"
     if not (final / "manifest.json").is_file():
         with FileLock(str(images / f"{name}-{key}.lock")):

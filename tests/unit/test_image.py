@@ -121,3 +121,19 @@ def test_every_flavour_sources_the_shared_services_once():
         lines = (root / init).read_text().splitlines()
         assert lines.count(". /etc/harness-services.sh") == 1, init
         assert not any(line.startswith("dropbear") for line in lines), init
+
+
+def test_the_ahci_root_disk_is_keyed_by_its_builders_source(tmp_path):
+    """A change to harness/guest/diskimage.py builds a new disk instead of reusing a
+    stale one (the key had only the recipe, the versions and BUILDER_VERSION)."""
+    from harness.guest import diskimage
+
+    (tmp_path / "recipe.toml").write_text("kind = 'ahci-root'\n")
+    source = image.builder_source(diskimage.build_disk)
+    assert source == Path(diskimage.__file__).read_bytes()
+    assert image.builder_source(None) == b""   # the initramfs builder: BUILDER_VERSION
+    plain = image.image_key(tmp_path, {})
+    keyed = image.image_key(tmp_path, {}, source)
+    changed = image.image_key(tmp_path, {}, source + b"\n# one more line\n")
+    assert len({plain, keyed, changed}) == 3, (plain, keyed, changed)
+    assert image.image_key(tmp_path, {}, source) == keyed   # stable
