@@ -284,7 +284,8 @@ def ensure_disk_image(name: str = DEFAULT_FLAVOUR, progress: Progress | None = N
     """The cached AHCI-root disk of recipe `name`, built first if needed."""
     if name in _memo:
         return _memo[name]
-    key, final, manifest = ensure_built(name, progress, builder=build_disk)
+    key, final, manifest = ensure_built(name, progress, builder=build_disk,
+                                        builder_source=Path(__file__).read_bytes())
     if "disk" not in manifest:
         raise ImageBuildError(f"guest recipe {name!r} does not build a disk",
                               fix='use a recipe with kind = "ahci-root", such as '

@@ -190,25 +190,15 @@ FlavourBuilder = Callable[[Path, dict[str, Any], Path, Path, Path, str, Progress
                           dict[str, Any]]
 
 
-def builder_source(builder: FlavourBuilder | None) -> bytes:
-    """A flavour builder's module source: a change to how the AHCI-root disk is built
-    (harness/guest/diskimage.py) is a new disk, not a stale cached one.  The
-    default initramfs builder lives here and is keyed by BUILDER_VERSION instead,
-    so an edit to this module does not throw away every cached guest."""
-    if builder is None:
-        return b""
-    module = sys.modules.get(builder.__module__)
-    path = getattr(module, "__file__", None)
-    return Path(path).read_bytes() if path else builder.__qualname__.encode()
-
-
 def ensure_built(name: str, progress: Progress | None = None,
-                 builder: FlavourBuilder | None = None) -> tuple[str, Path, dict[str, Any]]:
+                 builder: FlavourBuilder | None = None,
+                 builder_source: bytes = b"") -> tuple[str, Path, dict[str, Any]]:
     """(key, directory, manifest) of the recipe's cached build, building it if needed.
 
-    Shared by every flavour: the initramfs guest (the default builder, here)
-    and the AHCI-root disk (harness/guest/diskimage.py passes its own builder
-    for recipes with `kind = "ahci-root"`).
+    Shared by every flavour: the initramfs guest (the default builder, here, keyed
+    by BUILDER_VERSION) and the AHCI-root disk (harness/guest/diskimage.py passes
+    its own builder for recipes with `kind = "ahci-root"`, and its module's source
+    for the key: a change to how the disk is built is a new disk).
     """
     report = progress or _stderr_progress
     rdir = recipe_dir(name)
@@ -222,7 +212,7 @@ def ensure_built(name: str, progress: Progress | None = None,
     images = cache_root() / "images"
     images.mkdir(parents=True, exist_ok=True)
     versions = _cached_versions(recipe, images / f"{name}-resolved.json")
-    key = image_key(rdir, versions, builder_source(builder))
+    key = image_key(rdir, versions, builder_source)
     final = images / f"{name}-{key}"
     if not (final / "manifest.json").is_file():
         with FileLock(str(images / f"{name}-{key}.lock")):

@@ -123,17 +123,27 @@ def test_every_flavour_sources_the_shared_services_once():
         assert not any(line.startswith("dropbear") for line in lines), init
 
 
-def test_the_ahci_root_disk_is_keyed_by_its_builders_source(tmp_path):
+def test_the_ahci_root_disk_is_keyed_by_its_builders_source(tmp_path, monkeypatch):
     """A change to harness/guest/diskimage.py builds a new disk instead of reusing a
     stale one (the key had only the recipe, the versions and BUILDER_VERSION)."""
     from harness.guest import diskimage
 
     (tmp_path / "recipe.toml").write_text("kind = 'ahci-root'\n")
-    source = image.builder_source(diskimage.build_disk)
-    assert source == Path(diskimage.__file__).read_bytes()
-    assert image.builder_source(None) == b""   # the initramfs builder: BUILDER_VERSION
     plain = image.image_key(tmp_path, {})
+    source = Path(diskimage.__file__).read_bytes()
     keyed = image.image_key(tmp_path, {}, source)
     changed = image.image_key(tmp_path, {}, source + b"\n# one more line\n")
     assert len({plain, keyed, changed}) == 3, (plain, keyed, changed)
     assert image.image_key(tmp_path, {}, source) == keyed   # stable
+    # ...and the AHCI-root build passes exactly that source.
+    seen = {}
+
+    def fake_ensure_built(name, progress=None, builder=None, builder_source=b""):
+        seen["source"] = builder_source
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(diskimage, "ensure_built", fake_ensure_built)
+    monkeypatch.setattr(diskimage, "_memo", {})
+    with pytest.raises(RuntimeError, match="stop here"):
+        diskimage.ensure_disk_image("debian12-ahci")
+    assert seen["source"] == source
