@@ -207,3 +207,33 @@ def test_an_injection_into_a_full_ring_is_made_and_caught_after_the_hop(tmp_path
     block = plan.block_of(index)
     assert f"block {block}, write #{index} (generation {index // plan.blocks}, made after " \
         f"hop 0)" in info.value.message, (index, info.value.message)
+
+
+def test_make_room_releases_a_full_ring_and_every_write_is_still_counted_once(tmp_path):
+    """Before a switch-point stop a full ring is checked and acknowledged, so the
+    loop issues I/O again (a sweep never reached ahci_qc_issue under load); the
+    next check counts those writes too: checks + final = writes."""
+    load, shell = _full_ring(tmp_path)
+    plan = load.plan
+    load.make_room(shell)
+    assert load.acked == plan.blocks, load.acked
+    deadline = time.monotonic() + 30
+    while load.state(shell).written <= plan.blocks and time.monotonic() < deadline:
+        time.sleep(0.05)                      # the loop writes again
+    checked = load.after_hop(shell, 1, Deadline(20, "check", scaled=False))
+    final = load.finish(shell, 1, Deadline(20, "stop", scaled=False))
+    assert load.last is not None
+    assert checked.units + final.units == load.last.written > plan.blocks, \
+        (checked.units, final.units, load.last.written)
+    assert checked.bytes == checked.units * plan.block_size
+
+
+def test_make_room_leaves_a_ring_with_room_alone(tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * (8 * BLOCK_SIZE))
+    shell = HostShell(tmp_path / "state")
+    load = DiskLoad(LoadPlan.from_seed("d1", 5, 8 * BLOCK_SIZE), str(disk), "write")
+    shell.succeed(f"mkdir -p {tmp_path}/state/d1 && echo 'written=3 verified=0 bad=0 "
+                  f"first_bad= ioerr=0' > {tmp_path}/state/d1/state")
+    load.make_room(shell)                     # 3 of 8: room left, nothing checked
+    assert load.acked == 0

@@ -46,6 +46,10 @@ class HopLoad(Protocol):
 
     def inject(self, shell: Shell) -> str: ...
 
+    def make_room(self, shell: Shell) -> None:
+        """Before a switch-point stop: let a load that waits on the host run again
+        (its I/O is what the stop waits for)."""
+
 
 def parse_loads(text: str) -> tuple[str, ...]:
     """"memory,fs,write" -> ("memory", "fs", "write"), with a clear error for bad input."""

@@ -182,6 +182,9 @@ class PingPong:
         for kind, at in self.options.inject:
             if at == number:
                 self._inject(kind)
+        if self.switcher is not None:   # a load that waits on the host does no I/O to stop at
+            for load in self.loads:
+                load.make_room(src)
         stop = self.switcher.stop(src, number) if self.switcher is not None else None
         if stop is not None:
             self.stops[number] = stop
