@@ -319,13 +319,15 @@ class DiskLoad:
         self.acked = written
         shell.succeed(f"echo {written} > {self.dir}/ack")
 
-    def make_room(self, shell: Shell) -> None:
+    def make_room(self, shell: Shell) -> bool:
         """A full ring issues no I/O, so a switch point in the disk path is never
         reached (switch-point-not-reached at hop 1 of a sweep under CPU load: the
         ring filled between the loads' start and the stop): release it."""
         written = self.state(shell).written
-        if written >= self.acked + self.plan.blocks:
+        full = written >= self.acked + self.plan.blocks
+        if full:
             self.release_ring(shell, written)
+        return full
 
     def _counted(self, count: int, t0: float) -> Verified:
         """This check's Verified, with the writes a release checked before it."""

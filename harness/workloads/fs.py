@@ -183,9 +183,10 @@ class FsLoad:
         self.last = wait_first_write(lambda: self.state(shell), deadline, never)
         return self.last
 
-    def make_room(self, shell: Shell) -> None:
+    def make_room(self, shell: Shell) -> bool:
         """Nothing to do: the writer waits for the host only when held on purpose
         (after an injection, until the check that must see it)."""
+        return False
 
     def inject(self, shell: Shell) -> str:
         # Held, the loop waits between files and reads `skip` before its next

@@ -160,8 +160,9 @@ class MemoryLoad:
             disk="memory", block=int(f["page"]) if f.get("page", "").isdigit() else None,
             tail=f"checker state: {state}")
 
-    def make_room(self, shell: Shell) -> None:
+    def make_room(self, shell: Shell) -> bool:
         """Nothing to do: this load never waits for the host between checks."""
+        return False
 
     def inject(self, shell: Shell) -> str:
         """Skip the writes of one page (both copies) in the next sweep: a lost write."""

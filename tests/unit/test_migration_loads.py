@@ -215,7 +215,7 @@ def test_make_room_releases_a_full_ring_and_every_write_is_still_counted_once(tm
     next check counts those writes too: checks + final = writes."""
     load, shell = _full_ring(tmp_path)
     plan = load.plan
-    load.make_room(shell)
+    assert load.make_room(shell) is True
     assert load.acked == plan.blocks, load.acked
     deadline = time.monotonic() + 30
     while load.state(shell).written <= plan.blocks and time.monotonic() < deadline:
@@ -235,5 +235,5 @@ def test_make_room_leaves_a_ring_with_room_alone(tmp_path):
     load = DiskLoad(LoadPlan.from_seed("d1", 5, 8 * BLOCK_SIZE), str(disk), "write")
     shell.succeed(f"mkdir -p {tmp_path}/state/d1 && echo 'written=3 verified=0 bad=0 "
                   f"first_bad= ioerr=0' > {tmp_path}/state/d1/state")
-    load.make_room(shell)                     # 3 of 8: room left, nothing checked
+    assert load.make_room(shell) is False     # 3 of 8: room left, nothing checked
     assert load.acked == 0

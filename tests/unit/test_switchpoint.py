@@ -290,3 +290,22 @@ def test_a_failed_switched_hop_says_where_the_source_was_stopped():
     with pytest.raises(HopFailure) as info:
         run.guarded(failing(3))
     assert str(info.value) == "hop 3: ssh-dead: no answer.", str(info.value)
+
+
+def test_a_mismatch_or_stall_found_before_a_hop_is_a_hop_failure_of_its_kind():
+    """make_room and inject may check a full ring before the hop: what they find is
+    the hop's data-mismatch or load-stalled, not a harness error."""
+    from harness.scenarios.migration.pingpong import PingPong
+    from harness.workloads.disk import DataMismatch, LoadStalled
+
+    run = PingPong.__new__(PingPong)
+    run._hop, run.current = 3, None
+    assert run._between_hops(lambda: "ok") == "ok"
+    for exc, kind in ((DataMismatch("ahci: block 7 read back wrong", disk="ahci", block=7),
+                       "data-mismatch"), (LoadStalled("the ahci load is stuck"), "load-stalled")):
+        def step(exc=exc):
+            raise exc
+        with pytest.raises(HopFailure) as info:
+            run._between_hops(step)
+        assert (info.value.kind, info.value.hop) == (kind, 3), info.value
+        assert info.value.detail == f"before the hop: {exc.message}", info.value.detail

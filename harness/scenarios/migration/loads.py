@@ -46,9 +46,9 @@ class HopLoad(Protocol):
 
     def inject(self, shell: Shell) -> str: ...
 
-    def make_room(self, shell: Shell) -> None:
+    def make_room(self, shell: Shell) -> bool:
         """Before a switch-point stop: let a load that waits on the host run again
-        (its I/O is what the stop waits for)."""
+        (its I/O is what the stop waits for); True when it had to."""
 
 
 def parse_loads(text: str) -> tuple[str, ...]:

@@ -183,8 +183,7 @@ class PingPong:
             if at == number:
                 self._inject(kind)
         if self.switcher is not None:   # a load that waits on the host does no I/O to stop at
-            for load in self.loads:
-                load.make_room(src)
+            self._between_hops(lambda: [load.make_room(src) for load in self.loads])
         stop = self.switcher.stop(src, number) if self.switcher is not None else None
         if stop is not None:
             self.stops[number] = stop
@@ -247,18 +246,22 @@ class PingPong:
         return diff.seconds
 
     def _inject(self, kind: str) -> None:
-        assert self.current is not None
+        current = self.current
+        assert current is not None
         targets = [load for load in self.loads if load.kind == kind]
         if not targets:
             raise HarnessError(f"--inject {kind}: no {kind} load runs in this ping-pong")
-        try:  # a disk load checks a full ring before it skips: it can find a mismatch
-            what = targets[0].inject(self.current)
-        except (DataMismatch, LoadStalled) as exc:
-            raise HopFailure("load-stalled" if isinstance(exc, LoadStalled)
-                             else "data-mismatch", self._hop, f"while injecting: {exc.message}",
-                             tail=exc.tail, process=self.current.name) from None
+        what = self._between_hops(lambda: targets[0].inject(current))
         self.injected.append(f"before hop {self._hop}: {what}")
         self.progress(f"injected fault before hop {self._hop}: {what}")
+
+    def _between_hops(self, step: Callable[[], Any]) -> Any:
+        """A load's step before a hop (inject, make_room): it may check a full ring."""
+        try:
+            return step()
+        except (DataMismatch, LoadStalled) as exc:
+            raise HopFailure("load-stalled" if isinstance(exc, LoadStalled) else "data-mismatch",
+                             self._hop, f"before the hop: {exc.message}", tail=exc.tail) from None
 
     def _keeper(self, number: int, dst: Guest) -> HopKeeper | None:
         """What keeps hop `number`'s stream and disks, when states are kept."""
@@ -437,8 +440,7 @@ class PingPong:
                 classify_failure(exc, self._hop, self.live, self.current)) from None
 
     def _at_switch_point(self, failure: HopFailure) -> HopFailure:
-        """A failed hop whose source a switch point had stopped says where, and how to
-        stop there again (a sweep's pytest failure showed only the hop number)."""
+        """A failed hop a switch point stopped says where, and how to stop there again."""
         stop = self.stops.get(failure.hop)
         if stop is not None:
             what = f" ({stop.instruction})" if stop.instruction else ""
