@@ -41,6 +41,10 @@ _ANNOTATION = pytest.StashKey[dict[str, Any]]()
 _FAILED = pytest.StashKey[bool]()
 _CPU_AT_SETUP = pytest.StashKey[float]()
 
+_CONSOLE_LINES = 40
+_CONSOLE_CHARS = 6000
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
 
 def cpu_seconds() -> float:
     """User + system CPU of this process and of every child it has reaped (each
@@ -49,9 +53,6 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
-_CONSOLE_LINES = 40
-_CONSOLE_CHARS = 6000
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

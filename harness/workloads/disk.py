@@ -238,8 +238,7 @@ class DiskLoad:
             if status == 0 and out.strip().isdigit() and written > int(out.strip()):
                 index = int(out.strip())
                 break
-            if written >= self.acked + self.plan.blocks:
-                self.release_ring(shell, written)
+            self._release_if_full(shell, written)
             if deadline.expired():
                 raise LoadStalled(f"{deadline.describe()}: the load on {self.plan.name} "
                                   f"({self.device}) did not reach the write to skip")
@@ -323,7 +322,9 @@ class DiskLoad:
         """A full ring issues no I/O, so a switch point in the disk path is never
         reached (switch-point-not-reached at hop 1 of a sweep under CPU load: the
         ring filled between the loads' start and the stop): release it."""
-        written = self.state(shell).written
+        return self._release_if_full(shell, self.state(shell).written)
+
+    def _release_if_full(self, shell: Shell, written: int) -> bool:
         full = written >= self.acked + self.plan.blocks
         if full:
             self.release_ring(shell, written)

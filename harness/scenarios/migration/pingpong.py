@@ -182,11 +182,10 @@ class PingPong:
         for kind, at in self.options.inject:
             if at == number:
                 self._inject(kind)
+        stop = None
         if self.switcher is not None:   # a load that waits on the host does no I/O to stop at
             self._between_hops(lambda: [load.make_room(src) for load in self.loads])
-        stop = self.switcher.stop(src, number) if self.switcher is not None else None
-        if stop is not None:
-            self.stops[number] = stop
+            stop = self.stops[number] = self.switcher.stop(src, number)
         keeper = self._keeper(number, dst)
         relay = None
         if keeper is not None or stop is not None:
